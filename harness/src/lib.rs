@@ -1,0 +1,1 @@
+//! migtest harness.

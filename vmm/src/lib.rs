@@ -1,0 +1,1 @@
+//! migtest-vmm library.
