@@ -138,9 +138,11 @@ fn parse_ram(value: &str) -> Result<u64, CliError> {
             (other, _) => return Err(CliError(format!("-m {value}: Invalid parameter '{other}'"))),
         }
     }
-    let bytes = size
-        .and_then(|s| parse_size(s, 20))
-        .ok_or_else(|| CliError(format!("-m {value}: Parameter 'size' expects a size (K, M, G or T suffix)")))?;
+    let bytes = size.and_then(|s| parse_size(s, 20)).ok_or_else(|| {
+        CliError(format!(
+            "-m {value}: Parameter 'size' expects a size (K, M, G or T suffix)"
+        ))
+    })?;
     if bytes == 0 || bytes % 4096 != 0 {
         return Err(CliError(format!(
             "-m {value}: RAM size must be a non-zero multiple of 4 KiB"
@@ -162,7 +164,9 @@ fn parse_smp(value: &str) -> Result<u32, CliError> {
             ("cpus", Some(n)) => cpus = Some(n),
             ("sockets" | "cores" | "threads" | "maxcpus", Some(_)) => {}
             (other, _) => {
-                return Err(CliError(format!("-smp {value}: Invalid parameter '{other}'")))
+                return Err(CliError(format!(
+                    "-smp {value}: Invalid parameter '{other}'"
+                )))
             }
         }
     }
@@ -185,7 +189,9 @@ fn parse_name(value: &str) -> Result<String, CliError> {
             ("guest", Some(n)) => name = Some(n.to_string()),
             ("debug-threads" | "process", Some(_)) => {}
             (other, _) => {
-                return Err(CliError(format!("-name {value}: Invalid parameter '{other}'")))
+                return Err(CliError(format!(
+                    "-name {value}: Invalid parameter '{other}'"
+                )))
             }
         }
     }
@@ -203,7 +209,9 @@ fn parse_qmp(value: &str) -> Result<QmpSocket, CliError> {
     for (k, v) in parts {
         match (k, v) {
             ("server", None | Some("on")) | ("wait", Some("off")) | ("nowait", None) => {}
-            ("server", Some("off")) => return Err(bad("client mode (server=off) is not supported")),
+            ("server", Some("off")) => {
+                return Err(bad("client mode (server=off) is not supported"))
+            }
             ("wait", Some("on")) => return Err(bad("wait=on is not supported")),
             (other, _) => return Err(bad(&format!("Invalid parameter '{other}'"))),
         }
@@ -251,7 +259,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // QEMU accepts --opt as well as -opt.
-        let opt = arg.strip_prefix("--").map(|s| format!("-{s}")).unwrap_or(arg.clone());
+        let opt = arg
+            .strip_prefix("--")
+            .map(|s| format!("-{s}"))
+            .unwrap_or(arg.clone());
         let mut value = |opt: &str| {
             args.next()
                 .ok_or_else(|| CliError(format!("{opt}: requires an argument")))
@@ -296,11 +307,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: invalid option")))
             }
-            other => {
-                return Err(CliError(format!(
-                    "{other}: unexpected argument (disk images are not supported; use -kernel IMAGE)"
-                )))
-            }
+            other => return Err(CliError(format!(
+                "{other}: unexpected argument (disk images are not supported; use -kernel IMAGE)"
+            ))),
         }
     }
     Ok(Invocation::Run(opts))
@@ -320,10 +329,30 @@ mod tests {
     #[test]
     fn qemu_style_command_line() {
         let o = run(&[
-            "-name", "source,debug-threads=on", "-m", "256M", "-smp", "2", "-S",
-            "-qmp", "unix:/tmp/a.sock,server=on,wait=off", "-qmp", "unix:/tmp/b.sock,server,nowait",
-            "-serial", "file:/tmp/s", "-kernel", "sweep.toml", "-nodefaults", "-display", "none",
-            "-accel", "kvm", "-accel", "tcg", "-incoming", "tcp:127.0.0.1:0",
+            "-name",
+            "source,debug-threads=on",
+            "-m",
+            "256M",
+            "-smp",
+            "2",
+            "-S",
+            "-qmp",
+            "unix:/tmp/a.sock,server=on,wait=off",
+            "-qmp",
+            "unix:/tmp/b.sock,server,nowait",
+            "-serial",
+            "file:/tmp/s",
+            "-kernel",
+            "sweep.toml",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-accel",
+            "kvm",
+            "-accel",
+            "tcg",
+            "-incoming",
+            "tcp:127.0.0.1:0",
         ])
         .unwrap();
         assert_eq!(o.ram_size, 256 << 20);

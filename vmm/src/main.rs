@@ -13,13 +13,13 @@ fn main() -> ExitCode {
     };
     match invocation {
         Invocation::Version => {
-            let v = migtest_vmm::commands::QEMU_VERSION;
+            let v = (8, 1, 0);
             println!(
                 "migtest-vmm version {} (QMP compatible with QEMU {}.{}.{})",
                 env!("CARGO_PKG_VERSION"),
-                v.major,
-                v.minor,
-                v.micro
+                v.0,
+                v.1,
+                v.2
             );
             ExitCode::SUCCESS
         }
@@ -27,12 +27,9 @@ fn main() -> ExitCode {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
         }
-        Invocation::Run(opts) => match migtest_vmm::machine::run(opts) {
-            Ok(never) => match never {},
-            Err(e) => {
-                eprintln!("migtest-vmm: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Invocation::Run(_opts) => {
+            eprintln!("migtest-vmm: not assembled yet");
+            ExitCode::from(1)
+        }
     }
 }
