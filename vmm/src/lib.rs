@@ -1,1 +1,3 @@
 //! migtest-vmm library.
+
+pub mod guest;
