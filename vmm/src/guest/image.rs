@@ -257,15 +257,21 @@ impl GuestImage {
     /// The main range clipped to RAM (see `layout`), or the reason it is empty.
     fn main_range(&self, ram_size: u64) -> Result<(u64, u64), String> {
         let ram = align_down(ram_size);
-        let limit = ram - self.secondary_size(ram);
+        let secondary = self.secondary_size(ram);
+        let limit = ram - secondary;
         let start = align_up(self.workload.start);
         let end = align_down(self.workload.end).min(limit);
         if start < end {
             Ok((start, end))
         } else {
+            let note = if secondary > 0 {
+                format!(", the {secondary:#x}-byte secondary region above")
+            } else {
+                String::new()
+            };
             Err(format!(
                 "workload range [{:#x}, {:#x}) does not fit in RAM of {ram_size:#x} bytes \
-                 (usable below {limit:#x}, the secondary region above)",
+                 (usable below {limit:#x}{note})",
                 self.workload.start, self.workload.end
             ))
         }
@@ -704,7 +710,7 @@ pages = 4
         let e = img.layout(MIB, 1).unwrap_err().to_string();
         assert_eq!(
             e,
-            "guest image `sweep` (sweep.toml): workload range [0x100000, 0x6400000) does not fit in RAM of 0x100000 bytes (usable below 0xc0000, the secondary region above)"
+            "guest image `sweep` (sweep.toml): workload range [0x100000, 0x6400000) does not fit in RAM of 0x100000 bytes (usable below 0xc0000, the 0x40000-byte secondary region above)"
         );
         // more secondary vCPUs than pages in the region (1 MiB RAM -> 64 pages... use 2 MiB)
         let tiny = GuestImage::parse(&SWEEP.replace("start = \"1M\"", "start = 0")).unwrap();

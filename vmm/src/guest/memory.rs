@@ -361,6 +361,15 @@ impl GuestRam {
         Ok(())
     }
 
+    /// The first byte of every page in `[start, end)` (clipped to RAM), in
+    /// address order: the input of
+    /// [`check_ab_invariant`](crate::guest::abcheck::check_ab_invariant).
+    pub fn page_first_bytes(&self, start: u64, end: u64) -> impl Iterator<Item = u8> + '_ {
+        let first = start.div_ceil(PAGE);
+        let last = end.min(self.size).div_ceil(PAGE);
+        (first..last).filter_map(move |page| self.read_u8(page * PAGE).ok())
+    }
+
     /// XXH3-64 digest of all of RAM (for comparing source and destination).
     pub fn digest(&self) -> u64 {
         let mut hasher = Xxh3::new();
