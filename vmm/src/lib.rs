@@ -13,7 +13,7 @@
 pub mod cli;
 // pub mod commands; (lands with the guest and migration modules)
 pub mod events;
-// pub mod guest; (lands with the guest and migration modules)
+pub mod guest;
 // pub mod machine; (lands with the guest and migration modules)
 // pub mod migration; (lands with the guest and migration modules)
 // pub mod server; (lands with the guest and migration modules)
