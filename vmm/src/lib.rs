@@ -1,1 +1,2 @@
 //! migtest-vmm library.
+pub mod migration;
