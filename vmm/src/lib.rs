@@ -11,10 +11,10 @@
 //! - [`machine`]: wiring it all together for `main`.
 
 pub mod cli;
-// pub mod commands; (lands with the guest and migration modules)
+pub mod commands;
 pub mod events;
 pub mod guest;
-// pub mod machine; (lands with the guest and migration modules)
-// pub mod migration; (lands with the guest and migration modules)
-// pub mod server; (lands with the guest and migration modules)
-// pub mod vm; (lands with the guest and migration modules)
+pub mod machine;
+pub mod migration;
+pub mod server;
+pub mod vm;
