@@ -123,7 +123,11 @@ impl Dispatcher {
     }
 
     /// Runs one command.
-    pub fn dispatch(&self, name: &str, args: Option<Map<String, Value>>) -> Result<Outcome, ErrorBody> {
+    pub fn dispatch(
+        &self,
+        name: &str,
+        args: Option<Map<String, Value>>,
+    ) -> Result<Outcome, ErrorBody> {
         let _big = self.big_lock.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.migration;
         let value = match name {
@@ -257,8 +261,9 @@ impl Dispatcher {
             let n = ((end - pos) as usize).min(buf.len());
             ram.read_bytes(pos, &mut buf[..n])
                 .map_err(|e| ErrorBody::generic(format!("pmemsave: {e}")))?;
-            file.write_all(&buf[..n])
-                .map_err(|e| ErrorBody::generic(format!("writing '{filename}': {}", io_text(&e))))?;
+            file.write_all(&buf[..n]).map_err(|e| {
+                ErrorBody::generic(format!("writing '{filename}': {}", io_text(&e)))
+            })?;
             pos += n as u64;
         }
         Ok(())

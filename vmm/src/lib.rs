@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod events;
 pub mod guest;
+mod host_impl;
 pub mod machine;
 pub mod migration;
 pub mod server;
