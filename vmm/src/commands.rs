@@ -94,18 +94,16 @@ impl Dispatcher {
             let Value::Array(list) = v else {
                 return Err(a.type_error("enable", "array"));
             };
-            for (i, cap) in list.iter().enumerate() {
-                match cap.as_str() {
-                    Some("oob") => {
-                        return Err(ErrorBody::generic("Capability 'oob' not available"))
-                    }
-                    Some(other) => {
-                        return Err(ErrorBody::generic(format!(
-                            "Parameter 'enable[{i}]' does not accept value '{other}'"
-                        )))
-                    }
-                    None => return Err(a.type_error(&format!("enable[{i}]"), "string")),
-                }
+            // No capability is offered, so the first entry decides the error.
+            if let Some(cap) = list.first() {
+                return Err(match cap.as_str() {
+                    Some("oob") => ErrorBody::generic("Capability 'oob' not available"),
+                    // QEMU 7.2 words this one with 'null' as the parameter name.
+                    Some(other) => ErrorBody::generic(format!(
+                        "Parameter 'null' does not accept value '{other}'"
+                    )),
+                    None => a.type_error("enable[0]", "string"),
+                });
             }
         }
         a.finish()
