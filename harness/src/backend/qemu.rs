@@ -1471,4 +1471,95 @@ mod tests {
         let g = json!({"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}});
         assert_eq!(qemu_version(&g), Some((7, 2, 22)));
     }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/qemu-7.2");
+
+    fn fixture(name: &str) -> Value {
+        let p = Path::new(FIXTURES).join(format!("{name}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    }
+
+    /// The last reply (`return`/`error`) in a fixture transcript.
+    fn last_reply(fx: &Value) -> Value {
+        fx["transcript"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter_map(|e| e.get("recv"))
+            .find(|r| r.get("return").is_some() || r.get("error").is_some())
+            .cloned()
+            .unwrap()
+    }
+
+    #[test]
+    fn probes_on_qemu_7_2_fixtures() {
+        let params = last_reply(&fixture("query-migrate-parameters"));
+        assert!(!has_switchover_hold(&params));
+        assert_eq!(params["return"]["downtime-limit"], 300);
+
+        let names = fixture("query-commands")["commands"].clone();
+        let as_reply = json!({"return": names
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| json!({"name": n}))
+            .collect::<Vec<_>>()});
+        let cmds = command_set(&as_reply);
+        for c in [
+            "qmp_capabilities",
+            "migrate",
+            "migrate_cancel",
+            "migrate-continue",
+            "migrate-incoming",
+            "migrate-set-parameters",
+            "migrate-set-capabilities",
+            "query-migrate",
+            "query-status",
+            "pmemsave",
+            "stop",
+            "cont",
+        ] {
+            assert!(cmds.contains(c), "{c}");
+        }
+
+        let caps = migrate_capabilities(&last_reply(&fixture("query-migrate-capabilities")));
+        assert!(caps.contains(&("events".to_string(), false)));
+        assert!(caps.iter().all(|(c, _)| c != "switchover-hold"));
+
+        let greeting = &fixture("greeting")["transcript"][0]["recv"];
+        assert_eq!(qemu_version(greeting), Some((7, 2, 22)));
+        assert_eq!(
+            qemu_version(&last_reply(&fixture("query-version"))),
+            Some((7, 2, 22))
+        );
+    }
+
+    #[test]
+    fn qemu_7_2_fixtures_are_self_consistent() {
+        let mut n = 0;
+        for e in std::fs::read_dir(FIXTURES).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            n += 1;
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert_eq!(
+                v["name"].as_str(),
+                p.file_stem().and_then(|s| s.to_str()),
+                "{}",
+                p.display()
+            );
+            assert!(v["description"].is_string(), "{}", p.display());
+            for entry in v["transcript"].as_array().into_iter().flatten() {
+                if let Some(line) = entry.get("line").and_then(Value::as_str) {
+                    let parsed: Value = serde_json::from_str(line).unwrap();
+                    assert_eq!(&parsed, &entry["recv"], "{}", p.display());
+                }
+            }
+        }
+        assert!(n >= 80, "only {n} fixtures");
+    }
 }
