@@ -816,7 +816,12 @@ fn main() {
 
     // --- failed migration: destination socket does not exist ---
     enable_events(&mut vm);
-    vm.qmp.take_log();
+    vm.qmp.cmd("query-migrate-capabilities", Value::Null);
+    out.save(
+        "migrate-set-capabilities-events",
+        "Turning the events capability on (no migration running), then query-migrate-capabilities.",
+        vm.qmp.take_log(),
+    );
     let bad_dst = work.join("no-such-dir/mig.sock");
     vm.qmp.cmd(
         "migrate",
