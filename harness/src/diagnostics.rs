@@ -188,11 +188,12 @@ impl Context {
         out
     }
 
-    /// Turns an error into one carrying the report; keeps the logs.
+    /// Turns an error into one carrying the report as its outer context
+    /// (the error itself follows it: `{:#}` or "Caused by"); keeps the logs.
     pub fn fail(&self, err: anyhow::Error) -> anyhow::Error {
         self.keep_logs();
         self.reported.store(true, Ordering::SeqCst);
-        let report = self.report(Some(&format!("{err:#}")));
+        let report = self.report(None);
         err.context(report)
     }
 

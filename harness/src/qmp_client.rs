@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use migtest_qmp::framing::{read_line_bounded, MAX_MESSAGE_BYTES};
-use migtest_qmp::message::{Command, ErrorBody, Event, Greeting, ServerMessage};
+use migtest_qmp::message::{ErrorBody, Event, Greeting, ServerMessage};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -232,9 +232,9 @@ impl Inner {
     }
 
     fn execute(&self, name: &str, args: Value, timeout: Duration) -> Result<Value, QmpError> {
-        let mut cmd = match args {
-            Value::Null => Command::new(name),
-            Value::Object(_) => Command::with_args(name, args),
+        let args = match args {
+            Value::Null => None,
+            Value::Object(_) => Some(args),
             other => {
                 return Err(QmpError::Protocol(format!(
                     "arguments of '{name}' must be an object, not {other}"
@@ -255,10 +255,10 @@ impl Inner {
             st.waiting.insert(id);
             id
         };
-        cmd = cmd.id(Value::from(id));
+        let line = command_line(name, args.as_ref(), id);
         let what = format!("reply to '{name}' (id {id}) from {}", self.label);
         let deadline = Instant::now() + timeout;
-        if let Err(e) = self.write_line(&cmd.to_line(), &what) {
+        if let Err(e) = self.write_line(&line, &what) {
             let mut st = lock(&self.state);
             st.waiting.remove(&id);
             st.issued.remove(&id);
@@ -362,6 +362,16 @@ impl Inner {
         // Not one of ours: an answer to raw input.
         let value = serde_json::from_str(line).map_err(|e| e.to_string());
         push_bounded(&mut st.raw, value, RAW_REPLIES_MAX);
+    }
+}
+
+/// `{"execute": name, "arguments": args, "id": id}` with the keys in that
+/// order (readable transcripts), LF-terminated.
+fn command_line(name: &str, args: Option<&Value>, id: u64) -> String {
+    let name = Value::from(name);
+    match args {
+        Some(a) => format!("{{\"execute\":{name},\"arguments\":{a},\"id\":{id}}}\n"),
+        None => format!("{{\"execute\":{name},\"id\":{id}}}\n"),
     }
 }
 

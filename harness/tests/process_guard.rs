@@ -18,11 +18,20 @@ fn sh(script: &str) -> VmmProcess {
     .unwrap()
 }
 
+fn wait_for_stderr(p: &VmmProcess, last_line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.stderr_tail(1) != last_line {
+        assert!(Instant::now() < deadline, "no {last_line:?} on stderr");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn drop_kills_a_process_without_qmp() {
     // Ignores SIGTERM: Drop must escalate to SIGKILL after its grace period.
-    let p = sh("trap '' TERM; while :; do sleep 0.05; done");
+    let p = sh("trap '' TERM; echo ready >&2; while :; do sleep 0.05; done");
     let pid = p.pid();
+    wait_for_stderr(&p, "ready");
     let dir = p.log_dir().to_path_buf();
     assert!(p.is_alive());
     let start = Instant::now();
@@ -54,10 +63,7 @@ fn drop_terms_a_cooperative_process_quickly() {
 fn kill_wait_exit_and_tails() {
     let p = sh("echo one >&2; echo two >&2; echo three >&2; printf AB > serial.log; echo out; exec sleep 60");
     // Output reaches the files.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while p.stderr_tail(1) != "three" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_stderr(&p, "three");
     assert_eq!(p.stderr_tail(2), "two\nthree");
     assert_eq!(p.serial_tail(1), "B");
     assert_eq!(

@@ -1,0 +1,123 @@
+//! A small end-to-end migration between two real QEMUs (`pc`, 32 MiB, both
+//! held with `-S` so no guest code runs), exercising the VM helpers,
+//! memory comparison and the failure report.
+
+mod common;
+
+use std::time::Duration;
+
+use migtest::backend::{Backend, LaunchSpec};
+use migtest::checks::compare_memory;
+use migtest::diagnostics::Context;
+use migtest::vm::Vm;
+use migtest_qmp::schema::{MigrationStatus, RunState};
+use serde_json::json;
+
+const MEM: u64 = 32 << 20;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn pair(ctx: &Context, incoming: &str) -> (Vm, Vm) {
+    let _s = ctx.step("launch");
+    let backend = Backend::qemu("pc");
+    let src = Vm::launch_as(
+        "source",
+        &backend,
+        LaunchSpec::new("source", MEM, "none").paused(true),
+    )
+    .unwrap();
+    ctx.add_vm(&src);
+    let dst = Vm::launch_as(
+        "destination",
+        &backend,
+        LaunchSpec::new("target", MEM, "none")
+            .paused(true)
+            .incoming(incoming),
+    )
+    .unwrap();
+    ctx.add_vm(&dst);
+    (src, dst)
+}
+
+#[test]
+fn precopy_over_unix_socket_copies_memory() {
+    let ctx = Context::new("precopy_over_unix_socket_copies_memory");
+    let (src, dst) = pair(&ctx, "unix:");
+    {
+        let _s = ctx.step("configure");
+        for vm in [&src, &dst] {
+            vm.set_capabilities(&[("events", true)]).unwrap();
+        }
+        src.set_parameters(json!({"downtime-limit": 300})).unwrap();
+        assert_eq!(
+            src.query_parameters().unwrap()["downtime-limit"],
+            json!(300)
+        );
+    }
+    let _s = ctx.step("migrate");
+    src.migrate(&dst.incoming_uri().unwrap()).unwrap();
+    let info = src
+        .wait_for_status(MigrationStatus::Completed, WAIT)
+        .unwrap();
+    assert!(info.ram.unwrap().total >= MEM);
+    dst.wait_for_status(MigrationStatus::Completed, WAIT)
+        .unwrap();
+    src.wait_event_matching(
+        "MIGRATION",
+        |e| e.data.as_ref().is_some_and(|d| d["status"] == "completed"),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(src.query_status().unwrap().status, RunState::Postmigrate);
+    // From a never-started source QEMU keeps the destination in prelaunch.
+    let st = dst.query_status().unwrap().status;
+    assert!(
+        matches!(st, RunState::Paused | RunState::Prelaunch),
+        "{st:?}"
+    );
+    drop(_s);
+
+    let _s = ctx.step("compare memory");
+    let a = src.pmemsave(0, MEM).unwrap();
+    let b = dst.pmemsave(0, MEM).unwrap();
+    compare_memory(&a, &b, 0).unwrap();
+    assert_eq!(
+        src.memory_digest(0xf_0000..0x10_0000).unwrap(),
+        dst.memory_digest(0xf_0000..0x10_0000).unwrap()
+    );
+}
+
+#[test]
+fn failed_migration_is_reported_with_error_desc() {
+    let ctx = Context::new("failed_migration_is_reported_with_error_desc");
+    let (src, _dst) = pair(&ctx, "defer");
+    let _s = ctx.step("migrate to nowhere");
+    // Nothing listens there: the migration fails.
+    let uri = format!("unix:{}/nobody.sock", src.process().log_dir().display());
+    let r = src.migrate(&uri).and_then(|_| {
+        src.wait_for_status(MigrationStatus::Completed, WAIT)
+            .map(drop)
+    });
+    let err = ctx.check(r).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("==== migtest failure in failed_migration_is_reported_with_error_desc, step: migrate to nowhere ===="), "{msg}");
+    assert!(msg.contains("[source] qemu pid"), "{msg}");
+    assert!(msg.contains("[destination] qemu pid"), "{msg}");
+    assert!(
+        msg.contains("> {\"execute\":\"migrate\",\"arguments\":{\"uri\":"),
+        "{msg}"
+    );
+    assert!(msg.lines().count() < 60, "{msg}");
+    // Whether QEMU rejects the command or fails the migration, the reason is there.
+    assert!(msg.contains("nobody.sock"), "{msg}");
+    // The report asked to keep the logs; clean up here.
+    let dirs = [
+        src.process().log_dir().to_path_buf(),
+        _dst.process().log_dir().to_path_buf(),
+    ];
+    drop(_s);
+    drop((src, _dst));
+    for d in dirs {
+        assert!(d.exists());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
