@@ -83,8 +83,18 @@ pub struct RamCheck {
 /// guest address `range_start`; pages `range_start..range_end` (4 KiB) are
 /// checked by their first byte. Every page must equal the previous one,
 /// except once a page may be exactly one less (mod 256): the guest stopped
-/// mid-pass.
+/// mid-pass. See [`check_guests_ram_detail`] for what a passing check saw.
 pub fn check_guests_ram(
+    bytes: &[u8],
+    range_start: u64,
+    range_end: u64,
+) -> Result<(), RamCheckError> {
+    check_guests_ram_detail(bytes, range_start, range_end).map(drop)
+}
+
+/// [`check_guests_ram`], returning the first byte, whether the edge was
+/// hit and the number of pages checked.
+pub fn check_guests_ram_detail(
     bytes: &[u8],
     range_start: u64,
     range_end: u64,
@@ -244,7 +254,7 @@ mod tests {
 
     fn check(first_bytes: &[u8]) -> Result<RamCheck, RamCheckError> {
         let m = mem(first_bytes);
-        check_guests_ram(&m, 0x100000, 0x100000 + m.len() as u64)
+        check_guests_ram_detail(&m, 0x100000, 0x100000 + m.len() as u64)
     }
 
     #[test]

@@ -54,20 +54,19 @@ impl std::fmt::Debug for Vm {
 
 impl Vm {
     /// Launches `spec` on `backend`; the role label is `spec.name`.
-    pub fn launch(backend: &Backend, spec: LaunchSpec) -> anyhow::Result<Vm> {
-        let role = spec.name.clone();
-        Vm::launch_as(&role, backend, spec)
+    pub fn launch(backend: &Backend, spec: &LaunchSpec) -> anyhow::Result<Vm> {
+        Vm::launch_as(&spec.name, backend, spec)
     }
 
     /// Launches `spec` on `backend` with a role label ("source",
     /// "destination") used in messages. Spawn from a long-lived thread (see
     /// [`crate::process`] on PDEATHSIG).
-    pub fn launch_as(role: &str, backend: &Backend, spec: LaunchSpec) -> anyhow::Result<Vm> {
+    pub fn launch_as(role: &str, backend: &Backend, spec: &LaunchSpec) -> anyhow::Result<Vm> {
         let binary = backend
             .binary()
             .with_context(|| format!("{role}: finding the {} VMM", backend.name()))?;
         let dir = crate::process::new_log_dir().context("creating a log directory")?;
-        let args = backend.command_line(&spec, dir.path())?;
+        let args = backend.command_line(spec, dir.path())?;
         let process = VmmProcess::spawn_in(dir, role, &binary, args)
             .with_context(|| format!("{role}: launching {}", backend.name()))?;
         let probe = process.probe();
@@ -95,7 +94,7 @@ impl Vm {
             role: role.to_string(),
             backend: backend.clone(),
             binary,
-            spec,
+            spec: spec.clone(),
             serial_cursor: Mutex::new(0),
             dumps: AtomicU64::new(0),
         })
@@ -139,6 +138,26 @@ impl Vm {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The VM's log directory (sockets, serial, stderr).
+    pub fn log_dir(&self) -> &Path {
+        self.process.log_dir()
+    }
+
+    /// Whether the VMM process still runs.
+    pub fn is_alive(&self) -> bool {
+        self.process.is_alive()
+    }
+
+    /// Waits up to `timeout` for the VMM process to exit.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_exit(timeout)
+    }
+
+    /// SIGKILLs the VMM process now and reaps it.
+    pub fn kill(&self) -> std::process::ExitStatus {
+        self.process.kill()
     }
 
     /// A diagnostics view that outlives the VM.
@@ -261,6 +280,39 @@ impl Vm {
         self.qmp
             .wait_event(name, pred, timeout)
             .with_context(|| format!("{}: waiting for event {name}", self.who()))
+    }
+
+    /// Waits for (and consumes) a `MIGRATION` event with `data.status ==
+    /// status` (needs the `events` capability), like QEMU's
+    /// `migration_event_wait`.
+    pub fn wait_migration_event(&self, status: &str, timeout: Duration) -> anyhow::Result<Event> {
+        self.qmp
+            .wait_event(
+                "MIGRATION",
+                |e| {
+                    e.data
+                        .as_ref()
+                        .and_then(|d| d.get("status"))
+                        .and_then(Value::as_str)
+                        == Some(status)
+                },
+                timeout,
+            )
+            .with_context(|| {
+                format!(
+                    "{}: waiting for MIGRATION event with status '{status}'",
+                    self.who()
+                )
+            })
+    }
+
+    /// How many events named `name` arrived so far (consumed or not).
+    pub fn events_seen(&self, name: &str) -> usize {
+        self.qmp
+            .events_seen()
+            .iter()
+            .filter(|e| e.event == name)
+            .count()
     }
 
     /// The URI the destination listens on (from `socket-address`).
@@ -420,9 +472,14 @@ impl Vm {
         Ok(data)
     }
 
-    /// xxh3-64 digest of guest memory in `range`.
-    pub fn memory_digest(&self, range: Range<u64>) -> anyhow::Result<u64> {
-        let data = self.pmemsave(range.start, range.end.saturating_sub(range.start))?;
+    /// xxh3-64 digest of guest memory in `[start, end)`.
+    pub fn memory_digest(&self, start: u64, end: u64) -> anyhow::Result<u64> {
+        let data = self.pmemsave(start, end.saturating_sub(start))?;
         Ok(digest(&data))
+    }
+
+    /// [`Vm::memory_digest`] over a range.
+    pub fn memory_digest_range(&self, range: Range<u64>) -> anyhow::Result<u64> {
+        self.memory_digest(range.start, range.end)
     }
 }

@@ -22,14 +22,14 @@ fn pair(ctx: &Context, incoming: &str) -> (Vm, Vm) {
     let src = Vm::launch_as(
         "source",
         &backend,
-        LaunchSpec::new("source", MEM, "none").paused(true),
+        &LaunchSpec::new("source", MEM, "none").paused(true),
     )
     .unwrap();
     ctx.add_vm(&src);
     let dst = Vm::launch_as(
         "destination",
         &backend,
-        LaunchSpec::new("target", MEM, "none")
+        &LaunchSpec::new("target", MEM, "none")
             .paused(true)
             .incoming(incoming),
     )
@@ -81,8 +81,8 @@ fn precopy_over_unix_socket_copies_memory() {
     let b = dst.pmemsave(0, MEM).unwrap();
     compare_memory(&a, &b, 0).unwrap();
     assert_eq!(
-        src.memory_digest(0xf_0000..0x10_0000).unwrap(),
-        dst.memory_digest(0xf_0000..0x10_0000).unwrap()
+        src.memory_digest(0xf_0000, 0x10_0000).unwrap(),
+        dst.memory_digest(0xf_0000, 0x10_0000).unwrap()
     );
 }
 

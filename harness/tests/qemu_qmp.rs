@@ -159,7 +159,7 @@ fn drop_quits_over_qmp_and_removes_logs() {
 #[test]
 fn launch_failure_reports_exit_and_stderr() {
     let spec = LaunchSpec::new("source", 0, "none").args(["-no-such-option"]);
-    let err = Vm::launch(&common::qemu_none(), spec).unwrap_err();
+    let err = Vm::launch(&common::qemu_none(), &spec).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("source exited before QMP accepted"), "{msg}");
     assert!(msg.contains("-no-such-option"), "{msg}");
@@ -170,7 +170,7 @@ fn launch_failure_reports_exit_and_stderr() {
     };
     let msg = format!(
         "{:#}",
-        Vm::launch(&missing, LaunchSpec::new("x", 0, "none")).unwrap_err()
+        Vm::launch(&missing, &LaunchSpec::new("x", 0, "none")).unwrap_err()
     );
     assert!(msg.contains("/nonexistent/qemu"), "{msg}");
 }
@@ -180,7 +180,7 @@ fn incoming_uri_and_status_waits() {
     let dst = Vm::launch_as(
         "destination",
         &common::qemu_none(),
-        LaunchSpec::new("target", 0, "none").incoming("tcp:127.0.0.1:0"),
+        &LaunchSpec::new("target", 0, "none").incoming("tcp:127.0.0.1:0"),
     )
     .unwrap();
     let uri = dst.incoming_uri().unwrap();
@@ -205,7 +205,7 @@ fn incoming_uri_and_status_waits() {
     let unix = Vm::launch_as(
         "destination",
         &common::qemu_none(),
-        LaunchSpec::new("target", 0, "none").incoming("unix:"),
+        &LaunchSpec::new("target", 0, "none").incoming("unix:"),
     )
     .unwrap();
     let uri = unix.incoming_uri().unwrap();
@@ -253,7 +253,7 @@ fn pmemsave_reads_guest_memory() {
     let vm = Vm::launch_as(
         "source",
         &Backend::qemu("pc"),
-        LaunchSpec::new("source", 32 << 20, "none").paused(true),
+        &LaunchSpec::new("source", 32 << 20, "none").paused(true),
     )
     .unwrap();
     assert_eq!(vm.query_status().unwrap().status, RunState::Prelaunch);
@@ -263,8 +263,8 @@ fn pmemsave_reads_guest_memory() {
         bios_top.iter().any(|&b| b != 0),
         "BIOS shadow should be non-zero"
     );
-    let d1 = vm.memory_digest(0..0x10_0000).unwrap();
-    let d2 = vm.memory_digest(0..0x10_0000).unwrap();
+    let d1 = vm.memory_digest(0, 0x10_0000).unwrap();
+    let d2 = vm.memory_digest(0, 0x10_0000).unwrap();
     assert_eq!(d1, d2);
     assert_eq!(vm.pmemsave(0, 0).unwrap(), Vec::<u8>::new());
     assert!(std::fs::read_dir(vm.process().log_dir())

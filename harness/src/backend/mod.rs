@@ -52,6 +52,33 @@ impl Backend {
         }
     }
 
+    /// Whether this is a QEMU backend.
+    pub fn is_qemu(&self) -> bool {
+        matches!(self, Backend::Qemu { .. })
+    }
+
+    /// A human description, e.g. `qemu /usr/bin/qemu-system-x86_64 (machine pc)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Builtin => match builtin::vmm_binary() {
+                Ok(p) => format!("builtin {}", p.display()),
+                Err(_) => "builtin migtest-vmm (not found)".to_string(),
+            },
+            Backend::Qemu {
+                binary, machine, ..
+            } => format!("qemu {} (machine {machine})", binary.display()),
+        }
+    }
+
+    /// The guest range `[start, end)` the A-B check covers for `image` with
+    /// `memory_bytes` of RAM.
+    pub fn test_range(&self, image: &str, memory_bytes: u64) -> anyhow::Result<(u64, u64)> {
+        match self {
+            Backend::Qemu { .. } => Ok(qemu_test_range(memory_bytes)),
+            Backend::Builtin => builtin::test_range(image, memory_bytes),
+        }
+    }
+
     /// The binary this backend runs (looked up for the builtin backend).
     pub fn binary(&self) -> anyhow::Result<PathBuf> {
         match self {
@@ -121,6 +148,14 @@ impl Backend {
         args.extend(spec.extra_args.iter().cloned());
         Ok(args)
     }
+}
+
+/// QEMU's x86 A-B guest writes `[1 MiB, min(100 MiB, memory - 1 MiB))`,
+/// the end rounded down to a page.
+pub fn qemu_test_range(memory_bytes: u64) -> (u64, u64) {
+    const MIB: u64 = 1 << 20;
+    let end = (100 * MIB).min(memory_bytes.saturating_sub(MIB)) & !0xfff;
+    (MIB, end.max(MIB))
 }
 
 /// The migration socket used when an incoming URI is just `unix:`.

@@ -41,6 +41,6 @@ pub fn qemu_none() -> Backend {
 
 /// Launches QEMU `-machine none` under `role`.
 pub fn launch_qemu_none(role: &str) -> Vm {
-    Vm::launch_as(role, &qemu_none(), LaunchSpec::new(role, 0, "none"))
+    Vm::launch_as(role, &qemu_none(), &LaunchSpec::new(role, 0, "none"))
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
