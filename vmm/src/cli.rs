@@ -307,9 +307,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: invalid option")))
             }
-            other => return Err(CliError(format!(
+            other => {
+                return Err(CliError(format!(
                 "{other}: unexpected argument (disk images are not supported; use -kernel IMAGE)"
-            ))),
+            )))
+            }
         }
     }
     Ok(Invocation::Run(opts))

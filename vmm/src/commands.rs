@@ -94,18 +94,16 @@ impl Dispatcher {
             let Value::Array(list) = v else {
                 return Err(a.type_error("enable", "array"));
             };
-            for (i, cap) in list.iter().enumerate() {
-                match cap.as_str() {
-                    Some("oob") => {
-                        return Err(ErrorBody::generic("Capability 'oob' not available"))
-                    }
-                    Some(other) => {
-                        return Err(ErrorBody::generic(format!(
-                            "Parameter 'enable[{i}]' does not accept value '{other}'"
-                        )))
-                    }
-                    None => return Err(a.type_error(&format!("enable[{i}]"), "string")),
-                }
+            // No capability is offered, so the first entry decides the error.
+            if let Some(cap) = list.first() {
+                return Err(match cap.as_str() {
+                    Some("oob") => ErrorBody::generic("Capability 'oob' not available"),
+                    // QEMU 7.2 words this one with 'null' as the parameter name.
+                    Some(other) => ErrorBody::generic(format!(
+                        "Parameter 'null' does not accept value '{other}'"
+                    )),
+                    None => a.type_error("enable[0]", "string"),
+                });
             }
         }
         a.finish()
@@ -123,7 +121,11 @@ impl Dispatcher {
     }
 
     /// Runs one command.
-    pub fn dispatch(&self, name: &str, args: Option<Map<String, Value>>) -> Result<Outcome, ErrorBody> {
+    pub fn dispatch(
+        &self,
+        name: &str,
+        args: Option<Map<String, Value>>,
+    ) -> Result<Outcome, ErrorBody> {
         let _big = self.big_lock.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.migration;
         let value = match name {
@@ -257,8 +259,9 @@ impl Dispatcher {
             let n = ((end - pos) as usize).min(buf.len());
             ram.read_bytes(pos, &mut buf[..n])
                 .map_err(|e| ErrorBody::generic(format!("pmemsave: {e}")))?;
-            file.write_all(&buf[..n])
-                .map_err(|e| ErrorBody::generic(format!("writing '{filename}': {}", io_text(&e))))?;
+            file.write_all(&buf[..n]).map_err(|e| {
+                ErrorBody::generic(format!("writing '{filename}': {}", io_text(&e)))
+            })?;
             pos += n as u64;
         }
         Ok(())

@@ -11,10 +11,11 @@
 //! - [`machine`]: wiring it all together for `main`.
 
 pub mod cli;
-// pub mod commands; (lands with the guest and migration modules)
+pub mod commands;
 pub mod events;
-// pub mod guest; (lands with the guest and migration modules)
-// pub mod machine; (lands with the guest and migration modules)
-// pub mod migration; (lands with the guest and migration modules)
-// pub mod server; (lands with the guest and migration modules)
-// pub mod vm; (lands with the guest and migration modules)
+pub mod guest;
+mod host_impl;
+pub mod machine;
+pub mod migration;
+pub mod server;
+pub mod vm;

@@ -13,13 +13,13 @@ fn main() -> ExitCode {
     };
     match invocation {
         Invocation::Version => {
-            let v = (8, 1, 0);
+            let v = migtest_vmm::commands::QEMU_VERSION;
             println!(
                 "migtest-vmm version {} (QMP compatible with QEMU {}.{}.{})",
                 env!("CARGO_PKG_VERSION"),
-                v.0,
-                v.1,
-                v.2
+                v.major,
+                v.minor,
+                v.micro
             );
             ExitCode::SUCCESS
         }
@@ -27,9 +27,12 @@ fn main() -> ExitCode {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
         }
-        Invocation::Run(_opts) => {
-            eprintln!("migtest-vmm: not assembled yet");
-            ExitCode::from(1)
-        }
+        Invocation::Run(opts) => match migtest_vmm::machine::run(opts) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("migtest-vmm: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

@@ -79,7 +79,11 @@ fn serve_connection(stream: UnixStream, dispatcher: Arc<Dispatcher>) {
     }
 }
 
-fn handle_frame(session: &mut Session, dispatcher: &Dispatcher, frame: Frame) -> Option<ServerMessage> {
+fn handle_frame(
+    session: &mut Session,
+    dispatcher: &Dispatcher,
+    frame: Frame,
+) -> Option<ServerMessage> {
     let text = match frame {
         Frame::Value(text) => text,
         Frame::Error(desc) => {

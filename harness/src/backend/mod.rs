@@ -7,6 +7,7 @@
 //! whose sockets and logs live in the VM's log directory.
 
 pub mod builtin;
+pub mod qemu;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,79 @@
+//! What the migration code needs from the rest of the VMM.
+//!
+//! The engine is written against two small traits rather than the concrete
+//! `Vm`/`GuestRam` types so that it can be unit-tested with an in-memory RAM
+//! and a recording host, and so that the stream code does not depend on how
+//! the guest is built. The VMM implements them for its real types (see
+//! `vm_impl` in this module once the VM core is merged).
+
+use migtest_qmp::schema::RunState;
+use serde_json::Value;
+
+/// Guest page size used by the stream (QEMU's `TARGET_PAGE_SIZE` on x86).
+pub const PAGE_SIZE: usize = 4096;
+
+/// Guest RAM as seen by migration: page reads and writes plus the dirty bitmap.
+///
+/// `dirty_take` returns the bitmap words (bit `i` of word `w` is page
+/// `w * 64 + i`) and clears them atomically per word. The guest must mark a
+/// page dirty *after* (or atomically with) writing it, so a write that races
+/// with a send is either seen by the read or re-marked for the next pass.
+pub trait MigrationRam: Send + Sync {
+    /// RAM size in bytes (a multiple of [`PAGE_SIZE`]).
+    fn size(&self) -> u64;
+    /// Number of pages.
+    fn page_count(&self) -> u64 {
+        self.size() / PAGE_SIZE as u64
+    }
+    /// Copies page `page` into `buf`.
+    fn read_page(&self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), String>;
+    /// Whether page `page` holds only zero bytes.
+    fn page_is_zero(&self, page: u64) -> bool;
+    /// Overwrites page `page` (destination side).
+    fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String>;
+    /// Zero-fills page `page` (destination side).
+    fn zero_page(&self, page: u64) -> Result<(), String>;
+    /// Marks every page dirty (start of a migration).
+    fn dirty_set_all(&self);
+    /// Takes and clears the dirty bitmap, one word at a time.
+    fn dirty_take(&self) -> Vec<u64>;
+    /// Number of pages currently marked dirty.
+    fn dirty_count(&self) -> u64;
+}
+
+/// Identity of the guest image carried in the stream header; the destination
+/// rejects a stream from a differently shaped guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GuestIdentity {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// A digest of the guest image/workload description, 0 if unknown.
+    pub image_id: u64,
+}
+
+/// The VM as seen by migration: run state, events, process exit and device
+/// state. Mirrors `migtest_vmm::vm::Vm`'s methods.
+pub trait MigrationHost: Send + Sync {
+    /// Guest RAM.
+    fn ram(&self) -> &dyn MigrationRam;
+    /// vCPU count and image identity for the stream header.
+    fn identity(&self) -> GuestIdentity;
+    /// Serializes the device state (`Guest::save_state`) as JSON.
+    fn save_device_state(&self) -> Result<Value, String>;
+    /// Validates and loads a device state (`Guest::load_state`).
+    fn load_device_state(&self, state: Value) -> Result<(), String>;
+    /// Current run state.
+    fn runstate(&self) -> RunState;
+    /// Sets the run state without touching the vCPUs.
+    fn set_runstate(&self, s: RunState);
+    /// Pauses the vCPUs if running, sets `new_state`, emits `STOP` if it was running.
+    fn vm_stop(&self, new_state: RunState);
+    /// Resumes the vCPUs, run state `running`, emits `RESUME`.
+    fn vm_start(&self);
+    /// Whether the destination starts the guest after an incoming migration.
+    fn autostart(&self) -> bool;
+    /// Sends a QMP event to every negotiated client.
+    fn emit(&self, event: &str, data: Option<Value>);
+    /// Flushes events and stderr, then exits the process.
+    fn exit_process(&self, code: i32) -> !;
+}

@@ -1,0 +1,240 @@
+//! The destination: listening, loading and validating the stream.
+
+use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
+use super::stream::{self, Expect, StreamError, StreamSink};
+use super::transport::{Listener, MigrationUri};
+use super::{lock, Shared};
+use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
+use migtest_qmp::ErrorBody;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How `-incoming` was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Mode {
+    /// No `-incoming`.
+    #[default]
+    None,
+    /// `-incoming defer`, waiting for `migrate-incoming`.
+    Deferred,
+    /// Listening or done.
+    Started,
+}
+
+/// The incoming migration state (QEMU's `MigrationIncomingState`).
+#[derive(Debug, Clone)]
+pub(crate) struct Incoming {
+    pub mode: Mode,
+    pub status: MigrationStatus,
+    pub error: Option<String>,
+    pub socket_address: Option<Vec<SocketAddress>>,
+    pub start: Option<Instant>,
+    pub total_time: Option<u64>,
+}
+
+impl Default for Incoming {
+    fn default() -> Incoming {
+        Incoming {
+            mode: Mode::None,
+            status: MigrationStatus::None,
+            error: None,
+            socket_address: None,
+            start: None,
+            total_time: None,
+        }
+    }
+}
+
+impl Incoming {
+    /// The destination's `query-migrate` reply, if an incoming migration exists.
+    pub fn info(&self) -> Option<MigrationInfo> {
+        if self.status == MigrationStatus::None {
+            return None;
+        }
+        Some(MigrationInfo {
+            status: Some(self.status),
+            total_time: if self.status == MigrationStatus::Completed {
+                self.total_time
+            } else {
+                None
+            },
+            error_desc: if self.status == MigrationStatus::Failed {
+                self.error.clone()
+            } else {
+                None
+            },
+            socket_address: self.socket_address.clone(),
+            ..MigrationInfo::default()
+        })
+    }
+}
+
+fn set_status(
+    shared: &Shared,
+    host: &dyn MigrationHost,
+    from: MigrationStatus,
+    to: MigrationStatus,
+) -> bool {
+    let _order = lock(&shared.event_order);
+    {
+        let mut i = lock(&shared.incoming);
+        if i.status != from {
+            return false;
+        }
+        i.status = to;
+        if to.is_terminal() {
+            i.total_time = i.start.map(|s| s.elapsed().as_millis() as u64);
+        }
+    }
+    shared.emit_status(host, to);
+    true
+}
+
+/// `-incoming defer|URI`.
+pub(crate) fn cmdline_start(
+    shared: &Arc<Shared>,
+    host: Arc<dyn MigrationHost>,
+    uri: &str,
+) -> Result<(), String> {
+    host.set_runstate(RunState::Inmigrate);
+    if uri == "defer" {
+        lock(&shared.incoming).mode = Mode::Deferred;
+        return Ok(());
+    }
+    let parsed = MigrationUri::parse(uri).map_err(|e| e.desc)?;
+    start(shared, host, parsed, true)
+}
+
+/// `migrate-incoming`.
+pub(crate) fn qmp_start(
+    shared: &Arc<Shared>,
+    host: Arc<dyn MigrationHost>,
+    uri: &str,
+    exit_on_error: bool,
+) -> Result<(), ErrorBody> {
+    let mode = lock(&shared.incoming).mode;
+    if mode == Mode::Started {
+        return Err(ErrorBody::generic(
+            "The incoming migration has already been started",
+        ));
+    }
+    if mode == Mode::None || host.runstate() != RunState::Inmigrate {
+        return Err(ErrorBody::generic(
+            "'-incoming' was not specified on the command line",
+        ));
+    }
+    let parsed = MigrationUri::parse(uri)?;
+    start(shared, host, parsed, exit_on_error).map_err(ErrorBody::generic)
+}
+
+fn start(
+    shared: &Arc<Shared>,
+    host: Arc<dyn MigrationHost>,
+    uri: MigrationUri,
+    exit_on_error: bool,
+) -> Result<(), String> {
+    let listener = Listener::bind(&uri)?;
+    {
+        let mut i = lock(&shared.incoming);
+        i.mode = Mode::Started;
+        i.socket_address = listener.socket_address().map(|a| vec![a]);
+        i.start = Some(Instant::now());
+    }
+    set_status(
+        shared,
+        host.as_ref(),
+        MigrationStatus::None,
+        MigrationStatus::Setup,
+    );
+    let sh = shared.clone();
+    std::thread::Builder::new()
+        .name("mig/dst/load".into())
+        .spawn(move || run(&sh, host.as_ref(), listener, exit_on_error))
+        .map_err(|e| format!("cannot start the incoming migration thread: {e}"))?;
+    Ok(())
+}
+
+/// Writes validated pages into guest RAM.
+struct RamSink<'a>(&'a dyn MigrationRam);
+
+impl StreamSink for RamSink<'_> {
+    fn zero_page(&mut self, page: u64) -> Result<(), String> {
+        self.0.zero_page(page)
+    }
+    fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
+        self.0.load_page(page, data)
+    }
+}
+
+/// Loads a stream from `r` into the host: every record validated before it
+/// is applied; the device state is loaded only after the end record and EOF
+/// were verified.
+pub(crate) fn load_into_host<R: std::io::Read>(
+    host: &dyn MigrationHost,
+    r: R,
+) -> Result<stream::LoadSummary, StreamError> {
+    let ram = host.ram();
+    let id = host.identity();
+    let expect = Expect {
+        ram_size: ram.size(),
+        vcpus: id.vcpus,
+        image_id: id.image_id,
+    };
+    let sum = stream::load(r, expect, &mut RamSink(ram), || {})?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&sum.device_state).map_err(|e| StreamError {
+            offset: sum.device_state_offset,
+            kind: stream::StreamErrorKind::DeviceStateInvalid {
+                reason: e.to_string(),
+            },
+        })?;
+    host.load_device_state(value)
+        .map_err(|reason| StreamError {
+            offset: sum.device_state_offset,
+            kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
+        })?;
+    Ok(sum)
+}
+
+fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
+    let result = match listener.accept() {
+        Ok(conn) => {
+            drop(listener);
+            set_status(
+                shared,
+                host,
+                MigrationStatus::Setup,
+                MigrationStatus::Active,
+            );
+            load_into_host(host, conn).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(format!(
+            "Failed to accept a migration connection: {}",
+            stream::os_error_text(&e)
+        )),
+    };
+    match result {
+        Ok(_) => {
+            if host.autostart() {
+                host.vm_start();
+            } else {
+                host.set_runstate(RunState::Paused);
+            }
+            set_status(
+                shared,
+                host,
+                MigrationStatus::Active,
+                MigrationStatus::Completed,
+            );
+        }
+        Err(msg) => {
+            lock(&shared.incoming).error = Some(msg.clone());
+            let cur = lock(&shared.incoming).status;
+            set_status(shared, host, cur, MigrationStatus::Failed);
+            eprintln!("migtest-vmm: load of migration failed: {msg}");
+            if exit_on_error {
+                host.exit_process(1);
+            }
+        }
+    }
+}

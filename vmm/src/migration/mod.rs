@@ -1,0 +1,272 @@
+//! Live migration: QMP commands, the precopy source engine, the destination
+//! loader, the stream format and the transports.
+//!
+//! One [`Migration`] exists per VMM process. Like QEMU's global
+//! `MigrationState` it keeps parameters, capabilities and the state of the
+//! last outgoing and the incoming migration across migrations. Each QMP
+//! migration command has one entry point returning the command's `return`
+//! value or an [`ErrorBody`].
+//!
+//! Submodules:
+//! - [`stream`]: the versioned wire format (`docs/migration-stream.md`).
+//! - [`params`]: parameters and capabilities with QEMU's texts.
+//! - [`switchover`]: the switchover decision and the `switchover-hold` semaphore.
+//! - [`transport`]: `unix:` / `tcp:` URIs.
+//! - [`host`]: the traits the engine needs from the VM and the guest.
+
+pub mod host;
+pub mod params;
+pub mod stream;
+pub mod switchover;
+pub mod transport;
+
+mod incoming;
+mod outgoing;
+
+pub use host::{GuestIdentity, MigrationHost, MigrationRam, PAGE_SIZE};
+pub use params::{Capabilities, Parameters, SetParameters};
+pub use stream::{StreamError, StreamErrorKind};
+pub use transport::MigrationUri;
+
+use migtest_qmp::args::Args;
+use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState};
+use migtest_qmp::ErrorBody;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use switchover::HoldSemaphore;
+
+/// QEMU's `QERR_MIGRATION_ACTIVE`.
+pub const MIGRATION_ACTIVE: &str = "There's a migration process in progress";
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// State shared by the QMP side and the migration threads.
+pub(crate) struct Shared {
+    pub(crate) params: Mutex<Parameters>,
+    pub(crate) caps: Mutex<Capabilities>,
+    /// Kicked when `switchover-hold` goes true→false; see [`switchover::HoldSemaphore`].
+    pub(crate) hold_sem: HoldSemaphore,
+    pub(crate) outgoing: Mutex<Option<Arc<outgoing::Outgoing>>>,
+    pub(crate) incoming: Mutex<incoming::Incoming>,
+    /// Serializes status changes with their events so events come out in order.
+    pub(crate) event_order: Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn params(&self) -> Parameters {
+        *lock(&self.params)
+    }
+
+    pub(crate) fn events_on(&self) -> bool {
+        lock(&self.caps).events()
+    }
+
+    pub(crate) fn emit_status(&self, host: &dyn MigrationHost, status: MigrationStatus) {
+        if self.events_on() {
+            host.emit("MIGRATION", Some(json!({ "status": status.as_str() })));
+        }
+    }
+}
+
+/// The migration subsystem of one VMM process.
+pub struct Migration {
+    host: Weak<dyn MigrationHost>,
+    shared: Arc<Shared>,
+}
+
+impl Migration {
+    /// A migration subsystem for `host` (typically built with
+    /// `Arc::new_cyclic` by the VM that owns it).
+    pub fn new(host: Weak<dyn MigrationHost>) -> Migration {
+        Migration {
+            host,
+            shared: Arc::new(Shared {
+                params: Mutex::new(Parameters::default()),
+                caps: Mutex::new(Capabilities::default()),
+                hold_sem: HoldSemaphore::new(),
+                outgoing: Mutex::new(None),
+                incoming: Mutex::new(incoming::Incoming::default()),
+                event_order: Mutex::new(()),
+            }),
+        }
+    }
+
+    fn host(&self) -> Result<Arc<dyn MigrationHost>, ErrorBody> {
+        self.host
+            .upgrade()
+            .ok_or_else(|| ErrorBody::generic("The VM is shutting down"))
+    }
+
+    /// Current parameters.
+    pub fn parameters(&self) -> Parameters {
+        self.shared.params()
+    }
+
+    /// Current capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        *lock(&self.shared.caps)
+    }
+
+    /// Status of the current (or last) outgoing migration.
+    pub fn outgoing_status(&self) -> MigrationStatus {
+        lock(&self.shared.outgoing)
+            .as_ref()
+            .map(|o| o.status())
+            .unwrap_or(MigrationStatus::None)
+    }
+
+    /// Status of the incoming migration.
+    pub fn incoming_status(&self) -> MigrationStatus {
+        lock(&self.shared.incoming).status
+    }
+
+    /// `migrate {uri, detach?, resume?}`.
+    pub fn migrate(&self, mut args: Args) -> Result<Value, ErrorBody> {
+        let uri = args.str("uri")?;
+        let _detach = args.opt_bool("detach")?;
+        let resume = args.opt_bool("resume")?;
+        args.finish()?;
+        if resume == Some(true) {
+            return Err(ErrorBody::generic(
+                "Cannot resume if there is no paused migration",
+            ));
+        }
+        let host = self.host()?;
+        let mut slot = lock(&self.shared.outgoing);
+        if let Some(o) = slot.as_ref() {
+            if o.status().is_running() {
+                return Err(ErrorBody::generic(MIGRATION_ACTIVE));
+            }
+        }
+        if host.runstate() == RunState::Inmigrate {
+            return Err(ErrorBody::generic(
+                "Guest is waiting for an incoming migration",
+            ));
+        }
+        let uri = MigrationUri::parse(&uri)?;
+        let out = outgoing::start(self.shared.clone(), host, uri);
+        *slot = Some(out);
+        Ok(json!({}))
+    }
+
+    /// `migrate_cancel`: succeeds even when no migration runs.
+    pub fn migrate_cancel(&self) -> Result<Value, ErrorBody> {
+        let out = lock(&self.shared.outgoing).clone();
+        if let (Some(out), Ok(host)) = (out, self.host()) {
+            out.cancel(&self.shared, host.as_ref());
+        }
+        Ok(json!({}))
+    }
+
+    /// `migrate-continue {state}`: leaves `pre-switchover`.
+    pub fn migrate_continue(&self, mut args: Args) -> Result<Value, ErrorBody> {
+        let names: Vec<&str> = ALL_STATUS_NAMES.to_vec();
+        let state = args.enumeration("state", &names)?;
+        args.finish()?;
+        let cur = self.outgoing_status();
+        if cur.as_str() != state {
+            return Err(ErrorBody::generic(format!(
+                "Migration not in expected state: {}",
+                cur.as_str()
+            )));
+        }
+        if let Some(o) = lock(&self.shared.outgoing).as_ref() {
+            o.pause_sem.post();
+        }
+        Ok(json!({}))
+    }
+
+    /// `migrate-set-parameters`: validates everything, then applies.
+    pub fn set_parameters(&self, args: Args) -> Result<Value, ErrorBody> {
+        let req = SetParameters::parse(args)?;
+        let mut p = lock(&self.shared.params);
+        let next = req.test_apply(&p)?;
+        let old_hold = p.switchover_hold;
+        *p = next;
+        drop(p);
+        // Kick a holding migration thread only on true→false; see HoldSemaphore.
+        if old_hold && !next.switchover_hold {
+            self.shared.hold_sem.post();
+        }
+        Ok(json!({}))
+    }
+
+    /// `query-migrate-parameters`.
+    pub fn query_parameters(&self) -> Result<Value, ErrorBody> {
+        Ok(self.shared.params().to_value())
+    }
+
+    /// `migrate-set-capabilities`.
+    pub fn set_capabilities(&self, args: Args) -> Result<Value, ErrorBody> {
+        let mut caps = lock(&self.shared.caps);
+        let next = caps.test_apply(args)?;
+        if self.outgoing_status().is_running() {
+            return Err(ErrorBody::generic(MIGRATION_ACTIVE));
+        }
+        *caps = next;
+        Ok(json!({}))
+    }
+
+    /// `query-migrate-capabilities`.
+    pub fn query_capabilities(&self) -> Result<Value, ErrorBody> {
+        Ok(lock(&self.shared.caps).to_value())
+    }
+
+    /// `query-migrate`: `{}` before any migration.
+    pub fn query_migrate(&self) -> Result<Value, ErrorBody> {
+        Ok(serde_json::to_value(self.info()).unwrap_or_else(|_| json!({})))
+    }
+
+    /// The typed `query-migrate` reply.
+    pub fn info(&self) -> MigrationInfo {
+        let inc = lock(&self.shared.incoming).info();
+        if let Some(info) = inc {
+            return info;
+        }
+        match lock(&self.shared.outgoing).as_ref() {
+            Some(o) => o.info(),
+            None => MigrationInfo::default(),
+        }
+    }
+
+    /// `migrate-incoming {uri, exit-on-error?}`.
+    pub fn migrate_incoming(&self, mut args: Args) -> Result<Value, ErrorBody> {
+        let uri = args.str("uri")?;
+        let exit_on_error = args.opt_bool("exit-on-error")?.unwrap_or(true);
+        args.finish()?;
+        let host = self.host()?;
+        incoming::qmp_start(&self.shared, host, &uri, exit_on_error)?;
+        Ok(json!({}))
+    }
+
+    /// `-incoming URI` or `-incoming defer` from the command line. Sets the
+    /// run state `inmigrate`; with a URI starts listening at once. The error
+    /// is the text to print before exiting 1.
+    pub fn start_incoming_from_cmdline(&self, uri: &str) -> Result<(), String> {
+        let host = self.host().map_err(|e| e.desc)?;
+        incoming::cmdline_start(&self.shared, host, uri)
+    }
+}
+
+/// Every `MigrationStatus` wire name (what `migrate-continue` accepts).
+pub const ALL_STATUS_NAMES: [&str; 14] = [
+    "none",
+    "setup",
+    "cancelling",
+    "cancelled",
+    "active",
+    "postcopy-active",
+    "postcopy-paused",
+    "postcopy-recover",
+    "completed",
+    "failed",
+    "colo",
+    "pre-switchover",
+    "device",
+    "wait-unplug",
+];
+
+#[cfg(test)]
+mod tests;

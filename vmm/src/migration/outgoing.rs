@@ -1,0 +1,578 @@
+//! The precopy source engine: one thread per outgoing migration.
+//!
+//! The decision points are small functions (`sync_dirty`, `send_batch`,
+//! `decide_complete`, `complete`) so later test builds can wrap them with
+//! `#[cfg(feature = "fault-injection")]` switches.
+
+use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
+use super::stream::{os_error_text, Header, StreamWriter};
+use super::switchover::{self, Semaphore};
+use super::transport::{self, Conn, MigrationUri};
+use super::{lock, Shared};
+use migtest_qmp::schema::{MigrationInfo, MigrationStats, MigrationStatus, RunState};
+use serde_json::json;
+use std::io::{self, BufWriter};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// QEMU's `BUFFER_DELAY`: the rate-limit and measurement window.
+pub const WINDOW: Duration = Duration::from_millis(100);
+/// Pages sent between two switchover decisions.
+const BATCH_PAGES: u64 = 64;
+
+/// What `query-migrate` shows of an outgoing migration.
+#[derive(Debug, Clone)]
+pub(crate) struct OutInfo {
+    pub status: MigrationStatus,
+    pub error: Option<String>,
+    pub start: Instant,
+    pub setup_time: Option<u64>,
+    pub total_time: Option<u64>,
+    pub downtime: Option<u64>,
+    pub expected_downtime: u64,
+    pub stats: MigrationStats,
+}
+
+/// One outgoing migration.
+pub(crate) struct Outgoing {
+    pub info: Mutex<OutInfo>,
+    /// `pause-before-switchover`: posted by `migrate-continue` and cancel.
+    pub pause_sem: Semaphore,
+    /// A handle on the socket so cancel can shut it down.
+    pub conn: Mutex<Option<Conn>>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Outgoing {
+    pub fn status(&self) -> MigrationStatus {
+        lock(&self.info).status
+    }
+
+    /// QEMU's `migrate_set_state`: compare-and-set plus the event.
+    pub fn set_status(
+        &self,
+        shared: &Shared,
+        host: &dyn MigrationHost,
+        from: MigrationStatus,
+        to: MigrationStatus,
+    ) -> bool {
+        let _order = lock(&shared.event_order);
+        {
+            let mut i = lock(&self.info);
+            if i.status != from {
+                return false;
+            }
+            i.status = to;
+            if to.is_terminal() {
+                i.total_time = Some(ms(i.start.elapsed()));
+            }
+        }
+        shared.emit_status(host, to);
+        true
+    }
+
+    /// `migrate_cancel` (QEMU's `migrate_fd_cancel`).
+    pub fn cancel(&self, shared: &Shared, host: &dyn MigrationHost) {
+        loop {
+            let old = self.status();
+            if !old.is_running() || old == MigrationStatus::Cancelling {
+                return;
+            }
+            if old == MigrationStatus::PreSwitchover {
+                // Kick it out of the pause.
+                self.pause_sem.post();
+            }
+            if self.set_status(shared, host, old, MigrationStatus::Cancelling) {
+                break;
+            }
+        }
+        // Unblock a thread stuck writing to a full socket.
+        if let Some(c) = lock(&self.conn).as_ref() {
+            c.shutdown();
+        }
+    }
+
+    pub fn info(&self) -> MigrationInfo {
+        let i = lock(&self.info).clone();
+        let mut info = MigrationInfo {
+            status: Some(i.status),
+            ..MigrationInfo::default()
+        };
+        use MigrationStatus as S;
+        match i.status {
+            S::Setup => {}
+            S::Active | S::Cancelling | S::PreSwitchover | S::Device | S::Completed => {
+                info.setup_time = Some(i.setup_time.unwrap_or(0));
+                if i.status == S::Completed {
+                    info.total_time = i.total_time;
+                    info.downtime = i.downtime;
+                } else {
+                    info.total_time = Some(ms(i.start.elapsed()));
+                    info.expected_downtime = Some(i.expected_downtime);
+                }
+                info.ram = Some(i.stats);
+            }
+            S::Failed => info.error_desc = i.error,
+            _ => {}
+        }
+        info
+    }
+}
+
+/// Starts an outgoing migration: status `setup` now, the rest in a thread.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    host: Arc<dyn MigrationHost>,
+    uri: MigrationUri,
+) -> Arc<Outgoing> {
+    let out = Arc::new(Outgoing {
+        info: Mutex::new(OutInfo {
+            status: MigrationStatus::None,
+            error: None,
+            start: Instant::now(),
+            setup_time: None,
+            total_time: None,
+            downtime: None,
+            expected_downtime: 0,
+            stats: MigrationStats {
+                total: host.ram().size(),
+                page_size: PAGE_SIZE as u64,
+                ..MigrationStats::default()
+            },
+        }),
+        pause_sem: Semaphore::new(),
+        conn: Mutex::new(None),
+    });
+    out.set_status(
+        &shared,
+        host.as_ref(),
+        MigrationStatus::None,
+        MigrationStatus::Setup,
+    );
+    let o = out.clone();
+    let spawned = std::thread::Builder::new()
+        .name("live_migration".into())
+        .spawn(move || run(&shared, &o, host.as_ref(), &uri));
+    if let Err(e) = spawned {
+        // Nothing started; report it like any other failure.
+        let mut i = lock(&out.info);
+        i.error = Some(format!("cannot start migration thread: {e}"));
+        i.status = MigrationStatus::Failed;
+    }
+    out
+}
+
+/// Why the engine stopped before completing.
+enum Abort {
+    Cancelled,
+    Failed(String),
+}
+
+fn write_err(e: io::Error) -> Abort {
+    Abort::Failed(format!("Unable to write to socket: {}", os_error_text(&e)))
+}
+
+struct Engine<'a> {
+    shared: &'a Shared,
+    out: &'a Outgoing,
+    host: &'a dyn MigrationHost,
+    ram: &'a dyn MigrationRam,
+    w: StreamWriter<BufWriter<Conn>>,
+    /// Pages still to send (the migration bitmap).
+    bitmap: Vec<u64>,
+    pending_pages: u64,
+    scan_word: usize,
+    page_count: u64,
+    sync_count: u64,
+    last_sync: Instant,
+    // Rate limit / measurement window.
+    window_start: Instant,
+    window_bytes_start: u64,
+    window_pages: u64,
+    bandwidth: f64,
+    threshold: u64,
+    // VM state the migration changed.
+    stopped_vm: bool,
+    vm_was_running: bool,
+    stop_time: Option<Instant>,
+}
+
+fn run(shared: &Shared, out: &Outgoing, host: &dyn MigrationHost, uri: &MigrationUri) {
+    let mut stopped = (false, false);
+    let result = run_inner(shared, out, host, uri, &mut stopped);
+    let (stopped_vm, vm_was_running) = stopped;
+    let restore_vm = || {
+        if stopped_vm {
+            if vm_was_running {
+                host.vm_start();
+            } else if host.runstate() == RunState::FinishMigrate {
+                host.set_runstate(RunState::Postmigrate);
+            }
+        }
+    };
+    match result {
+        Ok(()) => {}
+        Err(_) if out.status() == MigrationStatus::Cancelling => {
+            restore_vm();
+            out.set_status(
+                shared,
+                host,
+                MigrationStatus::Cancelling,
+                MigrationStatus::Cancelled,
+            );
+        }
+        Err(Abort::Cancelled) => {
+            restore_vm();
+            // A cancel that raced with the end of a phase.
+            let cur = out.status();
+            out.set_status(shared, host, cur, MigrationStatus::Cancelled);
+        }
+        Err(Abort::Failed(msg)) => {
+            restore_vm();
+            lock(&out.info).error = Some(msg);
+            loop {
+                let cur = out.status();
+                if !cur.is_running() {
+                    break;
+                }
+                if cur == MigrationStatus::Cancelling {
+                    out.set_status(shared, host, cur, MigrationStatus::Cancelled);
+                    break;
+                }
+                if out.set_status(shared, host, cur, MigrationStatus::Failed) {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(c) = lock(&out.conn).take() {
+        c.shutdown();
+    }
+}
+
+fn run_inner(
+    shared: &Shared,
+    out: &Outgoing,
+    host: &dyn MigrationHost,
+    uri: &MigrationUri,
+    stopped: &mut (bool, bool),
+) -> Result<(), Abort> {
+    let conn = transport::connect(uri).map_err(Abort::Failed)?;
+    let handle = conn.try_clone().map_err(write_err)?;
+    *lock(&out.conn) = Some(handle);
+    if out.status() != MigrationStatus::Setup {
+        return Err(Abort::Cancelled);
+    }
+    let ram = host.ram();
+    let id = host.identity();
+    let page_count = ram.page_count();
+    let words = page_count.div_ceil(64) as usize;
+    let mut e = Engine {
+        shared,
+        out,
+        host,
+        ram,
+        w: StreamWriter::new(BufWriter::with_capacity(256 * 1024, conn)),
+        bitmap: vec![0; words],
+        pending_pages: 0,
+        scan_word: 0,
+        page_count,
+        sync_count: 0,
+        last_sync: Instant::now(),
+        window_start: Instant::now(),
+        window_bytes_start: 0,
+        window_pages: 0,
+        bandwidth: 0.0,
+        threshold: 0,
+        stopped_vm: false,
+        vm_was_running: false,
+        stop_time: None,
+    };
+    let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
+    *stopped = (e.stopped_vm, e.vm_was_running);
+    r
+}
+
+impl Engine<'_> {
+    fn cancelled(&self) -> bool {
+        self.out.status() == MigrationStatus::Cancelling
+    }
+
+    fn migrate(&mut self, header: Header) -> Result<(), Abort> {
+        self.w.header(&header).map_err(write_err)?;
+        self.ram.dirty_set_all();
+        {
+            let mut i = lock(&self.out.info);
+            i.setup_time = Some(ms(i.start.elapsed()));
+        }
+        if !self.out.set_status(
+            self.shared,
+            self.host,
+            MigrationStatus::Setup,
+            MigrationStatus::Active,
+        ) {
+            return Err(Abort::Cancelled);
+        }
+        self.window_start = Instant::now();
+        loop {
+            if self.cancelled() {
+                return Err(Abort::Cancelled);
+            }
+            let pending = self.pending_bytes();
+            if self.pending_pages == 0 || pending < self.threshold {
+                // QEMU's "pending exact": sync to know what really remains.
+                self.sync_dirty()?;
+            }
+            if self.decide_complete() {
+                return self.complete();
+            }
+            if self.pending_pages > 0 {
+                self.send_batch()?;
+            }
+            self.update_window();
+        }
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        self.pending_pages * PAGE_SIZE as u64
+    }
+
+    /// The switchover decision, with `switchover-hold`.
+    fn decide_complete(&mut self) -> bool {
+        let p = self.shared.params();
+        let pending = self.pending_bytes();
+        switchover::should_complete(
+            pending,
+            self.threshold,
+            p.switchover_hold,
+            &self.shared.hold_sem,
+        )
+    }
+
+    /// Syncs the guest's dirty bitmap into the migration bitmap: one pass.
+    fn sync_dirty(&mut self) -> Result<(), Abort> {
+        let taken = self.ram.dirty_take();
+        let mut newly = 0u64;
+        for (w, bits) in taken.iter().enumerate() {
+            if w >= self.bitmap.len() {
+                break;
+            }
+            let mut bits = *bits;
+            if w == self.bitmap.len() - 1 && !self.page_count.is_multiple_of(64) {
+                bits &= (1u64 << (self.page_count % 64)) - 1;
+            }
+            newly += (bits & !self.bitmap[w]).count_ones() as u64;
+            self.bitmap[w] |= bits;
+        }
+        self.pending_pages += newly;
+        self.sync_count += 1;
+        let now = Instant::now();
+        let secs = now.duration_since(self.last_sync).as_secs_f64();
+        self.last_sync = now;
+        {
+            let mut i = lock(&self.out.info);
+            i.stats.dirty_sync_count = self.sync_count;
+            i.stats.remaining = self.pending_bytes();
+            if self.sync_count > 1 && secs > 0.0 {
+                i.stats.dirty_pages_rate = (newly as f64 / secs) as u64;
+            }
+        }
+        if self.shared.events_on() {
+            self.host
+                .emit("MIGRATION_PASS", Some(json!({ "pass": self.sync_count })));
+        }
+        self.w.pass(self.sync_count).map_err(write_err)
+    }
+
+    /// Takes the next page from the migration bitmap.
+    fn next_dirty(&mut self) -> Option<u64> {
+        if self.pending_pages == 0 {
+            return None;
+        }
+        let n = self.bitmap.len();
+        for k in 0..n {
+            let w = (self.scan_word + k) % n;
+            let bits = self.bitmap[w];
+            if bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                self.bitmap[w] &= !(1u64 << b);
+                self.scan_word = w;
+                self.pending_pages -= 1;
+                return Some(w as u64 * 64 + b);
+            }
+        }
+        self.pending_pages = 0;
+        None
+    }
+
+    fn send_page(&mut self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), Abort> {
+        if self.ram.page_is_zero(page) {
+            self.w.zero_page(page).map_err(write_err)?;
+            lock(&self.out.info).stats.duplicate += 1;
+        } else {
+            self.ram
+                .read_page(page, buf)
+                .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
+            self.w.page(page, buf).map_err(write_err)?;
+            let mut i = lock(&self.out.info);
+            i.stats.normal += 1;
+            i.stats.normal_bytes += PAGE_SIZE as u64;
+        }
+        self.window_pages += 1;
+        Ok(())
+    }
+
+    /// Bytes this window may still carry under `max-bandwidth` (None = unlimited).
+    fn window_budget(&self) -> Option<u64> {
+        let bw = self.shared.params().max_bandwidth;
+        if bw == 0 {
+            return None;
+        }
+        let limit = (bw / 10).max(1);
+        let used = self.w.written() - self.window_bytes_start;
+        Some(limit.saturating_sub(used))
+    }
+
+    /// Sends up to [`BATCH_PAGES`] pages within the rate limit; when the
+    /// window's budget is spent, sleeps (in short slices) until it ends.
+    fn send_batch(&mut self) -> Result<(), Abort> {
+        let mut buf = [0u8; PAGE_SIZE];
+        for _ in 0..BATCH_PAGES {
+            if self.window_budget() == Some(0) {
+                self.w.flush().map_err(write_err)?;
+                while self.window_start.elapsed() < WINDOW && !self.cancelled() {
+                    let left = WINDOW.saturating_sub(self.window_start.elapsed());
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
+                    if self.window_budget() != Some(0) {
+                        break; // max-bandwidth was raised
+                    }
+                }
+                return Ok(());
+            }
+            let Some(page) = self.next_dirty() else { break };
+            self.send_page(page, &mut buf)?;
+        }
+        let mut i = lock(&self.out.info);
+        i.stats.transferred = self.w.written();
+        i.stats.precopy_bytes = self.w.written();
+        i.stats.remaining = self.pending_bytes();
+        Ok(())
+    }
+
+    /// QEMU's `migration_update_counters`, once per window.
+    fn update_window(&mut self) {
+        let el = self.window_start.elapsed();
+        if el < WINDOW {
+            return;
+        }
+        let el_ms = el.as_secs_f64() * 1000.0;
+        let bytes = self.w.written() - self.window_bytes_start;
+        if bytes > 0 {
+            self.bandwidth = bytes as f64 / el_ms;
+        }
+        let p = self.shared.params();
+        self.threshold = switchover::threshold(
+            self.bandwidth,
+            p.downtime_limit,
+            p.avail_switchover_bandwidth,
+        );
+        {
+            let mut i = lock(&self.out.info);
+            i.stats.mbps = bytes as f64 * 8.0 / el_ms / 1000.0;
+            i.stats.pages_per_second = (self.window_pages as f64 * 1000.0 / el_ms) as u64;
+            i.expected_downtime = if self.bandwidth > 0.0 {
+                (self.pending_bytes() as f64 / self.bandwidth) as u64
+            } else {
+                0
+            };
+            i.stats.transferred = self.w.written();
+            i.stats.remaining = self.pending_bytes();
+        }
+        self.window_start = Instant::now();
+        self.window_bytes_start = self.w.written();
+        self.window_pages = 0;
+    }
+
+    /// Stops the guest and sends everything that remains.
+    fn complete(&mut self) -> Result<(), Abort> {
+        self.vm_was_running = self.host.runstate() == RunState::Running;
+        self.stopped_vm = true;
+        self.host.vm_stop(RunState::FinishMigrate);
+        self.stop_time = Some(Instant::now());
+        let precopy = self.w.written();
+        if self.cancelled() {
+            return Err(Abort::Cancelled);
+        }
+        let mut state = MigrationStatus::Active;
+        if lock(&self.shared.caps).pause_before_switchover() {
+            if !self.out.set_status(
+                self.shared,
+                self.host,
+                MigrationStatus::Active,
+                MigrationStatus::PreSwitchover,
+            ) {
+                return Err(Abort::Cancelled);
+            }
+            self.w.flush().map_err(write_err)?;
+            self.out.pause_sem.wait();
+            if !self.out.set_status(
+                self.shared,
+                self.host,
+                MigrationStatus::PreSwitchover,
+                MigrationStatus::Device,
+            ) {
+                return Err(Abort::Cancelled);
+            }
+            state = MigrationStatus::Device;
+        }
+        self.final_pass()?;
+        let dev = self
+            .host
+            .save_device_state()
+            .map_err(|m| Abort::Failed(format!("cannot save device state: {m}")))?;
+        let bytes = serde_json::to_vec(&dev)
+            .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
+        self.w.device_state(&bytes).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidInput {
+                Abort::Failed(e.to_string())
+            } else {
+                write_err(e)
+            }
+        })?;
+        self.w.end().map_err(write_err)?;
+        self.w.get_mut().get_ref().shutdown_write();
+        let downtime = self.stop_time.map(|t| ms(t.elapsed())).unwrap_or(0);
+        {
+            let mut i = lock(&self.out.info);
+            i.downtime = Some(downtime);
+            i.stats.transferred = self.w.written();
+            i.stats.precopy_bytes = precopy;
+            i.stats.downtime_bytes = self.w.written() - precopy;
+            i.stats.remaining = 0;
+        }
+        if !self
+            .out
+            .set_status(self.shared, self.host, state, MigrationStatus::Completed)
+        {
+            return Err(Abort::Cancelled);
+        }
+        self.host.set_runstate(RunState::Postmigrate);
+        Ok(())
+    }
+
+    /// The last sync and all remaining pages, without rate limit.
+    fn final_pass(&mut self) -> Result<(), Abort> {
+        self.sync_dirty()?;
+        let mut buf = [0u8; PAGE_SIZE];
+        while let Some(page) = self.next_dirty() {
+            if self.cancelled() {
+                return Err(Abort::Cancelled);
+            }
+            self.send_page(page, &mut buf)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! Migration parameters and capabilities with QEMU's names, defaults, range
+//! checks and error texts.
+
+use migtest_qmp::args::Args;
+use migtest_qmp::schema::MigrationCapabilityStatus;
+use migtest_qmp::ErrorBody;
+use serde_json::{json, Value};
+
+/// `MAX_MIGRATE_DOWNTIME_SECONDS`.
+pub const MAX_DOWNTIME_SECONDS: u64 = 2000;
+/// Default `downtime-limit` in ms (`DEFAULT_MIGRATE_SET_DOWNTIME`).
+pub const DEFAULT_DOWNTIME_LIMIT: u64 = 300;
+/// Default `max-bandwidth` (`MAX_THROTTLE`, 128 MiB/s).
+pub const DEFAULT_MAX_BANDWIDTH: u64 = 128 << 20;
+
+/// The parameters migtest-vmm implements (`MigrationParameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parameters {
+    /// `downtime-limit`, ms.
+    pub downtime_limit: u64,
+    /// `max-bandwidth`, bytes/s, 0 = unlimited.
+    pub max_bandwidth: u64,
+    /// `avail-switchover-bandwidth`, bytes/s, 0 = use the measured bandwidth.
+    pub avail_switchover_bandwidth: u64,
+    /// `switchover-hold`: the source keeps iterating instead of switching over.
+    pub switchover_hold: bool,
+}
+
+impl Default for Parameters {
+    fn default() -> Parameters {
+        Parameters {
+            downtime_limit: DEFAULT_DOWNTIME_LIMIT,
+            max_bandwidth: DEFAULT_MAX_BANDWIDTH,
+            avail_switchover_bandwidth: 0,
+            switchover_hold: false,
+        }
+    }
+}
+
+/// A parsed `migrate-set-parameters` request (`MigrateSetParameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetParameters {
+    /// New `downtime-limit`.
+    pub downtime_limit: Option<u64>,
+    /// New `max-bandwidth`.
+    pub max_bandwidth: Option<u64>,
+    /// New `avail-switchover-bandwidth`.
+    pub avail_switchover_bandwidth: Option<u64>,
+    /// New `switchover-hold`.
+    pub switchover_hold: Option<bool>,
+}
+
+fn invalid(param: &str, expects: &str) -> ErrorBody {
+    // QERR_INVALID_PARAMETER_VALUE
+    ErrorBody::generic(format!("Parameter '{param}' expects {expects}"))
+}
+
+impl SetParameters {
+    /// Reads the arguments strictly (types, unknown members).
+    pub fn parse(mut args: Args) -> Result<SetParameters, ErrorBody> {
+        let p = SetParameters {
+            downtime_limit: args.opt_u64("downtime-limit", "uint64")?,
+            max_bandwidth: args.opt_u64("max-bandwidth", "size")?,
+            avail_switchover_bandwidth: args.opt_u64("avail-switchover-bandwidth", "size")?,
+            switchover_hold: args.opt_bool("switchover-hold")?,
+        };
+        args.finish()?;
+        Ok(p)
+    }
+
+    /// QEMU's `migrate_params_test_apply` + `migrate_params_check`: the
+    /// parameters as they would be, or the first range error. Nothing is
+    /// applied when any value is bad.
+    pub fn test_apply(&self, cur: &Parameters) -> Result<Parameters, ErrorBody> {
+        let mut p = *cur;
+        if let Some(v) = self.max_bandwidth {
+            p.max_bandwidth = v;
+        }
+        if let Some(v) = self.avail_switchover_bandwidth {
+            p.avail_switchover_bandwidth = v;
+        }
+        if let Some(v) = self.downtime_limit {
+            p.downtime_limit = v;
+        }
+        if let Some(v) = self.switchover_hold {
+            p.switchover_hold = v;
+        }
+        // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
+        // these two checks only exist to mirror QEMU on 32-bit hosts.
+        if self.max_bandwidth.is_some() && p.max_bandwidth > usize::MAX as u64 {
+            return Err(invalid(
+                "max_bandwidth",
+                &format!(
+                    "an integer in the range of 0 to {} bytes/second",
+                    usize::MAX
+                ),
+            ));
+        }
+        if self.avail_switchover_bandwidth.is_some()
+            && p.avail_switchover_bandwidth > usize::MAX as u64
+        {
+            return Err(invalid(
+                "avail_switchover_bandwidth",
+                &format!(
+                    "an integer in the range of 0 to {} bytes/second",
+                    usize::MAX
+                ),
+            ));
+        }
+        if self.downtime_limit.is_some() && p.downtime_limit > MAX_DOWNTIME_SECONDS * 1000 {
+            return Err(invalid(
+                "downtime_limit",
+                &format!("an integer in the range of 0 to {MAX_DOWNTIME_SECONDS} seconds"),
+            ));
+        }
+        Ok(p)
+    }
+}
+
+impl Parameters {
+    /// The `query-migrate-parameters` reply.
+    pub fn to_value(&self) -> Value {
+        json!({
+            "downtime-limit": self.downtime_limit,
+            "max-bandwidth": self.max_bandwidth,
+            "avail-switchover-bandwidth": self.avail_switchover_bandwidth,
+            "switchover-hold": self.switchover_hold,
+        })
+    }
+}
+
+/// QEMU 7.2's `MigrationCapability` list, in enum order.
+pub const CAPABILITY_NAMES: [&str; 21] = [
+    "xbzrle",
+    "rdma-pin-all",
+    "auto-converge",
+    "zero-blocks",
+    "compress",
+    "events",
+    "postcopy-ram",
+    "x-colo",
+    "release-ram",
+    "block",
+    "return-path",
+    "pause-before-switchover",
+    "multifd",
+    "dirty-bitmaps",
+    "postcopy-blocktime",
+    "late-block-activate",
+    "x-ignore-shared",
+    "validate-uuid",
+    "background-snapshot",
+    "zero-copy-send",
+    "postcopy-preempt",
+];
+
+/// Capabilities migtest-vmm implements; the others can only be set false.
+pub const SUPPORTED_CAPABILITIES: [&str; 2] = ["events", "pause-before-switchover"];
+
+/// Capability states, indexed like [`CAPABILITY_NAMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    states: [bool; 21],
+}
+
+impl Capabilities {
+    fn index(name: &str) -> Option<usize> {
+        CAPABILITY_NAMES.iter().position(|n| *n == name)
+    }
+
+    /// The state of a capability by name (false for unknown names).
+    pub fn get(&self, name: &str) -> bool {
+        Self::index(name).map(|i| self.states[i]).unwrap_or(false)
+    }
+
+    /// `events`.
+    pub fn events(&self) -> bool {
+        self.get("events")
+    }
+
+    /// `pause-before-switchover`.
+    pub fn pause_before_switchover(&self) -> bool {
+        self.get("pause-before-switchover")
+    }
+
+    /// Parses a `migrate-set-capabilities` request and returns the states
+    /// it would produce; nothing changes unless every entry is valid.
+    pub fn test_apply(&self, mut args: Args) -> Result<Capabilities, ErrorBody> {
+        let list = args.array("capabilities")?;
+        args.finish()?;
+        let mut next = *self;
+        for (i, item) in list.into_iter().enumerate() {
+            let path = format!("capabilities[{i}]");
+            let map = match item {
+                Value::Object(m) => m,
+                _ => {
+                    return Err(ErrorBody::generic(format!(
+                        "Invalid parameter type for '{path}', expected: object"
+                    )))
+                }
+            };
+            let mut a = Args::nested(&path, map);
+            let name = a.enumeration("capability", &CAPABILITY_NAMES)?;
+            let state = a.bool("state")?;
+            a.finish()?;
+            if state && !SUPPORTED_CAPABILITIES.contains(&name.as_str()) {
+                return Err(ErrorBody::generic(format!(
+                    "Migration capability '{name}' is not supported by migtest-vmm"
+                )));
+            }
+            if let Some(idx) = Self::index(&name) {
+                next.states[idx] = state;
+            }
+        }
+        Ok(next)
+    }
+
+    /// The `query-migrate-capabilities` reply.
+    pub fn to_value(&self) -> Value {
+        let list: Vec<MigrationCapabilityStatus> = CAPABILITY_NAMES
+            .iter()
+            .zip(self.states.iter())
+            .map(|(n, s)| MigrationCapabilityStatus {
+                capability: n.to_string(),
+                state: *s,
+            })
+            .collect();
+        serde_json::to_value(list).unwrap_or(Value::Array(vec![]))
+    }
+}

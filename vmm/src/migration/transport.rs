@@ -1,0 +1,293 @@
+//! Migration transports: `unix:PATH` and `tcp:HOST:PORT` URIs, listening
+//! (destination) and connecting (source).
+
+use super::stream::os_error_text;
+use migtest_qmp::schema::SocketAddress;
+use migtest_qmp::ErrorBody;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+/// A parsed migration URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationUri {
+    /// `unix:PATH`.
+    Unix(String),
+    /// `tcp:HOST:PORT` (host may be empty).
+    Tcp {
+        /// Host name or address (brackets removed), possibly empty.
+        host: String,
+        /// Port (0 = any, for listening).
+        port: u16,
+    },
+}
+
+impl MigrationUri {
+    /// Parses a URI with QEMU's error texts.
+    pub fn parse(uri: &str) -> Result<MigrationUri, ErrorBody> {
+        if let Some(path) = uri.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(ErrorBody::generic(format!("error parsing address '{uri}'")));
+            }
+            return Ok(MigrationUri::Unix(path.to_string()));
+        }
+        if let Some(rest) = uri.strip_prefix("tcp:") {
+            let bad = || ErrorBody::generic(format!("error parsing address '{rest}'"));
+            let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+                let (h, p) = r.split_once("]:").ok_or_else(bad)?;
+                (h, p)
+            } else {
+                rest.rsplit_once(':').ok_or_else(bad)?
+            };
+            let port = port.split(',').next().unwrap_or("");
+            let port: u16 = port.parse().map_err(|_| bad())?;
+            return Ok(MigrationUri::Tcp {
+                host: host.to_string(),
+                port,
+            });
+        }
+        Err(ErrorBody::generic(
+            "Parameter 'uri' expects a valid migration protocol",
+        ))
+    }
+}
+
+/// A connected migration channel.
+#[derive(Debug)]
+pub enum Conn {
+    /// Unix socket.
+    Unix(UnixStream),
+    /// TCP socket.
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    /// Another handle on the same socket (for shutdown from another thread).
+    pub fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Shuts the socket down in both directions, failing blocked I/O.
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(Shutdown::Both),
+            Conn::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    /// Shuts down the write half (the destination then sees EOF).
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(Shutdown::Write),
+            Conn::Tcp(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listening socket for an incoming migration.
+#[derive(Debug)]
+pub enum Listener {
+    /// Unix socket.
+    Unix(UnixListener, String),
+    /// TCP socket.
+    Tcp(TcpListener),
+}
+
+fn resolve(host: &str, port: u16, listen: bool) -> io::Result<Vec<SocketAddr>> {
+    let host = match host {
+        // Loopback unless the URI names an address.
+        "" => return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]),
+        // QEMU accepts "0" for "any address".
+        "0" if listen => {
+            return Ok(vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port,
+            )])
+        }
+        h => h,
+    };
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+impl Listener {
+    /// Binds the address of `uri` (QEMU unlinks a stale unix socket first).
+    pub fn bind(uri: &MigrationUri) -> Result<Listener, String> {
+        match uri {
+            MigrationUri::Unix(path) => {
+                let _ = std::fs::remove_file(path);
+                UnixListener::bind(path)
+                    .map(|l| Listener::Unix(l, path.clone()))
+                    .map_err(|e| format!("Failed to bind socket to {path}: {}", os_error_text(&e)))
+            }
+            MigrationUri::Tcp { host, port } => {
+                let addrs = resolve(host, *port, true).map_err(|e| {
+                    format!(
+                        "address resolution failed for {host}:{port}: {}",
+                        os_error_text(&e)
+                    )
+                })?;
+                let mut last = None;
+                for a in addrs {
+                    match TcpListener::bind(a) {
+                        Ok(l) => return Ok(Listener::Tcp(l)),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(match last {
+                    Some(e) => format!("Failed to bind socket: {}", os_error_text(&e)),
+                    None => format!("address resolution failed for {host}:{port}"),
+                })
+            }
+        }
+    }
+
+    /// The bound address as `query-migrate` reports it (real TCP port).
+    pub fn socket_address(&self) -> Option<SocketAddress> {
+        match self {
+            Listener::Unix(_, path) => Some(SocketAddress::Unix { path: path.clone() }),
+            Listener::Tcp(l) => l.local_addr().ok().map(|a| SocketAddress::Inet {
+                host: a.ip().to_string(),
+                port: a.port().to_string(),
+            }),
+        }
+    }
+
+    /// Waits for the source to connect.
+    pub fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Conn::Tcp(s)
+            }),
+        }
+    }
+}
+
+/// Connects to the destination of `uri`, with QEMU-like error texts.
+pub fn connect(uri: &MigrationUri) -> Result<Conn, String> {
+    match uri {
+        MigrationUri::Unix(path) => UnixStream::connect(path)
+            .map(Conn::Unix)
+            .map_err(|e| format!("Failed to connect to '{path}': {}", os_error_text(&e))),
+        MigrationUri::Tcp { host, port } => {
+            let addrs = resolve(host, *port, false).map_err(|e| {
+                format!(
+                    "address resolution failed for {host}:{port}: {}",
+                    os_error_text(&e)
+                )
+            })?;
+            let mut last = None;
+            for a in addrs {
+                match TcpStream::connect(a) {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok(Conn::Tcp(s));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(match last {
+                Some(e) => format!(
+                    "Failed to connect to '{host}:{port}': {}",
+                    os_error_text(&e)
+                ),
+                None => format!("address resolution failed for {host}:{port}"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_uris() {
+        assert_eq!(
+            MigrationUri::parse("unix:/tmp/x").unwrap(),
+            MigrationUri::Unix("/tmp/x".into())
+        );
+        assert_eq!(
+            MigrationUri::parse("tcp:127.0.0.1:0").unwrap(),
+            MigrationUri::Tcp {
+                host: "127.0.0.1".into(),
+                port: 0
+            }
+        );
+        assert_eq!(
+            MigrationUri::parse("tcp:[::1]:4446").unwrap(),
+            MigrationUri::Tcp {
+                host: "::1".into(),
+                port: 4446
+            }
+        );
+        assert_eq!(
+            MigrationUri::parse("tcp::4446").unwrap(),
+            MigrationUri::Tcp {
+                host: "".into(),
+                port: 4446
+            }
+        );
+        assert_eq!(
+            MigrationUri::parse("exec:cat").unwrap_err().desc,
+            "Parameter 'uri' expects a valid migration protocol"
+        );
+        assert_eq!(
+            MigrationUri::parse("tcp:localhost").unwrap_err().desc,
+            "error parsing address 'localhost'"
+        );
+        assert_eq!(
+            MigrationUri::parse("tcp:h:99999").unwrap_err().desc,
+            "error parsing address 'h:99999'"
+        );
+        assert!(MigrationUri::parse("unix:").is_err());
+    }
+
+    #[test]
+    fn tcp_port_zero_reports_real_port() {
+        let l = Listener::bind(&MigrationUri::parse("tcp:127.0.0.1:0").unwrap()).unwrap();
+        match l.socket_address().unwrap() {
+            SocketAddress::Inet { host, port } => {
+                assert_eq!(host, "127.0.0.1");
+                assert_ne!(port, "0");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn connect_refused_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope").to_string_lossy().into_owned();
+        let e = connect(&MigrationUri::Unix(p.clone())).unwrap_err();
+        assert_eq!(
+            e,
+            format!("Failed to connect to '{p}': No such file or directory")
+        );
+    }
+}
