@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{launch_qemu_none, pid_gone, wait_pid_gone};
+use common::{launch_qemu_none, pid_gone};
 use migtest::process::VmmProcess;
 
 fn sh(script: &str) -> VmmProcess {
@@ -127,30 +126,5 @@ fn pdeathsig_child_helper() {
 
 #[test]
 fn vmm_dies_when_the_test_process_aborts() {
-    let tmp = tempfile::tempdir_in("/tmp").unwrap();
-    let out = tmp.path().join("pid");
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "pdeathsig_child_helper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &out)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the child should abort: {status}");
-    let text = std::fs::read_to_string(&out).expect("the child wrote the VMM pid");
-    let (pid, dir) = text.split_once(' ').unwrap();
-    let pid: u32 = pid.parse().unwrap();
-    let gone = wait_pid_gone(pid, Duration::from_secs(5));
-    // The aborted child could not clean up its log directory.
-    let _ = std::fs::remove_dir_all(PathBuf::from(dir));
-    if !gone {
-        // SAFETY: do not leave it behind even when the test fails.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    }
-    assert!(gone, "VMM pid {pid} survived its aborted parent");
+    common::assert_vmm_dies_with_aborted_parent("pdeathsig_child_helper", CHILD_ENV);
 }

@@ -5,155 +5,40 @@ mod common;
 
 use std::time::Duration;
 
-use common::{launch_qemu_none, wait_pid_gone};
+use common::launch_qemu_none;
+use common::suite::{self, SHORT, WAIT};
 use migtest::backend::{Backend, LaunchSpec};
-use migtest::qmp_client::QmpError;
 use migtest::vm::Vm;
 use migtest_qmp::schema::{MigrationStatus, RunState};
-use serde_json::{json, Value};
-
-const SHORT: Duration = Duration::from_millis(300);
-const WAIT: Duration = Duration::from_secs(10);
 
 #[test]
 fn greeting_capabilities_and_query_status() {
-    let vm = launch_qemu_none("source");
-    let g = vm.qmp().greeting();
-    assert!(g.version.qemu.major >= 7, "{g:?}");
-    // Negotiation is done: a second qmp_capabilities is refused.
-    let err = vm
-        .qmp()
-        .execute("qmp_capabilities", Value::Null)
-        .unwrap_err();
-    assert_eq!(err.body().unwrap().class, "CommandNotFound", "{err}");
-    let st = vm.query_status().unwrap();
-    assert!(st.running);
-    assert_eq!(st.status, RunState::Running);
-    let t = vm.qmp().transcript_tail(10);
-    assert!(
-        t.contains("> {\"execute\":\"qmp_capabilities\",\"id\":1}"),
-        "{t}"
-    );
-    assert!(t.contains("< {\"QMP\""), "{t}");
+    suite::greeting_capabilities_and_query_status(&launch_qemu_none("source"));
 }
 
 #[test]
 fn stop_and_cont_emit_events() {
-    let vm = launch_qemu_none("source");
-    vm.stop().unwrap();
-    vm.wait_event("STOP", WAIT).unwrap();
-    assert_eq!(vm.query_status().unwrap().status, RunState::Paused);
-    vm.cont().unwrap();
-    // The event may already be queued: events before the wait count.
-    std::thread::sleep(Duration::from_millis(50));
-    let ev = vm.wait_event("RESUME", WAIT).unwrap();
-    assert!(ev.timestamp.seconds > 0);
-    let seen: Vec<String> = vm
-        .qmp()
-        .events_seen()
-        .into_iter()
-        .map(|e| e.event)
-        .collect();
-    assert_eq!(seen, ["STOP", "RESUME"]);
-    // Consumed: waiting again times out, naming the event and the VM.
-    let err = vm.qmp().wait_event("RESUME", |_| true, SHORT).unwrap_err();
-    assert!(matches!(err, QmpError::Timeout { .. }));
-    assert_eq!(
-        err.to_string(),
-        "timed out after 300ms waiting for event RESUME from source"
-    );
+    suite::stop_and_cont_emit_events(&launch_qemu_none("source"));
 }
 
 #[test]
 fn error_replies_keep_the_connection_usable() {
-    let vm = launch_qemu_none("source");
-    let err = vm
-        .qmp()
-        .execute("no-such-command", Value::Null)
-        .unwrap_err();
-    let body = err.body().expect("a QMP error");
-    assert_eq!(body.class, "CommandNotFound");
-    assert!(body.desc.contains("no-such-command"), "{}", body.desc);
-    let err = vm
-        .qmp()
-        .execute("query-status", json!({"bogus": 1}))
-        .unwrap_err();
-    assert_eq!(err.body().unwrap().class, "GenericError");
-    // Not an object: refused by the client.
-    assert!(matches!(
-        vm.qmp().execute("stop", json!([1])),
-        Err(QmpError::Protocol(_))
-    ));
-    assert!(vm.query_status().unwrap().running);
-    // Errors through the Vm layer name the VM and command.
-    let msg = format!(
-        "{:#}",
-        vm.execute("no-such-command", Value::Null).unwrap_err()
-    );
-    assert!(
-        msg.starts_with(&format!(
-            "source VMM (pid {}): QMP 'no-such-command': QMP error CommandNotFound",
-            vm.pid()
-        )),
-        "{msg}"
-    );
+    suite::error_replies_keep_the_connection_usable(&launch_qemu_none("source"));
 }
 
 #[test]
 fn raw_input_and_foreign_ids() {
-    let vm = launch_qemu_none("source");
-    let q = vm.qmp();
-    q.send_raw(b"{\"execute\": \"query-status\", \"id\": \"abc\"}\n")
-        .unwrap();
-    let r = q.read_reply_raw(WAIT).unwrap();
-    assert_eq!(r["id"], "abc");
-    assert_eq!(r["return"]["status"], "running");
-    // A numeric id we never issued is not ours either.
-    q.send_raw(b"{\"execute\": \"query-name\", \"id\": 999}\n")
-        .unwrap();
-    // Our own command interleaves fine.
-    assert!(vm.query_status().unwrap().running);
-    let r = q.read_reply_raw(WAIT).unwrap();
-    assert_eq!(r["id"], 999);
-    // Malformed JSON: an error without id.
-    q.send_raw(b"{\"execute\": }\n").unwrap();
-    let r = q.read_reply_raw(WAIT).unwrap();
-    assert_eq!(r["error"]["class"], "GenericError", "{r}");
-    assert!(r.get("id").is_none(), "{r}");
-    assert!(matches!(
-        q.read_reply_raw(SHORT),
-        Err(QmpError::Timeout { .. })
-    ));
-    assert!(vm.query_status().unwrap().running);
+    suite::raw_input_and_foreign_ids(&launch_qemu_none("source"));
 }
 
 #[test]
 fn quit_then_disconnected() {
-    let vm = launch_qemu_none("source");
-    let pid = vm.pid();
-    let st = vm.quit().unwrap();
-    assert!(st.success(), "{st}");
-    let err = vm.qmp().execute("query-status", Value::Null).unwrap_err();
-    assert!(matches!(err, QmpError::Disconnected { .. }), "{err}");
-    assert!(err.to_string().contains("reply to 'query-status'"), "{err}");
-    assert!(wait_pid_gone(pid, Duration::from_secs(1)));
+    suite::quit_then_disconnected(&launch_qemu_none("source"));
 }
 
 #[test]
 fn drop_quits_over_qmp_and_removes_logs() {
-    let vm = launch_qemu_none("source");
-    let pid = vm.pid();
-    let dir = vm.process().log_dir().to_path_buf();
-    assert!(dir.join("qmp.sock").exists());
-    let start = std::time::Instant::now();
-    drop(vm);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "quit over QMP should not need the 3 s grace: {:?}",
-        start.elapsed()
-    );
-    assert!(common::pid_gone(pid));
-    assert!(!dir.exists());
+    suite::drop_quits_over_qmp_and_removes_logs(launch_qemu_none("source"));
 }
 
 #[test]
@@ -163,11 +48,7 @@ fn launch_failure_reports_exit_and_stderr() {
     let msg = format!("{err:#}");
     assert!(msg.contains("source exited before QMP accepted"), "{msg}");
     assert!(msg.contains("-no-such-option"), "{msg}");
-    let missing = Backend::Qemu {
-        binary: "/nonexistent/qemu".into(),
-        machine: "none".into(),
-        boot_sector: None,
-    };
+    let missing = Backend::qemu_at("/nonexistent/qemu", "none");
     let msg = format!(
         "{:#}",
         Vm::launch(&missing, &LaunchSpec::new("x", 0, "none")).unwrap_err()

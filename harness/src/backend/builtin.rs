@@ -68,10 +68,10 @@ pub fn image_path(name: &str) -> PathBuf {
 /// The range the builtin guest image's main workload writes, as
 /// `migtest-vmm` lays it out for `memory_bytes` of RAM.
 pub fn test_range(image: &str, memory_bytes: u64) -> anyhow::Result<(u64, u64)> {
-    let _ = memory_bytes;
-    anyhow::bail!(
-        "test range of builtin image {image:?}: needs migtest_vmm::guest::image (not merged yet)"
-    )
+    let path = image_path(image);
+    let img = migtest_vmm::guest::image::GuestImage::load(&path)
+        .map_err(|e| anyhow::anyhow!("guest image {}: {e}", path.display()))?;
+    Ok(img.test_range(memory_bytes))
 }
 
 #[cfg(test)]
@@ -90,6 +90,15 @@ mod tests {
         );
         let c = candidates_near(Path::new("/t/target/debug/migtest"));
         assert_eq!(c, vec![PathBuf::from("/t/target/debug/migtest-vmm")]);
+    }
+
+    #[test]
+    fn sweep_test_range() {
+        assert_eq!(
+            test_range("sweep", 128 << 20).unwrap(),
+            (1 << 20, 100 << 20)
+        );
+        assert!(test_range("no-such-image", 128 << 20).is_err());
     }
 
     #[test]

@@ -18,15 +18,14 @@ use crate::process::{QMP_SOCKET, SERIAL_LOG};
 pub enum Backend {
     /// `migtest-vmm`, found by [`builtin::vmm_binary`].
     Builtin,
-    /// A QEMU system emulator.
+    /// A QEMU system emulator. Guests other than `none` boot QEMU's x86 A-B
+    /// boot sector ([`qemu::ab_image`], patched for the RAM size and written
+    /// into the VM's log directory).
     Qemu {
         /// The `qemu-system-x86_64` binary.
         binary: PathBuf,
         /// `-machine` value, e.g. `none`, `pc`, `q35`, `pc-i440fx-7.2`.
         machine: String,
-        /// A raw boot-sector image attached as an IDE disk (QEMU's
-        /// migration-test guest); `None` runs without a disk.
-        boot_sector: Option<PathBuf>,
     },
 }
 
@@ -38,10 +37,14 @@ impl Backend {
             .or_else(|| std::env::var_os("QTEST_QEMU_BINARY"))
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        Backend::qemu_at(binary, machine)
+    }
+
+    /// QEMU at `binary` with the given machine.
+    pub fn qemu_at(binary: impl Into<PathBuf>, machine: &str) -> Backend {
         Backend::Qemu {
-            binary,
+            binary: binary.into(),
             machine: machine.to_string(),
-            boot_sector: None,
         }
     }
 
@@ -65,9 +68,9 @@ impl Backend {
                 Ok(p) => format!("builtin {}", p.display()),
                 Err(_) => "builtin migtest-vmm (not found)".to_string(),
             },
-            Backend::Qemu {
-                binary, machine, ..
-            } => format!("qemu {} (machine {machine})", binary.display()),
+            Backend::Qemu { binary, machine } => {
+                format!("qemu {} (machine {machine})", binary.display())
+            }
         }
     }
 
@@ -75,7 +78,7 @@ impl Backend {
     /// `memory_bytes` of RAM.
     pub fn test_range(&self, image: &str, memory_bytes: u64) -> anyhow::Result<(u64, u64)> {
         match self {
-            Backend::Qemu { .. } => Ok(qemu_test_range(memory_bytes)),
+            Backend::Qemu { .. } => Ok(qemu::test_range(memory_bytes)),
             Backend::Builtin => builtin::test_range(image, memory_bytes),
         }
     }
@@ -89,7 +92,8 @@ impl Backend {
     }
 
     /// The arguments (without the program) for `spec`, with sockets and
-    /// logs placed in `dir`.
+    /// logs placed in `dir`. For QEMU with a guest this also writes the
+    /// patched A-B boot sector into `dir`.
     pub fn command_line(&self, spec: &LaunchSpec, dir: &Path) -> anyhow::Result<Vec<String>> {
         let mut args: Vec<String> = vec!["-name".into(), spec.name.clone()];
         if spec.memory_bytes != 0 {
@@ -104,35 +108,32 @@ impl Backend {
                 args.push("-kernel".into());
                 args.push(image.to_string_lossy().into_owned());
             }
-            Backend::Qemu {
-                machine,
-                boot_sector,
-                ..
-            } => {
+            Backend::Qemu { machine, .. } => {
                 args.push("-machine".into());
                 args.push(machine.clone());
-                if let Some(b) = boot_sector {
+                if spec.image != "none" {
+                    let (_, end) = qemu::test_range(spec.memory_bytes);
+                    let img = qemu::ab_image(end, qemu::PASS_MASK_DEFAULT)?;
+                    let path = dir.join("a-b-bootblock.img");
+                    std::fs::write(&path, img)?;
                     args.push("-drive".into());
                     args.push(format!(
                         "if=none,id=d0,file={},format=raw",
-                        b.to_string_lossy()
+                        qemu::escape_commas(&path.to_string_lossy())
                     ));
                     args.push("-device".into());
                     args.push("ide-hd,drive=d0,secs=1,cyls=1,heads=1".into());
                 }
             }
         }
-        args.extend(
-            [
-                "-nodefaults",
-                "-display",
-                "none",
-                "-accel",
-                "tcg",
-                "-serial",
-            ]
-            .map(String::from),
-        );
+        args.extend(["-nodefaults", "-display", "none"].map(String::from));
+        match self {
+            Backend::Builtin => args.extend(["-accel", "tcg"].map(String::from)),
+            Backend::Qemu { .. } => {
+                args.extend(qemu::Accel::from_env().args(qemu::kvm_usable()));
+            }
+        }
+        args.push("-serial".into());
         args.push(format!("file:{}", dir.join(SERIAL_LOG).to_string_lossy()));
         args.push("-qmp".into());
         args.push(format!(
@@ -149,14 +150,6 @@ impl Backend {
         args.extend(spec.extra_args.iter().cloned());
         Ok(args)
     }
-}
-
-/// QEMU's x86 A-B guest writes `[1 MiB, min(100 MiB, memory - 1 MiB))`,
-/// the end rounded down to a page.
-pub fn qemu_test_range(memory_bytes: u64) -> (u64, u64) {
-    const MIB: u64 = 1 << 20;
-    let end = (100 * MIB).min(memory_bytes.saturating_sub(MIB)) & !0xfff;
-    (MIB, end.max(MIB))
 }
 
 /// The migration socket used when an incoming URI is just `unix:`.
@@ -254,14 +247,15 @@ mod tests {
 
     #[test]
     fn qemu_command_line() {
-        let b = Backend::Qemu {
-            binary: "qemu-system-x86_64".into(),
-            machine: "none".into(),
-            boot_sector: None,
-        };
+        std::env::set_var("MIGTEST_QEMU_ACCEL", "tcg");
+        let b = Backend::qemu_at("qemu-system-x86_64", "none");
         let spec = LaunchSpec::new("target", 64 << 20, "sweep")
             .incoming("unix:")
             .paused(true);
+        let spec = LaunchSpec {
+            image: "none".into(),
+            ..spec
+        };
         let args = b.command_line(&spec, Path::new("/tmp/migtest-x")).unwrap();
         assert_eq!(
             args.join(" "),
@@ -270,6 +264,30 @@ mod tests {
              -qmp unix:/tmp/migtest-x/qmp.sock,server=on,wait=off -S \
              -incoming unix:/tmp/migtest-x/mig.sock"
         );
+    }
+
+    #[test]
+    fn qemu_guest_gets_the_patched_boot_sector() {
+        let dir = crate::process::new_log_dir().unwrap();
+        let b = Backend::qemu_at("qemu-system-x86_64", "pc");
+        let spec = LaunchSpec::new("source", 150 << 20, "sweep");
+        let args = b.command_line(&spec, dir.path()).unwrap().join(" ");
+        let img = dir.path().join("a-b-bootblock.img");
+        assert!(
+            args.contains(&format!(
+                "-drive if=none,id=d0,file={},format=raw -device ide-hd,drive=d0,secs=1,cyls=1,heads=1",
+                img.display()
+            )),
+            "{args}"
+        );
+        let bytes = std::fs::read(&img).unwrap();
+        assert_eq!(bytes.len(), 512);
+        let end = u32::from_le_bytes(
+            bytes[qemu::END_OFFSET..qemu::END_OFFSET + 4]
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(u64::from(end), 100 << 20);
     }
 
     #[test]
