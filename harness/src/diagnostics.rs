@@ -67,10 +67,12 @@ impl VmDiag {
         );
         out.push_str(&cut(&format!("  command: {}", p.command_line())));
         out.push('\n');
-        let logs = if p.log_dir().exists() {
+        let logs = if !p.log_dir().exists() {
+            "removed"
+        } else if p.keeps_logs() {
             "kept"
         } else {
-            "removed"
+            "removed on drop"
         };
         out.push_str(&format!("  logs: {} ({logs})\n", p.log_dir().display()));
         let qmp = self.transcript.tail_truncated(QMP_LINES, WIDTH - 4);

@@ -115,6 +115,14 @@ impl ProcessProbe {
         self.keep_logs.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the log directory will be kept on drop (flag, environment
+    /// or a panicking thread).
+    pub fn keeps_logs(&self) -> bool {
+        self.keep_logs.load(Ordering::SeqCst)
+            || keep_logs_from_env()
+            || std::thread::panicking()
+    }
+
     /// The command line, shell-quoted for copy and paste.
     pub fn command_line(&self) -> &str {
         &self.command_line
