@@ -1,3 +1,14 @@
-//! migtest harness.
+//! migtest: a qtest-style live-migration test harness.
+//!
+//! It spawns source and destination VMMs (the builtin `migtest-vmm` or real
+//! `qemu-system-x86_64`) as guarded child processes ([`process`]), drives
+//! them over QMP ([`qmp_client`]) through typed handles ([`vm`]), checks
+//! guest memory ([`checks`]) and prints one-screen failure reports
+//! ([`diagnostics`]).
 
 pub mod backend;
+pub mod checks;
+pub mod diagnostics;
+pub mod process;
+pub mod qmp_client;
+pub mod vm;
