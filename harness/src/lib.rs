@@ -7,8 +7,11 @@
 //! ([`diagnostics`]).
 
 pub mod backend;
+pub mod catalog;
 pub mod checks;
+pub mod cli_run;
 pub mod diagnostics;
+pub mod pair;
 pub mod process;
 pub mod qmp_client;
 pub mod vm;

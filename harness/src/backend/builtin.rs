@@ -5,6 +5,19 @@ use std::path::{Path, PathBuf};
 /// The builtin VMM's binary name.
 pub const VMM_NAME: &str = "migtest-vmm";
 
+/// The harness binary, which runs the VMM as `migtest vmm ARGS`.
+pub const CARRIER_NAME: &str = "migtest";
+
+/// Leading arguments needed before the VMM options when `binary` is the
+/// `migtest` binary rather than `migtest-vmm`.
+pub fn vmm_prefix_args(binary: &Path) -> Vec<String> {
+    if binary.file_name().is_some_and(|n| n == CARRIER_NAME) {
+        vec!["vmm".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The `migtest-vmm` binary: env `MIGTEST_VMM`, else next to the current
 /// executable (its directory, or the parent when running from
 /// `target/*/deps`, as test binaries do).
@@ -22,6 +35,11 @@ pub fn vmm_binary() -> anyhow::Result<PathBuf> {
         if c.is_file() {
             return Ok(c.clone());
         }
+    }
+    // The `migtest` binary carries the VMM itself (`migtest vmm ...`), so
+    // `cargo run -p migtest` works without building migtest-vmm separately.
+    if exe.file_name().is_some_and(|n| n == CARRIER_NAME) {
+        return Ok(exe);
     }
     anyhow::bail!(
         "cannot find {VMM_NAME} (looked at {}); build it with `cargo build -p migtest-vmm` \

@@ -48,6 +48,46 @@ impl Backend {
         }
     }
 
+    /// The QEMU source and destination for a run: binaries resolved from
+    /// the command line and environment ([`qemu::resolve_binaries`]), and
+    /// the newest `pc-i440fx` machine type both support (or
+    /// `QTEST_QEMU_MACHINE_TYPE`).
+    pub fn qemu_pair(args: &qemu::QemuBinaryArgs) -> anyhow::Result<(Backend, Backend)> {
+        let bins = qemu::resolve_binaries(args)?;
+        let machines = |bin: &Path| -> anyhow::Result<Vec<qemu::MachineInfo>> {
+            let out = std::process::Command::new(bin)
+                .args(["-machine", "help"])
+                .output()
+                .map_err(|e| anyhow::anyhow!("running {} -machine help: {e}", bin.display()))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{} -machine help failed: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(qemu::parse_machine_help(&String::from_utf8_lossy(
+                &out.stdout,
+            )))
+        };
+        let src = machines(&bins.src)?;
+        let dst = if bins.same() {
+            src.clone()
+        } else {
+            machines(&bins.dst)?
+        };
+        let override_ = std::env::var("QTEST_QEMU_MACHINE_TYPE").ok();
+        let machine = qemu::resolve_machine(
+            override_.as_deref(),
+            &src,
+            &dst,
+            qemu::MachineFamily::I440fx,
+        )?;
+        Ok((
+            Backend::qemu_at(bins.src, &machine),
+            Backend::qemu_at(bins.dst, &machine),
+        ))
+    }
+
     /// A short name: `builtin` or `qemu`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -95,7 +135,11 @@ impl Backend {
     /// logs placed in `dir`. For QEMU with a guest this also writes the
     /// patched A-B boot sector into `dir`.
     pub fn command_line(&self, spec: &LaunchSpec, dir: &Path) -> anyhow::Result<Vec<String>> {
-        let mut args: Vec<String> = vec!["-name".into(), spec.name.clone()];
+        let mut args: Vec<String> = match self {
+            Backend::Builtin => builtin::vmm_prefix_args(&builtin::vmm_binary()?),
+            Backend::Qemu { .. } => Vec::new(),
+        };
+        args.extend(["-name".to_string(), spec.name.clone()]);
         if spec.memory_bytes != 0 {
             args.push("-m".into());
             args.push(format_size(spec.memory_bytes));
