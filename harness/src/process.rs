@@ -118,9 +118,7 @@ impl ProcessProbe {
     /// Whether the log directory will be kept on drop (flag, environment
     /// or a panicking thread).
     pub fn keeps_logs(&self) -> bool {
-        self.keep_logs.load(Ordering::SeqCst)
-            || keep_logs_from_env()
-            || std::thread::panicking()
+        self.keep_logs.load(Ordering::SeqCst) || keep_logs_from_env() || std::thread::panicking()
     }
 
     /// The command line, shell-quoted for copy and paste.
