@@ -19,3 +19,43 @@ pub mod machine;
 pub mod migration;
 pub mod server;
 pub mod vm;
+
+use cli::Invocation;
+use std::process::ExitCode;
+
+/// The whole `migtest-vmm` program: parses QEMU-style `args` (without the
+/// program name) and runs the VMM. Shared by the `migtest-vmm` binary and
+/// `migtest vmm`.
+pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> ExitCode {
+    let invocation = match cli::parse(args) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("migtest-vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match invocation {
+        Invocation::Version => {
+            let v = crate::commands::QEMU_VERSION;
+            println!(
+                "migtest-vmm version {} (QMP compatible with QEMU {}.{}.{})",
+                env!("CARGO_PKG_VERSION"),
+                v.major,
+                v.minor,
+                v.micro
+            );
+            ExitCode::SUCCESS
+        }
+        Invocation::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Invocation::Run(opts) => match crate::machine::run(opts) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("migtest-vmm: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
