@@ -62,11 +62,10 @@ impl Vm {
     /// "destination") used in messages. Spawn from a long-lived thread (see
     /// [`crate::process`] on PDEATHSIG).
     pub fn launch_as(role: &str, backend: &Backend, spec: &LaunchSpec) -> anyhow::Result<Vm> {
-        let binary = backend
-            .binary()
-            .with_context(|| format!("{role}: finding the {} VMM", backend.name()))?;
         let dir = crate::process::new_log_dir().context("creating a log directory")?;
-        let args = backend.command_line(spec, dir.path())?;
+        let (binary, args) = backend
+            .launch_command(spec, dir.path())
+            .with_context(|| format!("{role}: preparing the {} VMM", backend.name()))?;
         let process = VmmProcess::spawn_in(dir, role, &binary, args)
             .with_context(|| format!("{role}: launching {}", backend.name()))?;
         let probe = process.probe();
