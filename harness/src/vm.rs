@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use migtest_qmp::message::Event;
-use migtest_qmp::schema::{MigrationInfo, MigrationStatus, StatusInfo};
+use migtest_qmp::schema::{MigrationInfo, MigrationParameters, MigrationStatus, StatusInfo};
 use serde_json::{json, Value};
 
 use crate::backend::{Backend, LaunchSpec};
@@ -181,7 +181,8 @@ impl Vm {
             .with_context(|| format!("{}: QMP '{name}'", self.who()))
     }
 
-    fn execute_typed<R: serde::de::DeserializeOwned>(
+    /// Runs a QMP command and deserializes its return value.
+    pub fn execute_typed<R: serde::de::DeserializeOwned>(
         &self,
         name: &str,
         args: Value,
@@ -229,6 +230,29 @@ impl Vm {
     /// `query-migrate-parameters`, as JSON (backends differ in members).
     pub fn query_parameters(&self) -> anyhow::Result<Value> {
         self.execute("query-migrate-parameters", Value::Null)
+    }
+
+    /// `query-migrate-parameters`, the members migtest knows.
+    pub fn query_parameters_typed(&self) -> anyhow::Result<MigrationParameters> {
+        self.execute_typed("query-migrate-parameters", Value::Null)
+    }
+
+    /// Sets one migration parameter and reads it back, like QEMU's
+    /// `migrate_set_parameter_*` helpers; a different read-back value is an
+    /// error.
+    pub fn set_parameter(&self, name: &str, value: Value) -> anyhow::Result<()> {
+        let mut args = serde_json::Map::new();
+        args.insert(name.to_string(), value.clone());
+        self.set_parameters(Value::Object(args))?;
+        let got = self.query_parameters()?;
+        match got.get(name) {
+            Some(v) if *v == value => Ok(()),
+            other => bail!(
+                "{}: migration parameter '{name}' reads back as {} after setting {value}",
+                self.who(),
+                other.map_or("(absent)".to_string(), Value::to_string)
+            ),
+        }
     }
 
     /// `migrate-set-capabilities`.

@@ -18,7 +18,20 @@ fn greeting_capabilities_and_query_status() {
 
 #[test]
 fn stop_and_cont_emit_events() {
-    suite::stop_and_cont_emit_events(&launch_qemu_none("source"));
+    let vm = launch_qemu_none("source");
+    suite::stop_and_cont_emit_events(&vm);
+    // The transcript in snapshot form.
+    let v = vm.qmp().transcript().values();
+    assert_eq!(v[0]["dir"], "<");
+    assert!(v[0]["msg"]["QMP"].is_object());
+    let stop = v
+        .iter()
+        .position(|m| m["msg"]["execute"] == "stop")
+        .unwrap();
+    assert_eq!(v[stop]["dir"], ">");
+    assert!(v[stop + 1..]
+        .iter()
+        .any(|m| m["dir"] == "<" && m["msg"]["event"] == "STOP"));
 }
 
 #[test]
