@@ -178,7 +178,24 @@ impl Vm {
     pub fn execute(&self, name: &str, args: Value) -> anyhow::Result<Value> {
         self.qmp
             .execute(name, args)
-            .with_context(|| format!("{}: QMP '{name}'", self.who()))
+            .map_err(|e| self.qmp_error(name, e))
+    }
+
+    /// Wraps a QMP error with the VM and command; after a disconnect also
+    /// with the process's exit status and last stderr line, if it died.
+    fn qmp_error(&self, name: &str, e: crate::qmp_client::QmpError) -> anyhow::Error {
+        let mut what = format!("{}: QMP '{name}'", self.who());
+        if matches!(e, crate::qmp_client::QmpError::Disconnected { .. }) {
+            if let Some(st) = self.process.wait_exit(Duration::from_millis(200)) {
+                what.push_str(&format!(" (process {st}"));
+                let tail = self.process.stderr_tail(1);
+                if !tail.is_empty() {
+                    what.push_str(&format!("; stderr: {tail}"));
+                }
+                what.push(')');
+            }
+        }
+        anyhow::Error::new(e).context(what)
     }
 
     /// Runs a QMP command and deserializes its return value.
@@ -189,7 +206,7 @@ impl Vm {
     ) -> anyhow::Result<R> {
         self.qmp
             .execute_typed(name, args)
-            .with_context(|| format!("{}: QMP '{name}'", self.who()))
+            .map_err(|e| self.qmp_error(name, e))
     }
 
     /// `query-status`.

@@ -169,3 +169,19 @@ fn pmemsave_reads_guest_memory() {
             .to_string_lossy()
             .starts_with("pmem-")));
 }
+
+#[test]
+fn commands_to_a_killed_vmm_say_it_died() {
+    let vm = launch_qemu_none("source");
+    // SAFETY: kill our own child; the guard reaps it.
+    unsafe { libc::kill(vm.pid() as libc::pid_t, libc::SIGKILL) };
+    let msg = format!("{:#}", vm.query_status().unwrap_err());
+    assert!(
+        msg.starts_with(&format!(
+            "source VMM (pid {}): QMP 'query-status' (process signal: 9 (SIGKILL)",
+            vm.pid()
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("QMP connection lost"), "{msg}");
+}
