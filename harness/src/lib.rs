@@ -1,1 +1,4 @@
 //! migtest harness.
+
+pub mod model;
+pub mod scenario;
