@@ -71,7 +71,9 @@ impl ExpectedReply {
             (ExpectedReply::Error { class, contains }, Reply::Error { class: c, desc }) => {
                 c == class && contains.as_ref().is_none_or(|s| desc.contains(s.as_str()))
             }
-            (ExpectedReply::Unreachable(set), Reply::Unreachable { status }) => set.contains(status),
+            (ExpectedReply::Unreachable(set), Reply::Unreachable { status }) => {
+                set.contains(status)
+            }
             _ => false,
         }
     }
@@ -158,7 +160,11 @@ impl SideExpect {
 
     /// Whether the side may run the guest.
     pub fn may_run(&self) -> bool {
-        self.alive != Alive::No && self.snapshots.iter().any(|s| s.run_state == RunState::Running)
+        self.alive != Alive::No
+            && self
+                .snapshots
+                .iter()
+                .any(|s| s.run_state == RunState::Running)
     }
 
     /// The first mismatch between this expectation and `obs`, as a phrase.
@@ -307,7 +313,9 @@ impl Expectation {
 
     /// Whether some outcome is a wait timing out.
     pub fn may_time_out(&self) -> bool {
-        self.outcomes.iter().any(|o| o.reply == ExpectedReply::Timeout)
+        self.outcomes
+            .iter()
+            .any(|o| o.reply == ExpectedReply::Timeout)
     }
 
     /// Whether some outcome lets the op be refused.

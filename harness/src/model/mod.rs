@@ -57,7 +57,10 @@ pub fn legal_transition(side: Side, from: MigrationStatus, to: MigrationStatus) 
                 | (S::Active, S::PreSwitchover | S::Completed)
                 | (S::PreSwitchover, S::Device)
                 | (S::Device, S::Completed)
-                | (S::Setup | S::Active | S::PreSwitchover | S::Device, S::Cancelling | S::Failed)
+                | (
+                    S::Setup | S::Active | S::PreSwitchover | S::Device,
+                    S::Cancelling | S::Failed
+                )
                 | (S::Cancelling, S::Cancelled)
         ),
         Side::Destination => matches!(
@@ -401,7 +404,11 @@ impl Model {
             let events_on = before.iter().all(|w| match side {
                 Side::Source => w.src.caps.events,
                 Side::Destination => w.dst.caps.events,
-            }) && pending.expectation.outcomes.iter().all(|o| o.side(side).events);
+            }) && pending
+                .expectation
+                .outcomes
+                .iter()
+                .all(|o| o.side(side).events);
             let last = match side {
                 Side::Source => &mut h.src,
                 Side::Destination => &mut h.dst,

@@ -35,14 +35,16 @@ pub fn pair_spec() -> impl Strategy<Value = PairSpec> {
         prop::bool::weighted(0.8),
         prop::bool::weighted(0.9),
     )
-        .prop_map(|(mib, vcpus, image, transport, dst_paused, events)| PairSpec {
-            memory: Size::mib(mib),
-            vcpus,
-            image: image.to_string(),
-            transport,
-            dst_paused,
-            events,
-        })
+        .prop_map(
+            |(mib, vcpus, image, transport, dst_paused, events)| PairSpec {
+                memory: Size::mib(mib),
+                vcpus,
+                image: image.to_string(),
+                transport,
+                dst_paused,
+                events,
+            },
+        )
 }
 
 /// Whether `op` may be generated in `model`'s state (also re-checked while shrinking).
@@ -65,14 +67,13 @@ pub fn executable(model: &Model, op: &Op) -> bool {
             }
         }
         Op::Migrate { .. } if model.migrations() >= MAX_MIGRATIONS => return false,
-        Op::Cont {
-            side: Side::Source,
-        } if worlds.iter().any(|w| {
-            matches!(
-                w.src.phase,
-                SrcPhase::PreSwitchover { .. } | SrcPhase::Finishing
-            )
-        }) =>
+        Op::Cont { side: Side::Source }
+            if worlds.iter().any(|w| {
+                matches!(
+                    w.src.phase,
+                    SrcPhase::PreSwitchover { .. } | SrcPhase::Finishing
+                )
+            }) =>
         {
             return false
         }
@@ -102,57 +103,175 @@ fn set_params(
     }
 }
 
-/// The menu of ops with their weights in `model`'s state (before preconditions).
+/// The menu of ops with their weights in `model`'s state (before preconditions): weighted
+/// towards the useful flow of the moment (migrate when idle, wait-passes/release while held,
+/// wait-completed while converging, continue in pre-switchover, checks after completion), with
+/// every other op kept at a low weight for the error paths.
 pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
     use MigrationStatus as S;
     let worlds = model.worlds();
-    let all_idle_listening = worlds.iter().all(|w| {
-        matches!(w.src.phase, SrcPhase::Idle(_)) && w.dst.phase == DstPhase::Listening
-    });
-    let held = worlds.iter().all(|w| w.src.phase == SrcPhase::Held);
+    let all = |f: &dyn Fn(&super::world::World) -> bool| worlds.iter().all(f);
+    let any = |f: &dyn Fn(&super::world::World) -> bool| worlds.iter().any(f);
+    let idle = all(&|w| matches!(w.src.phase, SrcPhase::Idle(_)));
+    let listening = all(&|w| w.dst.phase == DstPhase::Listening);
+    let held = all(&|w| w.src.phase == SrcPhase::Held);
+    let converging = any(&|w| matches!(w.src.phase, SrcPhase::Converging | SrcPhase::Finishing));
+    let pre = all(&|w| matches!(w.src.phase, SrcPhase::PreSwitchover { .. }));
+    let ending = any(&|w| matches!(w.src.phase, SrcPhase::Cancelling | SrcPhase::Failing { .. }));
+    let completed = all(&|w| w.memory_must_match().is_ok());
+    let dst_done = all(&|w| matches!(w.dst.phase, DstPhase::Completed(_)));
+    let pbs = all(&|w| w.src.caps.pause_before_switchover);
+    let slow = any(&|w| w.src.phase == SrcPhase::Converging && !w.src.params.converges(w.memory));
     let min_passes = worlds.iter().map(|w| w.passes_min).min().unwrap_or(0);
     let other = match model.pair().transport {
         Transport::Unix => Transport::Tcp,
         Transport::Tcp => Transport::Unix,
     };
+    let w = |cond: bool, hi: u32| if cond { hi } else { 1 };
     let mut v = vec![
-        (if all_idle_listening { 12 } else { 1 }, Op::Migrate { transport: None }),
-        (1, Op::Migrate { transport: Some(other) }),
-        (5, Op::Hold),
-        (4, Op::Release),
-        (3, Op::Cancel),
-        (3, Op::Continue { state: S::PreSwitchover }),
+        (w(idle && listening, 24), Op::Migrate { transport: None }),
+        (
+            1,
+            Op::Migrate {
+                transport: Some(other),
+            },
+        ),
+        (w(idle && listening, 8) + w(converging, 3), Op::Hold),
+        (w(held, 6), Op::Release),
+        (w(held || pre, 3), Op::Cancel),
+        (
+            w(pre, 12),
+            Op::Continue {
+                state: S::PreSwitchover,
+            },
+        ),
         (1, Op::Continue { state: S::Active }),
-        (8, Op::WaitCompleted),
-        (2, Op::WaitStatus { side: Side::Source, status: S::Cancelled }),
-        (2, Op::WaitStatus { side: Side::Source, status: S::Failed }),
-        (2, Op::WaitStatus { side: Side::Source, status: S::PreSwitchover }),
-        (1, Op::WaitStatus { side: Side::Source, status: S::Active }),
-        (1, Op::WaitStatus { side: Side::Source, status: S::Completed }),
-        (1, Op::WaitStatus { side: Side::Destination, status: S::Completed }),
-        (1, Op::WaitStatus { side: Side::Destination, status: S::Active }),
-        (6, Op::CheckMemory),
-        (3, Op::CheckDestinationRuns),
-        (3, set_params(Side::Source, Some(30_000), Some(Size(0)), None, None)),
-        (1, set_params(Side::Source, Some(1), Some(Size(3_000_000)), None, None)),
-        (1, set_params(Side::Source, None, Some(Size::mib(128)), None, None)),
-        (1, set_params(Side::Source, Some(2_000_001), None, None, None)),
-        (1, set_params(Side::Source, None, None, Some(Size(1 << 30)), None)),
-        (1, set_params(Side::Destination, None, None, None, Some(true))),
-        (2, Op::SetCapabilities { side: Side::Source, events: None, pause_before_switchover: Some(true) }),
-        (1, Op::SetCapabilities { side: Side::Source, events: None, pause_before_switchover: Some(false) }),
-        (1, Op::SetCapabilities { side: Side::Destination, events: Some(true), pause_before_switchover: None }),
-        (1, Op::Stop { side: Side::Source }),
+        (w(converging, 12), Op::WaitCompleted),
+        (
+            w(ending, 5),
+            Op::WaitStatus {
+                side: Side::Source,
+                status: S::Cancelled,
+            },
+        ),
+        (
+            w(ending, 5),
+            Op::WaitStatus {
+                side: Side::Source,
+                status: S::Failed,
+            },
+        ),
+        (
+            w(converging && pbs, 10),
+            Op::WaitStatus {
+                side: Side::Source,
+                status: S::PreSwitchover,
+            },
+        ),
+        (
+            w(held, 2),
+            Op::WaitStatus {
+                side: Side::Source,
+                status: S::Active,
+            },
+        ),
+        (
+            w(converging, 2),
+            Op::WaitStatus {
+                side: Side::Source,
+                status: S::Completed,
+            },
+        ),
+        (
+            w(converging, 2),
+            Op::WaitStatus {
+                side: Side::Destination,
+                status: S::Completed,
+            },
+        ),
+        (
+            w(held, 2),
+            Op::WaitStatus {
+                side: Side::Destination,
+                status: S::Active,
+            },
+        ),
+        (w(completed, 14), Op::CheckMemory),
+        (w(dst_done, 5), Op::CheckDestinationRuns),
+        (
+            w(idle || held, 4) + w(slow, 12),
+            set_params(Side::Source, Some(30_000), Some(Size(0)), None, None),
+        ),
+        (
+            1,
+            set_params(Side::Source, Some(1), Some(Size(3_000_000)), None, None),
+        ),
+        (
+            1,
+            set_params(Side::Source, None, Some(Size::mib(128)), None, None),
+        ),
+        (
+            1,
+            set_params(Side::Source, Some(2_000_001), None, None, None),
+        ),
+        (
+            1,
+            set_params(Side::Source, None, None, Some(Size(1 << 30)), None),
+        ),
+        (
+            1,
+            set_params(Side::Destination, None, None, None, Some(true)),
+        ),
+        (
+            w(idle, 3),
+            Op::SetCapabilities {
+                side: Side::Source,
+                events: None,
+                pause_before_switchover: Some(true),
+            },
+        ),
+        (
+            1,
+            Op::SetCapabilities {
+                side: Side::Source,
+                events: None,
+                pause_before_switchover: Some(false),
+            },
+        ),
+        (
+            1,
+            Op::SetCapabilities {
+                side: Side::Destination,
+                events: Some(true),
+                pause_before_switchover: None,
+            },
+        ),
+        (w(held, 2), Op::Stop { side: Side::Source }),
         (1, Op::Cont { side: Side::Source }),
-        (1, Op::Stop { side: Side::Destination }),
-        (1, Op::Cont { side: Side::Destination }),
-        (1, Op::Kill { side: Side::Destination }),
+        (
+            1,
+            Op::Stop {
+                side: Side::Destination,
+            },
+        ),
+        (
+            1,
+            Op::Cont {
+                side: Side::Destination,
+            },
+        ),
+        (
+            w(held, 2),
+            Op::Kill {
+                side: Side::Destination,
+            },
+        ),
         (1, Op::Kill { side: Side::Source }),
-        (3, Op::RestartDestination),
+        (w(idle && !listening, 10), Op::RestartDestination),
     ];
     if held {
         for k in 1..=3 {
-            v.push((4, Op::WaitPasses { n: min_passes + k }));
+            v.push((8, Op::WaitPasses { n: min_passes + k }));
         }
     }
     v

@@ -423,7 +423,11 @@ impl World {
 
     pub fn outcome(&self, reply: ExpectedReply) -> Outcome {
         let source = SideExpect {
-            alive: if self.src.alive { Alive::Yes } else { Alive::No },
+            alive: if self.src.alive {
+                Alive::Yes
+            } else {
+                Alive::No
+            },
             snapshots: if self.src.alive {
                 self.src_snapshots()
             } else {
@@ -829,7 +833,10 @@ impl World {
                     v
                 }
                 DstPhase::Incoming => {
-                    let completes = self.dst_snapshots().iter().any(|s| s.status == S::Completed);
+                    let completes = self
+                        .dst_snapshots()
+                        .iter()
+                        .any(|s| s.status == S::Completed);
                     let mut v = Vec::new();
                     if completes {
                         let mut done = w.clone();
