@@ -940,3 +940,30 @@ fn print_samples() {
         println!("{v:6} {k}");
     }
 }
+
+#[test]
+fn lint_flags_unbounded_and_impossible_ops() {
+    let s = crate::scenario::Scenario {
+        purpose: "x".into(),
+        pair: pair(),
+        ops: vec![Op::CheckMemory, Op::Hold, migrate(), Op::WaitCompleted],
+    };
+    let p = lint(&s);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].contains("cannot run"), "{p:?}");
+    assert!(p[1].contains("timeout"), "{p:?}");
+    let good = crate::scenario::Scenario {
+        purpose: "hold, passes, release, converge".into(),
+        pair: pair(),
+        ops: vec![
+            Op::Hold,
+            migrate(),
+            Op::WaitPasses { n: 3 },
+            Op::Release,
+            Op::WaitCompleted,
+            Op::CheckMemory,
+            Op::CheckDestinationRuns,
+        ],
+    };
+    assert_eq!(lint(&good), Vec::<String>::new());
+}

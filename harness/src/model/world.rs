@@ -398,7 +398,6 @@ impl World {
             DstPhase::Completed(run) => vec![snap(S::Completed, run.run_state())],
             DstPhase::Dying => vec![
                 snap(S::Failed, inm),
-                snap(S::None, inm),
                 snap(S::Setup, inm),
                 snap(S::Active, inm),
             ],
@@ -826,10 +825,7 @@ impl World {
                     if goal == S::Failed {
                         v.extend(step(ok, w.clone()));
                     }
-                    v.extend(step(
-                        ExpectedReply::Unreachable([S::None, S::Failed].into()),
-                        w,
-                    ));
+                    v.extend(step(ExpectedReply::unreachable(S::Failed), w));
                     v
                 }
                 DstPhase::Incoming => {

@@ -222,7 +222,7 @@ pub enum Op {
     /// Byte-compare the guest memory of the stopped source and the held destination.
     CheckMemory,
     /// `cont` the destination if paused; its serial keeps printing and its memory keeps changing;
-    /// then stop it and check the A-B invariant.
+    /// `stop` it, check the A-B invariant, `cont` it again (it is left running).
     CheckDestinationRuns,
 }
 
