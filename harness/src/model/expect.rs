@@ -139,7 +139,8 @@ pub struct Snapshot {
 pub struct SideExpect {
     /// Alive or not.
     pub alive: Alive,
-    /// Allowed (status, run state) pairs while alive; the first is the canonical one.
+    /// Allowed (status, run state) pairs while alive, in time order; the first is the canonical
+    /// one. See [`SideExpect::allows`].
     pub snapshots: Vec<Snapshot>,
     /// Lower bound of `dirty-sync-count` (source, current migration).
     pub min_passes: u64,
@@ -156,6 +157,22 @@ impl SideExpect {
     /// Allowed run states.
     pub fn run_states(&self) -> BTreeSet<RunState> {
         self.snapshots.iter().map(|s| s.run_state).collect()
+    }
+
+    /// Whether a run state read by `query-status` followed by a status read by `query-migrate`
+    /// is allowed: the snapshots are in time order, and the status may be from the same or a
+    /// later snapshot than the run state (the two queries are not atomic).
+    pub fn allows(&self, status: Option<MigrationStatus>, run_state: Option<RunState>) -> bool {
+        let first_run = self
+            .snapshots
+            .iter()
+            .position(|s| run_state.is_none_or(|r| r == s.run_state));
+        match first_run {
+            None => false,
+            Some(i) => self.snapshots[i..]
+                .iter()
+                .any(|s| status.is_none_or(|st| st == s.status)),
+        }
     }
 
     /// Whether the side may run the guest.
@@ -175,10 +192,7 @@ impl SideExpect {
             (_, false) => return None,
             _ => {}
         }
-        let ok = self.snapshots.iter().any(|s| {
-            obs.status.is_none_or(|st| st == s.status)
-                && obs.run_state.is_none_or(|r| r == s.run_state)
-        });
+        let ok = self.allows(obs.status, obs.run_state);
         if !ok {
             let st_ok = obs.status.is_none_or(|st| self.statuses().contains(&st));
             return Some(if !st_ok {
@@ -325,11 +339,12 @@ impl Expectation {
             .any(|o| matches!(o.reply, ExpectedReply::Refused { .. }))
     }
 
-    /// Whether some outcome allows both sides to run the guest.
+    /// Whether some outcome allows both sides to run the guest: only when the test itself
+    /// `cont`ed the source after (or during) switchover.
     pub fn allows_both_running(&self) -> bool {
         self.outcomes
             .iter()
-            .any(|o| o.source.may_run() && o.destination.may_run())
+            .any(|o| o.guest_owner == GuestOwner::Both || o.world.tainted)
     }
 
     /// Whether every outcome has the source's switchover held (a held, running migration).

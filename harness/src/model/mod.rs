@@ -4,9 +4,9 @@
 //! Protocol for the executor, per op:
 //! 1. `let exp = model.apply(&op);` — if [`Expectation::refused`] is `Some`, do not perform the op
 //!    and report [`Reply::Refused`];
-//! 2. perform the op, let it settle, record an [`Observation`] (reply, then both sides:
-//!    alive, `query-migrate` status and `dirty-sync-count`, `query-status`, events since the
-//!    previous observation);
+//! 2. perform the op, record an [`Observation`]: the reply, then the destination and then the
+//!    source (alive; `query-status`, then `query-migrate` status and `dirty-sync-count`; the
+//!    events that arrived up to that reply, since the previous observation);
 //! 3. `model.check(&op, &obs)?` judges it; 4. `model.observe(&op, &obs)` narrows the model to what
 //!    was seen (races resolved) and records event history. [`Model::step`] does 3 and 4.
 //!

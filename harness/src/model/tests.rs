@@ -967,3 +967,30 @@ fn lint_flags_unbounded_and_impossible_ops() {
     };
     assert_eq!(lint(&good), Vec::<String>::new());
 }
+
+#[test]
+fn run_state_and_status_are_read_one_after_the_other() {
+    // query-status first, then query-migrate: the status may be newer than the run state.
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let op = Op::Stop {
+        side: Side::Destination,
+    };
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.run_state = Some(RunState::Running);
+    obs.source.status = Some(S::Completed);
+    obs.source.events = vec![
+        Event::Migration { status: S::Active },
+        Event::Migration {
+            status: S::Completed,
+        },
+    ];
+    m.check(&op, &obs).unwrap();
+    // The other way round is not possible.
+    obs.source.run_state = Some(RunState::Postmigrate);
+    obs.source.status = Some(S::Active);
+    obs.source.events.pop();
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("run state"), "{v}");
+}

@@ -341,6 +341,7 @@ impl World {
             SrcPhase::Cancelling => vec![
                 snap(S::Cancelling, r),
                 snap(S::Cancelling, fm),
+                snap(S::Cancelling, r),
                 snap(S::Cancelled, r),
             ],
             SrcPhase::Failing { from_device: true } => {
@@ -354,12 +355,11 @@ impl World {
             ],
         };
         if self.tainted {
-            // The test `cont`ed the source in the middle of switchover: any run state.
-            let extra: Vec<Snapshot> = v
+            // The test `cont`ed the source in the middle of switchover: it may run at any point.
+            v = v
                 .iter()
-                .map(|s| snap(s.status, RunState::Running))
+                .flat_map(|s| [*s, snap(s.status, RunState::Running)])
                 .collect();
-            v.extend(extra);
         }
         v
     }
@@ -391,15 +391,15 @@ impl World {
                 v
             }
             DstPhase::Completed(run) if self.dst.settling => vec![
-                snap(S::Completed, run.run_state()),
                 snap(S::Active, inm),
                 snap(S::Active, run.run_state()),
+                snap(S::Completed, run.run_state()),
             ],
             DstPhase::Completed(run) => vec![snap(S::Completed, run.run_state())],
             DstPhase::Dying => vec![
-                snap(S::Failed, inm),
                 snap(S::Setup, inm),
                 snap(S::Active, inm),
+                snap(S::Failed, inm),
             ],
         }
     }
@@ -813,7 +813,11 @@ impl World {
                 DstPhase::Dead => step(ExpectedReply::Dead, w),
                 DstPhase::Listening | DstPhase::Completed(_) => {
                     w.dst.settling = false;
-                    let cur = self.dst_snapshots()[0].status;
+                    let cur = if self.dst.phase == DstPhase::Listening {
+                        S::None
+                    } else {
+                        S::Completed
+                    };
                     if cur == goal {
                         step(ok, w)
                     } else {
