@@ -271,6 +271,26 @@ impl Model {
                 ));
             }
         }
+        if exp.held_throughout()
+            && *op != (Op::Stop { side: Side::Source })
+            && obs.source.events.contains(&Event::Stop)
+        {
+            return Err(violation(
+                "STOP on the source while switchover is held (no switchover may start)".into(),
+            ));
+        }
+        if obs.destination.events.contains(&Event::Resume)
+            && !exp.outcomes.iter().any(|o| {
+                o.destination
+                    .snapshots
+                    .iter()
+                    .any(|s| s.run_state == RunState::Running)
+            })
+        {
+            return Err(violation(
+                "RESUME on the destination although it may not run the guest now".into(),
+            ));
+        }
         let running = |o: &SideObservation| o.alive && o.run_state == Some(RunState::Running);
         if running(&obs.source) && running(&obs.destination) && !exp.allows_both_running() {
             let owner = exp.outcomes[0].guest_owner;

@@ -246,6 +246,22 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 pause_before_switchover: None,
             },
         ),
+        (
+            1,
+            Op::SetCapabilities {
+                side: Side::Source,
+                events: Some(false),
+                pause_before_switchover: None,
+            },
+        ),
+        (
+            1,
+            Op::SetCapabilities {
+                side: Side::Source,
+                events: Some(true),
+                pause_before_switchover: None,
+            },
+        ),
         (w(held, 2), Op::Stop { side: Side::Source }),
         (1, Op::Cont { side: Side::Source }),
         (

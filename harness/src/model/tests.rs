@@ -994,3 +994,109 @@ fn run_state_and_status_are_read_one_after_the_other() {
     let v = m.check(&op, &obs).unwrap_err();
     assert!(v.message.contains("run state"), "{v}");
 }
+
+#[test]
+fn cancel_after_failed_keeps_failed() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[
+            Op::Kill {
+                side: Side::Destination,
+            },
+            migrate(),
+            wait_src(S::Failed),
+        ],
+    );
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.statuses(Side::Source), set(&[S::Failed]));
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Source);
+}
+
+#[test]
+fn cancel_in_pre_switchover_resumes_the_source() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[src_pbs(true), migrate(), wait_src(S::PreSwitchover)],
+    );
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert!(e.statuses(Side::Source).contains(&S::Cancelling));
+    let (e, _) = run(&mut m, wait_src(S::Cancelled));
+    assert_eq!(e.run_states(Side::Source), [RunState::Running].into());
+}
+
+#[test]
+fn released_hold_with_pause_before_switchover_completes_after_continue() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[
+            src_pbs(true),
+            Op::Hold,
+            migrate(),
+            Op::WaitPasses { n: 2 },
+            Op::Release,
+            wait_src(S::PreSwitchover),
+            Op::Continue {
+                state: S::PreSwitchover,
+            },
+        ],
+    );
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    run(&mut m, Op::CheckMemory);
+}
+
+#[test]
+fn cont_on_a_paused_destination_after_completion_runs_it() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
+    let (e, _) = run(
+        &mut m,
+        Op::Cont {
+            side: Side::Destination,
+        },
+    );
+    assert_eq!(e.run_states(Side::Destination), [RunState::Running].into());
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Destination);
+    let (e, _) = run(
+        &mut m,
+        Op::Stop {
+            side: Side::Destination,
+        },
+    );
+    assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
+    assert!(
+        m.clone().apply(&Op::CheckMemory).refused().is_some(),
+        "it ran"
+    );
+}
+
+#[test]
+fn rejects_stop_while_held_and_resume_of_a_held_destination() {
+    let mut m = held_model();
+    let op = Op::WaitPasses { n: 4 };
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.events.push(Event::Stop);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("STOP"), "{v}");
+    let mut obs = m.canonical_observation(&op);
+    obs.destination.events.push(Event::Resume);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("RESUME"), "{v}");
+}
+
+#[test]
+fn events_off_means_no_event_checks() {
+    let mut m = Model::new(PairSpec {
+        events: false,
+        ..pair()
+    });
+    let (_, obs) = run(&mut m, migrate());
+    assert!(obs.source.events.is_empty());
+    let (_, obs) = run(&mut m, Op::WaitCompleted);
+    assert!(obs.destination.events.is_empty());
+}
