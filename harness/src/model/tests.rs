@@ -922,6 +922,16 @@ fn print_samples() {
             .new_tree(&mut runner)
             .unwrap()
             .current();
+        let mut g = Model::new(init.pair().clone());
+        for op in &ops {
+            g.apply(op);
+            *hist
+                .entry(format!(
+                    "~worlds without observations: {}",
+                    g.possibilities()
+                ))
+                .or_insert(0) += 1;
+        }
         let mut m = Model::new(init.pair().clone());
         for op in &ops {
             let e = m.apply(op);
@@ -1099,4 +1109,16 @@ fn events_off_means_no_event_checks() {
     assert!(obs.source.events.is_empty());
     let (_, obs) = run(&mut m, Op::WaitCompleted);
     assert!(obs.destination.events.is_empty());
+}
+
+#[test]
+#[ignore]
+fn print_toml() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let s = super::strategy::scenario()
+        .new_tree(&mut runner)
+        .unwrap()
+        .current();
+    println!("{}", s.to_toml_string().unwrap());
 }

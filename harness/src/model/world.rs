@@ -766,6 +766,7 @@ impl World {
                             w.source_lost();
                         }
                         w.src.alive = false;
+                        w.src.phase = SrcPhase::Idle(S::None);
                     }
                     Side::Destination => {
                         if self.dst.phase != DstPhase::Dead {
