@@ -301,12 +301,32 @@ impl Model {
         if exp.outcomes.iter().any(|o| o.mismatch(obs).is_none()) {
             return Ok(());
         }
-        let best = exp
+        let same_reply: Vec<&Outcome> = exp
             .outcomes
             .iter()
-            .find(|o| o.reply.matches(&obs.reply))
-            .unwrap_or(&exp.outcomes[0]);
+            .filter(|o| o.reply.matches(&obs.reply))
+            .collect();
+        let best = same_reply.first().copied().unwrap_or(&exp.outcomes[0]);
         let mut msg = best.mismatch(obs).expect("no outcome matched");
+        // A status no outcome allows: name them all.
+        for side in Side::ALL {
+            let so = obs.side(side);
+            let Some(st) = so.status.filter(|_| so.alive) else {
+                continue;
+            };
+            let allowed: std::collections::BTreeSet<MigrationStatus> = same_reply
+                .iter()
+                .filter(|o| o.side(side).alive != Alive::No)
+                .flat_map(|o| o.side(side).statuses())
+                .collect();
+            if !same_reply.is_empty() && !allowed.is_empty() && !allowed.contains(&st) {
+                msg = format!(
+                    "expected {side} status in {}, saw {st}",
+                    expect::fmt_set(&allowed)
+                );
+                break;
+            }
+        }
         if exp.outcomes.len() > 1 {
             let replies: Vec<String> = exp.replies().iter().map(|r| r.to_string()).collect();
             msg.push_str(&format!(

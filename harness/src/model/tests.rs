@@ -1122,3 +1122,19 @@ fn print_toml() {
         .current();
     println!("{}", s.to_toml_string().unwrap());
 }
+
+#[test]
+fn violation_messages_are_one_readable_line() {
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    m.apply(&Op::Cancel);
+    let mut obs = m.canonical_observation(&Op::Cancel);
+    obs.source.status = Some(S::Failed);
+    obs.source.events = vec![Event::Migration { status: S::Failed }];
+    let v = m.check(&Op::Cancel, &obs).unwrap_err();
+    let line = v.to_string();
+    assert!(!line.contains('\n'));
+    assert!(line.starts_with("after `cancel`: "), "{line}");
+    assert!(line.contains("saw failed"), "{line}");
+    println!("{line}");
+}
