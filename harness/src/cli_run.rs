@@ -3,7 +3,7 @@
 
 use crate::backend::Backend;
 use crate::catalog::{catalog, CatalogConfig, ScenarioOutcome};
-use crate::pair::Progress;
+use crate::pair::{HoldMethod, Progress};
 use migtest_qmp::schema::MigrationInfo;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -70,9 +70,10 @@ pub fn run(opts: &RunOptions) -> i32 {
         eprintln!("migtest run: no scenario matches the filter");
         return 1;
     }
-    let backend = match &opts.config.backend {
-        Backend::Builtin => "builtin migtest-vmm".to_string(),
-        other => other.describe(),
+    let backend = match (&opts.config.backend, &opts.config.dst_backend) {
+        (Backend::Builtin, Backend::Builtin) => "builtin migtest-vmm".to_string(),
+        (src, dst) if src == dst => src.describe(),
+        (src, dst) => format!("{} -> {}", src.describe(), dst.describe()),
     };
     println!(
         "migtest: {} scenario(s) on {backend}, {} MiB, {} held passes",
@@ -90,11 +91,24 @@ pub fn run(opts: &RunOptions) -> i32 {
         let result = s
             .run(&opts.config, live_line(&s.name, tty))
             .map_err(|e| format!("{e:#}"));
-        let mark = if result.is_ok() { "ok  " } else { "FAIL" };
+        let mark = match &result {
+            Ok(o) if o.skipped.is_some() => "skip",
+            Ok(_) => "ok  ",
+            Err(_) => "FAIL",
+        };
         println!("\r{:<79}", truncate(&format!("  {mark} {}", s.name), 79));
-        if let Err(e) = &result {
-            for line in e.lines() {
-                println!("       {line}");
+        match &result {
+            Err(e) => {
+                for line in e.lines() {
+                    println!("       {line}");
+                }
+            }
+            Ok(o) => {
+                for line in o.skipped.iter().chain(&o.notes) {
+                    for l in wrap(line, 71) {
+                        println!("       {l}");
+                    }
+                }
             }
         }
         rows.push(Row {
@@ -104,24 +118,60 @@ pub fn run(opts: &RunOptions) -> i32 {
     }
     print_table(&rows);
     let failed = rows.iter().filter(|r| r.result.is_err()).count();
+    let skipped = rows
+        .iter()
+        .filter(|r| r.result.as_ref().is_ok_and(|o| o.skipped.is_some()))
+        .count();
     println!(
-        "{} passed, {} failed in {:.1} s",
-        rows.len() - failed,
+        "{} passed, {} failed, {} skipped (not run) in {:.1} s",
+        rows.len() - failed - skipped,
         failed,
+        skipped,
         start.elapsed().as_secs_f64()
     );
     i32::from(failed > 0)
 }
 
+/// Splits `s` into lines of at most `width` characters at spaces.
+pub fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in s.split_whitespace() {
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<30} {:<6} {:>6} {:>8} {:>9} {:>9}",
-        "scenario", "result", "passes", "time s", "downtime", "MB/s"
+        "{:<28} {:<6} {:<6} {:>6} {:>8} {:>9} {:>9}",
+        "scenario", "result", "hold", "passes", "time s", "downtime", "MB/s"
     );
-    println!("{}", "-".repeat(73));
+    println!("{}", "-".repeat(78));
     for r in rows {
+        let hold = match r.result.as_ref().ok().and_then(|o| o.hold) {
+            Some(HoldMethod::SwitchoverHold) => "switch",
+            Some(HoldMethod::LegacyThrottle) => "legacy",
+            None => "-",
+        };
         let (res, passes, time, down, mbs) = match &r.result {
+            Ok(o) if o.skipped.is_some() => (
+                "skip",
+                "-".into(),
+                format!("{:.2}", o.elapsed.as_secs_f64()),
+                "-".into(),
+                "-".into(),
+            ),
             Ok(o) => {
                 let f = o.figures.clone().unwrap_or_default();
                 (
@@ -143,9 +193,10 @@ fn print_table(rows: &[Row]) {
             Err(_) => ("FAIL", "-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<30} {:<6} {:>6} {:>8} {:>9} {:>9}",
-            truncate(&r.name, 30),
+            "{:<28} {:<6} {:<6} {:>6} {:>8} {:>9} {:>9}",
+            truncate(&r.name, 28),
             res,
+            hold,
             passes,
             time,
             down,

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod catalog;
 pub mod checks;
 pub mod cli_run;
+pub mod compare;
 pub mod diagnostics;
 pub mod model;
 pub mod pair;

@@ -57,6 +57,21 @@ enum Command {
     },
     /// List the catalog's scenarios.
     List,
+    /// Run one scenario on the builtin VMM and on QEMU and print them side
+    /// by side (events, passes, times, QMP reply shapes).
+    Compare {
+        /// Catalog scenario name (see `migtest list`).
+        scenario: String,
+        #[command(flatten)]
+        qemu: QemuBinaryArgs,
+        /// Passes to wait for while switchover is held.
+        #[arg(long, default_value_t = 3)]
+        passes: u64,
+        /// Guest RAM for both runs (QEMU's legacy hold moves 3 MB/s, so
+        /// the default is small).
+        #[arg(long, default_value = "32M", value_parser = parse_size)]
+        memory: u64,
+    },
     /// Run the builtin VMM itself (QEMU-style options follow).
     #[command(disable_help_flag = true)]
     Vmm {
@@ -77,6 +92,37 @@ fn backends(args: &BackendArgs) -> anyhow::Result<(Backend, Backend)> {
         VmmKind::Builtin => Ok((Backend::Builtin, Backend::Builtin)),
         VmmKind::Qemu => Backend::qemu_pair(&args.qemu),
     }
+}
+
+fn compare(scenario: &str, qemu: &QemuBinaryArgs, passes: u64, memory: u64) -> anyhow::Result<i32> {
+    use migtest::compare::{report, run_side};
+    let (qsrc, qdst) = Backend::qemu_pair(qemu)?;
+    let cfg = |src: Backend, dst: Backend| {
+        let mut c = CatalogConfig::new(src);
+        c.dst_backend = dst;
+        c.passes = passes;
+        c.memory = memory;
+        c
+    };
+    println!("builtin: {}", Backend::Builtin.describe());
+    println!("qemu:    {}", qsrc.describe());
+    if qsrc != qdst {
+        println!("    ->   {}", qdst.describe());
+    }
+    println!(
+        "running '{scenario}' ({} MiB, {passes} held passes) on builtin ...",
+        memory >> 20
+    );
+    let a = run_side(
+        "builtin",
+        scenario,
+        &cfg(Backend::Builtin, Backend::Builtin),
+    )?;
+    println!("running '{scenario}' on qemu ...");
+    let b = run_side("qemu", scenario, &cfg(qsrc, qdst))?;
+    println!();
+    print!("{}", report(scenario, &a, &b));
+    Ok(i32::from(a.result.is_err() || b.result.is_err()))
 }
 
 fn main() -> ExitCode {
@@ -111,6 +157,18 @@ fn main() -> ExitCode {
             }
             0
         }
+        Command::Compare {
+            scenario,
+            qemu,
+            passes,
+            memory,
+        } => match compare(&scenario, &qemu, passes, memory) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("migtest: {e:#}");
+                125
+            }
+        },
         Command::Vmm { .. } => unreachable!("handled before clap"),
     };
     ExitCode::from(code as u8)

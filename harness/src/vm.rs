@@ -176,9 +176,12 @@ impl Vm {
 
     /// Runs a QMP command, errors naming this VM.
     pub fn execute(&self, name: &str, args: Value) -> anyhow::Result<Value> {
-        self.qmp
+        let reply = self
+            .qmp
             .execute(name, args)
-            .map_err(|e| self.qmp_error(name, e))
+            .map_err(|e| self.qmp_error(name, e))?;
+        crate::compare::observe(self, name, &reply);
+        Ok(reply)
     }
 
     /// Wraps a QMP error with the VM and command; after a disconnect also
@@ -204,6 +207,12 @@ impl Vm {
         name: &str,
         args: Value,
     ) -> anyhow::Result<R> {
+        if crate::compare::recording() {
+            // `migtest compare` needs the raw reply to record its shape.
+            let reply = self.execute(name, args)?;
+            return serde_json::from_value(reply)
+                .with_context(|| format!("{}: decoding the '{name}' reply", self.who()));
+        }
         self.qmp
             .execute_typed(name, args)
             .map_err(|e| self.qmp_error(name, e))
