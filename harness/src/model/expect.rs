@@ -274,6 +274,23 @@ impl Outcome {
                 return Some(m);
             }
         }
+        // The destination is observed before the source: once it completed the migration, the
+        // source guest has been stopped for switchover.
+        let (d, s) = (&obs.destination, &obs.source);
+        if self.world.dst_incoming()
+            && !self.world.tainted
+            && d.alive
+            && d.status == Some(MigrationStatus::Completed)
+            && s.alive
+            && (s.status == Some(MigrationStatus::Setup)
+                || matches!(s.run_state, Some(RunState::Running | RunState::Paused)))
+        {
+            return Some(format!(
+                "destination completed while the source was not past switchover (source {}, {})",
+                fmt_opt(s.status),
+                fmt_opt(s.run_state)
+            ));
+        }
         None
     }
 }

@@ -588,6 +588,39 @@ fn wait_gives_up_rules() {
 }
 
 #[test]
+fn statuses_only_move_forward() {
+    use Side::*;
+    assert!(reachable(Source, S::Setup, S::Completed, false));
+    assert!(reachable(Source, S::Active, S::Cancelled, false));
+    assert!(!reachable(Source, S::Active, S::Setup, false));
+    assert!(!reachable(Source, S::Completed, S::Active, false));
+    assert!(
+        reachable(Source, S::Completed, S::Active, true),
+        "new migration"
+    );
+    assert!(!reachable(Destination, S::Completed, S::Setup, true));
+}
+
+#[test]
+fn rejects_destination_completed_before_the_source_stopped() {
+    let mut m = Model::new(pair());
+    let op = migrate();
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.destination.status = Some(S::Completed);
+    obs.destination.run_state = Some(RunState::Paused);
+    obs.destination.events = vec![
+        Event::Migration { status: S::Setup },
+        Event::Migration { status: S::Active },
+        Event::Migration {
+            status: S::Completed,
+        },
+    ];
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("past switchover"), "{v}");
+}
+
+#[test]
 fn legal_transitions_follow_qemu() {
     use Side::*;
     assert!(legal_transition(Source, S::None, S::Setup));
@@ -815,6 +848,11 @@ fn mutations(
         o.destination.run_state = Some(RunState::Running);
         out.push(("both running".into(), o));
     }
+    if obs.source.alive && m.history.src_seen == Some(S::Active) && !restarted {
+        let mut o = obs.clone();
+        o.source.status = Some(S::Setup);
+        out.push(("source status back to setup".into(), o));
+    }
     if *op == Op::Cancel && obs.reply == Reply::Ok {
         let mut o = obs.clone();
         o.source = SideObservation::dead();
@@ -861,6 +899,25 @@ proptest! {
             }
             m.observe(op, &obs);
             prop_assert!(m.possibilities() <= 8, "{} worlds", m.possibilities());
+        }
+    }
+
+    /// Any allowed observation (any racing outcome, any snapshot) passes `check`, and narrowing
+    /// the model to it keeps the following expectations consistent.
+    #[test]
+    fn sampled_observations_are_allowed(
+        (init, ops, _) in PairMachine::sequential_strategy(SEQUENCE_LEN),
+        seed in any::<u64>(),
+    ) {
+        let mut m = Model::new(init.pair().clone());
+        for (i, op) in ops.iter().enumerate() {
+            let exp = m.apply(op);
+            prop_assert!(!exp.may_time_out());
+            let obs = m.sample_observation(op, seed.wrapping_add(i as u64 * 0x9e37_79b9));
+            if let Err(v) = m.check(op, &obs) {
+                return Err(TestCaseError::fail(format!("{v}\nops: {ops:?}\nobs: {obs:?}")));
+            }
+            m.observe(op, &obs);
         }
     }
 

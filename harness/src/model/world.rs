@@ -140,6 +140,11 @@ impl World {
         self.src.caps.pause_before_switchover
     }
 
+    /// The destination receives the current migration.
+    pub fn dst_incoming(&self) -> bool {
+        self.dst.phase == DstPhase::Incoming
+    }
+
     pub fn src_is_held(&self) -> bool {
         self.src.alive && self.src.phase == SrcPhase::Held
     }
@@ -254,6 +259,13 @@ impl World {
                     w.passes_min = w.passes_min.max(c);
                 }
             }
+        }
+        if w.dst.phase == DstPhase::Incoming
+            && obs.destination.alive
+            && obs.destination.status == Some(S::Completed)
+        {
+            // The destination completed: the migration did (the source says so at once).
+            w.complete_both();
         }
         if w.dst.phase == DstPhase::Dying && !obs.destination.alive {
             w.dst.phase = DstPhase::Dead;
