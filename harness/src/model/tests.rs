@@ -1195,3 +1195,31 @@ fn violation_messages_are_one_readable_line() {
     assert!(line.contains("saw failed"), "{line}");
     println!("{line}");
 }
+
+#[test]
+fn slow_passes_may_time_out() {
+    let mut m = Model::new(PairSpec {
+        memory: Size::mib(128),
+        ..PairSpec::default()
+    });
+    run_all(
+        &mut m,
+        &[
+            Op::SetParameters {
+                side: Side::Source,
+                downtime_limit: Some(2_000_000),
+                max_bandwidth: Some(Size(3_000_000)),
+                avail_switchover_bandwidth: None,
+                switchover_hold: None,
+            },
+            Op::Hold,
+            migrate(),
+        ],
+    );
+    assert!(m.clone().apply(&Op::WaitPasses { n: 2 }).may_time_out());
+    run(&mut m, Op::Release);
+    assert!(
+        m.clone().apply(&Op::WaitCompleted).may_time_out(),
+        "3 MB/s over 128 MiB is not bounded, however long the downtime"
+    );
+}

@@ -578,8 +578,15 @@ impl World {
                 }
                 match self.src.phase {
                     SrcPhase::Held | SrcPhase::Converging => {
+                        let slow = !self.src.params.passes_are_quick(self.memory);
+                        let stuck = w.clone();
                         w.passes_min = w.passes_min.max(*n);
-                        step(ok, w)
+                        let mut v = step(ok, w);
+                        if slow && *n > self.passes_min {
+                            // A pass over guest RAM may outlast the executor's timeout.
+                            v.extend(step(ExpectedReply::Timeout, stuck));
+                        }
+                        v
                     }
                     SrcPhase::Idle(s) => step(ExpectedReply::unreachable(s), w),
                     SrcPhase::PreSwitchover { .. } => {
