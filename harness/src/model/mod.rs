@@ -293,7 +293,6 @@ impl Model {
             op: op.to_string(),
             message,
         };
-        self.advance_history(pending, obs).map_err(violation)?;
         let exp = &pending.expectation;
         if exp.held_throughout() {
             let completed_event = obs.source.events.contains(&Event::Migration {
@@ -326,6 +325,7 @@ impl Model {
                 "RESUME on the destination although it may not run the guest now".into(),
             ));
         }
+        self.advance_history(pending, obs).map_err(violation)?;
         let running = |o: &SideObservation| o.alive && o.run_state == Some(RunState::Running);
         if running(&obs.source) && running(&obs.destination) && !exp.allows_both_running() {
             let owner = exp.outcomes[0].guest_owner;

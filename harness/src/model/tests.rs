@@ -651,12 +651,15 @@ fn rejects_completion_while_held() {
     let mut obs = m.canonical_observation(&op);
     obs.source.status = Some(S::Completed);
     obs.source.run_state = Some(RunState::Postmigrate);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("switchover-hold"), "{v}");
+    assert!(!v.to_string().contains('\n'));
+    obs.source.status = None;
     obs.source.events.push(Event::Migration {
         status: S::Completed,
     });
     let v = m.check(&op, &obs).unwrap_err();
     assert!(v.message.contains("switchover-hold"), "{v}");
-    assert!(!v.to_string().contains('\n'));
 }
 
 #[test]

@@ -602,14 +602,13 @@ impl World {
                         ExpectedReply::Unreachable([S::Cancelling, S::Cancelled].into()),
                         w,
                     ),
-                    SrcPhase::Failing { from_device } => {
-                        let mut v = step(
-                            ExpectedReply::Unreachable([S::Device, S::Failed].into()),
-                            w.clone(),
-                        );
-                        if !from_device {
-                            v.extend(step(ok, w));
-                        }
+                    SrcPhase::Failing { from_device: true } => {
+                        step(ExpectedReply::Unreachable([S::Device, S::Failed].into()), w)
+                    }
+                    SrcPhase::Failing { from_device: false } => {
+                        // The broken stream may be noticed only after a few more passes.
+                        let mut v = step(ExpectedReply::unreachable(S::Failed), w.clone());
+                        v.extend(step(ok, w));
                         v
                     }
                 }
