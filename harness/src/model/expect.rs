@@ -330,6 +330,15 @@ impl Expectation {
             .collect()
     }
 
+    /// The lowest `dirty-sync-count` any outcome allows on the source.
+    pub fn min_passes(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .map(|o| o.source.min_passes)
+            .min()
+            .unwrap_or(0)
+    }
+
     /// `Some(reason)` when every outcome says the executor must refuse the op.
     pub fn refused(&self) -> Option<&str> {
         let mut reason = None;
