@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use serde::Serialize;
+
 use crate::scenario::{MigrationStatus, Side};
 
 use super::types::{Observation, Reply, RunState, SideObservation};
@@ -19,7 +21,8 @@ pub const ERR_NOT_EXPECTED_STATE: &str = "Migration not in expected state";
 pub const ERR_DOWNTIME_LIMIT: &str = "downtime_limit";
 
 /// The reply an op may get.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ExpectedReply {
     /// Success.
     Ok,
@@ -115,7 +118,8 @@ impl fmt::Display for ExpectedReply {
 }
 
 /// Whether a process must be alive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Alive {
     /// Must be alive.
     Yes,
@@ -126,7 +130,8 @@ pub enum Alive {
 }
 
 /// One allowed (status, run state) pair of a live VMM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Snapshot {
     /// `query-migrate` status.
     pub status: MigrationStatus,
@@ -135,7 +140,8 @@ pub struct Snapshot {
 }
 
 /// What is allowed of one side after the op.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct SideExpect {
     /// Alive or not.
     pub alive: Alive,
@@ -223,7 +229,8 @@ impl SideExpect {
 }
 
 /// Which side runs the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GuestOwner {
     /// Nobody runs it (paused, held, killed).
     Nobody,
@@ -236,7 +243,8 @@ pub enum GuestOwner {
 }
 
 /// One way the pair may have gone.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Outcome {
     /// The op's reply.
     pub reply: ExpectedReply,
@@ -252,6 +260,7 @@ pub struct Outcome {
     pub migrations: u32,
     /// The switchover-hold parameter on the source.
     pub hold: bool,
+    #[serde(skip)]
     pub(crate) world: World,
 }
 
@@ -295,8 +304,9 @@ impl Outcome {
     }
 }
 
-/// All observations allowed after an op: any one [`Outcome`] must match.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// All observations allowed after an op: any one [`Outcome`] must match. Serializes to JSON for
+/// transcripts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Expectation {
     /// The alternatives; the first is the canonical one.
     pub outcomes: Vec<Outcome>,

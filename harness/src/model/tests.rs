@@ -1226,3 +1226,23 @@ fn slow_passes_may_time_out() {
         "3 MB/s over 128 MiB is not bounded, however long the downtime"
     );
 }
+
+#[test]
+fn expectations_serialize_for_transcripts() {
+    let mut m = Model::new(pair());
+    run(&mut m, Op::Hold);
+    let e = m.apply(&migrate());
+    let v = serde_json::to_value(&e).unwrap();
+    let o = &v["outcomes"][0];
+    assert_eq!(o["reply"], "ok");
+    assert_eq!(o["source"]["alive"], "yes");
+    assert_eq!(o["source"]["snapshots"][0]["status"], "setup");
+    assert_eq!(o["hold"], true);
+    assert!(o.get("world").is_none());
+    let bad = m.apply(&migrate());
+    let v = serde_json::to_value(&bad).unwrap();
+    assert_eq!(
+        v["outcomes"][0]["reply"]["error"]["contains"],
+        ERR_IN_PROGRESS
+    );
+}
