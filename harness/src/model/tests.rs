@@ -1246,3 +1246,26 @@ fn expectations_serialize_for_transcripts() {
         ERR_IN_PROGRESS
     );
 }
+
+#[test]
+fn hold_racing_the_switchover_allows_a_stopping_source() {
+    // The source decided to switch over just before the hold arrived: the guest is stopped,
+    // the status still active; the migration completes anyway.
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let op = Op::Hold;
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.status = Some(S::Active);
+    obs.source.run_state = Some(RunState::FinishMigrate);
+    obs.source.events = vec![Event::Migration { status: S::Active }];
+    obs.source.dirty_sync_count = Some(1);
+    obs.source.events.push(Event::MigrationPass { pass: 1 });
+    m.step(&op, &obs).unwrap();
+    let e = m.apply(&Op::WaitCompleted);
+    assert!(
+        e.replies().contains(&&ExpectedReply::Ok),
+        "{:?}",
+        e.replies()
+    );
+}
