@@ -245,18 +245,7 @@ impl Model {
     /// Applies `op`: returns the observations allowed after it and moves the model on (to every
     /// world the op may lead to, until [`Model::observe`] narrows it).
     pub fn apply(&mut self, op: &Op) -> Expectation {
-        let mut outcomes: Vec<Outcome> = Vec::new();
-        for w in &self.worlds {
-            for s in w.settlements() {
-                for st in s.apply(op, &self.pair) {
-                    let o = st.world.outcome(st.reply);
-                    if !outcomes.contains(&o) {
-                        outcomes.push(o);
-                    }
-                }
-            }
-        }
-        let expectation = Expectation { outcomes };
+        let expectation = self.expect(op);
         let before = std::mem::take(&mut self.worlds);
         self.worlds = dedup(expectation.outcomes.iter().map(|o| o.world.clone()));
         self.pending = Some(Pending {
@@ -269,6 +258,22 @@ impl Model {
             self.waits += 1;
         }
         expectation
+    }
+
+    /// What `op` would be allowed to do now, without applying it.
+    pub fn expect(&self, op: &Op) -> Expectation {
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        for w in &self.worlds {
+            for s in w.settlements() {
+                for st in s.apply(op, &self.pair) {
+                    let o = st.world.outcome(st.reply);
+                    if !outcomes.contains(&o) {
+                        outcomes.push(o);
+                    }
+                }
+            }
+        }
+        Expectation { outcomes }
     }
 
     /// The expectation of the last applied op.

@@ -83,7 +83,7 @@ pub fn executable(model: &Model, op: &Op) -> bool {
         } if worlds.iter().any(|w| w.dst.phase != DstPhase::Listening) => return false,
         _ => {}
     }
-    let exp = model.clone().apply(op);
+    let exp = model.expect(op);
     !exp.may_time_out() && !exp.may_be_refused()
 }
 
