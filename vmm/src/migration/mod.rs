@@ -18,6 +18,7 @@ pub mod host;
 pub mod params;
 pub mod stream;
 pub mod switchover;
+pub mod testing;
 pub mod transport;
 
 mod incoming;
@@ -267,6 +268,3 @@ pub const ALL_STATUS_NAMES: [&str; 14] = [
     "device",
     "wait-unplug",
 ];
-
-#[cfg(test)]
-mod tests;
