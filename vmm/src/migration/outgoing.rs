@@ -81,11 +81,13 @@ impl Outgoing {
             if !old.is_running() || old == MigrationStatus::Cancelling {
                 return;
             }
-            if old == MigrationStatus::PreSwitchover {
-                // Kick it out of the pause.
-                self.pause_sem.post();
-            }
             if self.set_status(shared, host, old, MigrationStatus::Cancelling) {
+                if old == MigrationStatus::PreSwitchover {
+                    // Kick it out of the pause. Posting only after the state
+                    // is `cancelling` makes the thread's pre-switchover →
+                    // device step fail, so it cannot go on to complete.
+                    self.pause_sem.post();
+                }
                 break;
             }
         }
@@ -332,6 +334,10 @@ impl Engine<'_> {
             if self.pending_pages > 0 {
                 self.send_batch()?;
             }
+            // Like QEMU's per-iteration fflush: what was sent reaches the
+            // destination now (a holding migration keeps it up to date) and
+            // a dead destination is noticed.
+            self.w.flush().map_err(write_err)?;
             self.update_window();
         }
     }

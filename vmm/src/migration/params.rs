@@ -55,13 +55,29 @@ fn invalid(param: &str, expects: &str) -> ErrorBody {
     ErrorBody::generic(format!("Parameter '{param}' expects {expects}"))
 }
 
+/// QEMU's QMP input visitor for `uint64` and `size` members: a negative
+/// integer is accepted and wraps ("Need to accept negative values for
+/// backward compatibility"), so `-1` becomes 2^64-1 and then meets the
+/// parameter's range check; non-integers are type errors.
+fn qapi_uint64(args: &mut Args, name: &str) -> Result<Option<u64>, ErrorBody> {
+    match args.opt_value(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(v)) => Ok(Some(v as u64)),
+            _ => Err(args.value_error(name, "uint64")),
+        },
+        Some(_) => Err(args.type_error(name, "integer")),
+    }
+}
+
 impl SetParameters {
     /// Reads the arguments strictly (types, unknown members).
     pub fn parse(mut args: Args) -> Result<SetParameters, ErrorBody> {
         let p = SetParameters {
-            downtime_limit: args.opt_u64("downtime-limit", "uint64")?,
-            max_bandwidth: args.opt_u64("max-bandwidth", "size")?,
-            avail_switchover_bandwidth: args.opt_u64("avail-switchover-bandwidth", "size")?,
+            downtime_limit: qapi_uint64(&mut args, "downtime-limit")?,
+            max_bandwidth: qapi_uint64(&mut args, "max-bandwidth")?,
+            avail_switchover_bandwidth: qapi_uint64(&mut args, "avail-switchover-bandwidth")?,
             switchover_hold: args.opt_bool("switchover-hold")?,
         };
         args.finish()?;

@@ -117,14 +117,12 @@ pub fn threshold(
         bandwidth_bytes_per_ms
     };
     let t = bw * downtime_limit_ms as f64;
-    if t.is_finite() && t > 0.0 {
-        if t >= u64::MAX as f64 {
-            u64::MAX
-        } else {
-            t as u64
-        }
-    } else {
+    if t.is_nan() || t <= 0.0 {
         0
+    } else if t >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        t as u64
     }
 }
 

@@ -129,6 +129,9 @@ pub struct TestHost {
     pub exit_code: Mutex<Option<i32>>,
     /// The migration object, for tests that want it.
     pub migration: Mutex<Option<Arc<Migration>>>,
+    /// Held by a "vCPU" while it writes; `vm_stop` takes it to wait for
+    /// in-flight writes, like pausing vCPUs does.
+    vcpu_gate: Mutex<()>,
 }
 
 impl TestHost {
@@ -144,6 +147,7 @@ impl TestHost {
             loaded_state: Mutex::new(None),
             exit_code: Mutex::new(None),
             migration: Mutex::new(None),
+            vcpu_gate: Mutex::new(()),
         });
         let weak: Weak<dyn MigrationHost> =
             Arc::downgrade(&(host.clone() as Arc<dyn MigrationHost>));
@@ -165,6 +169,17 @@ impl TestHost {
                 _ => n.clone(),
             })
             .collect()
+    }
+
+    /// A guest write by a "vCPU": only while running, never concurrently
+    /// with `vm_stop`. Returns whether it happened.
+    pub fn guest_write(&self, addr: u64, bytes: &[u8]) -> bool {
+        let _vcpu = super::lock(&self.vcpu_gate);
+        if self.state() != RunState::Running {
+            return false;
+        }
+        self.ram.write(addr, bytes);
+        true
     }
 
     /// The current run state.
@@ -200,6 +215,7 @@ impl MigrationHost for TestHost {
         *super::lock(&self.runstate) = s;
     }
     fn vm_stop(&self, new_state: RunState) {
+        let _vcpus_paused = super::lock(&self.vcpu_gate);
         let was = std::mem::replace(&mut *super::lock(&self.runstate), new_state);
         if was == RunState::Running {
             self.emit("STOP", None);
