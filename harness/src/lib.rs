@@ -1,1 +1,3 @@
 //! migtest harness.
+
+pub mod backend;

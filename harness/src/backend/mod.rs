@@ -1,0 +1,3 @@
+//! Backends the harness can drive.
+
+pub mod qemu;

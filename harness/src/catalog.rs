@@ -1,0 +1,540 @@
+//! The qtest-style scenario catalog. The nextest suites and `migtest run`
+//! both execute these functions (one copy of the scenario code).
+
+use crate::backend::Backend;
+use crate::pair::{
+    Expected, HoldMethod, MigrationFigures, NoProgress, Pair, PairSpec, Progress, Transport,
+    STATUS_TIMEOUT,
+};
+use anyhow::{bail, ensure, Context, Result};
+use migtest_qmp::schema::MigrationStatus;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Settings shared by every scenario of a run.
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// Source backend.
+    pub backend: Backend,
+    /// Destination backend (same as the source unless cross-version).
+    pub dst_backend: Backend,
+    /// Passes to wait for while switchover is held (default 3).
+    pub passes: u64,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+}
+
+impl CatalogConfig {
+    /// Defaults: 3 passes, 128 MiB.
+    pub fn new(backend: Backend) -> CatalogConfig {
+        CatalogConfig {
+            dst_backend: backend.clone(),
+            backend,
+            passes: 3,
+            memory: 128 << 20,
+        }
+    }
+
+    fn spec(&self) -> PairSpec {
+        let mut spec = PairSpec::new(self.backend.clone());
+        spec.dst_backend = self.dst_backend.clone();
+        spec.memory = self.memory;
+        spec
+    }
+}
+
+/// What one scenario run produced.
+#[derive(Debug, Clone, Default)]
+pub struct ScenarioOutcome {
+    /// How switchover was held, if it was.
+    pub hold: Option<HoldMethod>,
+    /// Figures of the last completed migration, if any.
+    pub figures: Option<MigrationFigures>,
+    /// Wall time of the scenario.
+    pub elapsed: Duration,
+}
+
+type RunFn = fn(&CatalogConfig, &mut Ctx) -> Result<()>;
+
+/// One catalog entry.
+pub struct Scenario {
+    /// Unique name, usable as a filter (`mission/unix/smp1`).
+    pub name: String,
+    /// One line: what it checks.
+    pub purpose: String,
+    run: Box<dyn Fn(&CatalogConfig, &mut Ctx) -> Result<()> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario").field("name", &self.name).finish()
+    }
+}
+
+/// Per-run state handed to a scenario: progress sink and the outcome being built.
+pub struct Ctx<'a> {
+    progress: &'a mut dyn Progress,
+    outcome: ScenarioOutcome,
+    step: String,
+}
+
+impl Ctx<'_> {
+    /// Names the current step (shown in failure reports).
+    pub fn step(&mut self, step: &str) {
+        self.step = step.to_string();
+    }
+
+    fn launch(&mut self, spec: PairSpec) -> Result<Pair> {
+        self.step("launch source and destination");
+        let mut pair = Pair::launch(spec)?;
+        pair.set_progress(Box::new(ForwardProgress::default()));
+        Ok(pair)
+    }
+
+    fn record(&mut self, pair: &Pair, figures: MigrationFigures) {
+        self.outcome.figures = Some(figures);
+        if self.outcome.hold.is_none() {
+            self.outcome.hold = pair.hold_method();
+        }
+    }
+
+    fn poll(&mut self, pair: &Pair, what: &str) {
+        if let Ok(info) = pair.src.query_migrate() {
+            self.progress.poll(what, &info);
+        }
+    }
+}
+
+/// Progress forwarding is done by polling in the scenario itself; the pair's
+/// own sink is a no-op placeholder kept for library users.
+#[derive(Default)]
+struct ForwardProgress;
+
+impl Progress for ForwardProgress {
+    fn poll(&mut self, _what: &str, _info: &migtest_qmp::schema::MigrationInfo) {}
+}
+
+impl Scenario {
+    fn new(name: impl Into<String>, purpose: impl Into<String>, run: impl Fn(&CatalogConfig, &mut Ctx) -> Result<()> + Send + Sync + 'static) -> Scenario {
+        Scenario {
+            name: name.into(),
+            purpose: purpose.into(),
+            run: Box::new(run),
+        }
+    }
+
+    /// Runs the scenario; the error names the step that failed.
+    pub fn run(&self, cfg: &CatalogConfig, progress: &mut dyn Progress) -> Result<ScenarioOutcome> {
+        let start = Instant::now();
+        let mut ctx = Ctx {
+            progress,
+            outcome: ScenarioOutcome::default(),
+            step: "start".into(),
+        };
+        let result = (self.run)(cfg, &mut ctx);
+        let step = ctx.step.clone();
+        let mut outcome = ctx.outcome;
+        outcome.elapsed = start.elapsed();
+        result.with_context(|| format!("scenario '{}' failed at step '{step}'", self.name))?;
+        Ok(outcome)
+    }
+}
+
+/// Runs the named scenario with no progress output (the nextest entry point).
+pub fn run_named(name: &str, cfg: &CatalogConfig) -> Result<ScenarioOutcome> {
+    let all = catalog();
+    let s = all
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("no scenario named '{name}'"))?;
+    s.run(cfg, &mut NoProgress)
+}
+
+const PASS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The mission flow: hold switchover, at least N passes with no switchover,
+/// release, converge, memory equal, destination runs.
+fn mission(cfg: &CatalogConfig, ctx: &mut Ctx, spec: PairSpec) -> Result<()> {
+    let mut pair = ctx.launch(spec)?;
+    ctx.step("wait for the guest's first 'B'");
+    if pair.spec.image != "idle" {
+        pair.src.wait_serial(b'B', Duration::from_secs(30))?;
+    }
+    ctx.step("hold switchover");
+    ctx.outcome.hold = Some(pair.hold_switchover()?);
+    ctx.step("migrate");
+    pair.migrate()?;
+    ctx.step(&format!("wait for {} passes while held", cfg.passes));
+    wait_passes(ctx, &mut pair, cfg.passes)?;
+    ctx.step("check that the held migration did not switch over");
+    let info = pair.src.query_migrate()?;
+    ensure!(
+        info.status == Some(MigrationStatus::Active),
+        "source status {:?} while switchover is held; expected active",
+        info.status
+    );
+    ensure!(pair.src.query_status()?.running, "source guest stopped while held");
+    ensure!(
+        pair.src.events_seen("STOP") == 0,
+        "source emitted STOP while switchover was held"
+    );
+    ctx.step("release switchover and wait for completion");
+    pair.release_switchover()?;
+    let figures = pair.wait_completed()?;
+    ensure!(
+        figures.passes >= cfg.passes,
+        "completed after {} passes, fewer than the {} waited for",
+        figures.passes,
+        cfg.passes
+    );
+    ctx.record(&pair, figures);
+    ctx.step("compare source and destination memory");
+    pair.assert_memory_equal(None)?;
+    ctx.step("destination runs on");
+    pair.assert_destination_runs()
+}
+
+fn wait_passes(ctx: &mut Ctx, pair: &mut Pair, n: u64) -> Result<()> {
+    let deadline = Instant::now() + PASS_TIMEOUT;
+    loop {
+        let info = pair.src.query_migrate()?;
+        ctx.progress.poll(&format!("waiting for {n} passes"), &info);
+        let passes = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
+        if passes >= n {
+            return Ok(());
+        }
+        if let Some(s) = info.status.filter(|s| s.is_terminal()) {
+            bail!("migration ended as '{s}' after {passes} of {n} passes");
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {PASS_TIMEOUT:?} waiting for {n} passes (at {passes})");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn non_live(_cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut pair = ctx.launch(_cfg.spec())?;
+    ctx.step("stop the source guest");
+    pair.src.stop()?;
+    pair.src.wait_event("STOP", STATUS_TIMEOUT)?;
+    ctx.step("migrate and complete");
+    pair.migrate()?;
+    let info = pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
+    pair.wait_dst_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
+    ctx.record(&pair, MigrationFigures::from_info(&info));
+    ctx.step("compare memory");
+    pair.assert_memory_equal(None)?;
+    ctx.step("destination runs on");
+    pair.assert_destination_runs()
+}
+
+fn preheat_cancel_remigrate(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut pair = ctx.launch(cfg.spec())?;
+    ctx.step("pre-heat: hold and migrate");
+    ctx.outcome.hold = Some(pair.hold_switchover()?);
+    pair.migrate()?;
+    wait_passes(ctx, &mut pair, 2)?;
+    ctx.step("cancel the pre-heat");
+    pair.cancel()?;
+    pair.wait_src_status(MigrationStatus::Cancelled, STATUS_TIMEOUT)?;
+    pair.assert_source_runs()?;
+    ctx.step("old destination fails");
+    pair.wait_dst_status(MigrationStatus::Failed, STATUS_TIMEOUT)
+        .or_else(|e| if pair.dst()?.is_alive() { Err(e) } else { Ok(Default::default()) })?;
+    ctx.step("second migration to a fresh destination");
+    pair.restart_destination()?;
+    pair.migrate()?;
+    wait_passes(ctx, &mut pair, 2)?;
+    pair.release_switchover()?;
+    let figures = pair.wait_completed()?;
+    ctx.record(&pair, figures);
+    pair.assert_memory_equal(None)?;
+    pair.assert_destination_runs()
+}
+
+fn hold_toggle(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut pair = ctx.launch(cfg.spec())?;
+    if !pair.has_switchover_hold()? {
+        ctx.step("legacy hold (no switchover-hold on this VMM)");
+        ctx.outcome.hold = Some(pair.hold_switchover()?);
+        pair.migrate()?;
+    } else {
+        ctx.outcome.hold = Some(HoldMethod::SwitchoverHold);
+        ctx.step("toggle hold true/false/true before migrating (stale kick)");
+        for hold in [true, false, true] {
+            pair.src.set_parameters(json!({"switchover-hold": hold}))?;
+        }
+        pair.hold_switchover()?;
+        pair.migrate()?;
+        for round in 0..3u64 {
+            ctx.step(&format!("round {round}: passes while held"));
+            let now = pair.src.query_migrate()?.ram.map_or(0, |r| r.dirty_sync_count);
+            wait_passes(ctx, &mut pair, now + 2)?;
+            ensure!(
+                pair.src.query_migrate()?.status == Some(MigrationStatus::Active),
+                "migration left 'active' while held"
+            );
+            // Setting true again (true -> true) must not kick the thread.
+            pair.src.set_parameters(json!({"switchover-hold": true}))?;
+        }
+    }
+    ctx.step("release and complete");
+    wait_passes(ctx, &mut pair, cfg.passes)?;
+    pair.release_switchover()?;
+    let figures = pair.wait_completed()?;
+    ctx.record(&pair, figures);
+    pair.assert_memory_equal(None)?;
+    pair.assert_destination_runs()
+}
+
+fn pause_before_switchover(cfg: &CatalogConfig, ctx: &mut Ctx, held: bool) -> Result<()> {
+    let mut pair = ctx.launch(cfg.spec())?;
+    ctx.step("enable pause-before-switchover on the source");
+    pair.src.set_capabilities(&[("pause-before-switchover", true)])?;
+    if held {
+        ctx.outcome.hold = Some(pair.hold_switchover()?);
+    }
+    ctx.step("migrate");
+    pair.migrate()?;
+    if held {
+        wait_passes(ctx, &mut pair, cfg.passes)?;
+        ensure!(
+            pair.src.query_migrate()?.status == Some(MigrationStatus::Active),
+            "held migration reached another status than active"
+        );
+        pair.release_switchover()?;
+    }
+    ctx.step("wait for pre-switchover");
+    pair.wait_src_status(MigrationStatus::PreSwitchover, STATUS_TIMEOUT)?;
+    ensure!(!pair.src.query_status()?.running, "source guest runs at pre-switchover");
+    ctx.step("migrate-continue");
+    pair.src.migrate_continue("pre-switchover")?;
+    let figures = pair.wait_completed()?;
+    ctx.record(&pair, figures);
+    pair.assert_memory_equal(None)?;
+    pair.assert_destination_runs()
+}
+
+/// `/migration/cancel/src/after/<status>`.
+fn cancel_after(cfg: &CatalogConfig, ctx: &mut Ctx, status: MigrationStatus) -> Result<()> {
+    let mut pair = ctx.launch(cfg.spec())?;
+    match status {
+        MigrationStatus::None => {
+            ctx.step("cancel with no migration on both sides");
+            pair.cancel()?;
+            pair.dst()?.migrate_cancel()?;
+            ensure!(pair.src.query_migrate()?.status.is_none(), "status appeared after a no-op cancel");
+            ctx.step("a normal migration still completes");
+            pair.migrate()?;
+            let f = pair.wait_completed()?;
+            ctx.record(&pair, f);
+            pair.assert_memory_equal(None)?;
+            return pair.assert_destination_runs();
+        }
+        MigrationStatus::Failed => {
+            ctx.step("migrate to a destination that is not listening");
+            pair.dst = None;
+            let dir = pair.src.log_dir().to_path_buf();
+            let uri = match pair.spec.transport {
+                Transport::Unix => format!("unix:{}", dir.join("nobody-listens").display()),
+                Transport::Tcp => "tcp:127.0.0.1:1".into(),
+            };
+            pair.src.migrate(&uri)?;
+            pair.wait_src_status(MigrationStatus::Failed, STATUS_TIMEOUT)?;
+            ctx.step("cancel after failed keeps failed");
+            pair.cancel()?;
+            std::thread::sleep(Duration::from_millis(50));
+            ensure!(pair.src.query_migrate()?.status == Some(MigrationStatus::Failed), "cancel changed a failed migration");
+            return pair.assert_source_runs();
+        }
+        MigrationStatus::Completed => {
+            ctx.step("migrate to completion");
+            pair.migrate()?;
+            let f = pair.wait_completed()?;
+            ctx.record(&pair, f);
+            ctx.step("cancel after completed is a no-op");
+            pair.cancel()?;
+            std::thread::sleep(Duration::from_millis(50));
+            ensure!(pair.src.query_migrate()?.status == Some(MigrationStatus::Completed), "cancel changed a completed migration");
+            ensure!(pair.dst()?.query_migrate()?.status == Some(MigrationStatus::Completed), "destination changed after cancel");
+            return Ok(());
+        }
+        _ => {}
+    }
+    ctx.step("pause-before-switchover on, migrate");
+    pair.src.set_capabilities(&[("pause-before-switchover", true)])?;
+    pair.migrate()?;
+    let phase = if status == MigrationStatus::Cancelled { MigrationStatus::Active } else { status };
+    ctx.step(&format!("wait for the MIGRATION '{phase}' event"));
+    pair.src.wait_migration_event(phase.as_str(), STATUS_TIMEOUT)?;
+    ctx.step("cancel");
+    pair.cancel()?;
+    pair.src.wait_migration_event("cancelling", STATUS_TIMEOUT)?;
+    if status == MigrationStatus::Cancelled {
+        pair.src.wait_migration_event("cancelled", STATUS_TIMEOUT)?;
+        ctx.step("cancel again after cancelled");
+        pair.cancel()?;
+    }
+    pair.wait_src_status(MigrationStatus::Cancelled, STATUS_TIMEOUT)?;
+    ctx.step("destination fails, source runs on");
+    let dst_failed = pair.wait_dst_status(MigrationStatus::Failed, STATUS_TIMEOUT);
+    if dst_failed.is_err() && pair.dst()?.is_alive() {
+        dst_failed?;
+    }
+    pair.assert_source_runs()
+}
+
+fn bad_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut pair = ctx.launch(cfg.spec())?;
+    ctx.step("migrate to an address nobody listens on");
+    pair.dst = None;
+    let uri = format!("unix:{}", pair.src.log_dir().join("no-such-socket").display());
+    pair.src.migrate(&uri)?;
+    pair.wait_src_status(MigrationStatus::Failed, STATUS_TIMEOUT)?;
+    let info = pair.src.query_migrate()?;
+    ensure!(info.error_desc.is_some(), "failed migration without error-desc");
+    pair.assert_source_runs()
+}
+
+fn destination_killed(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut pair = ctx.launch(cfg.spec())?;
+    ctx.outcome.hold = Some(pair.hold_switchover()?);
+    pair.migrate()?;
+    wait_passes(ctx, &mut pair, 2)?;
+    ctx.step("kill the destination mid-migration");
+    pair.kill_destination()?;
+    pair.wait_src_status(MigrationStatus::Failed, STATUS_TIMEOUT)?;
+    pair.assert_source_runs()?;
+    ctx.step("a new migration to a fresh destination completes");
+    pair.restart_destination()?;
+    pair.migrate()?;
+    wait_passes(ctx, &mut pair, 2)?;
+    pair.release_switchover()?;
+    let f = pair.wait_completed()?;
+    ctx.record(&pair, f);
+    pair.assert_memory_equal(None)?;
+    pair.assert_destination_runs()
+}
+
+fn hold_on_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut pair = ctx.launch(cfg.spec())?;
+    if !pair.has_switchover_hold()? {
+        bail!("needs switchover-hold");
+    }
+    ctx.step("set switchover-hold on the destination only");
+    pair.dst()?.set_parameters(json!({"switchover-hold": true}))?;
+    pair.migrate()?;
+    let f = pair.wait_completed()?;
+    ctx.record(&pair, f);
+    pair.assert_memory_equal(None)?;
+    pair.assert_destination_runs()
+}
+
+fn bandwidth_limited(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut spec = cfg.spec();
+    spec.image = "rate".into();
+    let mut pair = ctx.launch(spec)?;
+    let limit: u64 = 32 << 20;
+    ctx.step("max-bandwidth 32 MiB/s, migrate");
+    pair.src.set_parameters(json!({"max-bandwidth": limit}))?;
+    pair.migrate()?;
+    pair.wait_src_status(MigrationStatus::Active, STATUS_TIMEOUT)?;
+    ctx.step("measure throughput over 1.5 s");
+    let a = pair.src.query_migrate()?.ram.unwrap_or_default().transferred;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    ctx.poll(&pair, "measuring bandwidth");
+    let b = pair.src.query_migrate()?.ram.unwrap_or_default().transferred;
+    let rate = (b - a) as f64 / t0.elapsed().as_secs_f64();
+    ensure!(
+        rate <= limit as f64 * 1.10,
+        "throughput {:.1} MiB/s exceeds max-bandwidth {} MiB/s by more than 10%",
+        rate / (1 << 20) as f64,
+        limit >> 20
+    );
+    ensure!(rate > 0.0, "no bytes moved in 1.5 s");
+    ctx.step("lift the limit and complete");
+    pair.src.set_parameters(json!({"max-bandwidth": 0}))?;
+    let f = pair.wait_completed()?;
+    ensure!(f.passes >= 2, "bandwidth-limited precopy made only {} passes", f.passes);
+    ctx.record(&pair, f);
+    pair.assert_memory_equal(None)?;
+    pair.assert_destination_runs()
+}
+
+/// Every scenario of the catalog, in a stable order.
+pub fn catalog() -> Vec<Scenario> {
+    let mut v = vec![Scenario::new(
+        "mission",
+        "hold switchover, N passes, release, converge, memory equal, destination runs",
+        |cfg, ctx| mission(cfg, ctx, cfg.spec()),
+    )];
+    for (transport, vcpus) in [(Transport::Tcp, 1), (Transport::Unix, 2), (Transport::Tcp, 2)] {
+        v.push(Scenario::new(
+            format!("mission/{transport}/smp{vcpus}"),
+            format!("mission flow over {transport} with {vcpus} vCPU(s)"),
+            move |cfg, ctx| {
+                let mut spec = cfg.spec();
+                spec.transport = transport;
+                spec.vcpus = vcpus;
+                mission(cfg, ctx, spec)
+            },
+        ));
+    }
+    for image in ["hotset", "rate", "random", "idle"] {
+        v.push(Scenario::new(
+            format!("mission/workload/{image}"),
+            format!("mission flow with the '{image}' workload"),
+            move |cfg, ctx| {
+                let mut spec = cfg.spec();
+                spec.image = image.into();
+                mission(cfg, ctx, spec)
+            },
+        ));
+    }
+    let fixed: [(&str, &str, RunFn); 7] = [
+        ("non-live", "guest stopped before migrating; completes; memory equal", non_live),
+        ("preheat-cancel", "pre-heat with the hold, cancel, migrate again to a fresh destination", preheat_cancel_remigrate),
+        ("hold-toggle", "hold toggled several times; never completes while held", hold_toggle),
+        ("bad-destination", "nothing listening: source fails, guest runs on", bad_destination),
+        ("destination-killed", "destination killed mid-migration: source fails, guest runs; remigrate", destination_killed),
+        ("hold-on-destination", "switchover-hold set on the destination has no effect", hold_on_destination),
+        ("bandwidth-limited", "max-bandwidth holds within 10% and precopy makes passes", bandwidth_limited),
+    ];
+    for (name, purpose, f) in fixed {
+        v.push(Scenario::new(name, purpose, f));
+    }
+    v.push(Scenario::new("pause-before-switchover", "pre-switchover pause, migrate-continue", |cfg, ctx| {
+        pause_before_switchover(cfg, ctx, false)
+    }));
+    v.push(Scenario::new("pause-before-switchover/held", "hold, release into pre-switchover, migrate-continue", |cfg, ctx| {
+        pause_before_switchover(cfg, ctx, true)
+    }));
+    for status in [
+        MigrationStatus::None,
+        MigrationStatus::Setup,
+        MigrationStatus::Active,
+        MigrationStatus::PreSwitchover,
+        MigrationStatus::Completed,
+        MigrationStatus::Cancelled,
+        MigrationStatus::Failed,
+    ] {
+        v.push(Scenario::new(
+            format!("cancel/src/after/{status}"),
+            format!("migrate_cancel after '{status}' as QEMU's cancel tests"),
+            move |cfg, ctx| cancel_after(cfg, ctx, status),
+        ));
+    }
+    v
+}
+
+/// Unused-variable guard for `Expected` users outside the catalog.
+pub fn _expected_variants() -> [Expected; 4] {
+    [
+        Expected::Succeed,
+        Expected::FailDestinationAlive,
+        Expected::DestinationQuitsWithError,
+        Expected::CommandError,
+    ]
+}

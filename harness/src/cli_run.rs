@@ -1,0 +1,152 @@
+//! `migtest run`: the scenario catalog from a terminal, with a live progress
+//! line per scenario and a result table that fits 80 columns.
+
+use crate::backend::Backend;
+use crate::catalog::{catalog, CatalogConfig, ScenarioOutcome};
+use crate::pair::Progress;
+use migtest_qmp::schema::MigrationInfo;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+/// Options of `migtest run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Backend settings.
+    pub config: CatalogConfig,
+    /// Only scenarios whose name contains this.
+    pub filter: Option<String>,
+}
+
+/// Prints a one-line live status, overwritten in place on a terminal.
+struct LiveLine {
+    name: String,
+    tty: bool,
+    last: Instant,
+}
+
+impl Progress for LiveLine {
+    fn poll(&mut self, what: &str, info: &MigrationInfo) {
+        if !self.tty || self.last.elapsed().as_millis() < 100 {
+            return;
+        }
+        self.last = Instant::now();
+        let ram = info.ram.clone().unwrap_or_default();
+        let status = info.status.map(|s| s.as_str()).unwrap_or("none");
+        let line = format!(
+            "  {:<28} {:<14} pass {:>4} rem {:>7} KiB {}",
+            truncate(&self.name, 28),
+            status,
+            ram.dirty_sync_count,
+            ram.remaining / 1024,
+            what
+        );
+        print!("\r{:<79}", truncate(&line, 79));
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('~');
+        t
+    }
+}
+
+/// One row of the result table.
+struct Row {
+    name: String,
+    result: Result<ScenarioOutcome, String>,
+}
+
+/// Runs the catalog; returns the process exit code (0 all passed, 1 otherwise).
+pub fn run(opts: &RunOptions) -> i32 {
+    let scenarios: Vec<_> = catalog()
+        .into_iter()
+        .filter(|s| opts.filter.as_deref().is_none_or(|f| s.name.contains(f)))
+        .collect();
+    if scenarios.is_empty() {
+        eprintln!("migtest run: no scenario matches the filter");
+        return 1;
+    }
+    let backend = match &opts.config.backend {
+        Backend::Builtin { .. } => "builtin migtest-vmm".to_string(),
+        other => other.describe(),
+    };
+    println!(
+        "migtest: {} scenario(s) on {backend}, {} MiB, {} held passes",
+        scenarios.len(),
+        opts.config.memory >> 20,
+        opts.config.passes
+    );
+    let tty = std::io::stdout().is_terminal();
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    for s in &scenarios {
+        let mut live = LiveLine {
+            name: s.name.clone(),
+            tty,
+            last: Instant::now(),
+        };
+        if !tty {
+            println!("  {} ...", s.name);
+        }
+        let result = s.run(&opts.config, &mut live).map_err(|e| format!("{e:#}"));
+        let mark = if result.is_ok() { "ok  " } else { "FAIL" };
+        println!("\r{:<79}", truncate(&format!("  {mark} {}", s.name), 79));
+        if let Err(e) = &result {
+            for line in e.lines() {
+                println!("       {line}");
+            }
+        }
+        rows.push(Row {
+            name: s.name.clone(),
+            result,
+        });
+    }
+    print_table(&rows);
+    let failed = rows.iter().filter(|r| r.result.is_err()).count();
+    println!(
+        "{} passed, {} failed in {:.1} s",
+        rows.len() - failed,
+        failed,
+        start.elapsed().as_secs_f64()
+    );
+    i32::from(failed > 0)
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<30} {:<6} {:>6} {:>8} {:>9} {:>9}",
+        "scenario", "result", "passes", "time s", "downtime", "MB/s"
+    );
+    println!("{}", "-".repeat(73));
+    for r in rows {
+        let (res, passes, time, down, mbs) = match &r.result {
+            Ok(o) => {
+                let f = o.figures.clone().unwrap_or_default();
+                (
+                    "ok",
+                    if o.figures.is_some() { f.passes.to_string() } else { "-".into() },
+                    format!("{:.2}", o.elapsed.as_secs_f64()),
+                    f.downtime_ms.map_or("-".into(), |d| format!("{d} ms")),
+                    if o.figures.is_some() { format!("{:.0}", f.throughput_mbs) } else { "-".into() },
+                )
+            }
+            Err(_) => ("FAIL", "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<30} {:<6} {:>6} {:>8} {:>9} {:>9}",
+            truncate(&r.name, 30),
+            res,
+            passes,
+            time,
+            down,
+            mbs
+        );
+    }
+    println!();
+}

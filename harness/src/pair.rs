@@ -1,0 +1,503 @@
+//! A source/destination pair of VMMs and the qtest-style steps of a
+//! migration test: launch, hold switchover, count passes, release,
+//! converge, compare memory, check that the destination runs on.
+
+use crate::backend::{Backend, LaunchSpec};
+use crate::checks;
+use crate::vm::Vm;
+use anyhow::{bail, Context, Result};
+use migtest_qmp::schema::{MigrationInfo, MigrationStatus};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// How the migration stream travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A unix socket in the destination's log directory.
+    Unix,
+    /// TCP on loopback, port picked by the destination.
+    Tcp,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Unix => "unix",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
+/// Everything needed to launch a pair.
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    /// Backend of the source.
+    pub src_backend: Backend,
+    /// Backend of the destination (differs for cross-version runs).
+    pub dst_backend: Backend,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest image name (builtin VMM; QEMU always boots the x86 A-B sector).
+    pub image: String,
+    /// Stream transport.
+    pub transport: Transport,
+    /// Start the destination with `-S`, so it stays paused after migrating.
+    pub dst_paused: bool,
+    /// Extra source options.
+    pub src_extra: Vec<String>,
+    /// Extra destination options.
+    pub dst_extra: Vec<String>,
+}
+
+impl PairSpec {
+    /// A 128 MiB, 1-vCPU `sweep` pair over a unix socket, destination held with `-S`.
+    pub fn new(backend: Backend) -> PairSpec {
+        PairSpec {
+            src_backend: backend.clone(),
+            dst_backend: backend,
+            memory: 128 << 20,
+            vcpus: 1,
+            image: "sweep".into(),
+            transport: Transport::Unix,
+            dst_paused: true,
+            src_extra: Vec::new(),
+            dst_extra: Vec::new(),
+        }
+    }
+}
+
+/// How switchover is being held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldMethod {
+    /// The proposed `switchover-hold` parameter.
+    SwitchoverHold,
+    /// QEMU's legacy trick: 3 MB/s and 1 ms downtime, so precopy cannot converge.
+    LegacyThrottle,
+}
+
+impl std::fmt::Display for HoldMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HoldMethod::SwitchoverHold => "switchover-hold",
+            HoldMethod::LegacyThrottle => "legacy throttle (3 MB/s, 1 ms)",
+        })
+    }
+}
+
+/// Expected end of a migration, as QEMU's `MigrateCommon.result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Completes.
+    Succeed,
+    /// The source fails; the destination process stays alive.
+    FailDestinationAlive,
+    /// The source fails and the destination exits with an error.
+    DestinationQuitsWithError,
+    /// The `migrate` command itself is refused.
+    CommandError,
+}
+
+/// Figures of one finished migration, for reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MigrationFigures {
+    /// Final `dirty-sync-count`.
+    pub passes: u64,
+    /// `total-time` in ms.
+    pub total_ms: u64,
+    /// `downtime` in ms.
+    pub downtime_ms: Option<u64>,
+    /// Bytes transferred.
+    pub transferred: u64,
+    /// Mean throughput in MB/s over the total time.
+    pub throughput_mbs: f64,
+}
+
+impl MigrationFigures {
+    /// Figures from a final `query-migrate`.
+    pub fn from_info(info: &MigrationInfo) -> MigrationFigures {
+        let ram = info.ram.clone().unwrap_or_default();
+        let total_ms = info.total_time.unwrap_or(0);
+        MigrationFigures {
+            passes: ram.dirty_sync_count,
+            total_ms,
+            downtime_ms: info.downtime,
+            transferred: ram.transferred,
+            throughput_mbs: if total_ms > 0 {
+                ram.transferred as f64 / 1e6 / (total_ms as f64 / 1000.0)
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// Receives progress while a pair waits (the CLI prints a live line).
+pub trait Progress {
+    /// Called with each `query-migrate` the source answered while waiting.
+    fn poll(&mut self, what: &str, info: &MigrationInfo);
+}
+
+/// Progress sink that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn poll(&mut self, _what: &str, _info: &MigrationInfo) {}
+}
+
+/// Default deadline for a migration status to be reached.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A source and (usually) a destination VMM.
+pub struct Pair {
+    /// The spec the pair was launched from.
+    pub spec: PairSpec,
+    /// The source VM.
+    pub src: Vm,
+    /// The current destination, if one is up.
+    pub dst: Option<Vm>,
+    generation: u32,
+    hold: Option<HoldMethod>,
+    progress: Box<dyn Progress + Send>,
+}
+
+impl Pair {
+    /// Launches the source (running its workload, `events` on, full-speed
+    /// precopy as QEMU's qtests set it) and a destination waiting with
+    /// `-incoming defer`.
+    pub fn launch(spec: PairSpec) -> Result<Pair> {
+        let src = Vm::launch(
+            &spec.src_backend,
+            &LaunchSpec {
+                name: "source".into(),
+                memory_bytes: spec.memory,
+                vcpus: spec.vcpus,
+                image: spec.image.clone(),
+                incoming: None,
+                paused: false,
+                extra_args: spec.src_extra.clone(),
+            },
+        )
+        .context("launching the source")?;
+        src.set_capabilities(&[("events", true)])
+            .context("enabling events on the source")?;
+        src.set_parameters(json!({"max-bandwidth": 0}))
+            .context("setting full-speed precopy on the source")?;
+        let mut pair = Pair {
+            spec,
+            src,
+            dst: None,
+            generation: 0,
+            hold: None,
+            progress: Box::new(NoProgress),
+        };
+        pair.restart_destination()?;
+        Ok(pair)
+    }
+
+    /// Routes wait progress to `p`.
+    pub fn set_progress(&mut self, p: Box<dyn Progress + Send>) {
+        self.progress = p;
+    }
+
+    /// The destination, or an error saying there is none.
+    pub fn dst(&self) -> Result<&Vm> {
+        self.dst.as_ref().context("no destination is running")
+    }
+
+    /// Replaces the destination with a fresh one waiting for an incoming
+    /// migration (`-incoming defer`, `events` on, then `migrate-incoming`).
+    pub fn restart_destination(&mut self) -> Result<()> {
+        self.dst = None;
+        self.generation += 1;
+        let dst = Vm::launch(
+            &self.spec.dst_backend,
+            &LaunchSpec {
+                name: "destination".into(),
+                memory_bytes: self.spec.memory,
+                vcpus: self.spec.vcpus,
+                image: self.spec.image.clone(),
+                incoming: Some("defer".into()),
+                paused: self.spec.dst_paused,
+                extra_args: self.spec.dst_extra.clone(),
+            },
+        )
+        .context("launching the destination")?;
+        dst.set_capabilities(&[("events", true)])
+            .context("enabling events on the destination")?;
+        let listen = match self.spec.transport {
+            Transport::Unix => format!(
+                "unix:{}",
+                dst.log_dir().join(format!("migsocket-{}", self.generation)).display()
+            ),
+            Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
+        };
+        dst.migrate_incoming(&listen)
+            .context("starting the incoming migration")?;
+        self.dst = Some(dst);
+        Ok(())
+    }
+
+    /// The URI the source must connect to (the real TCP port for `tcp:…:0`).
+    pub fn connect_uri(&self) -> Result<String> {
+        self.dst()?.incoming_uri()
+    }
+
+    /// `migrate` from the source to the current destination.
+    pub fn migrate(&mut self) -> Result<()> {
+        let uri = self.connect_uri()?;
+        self.src.migrate(&uri).context("migrate")
+    }
+
+    /// Whether the source VMM has the `switchover-hold` parameter.
+    pub fn has_switchover_hold(&self) -> Result<bool> {
+        let params = self.src.query_parameters()?;
+        Ok(params.get("switchover-hold").is_some())
+    }
+
+    /// Holds switchover: `switchover-hold` where the VMM has it, otherwise
+    /// QEMU's legacy 3 MB/s + 1 ms throttle. Says which.
+    pub fn hold_switchover(&mut self) -> Result<HoldMethod> {
+        let method = if self.has_switchover_hold()? {
+            self.src.set_parameters(json!({"switchover-hold": true}))?;
+            HoldMethod::SwitchoverHold
+        } else {
+            self.src.set_parameters(
+                json!({"max-bandwidth": 3_000_000u64, "downtime-limit": 1}),
+            )?;
+            HoldMethod::LegacyThrottle
+        };
+        self.hold = Some(method);
+        Ok(method)
+    }
+
+    /// Releases a hold set by [`Pair::hold_switchover`]: clears
+    /// `switchover-hold`, or sets QEMU's converge values (1 GB/s, 30 s).
+    pub fn release_switchover(&mut self) -> Result<()> {
+        match self.hold.take() {
+            Some(HoldMethod::LegacyThrottle) => self.src.set_parameters(
+                json!({"max-bandwidth": 1_000_000_000u64, "downtime-limit": 30_000}),
+            ),
+            _ => self.src.set_parameters(json!({"switchover-hold": false})),
+        }
+    }
+
+    /// The hold in force, if any.
+    pub fn hold_method(&self) -> Option<HoldMethod> {
+        self.hold
+    }
+
+    /// Polls the source until `dirty-sync-count` reaches `n`. Fails if the
+    /// migration ends first.
+    pub fn wait_for_passes(&mut self, n: u64, timeout: Duration) -> Result<MigrationInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = self.src.query_migrate()?;
+            self.progress.poll(&format!("waiting for {n} passes"), &info);
+            let passes = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
+            if passes >= n {
+                return Ok(info);
+            }
+            if let Some(s) = info.status {
+                if s.is_terminal() {
+                    bail!(
+                        "source migration ended as '{s}' after {passes} passes while waiting for {n} passes{}",
+                        info.error_desc.map(|d| format!(": {d}")).unwrap_or_default()
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out after {timeout:?} waiting for {n} passes: source at {passes}, status {:?}", info.status);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the source to reach `status`; `failed` when not expected is
+    /// reported with its `error-desc`.
+    pub fn wait_src_status(&mut self, status: MigrationStatus, timeout: Duration) -> Result<MigrationInfo> {
+        wait_status(&self.src, status, timeout, &mut *self.progress)
+    }
+
+    /// Waits for the destination to reach `status`.
+    pub fn wait_dst_status(&mut self, status: MigrationStatus, timeout: Duration) -> Result<MigrationInfo> {
+        let dst = self.dst.as_ref().context("no destination is running")?;
+        wait_status(dst, status, timeout, &mut NoProgress)
+    }
+
+    /// Waits for both sides to complete, the source to emit `STOP`, and (for
+    /// a destination without `-S`) `RESUME`. Returns the source's figures.
+    pub fn wait_completed(&mut self) -> Result<MigrationFigures> {
+        let info = self.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
+        self.wait_dst_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
+        self.src
+            .wait_event("STOP", STATUS_TIMEOUT)
+            .context("source STOP event at switchover")?;
+        if !self.spec.dst_paused {
+            self.dst()?
+                .wait_event("RESUME", STATUS_TIMEOUT)
+                .context("destination RESUME event")?;
+        }
+        Ok(MigrationFigures::from_info(&info))
+    }
+
+    /// `migrate_cancel` on the source.
+    pub fn cancel(&self) -> Result<()> {
+        self.src.migrate_cancel()
+    }
+
+    /// The guest's test range on this pair's backend.
+    pub fn test_range(&self) -> Result<(u64, u64)> {
+        self.spec.src_backend.test_range(&self.spec.image, self.spec.memory)
+    }
+
+    /// Compares the stopped source with the destination held by `-S`,
+    /// byte for byte over `range` (or all RAM), naming the first differing pages.
+    pub fn assert_memory_equal(&self, range: Option<(u64, u64)>) -> Result<()> {
+        let dst = self.dst()?;
+        let src_status = self.src.query_status()?;
+        if src_status.running {
+            bail!("memory check needs a stopped source; it is {:?}", src_status.status);
+        }
+        let dst_status = dst.query_status()?;
+        if dst_status.running {
+            bail!("memory check needs a paused destination (-S); it is {:?}", dst_status.status);
+        }
+        let (start, end) = range.unwrap_or((0, self.spec.memory));
+        let a = self.src.pmemsave(start, end - start).context("source pmemsave")?;
+        let b = dst.pmemsave(start, end - start).context("destination pmemsave")?;
+        checks::compare_memory(&a, &b, start).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// QEMU's `check_guests_ram` on the destination (stopped).
+    pub fn check_guest_ram(&self) -> Result<()> {
+        let dst = self.dst()?;
+        let (start, end) = self.test_range()?;
+        let bytes = dst.pmemsave(start, end - start)?;
+        checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// After a completed migration: `cont` the destination if paused, then
+    /// check it runs on (serial keeps printing, memory keeps changing), stop
+    /// it, and check the A-B invariant, as QEMU's `migrate_end` does.
+    pub fn assert_destination_runs(&self) -> Result<()> {
+        let dst = self.dst()?;
+        let status = dst.query_status()?;
+        if !status.running {
+            dst.cont().context("cont on the destination")?;
+        }
+        let status = dst.query_status()?;
+        if !status.running {
+            bail!("destination did not start running: {:?}", status.status);
+        }
+        let (start, end) = self.test_range()?;
+        if self.spec.image != "idle" {
+            dst.wait_serial(b'B', Duration::from_secs(30))
+                .context("destination serial output after migration")?;
+            let first = dst.memory_digest(start, end)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while dst.memory_digest(start, end)? == first {
+                if Instant::now() >= deadline {
+                    bail!("destination memory did not change within 30 s after cont");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        dst.stop().context("stop on the destination")?;
+        let a = dst.memory_digest(start, end)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let b = dst.memory_digest(start, end)?;
+        if a != b {
+            bail!("destination memory changed while stopped");
+        }
+        if self.spec.image == "sweep" || self.spec.src_backend.is_qemu() {
+            self.check_guest_ram()?;
+        }
+        Ok(())
+    }
+
+    /// Asserts the source guest runs (after a cancelled or failed migration).
+    pub fn assert_source_runs(&self) -> Result<()> {
+        let status = self.src.query_status()?;
+        if !status.running {
+            bail!("source guest is not running: {:?}", status.status);
+        }
+        if self.spec.image != "idle" {
+            self.src
+                .wait_serial(b'B', Duration::from_secs(30))
+                .context("source serial output")?;
+        }
+        Ok(())
+    }
+
+    /// Kills the destination process (SIGKILL).
+    pub fn kill_destination(&mut self) -> Result<()> {
+        let dst = self.dst.as_ref().context("no destination to kill")?;
+        dst.kill();
+        Ok(())
+    }
+
+    /// Waits for the expected outcome of a migration already started.
+    pub fn expect(&mut self, expected: Expected) -> Result<()> {
+        match expected {
+            Expected::Succeed => self.wait_completed().map(|_| ()),
+            Expected::FailDestinationAlive => {
+                self.wait_src_status(MigrationStatus::Failed, STATUS_TIMEOUT)?;
+                self.assert_source_runs()?;
+                if !self.dst()?.is_alive() {
+                    bail!("destination exited; expected it to stay alive");
+                }
+                Ok(())
+            }
+            Expected::DestinationQuitsWithError => {
+                self.wait_src_status(MigrationStatus::Failed, STATUS_TIMEOUT)?;
+                self.assert_source_runs()?;
+                let status = self
+                    .dst()?
+                    .wait_exit(Duration::from_secs(30))
+                    .context("destination did not exit after the failed migration")?;
+                if status.success() {
+                    bail!("destination exited successfully; expected an error status");
+                }
+                Ok(())
+            }
+            Expected::CommandError => bail!("CommandError is checked at the migrate call"),
+        }
+    }
+}
+
+fn wait_status(
+    vm: &Vm,
+    status: MigrationStatus,
+    timeout: Duration,
+    progress: &mut dyn Progress,
+) -> Result<MigrationInfo> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info = vm.query_migrate()?;
+        progress.poll(&format!("waiting for '{status}'"), &info);
+        if info.status == Some(status) {
+            return Ok(info);
+        }
+        if let Some(s) = info.status {
+            if s.is_terminal() && s != status {
+                bail!(
+                    "{}: migration ended as '{s}' while waiting for '{status}'{}",
+                    vm.role(),
+                    info.error_desc.map(|d| format!(": {d}")).unwrap_or_default()
+                );
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{}: timed out after {timeout:?} waiting for migration status '{status}' (now {:?})",
+                vm.role(),
+                info.status
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

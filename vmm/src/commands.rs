@@ -1,0 +1,278 @@
+//! QMP command dispatch: the non-migration commands, and routing of the
+//! migration commands to [`crate::migration::Migration`].
+
+use crate::migration::Migration;
+use crate::vm::Vm;
+use migtest_qmp::args::Args;
+use migtest_qmp::schema::RunState;
+use migtest_qmp::{ErrorBody, ErrorClass, VersionInfo, VersionTriple};
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What a command produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The `return` value.
+    Reply(Value),
+}
+
+/// The QEMU version migtest-vmm reports: the release `switchover-hold` was
+/// proposed for (8.1), so version-sniffing clients see a plausible QEMU.
+pub const QEMU_VERSION: VersionTriple = VersionTriple {
+    major: 8,
+    minor: 1,
+    micro: 0,
+};
+
+/// Every command migtest-vmm implements, as listed by `query-commands`.
+pub const COMMANDS: &[&str] = &[
+    "qmp_capabilities",
+    "query-commands",
+    "query-version",
+    "query-name",
+    "query-status",
+    "query-kvm",
+    "stop",
+    "cont",
+    "quit",
+    "pmemsave",
+    "migrate",
+    "migrate-incoming",
+    "migrate_cancel",
+    "migrate-continue",
+    "migrate-set-parameters",
+    "query-migrate-parameters",
+    "migrate-set-capabilities",
+    "query-migrate-capabilities",
+    "query-migrate",
+];
+
+/// Executes commands against one VM. Commands from all monitors are
+/// serialized by an internal lock.
+pub struct Dispatcher {
+    vm: Arc<Vm>,
+    migration: Arc<Migration>,
+    big_lock: Mutex<()>,
+    quit_requested: AtomicBool,
+}
+
+fn no_args(args: Option<Map<String, Value>>) -> Result<(), ErrorBody> {
+    Args::new(args).finish()
+}
+
+impl Dispatcher {
+    /// A dispatcher for `vm`.
+    pub fn new(vm: Arc<Vm>, migration: Arc<Migration>) -> Dispatcher {
+        Dispatcher {
+            vm,
+            migration,
+            big_lock: Mutex::new(()),
+            quit_requested: AtomicBool::new(false),
+        }
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+
+    /// The version for the greeting and `query-version`.
+    pub fn version(&self) -> VersionInfo {
+        VersionInfo {
+            qemu: QEMU_VERSION,
+            package: format!("migtest-vmm {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// `qmp_capabilities {enable?}`: migtest-vmm offers no protocol
+    /// capabilities (no `oob`).
+    pub fn qmp_capabilities(&self, args: Option<Map<String, Value>>) -> Result<(), ErrorBody> {
+        let mut a = Args::new(args);
+        if let Some(v) = a.opt_value("enable") {
+            let Value::Array(list) = v else {
+                return Err(a.type_error("enable", "array"));
+            };
+            // No capability is offered, so the first entry decides the error.
+            if let Some(cap) = list.first() {
+                return Err(match cap.as_str() {
+                    Some("oob") => ErrorBody::generic("Capability 'oob' not available"),
+                    // QEMU 7.2 words this one with 'null' as the parameter name.
+                    Some(other) => ErrorBody::generic(format!(
+                        "Parameter 'null' does not accept value '{other}'"
+                    )),
+                    None => a.type_error("enable[0]", "string"),
+                });
+            }
+        }
+        a.finish()
+    }
+
+    /// Called after each reply is written: performs a requested `quit`.
+    pub fn after_reply(&self) {
+        if self.quit_requested.load(Ordering::SeqCst) {
+            self.vm.emit(
+                "SHUTDOWN",
+                Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+            );
+            self.vm.exit_process(0);
+        }
+    }
+
+    /// Runs one command.
+    pub fn dispatch(
+        &self,
+        name: &str,
+        args: Option<Map<String, Value>>,
+    ) -> Result<Outcome, ErrorBody> {
+        let _big = self.big_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let m = &self.migration;
+        let value = match name {
+            "query-commands" => {
+                no_args(args)?;
+                Value::Array(COMMANDS.iter().map(|c| json!({"name": c})).collect())
+            }
+            "query-version" => {
+                no_args(args)?;
+                json!(self.version())
+            }
+            "query-name" => {
+                no_args(args)?;
+                match self.vm.name() {
+                    Some(n) => json!({"name": n}),
+                    None => json!({}),
+                }
+            }
+            "query-status" => {
+                no_args(args)?;
+                let state = self.vm.runstate();
+                json!({"running": state == RunState::Running, "singlestep": false, "status": state})
+            }
+            "query-kvm" => {
+                no_args(args)?;
+                json!({"enabled": false, "present": false})
+            }
+            "stop" => {
+                no_args(args)?;
+                self.stop();
+                json!({})
+            }
+            "cont" => {
+                no_args(args)?;
+                self.cont()?;
+                json!({})
+            }
+            "quit" => {
+                no_args(args)?;
+                self.quit_requested.store(true, Ordering::SeqCst);
+                json!({})
+            }
+            "pmemsave" => {
+                self.pmemsave(Args::new(args))?;
+                json!({})
+            }
+            "migrate" => m.migrate(Args::new(args))?,
+            "migrate-incoming" => m.migrate_incoming(Args::new(args))?,
+            "migrate_cancel" => {
+                no_args(args)?;
+                m.migrate_cancel()?
+            }
+            "migrate-continue" => m.migrate_continue(Args::new(args))?,
+            "migrate-set-parameters" => m.set_parameters(Args::new(args))?,
+            "query-migrate-parameters" => {
+                no_args(args)?;
+                m.query_parameters()?
+            }
+            "migrate-set-capabilities" => m.set_capabilities(Args::new(args))?,
+            "query-migrate-capabilities" => {
+                no_args(args)?;
+                m.query_capabilities()?
+            }
+            "query-migrate" => {
+                no_args(args)?;
+                m.query_migrate()?
+            }
+            other => {
+                return Err(ErrorBody::new(
+                    ErrorClass::CommandNotFound,
+                    format!("The command {other} has not been found"),
+                ))
+            }
+        };
+        Ok(Outcome::Reply(value))
+    }
+
+    /// `stop`: during `inmigrate` it only clears autostart, as in QEMU.
+    fn stop(&self) {
+        if self.vm.runstate() == RunState::Inmigrate {
+            self.vm.set_autostart(false);
+        } else {
+            self.vm.vm_stop(RunState::Paused);
+        }
+    }
+
+    /// `cont` with QEMU's rules.
+    fn cont(&self) -> Result<(), ErrorBody> {
+        match self.vm.runstate() {
+            RunState::InternalError | RunState::Shutdown | RunState::GuestPanicked => Err(
+                ErrorBody::generic("Resetting the Virtual Machine is required"),
+            ),
+            RunState::FinishMigrate => Err(ErrorBody::generic("Migration is not finalized yet")),
+            RunState::Inmigrate => {
+                self.vm.set_autostart(true);
+                Ok(())
+            }
+            _ => {
+                self.vm.vm_start();
+                Ok(())
+            }
+        }
+    }
+
+    /// `pmemsave {val, size, filename}`: guest-physical RAM to a file.
+    fn pmemsave(&self, mut a: Args) -> Result<(), ErrorBody> {
+        let addr = a.i64("val")?;
+        let size = a.i64("size")?;
+        let filename = a.str("filename")?;
+        let _ = a.opt_i64("cpu-index")?;
+        a.finish()?;
+        let ram = self.vm.guest().ram();
+        let in_range = addr >= 0
+            && size >= 0
+            && (addr as u64)
+                .checked_add(size as u64)
+                .is_some_and(|end| end <= ram.size());
+        if !in_range {
+            return Err(ErrorBody::generic(format!(
+                "Invalid addr 0x{addr:016x}/size {size} specified (RAM is 0x{:x} bytes)",
+                ram.size()
+            )));
+        }
+        let mut file = std::fs::File::create(&filename).map_err(|e| {
+            ErrorBody::generic(format!("Could not open '{filename}': {}", io_text(&e)))
+        })?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut pos = addr as u64;
+        let end = pos + size as u64;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            ram.read_bytes(pos, &mut buf[..n])
+                .map_err(|e| ErrorBody::generic(format!("pmemsave: {e}")))?;
+            file.write_all(&buf[..n]).map_err(|e| {
+                ErrorBody::generic(format!("writing '{filename}': {}", io_text(&e)))
+            })?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// An I/O error's text without Rust's "(os error N)" suffix.
+fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

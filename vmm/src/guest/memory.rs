@@ -1,0 +1,527 @@
+//! Guest-physical RAM backed by an anonymous mapping, shared by vCPU threads
+//! and the migration thread.
+//!
+//! The mapping is only ever accessed as a slice of [`AtomicU64`], so
+//! concurrent access is free of data races; relaxed loads and stores compile
+//! to plain moves. Every guest write goes through one of the `write_*` /
+//! [`GuestRam::fetch_add_u8`] accessors, which store the data and then mark the
+//! touched pages in the [`DirtyBitmap`] (see [`crate::guest::dirty`] for the
+//! ordering protocol).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use memmap2::MmapMut;
+use thiserror::Error;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::dirty::DirtyBitmap;
+
+/// Guest page size in bytes.
+pub const PAGE_SIZE: usize = 4096;
+const PAGE: u64 = PAGE_SIZE as u64;
+const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
+
+/// Errors from guest RAM creation and access.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum GuestRamError {
+    /// RAM size is zero, not a multiple of [`PAGE_SIZE`], or too large.
+    #[error("invalid guest RAM size {size}: must be a non-zero multiple of 4096 that fits in the address space")]
+    InvalidSize {
+        /// The requested size.
+        size: u64,
+    },
+    /// The anonymous mapping could not be created.
+    #[error("cannot map {size} bytes of guest RAM: {message}")]
+    Map {
+        /// The requested size.
+        size: u64,
+        /// The OS error text.
+        message: String,
+    },
+    /// An access `[addr, addr + len)` reaches outside guest RAM.
+    #[error("guest access of {len} bytes at {addr:#x} is outside RAM of {size:#x} bytes")]
+    OutOfRange {
+        /// First guest-physical address.
+        addr: u64,
+        /// Access length in bytes.
+        len: u64,
+        /// RAM size.
+        size: u64,
+    },
+    /// A page index is not below the page count.
+    #[error("page {page} is outside guest RAM ({pages} pages)")]
+    PageOutOfRange {
+        /// The page index.
+        page: u64,
+        /// Number of pages.
+        pages: u64,
+    },
+}
+
+/// Observer notified of every guest write, after the data is stored and the
+/// pages are marked dirty. Used by tests to record a write log.
+pub trait WriteObserver: Send + Sync {
+    /// `count` pages starting at `first_page` were written.
+    fn on_write(&self, first_page: u64, count: u64);
+}
+
+/// Guest-physical RAM with software dirty tracking.
+pub struct GuestRam {
+    /// The mapping; only accessed through [`GuestRam::words`].
+    map: MmapMut,
+    size: u64,
+    dirty: DirtyBitmap,
+    observer: Option<Arc<dyn WriteObserver>>,
+}
+
+impl fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestRam")
+            .field("size", &self.size)
+            .field("dirty_pages", &self.dirty.count())
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl GuestRam {
+    /// Maps `size` bytes of zeroed guest RAM. Pages cost nothing until touched.
+    pub fn new(size: u64) -> Result<GuestRam, GuestRamError> {
+        Self::build(size, None)
+    }
+
+    /// Like [`new`](Self::new), with a [`WriteObserver`] called on every guest write.
+    pub fn with_observer(
+        size: u64,
+        observer: Arc<dyn WriteObserver>,
+    ) -> Result<GuestRam, GuestRamError> {
+        Self::build(size, Some(observer))
+    }
+
+    fn build(
+        size: u64,
+        observer: Option<Arc<dyn WriteObserver>>,
+    ) -> Result<GuestRam, GuestRamError> {
+        if size == 0 || !size.is_multiple_of(PAGE) || size > isize::MAX as u64 {
+            return Err(GuestRamError::InvalidSize { size });
+        }
+        let len = usize::try_from(size).map_err(|_| GuestRamError::InvalidSize { size })?;
+        let map = MmapMut::map_anon(len).map_err(|e| GuestRamError::Map {
+            size,
+            message: e.to_string(),
+        })?;
+        Ok(GuestRam {
+            map,
+            size,
+            dirty: DirtyBitmap::new(size / PAGE),
+            observer,
+        })
+    }
+
+    /// RAM size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of [`PAGE_SIZE`] pages.
+    pub fn page_count(&self) -> u64 {
+        self.size / PAGE
+    }
+
+    /// The dirty bitmap written by every guest write.
+    pub fn dirty(&self) -> &DirtyBitmap {
+        &self.dirty
+    }
+
+    /// The whole RAM as atomic words.
+    #[inline]
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so aligned for AtomicU64), its
+        // length is a non-zero multiple of 4096 (so of 8), it is readable and
+        // writable and lives as long as `self`. AtomicU64 has the size and
+        // bit validity of u64 and every bit pattern is valid. No `&`/`&mut
+        // [u8]` to the mapping is ever created (`as_ptr` does not go through
+        // `Deref`), so all accesses are atomic and free of data races.
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.map.len() / 8)
+        }
+    }
+
+    fn check(&self, addr: u64, len: u64) -> Result<(), GuestRamError> {
+        match addr.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(GuestRamError::OutOfRange {
+                addr,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    fn check_page(&self, page: u64) -> Result<(), GuestRamError> {
+        if page < self.page_count() {
+            Ok(())
+        } else {
+            Err(GuestRamError::PageOutOfRange {
+                page,
+                pages: self.page_count(),
+            })
+        }
+    }
+
+    fn page_words(&self, page: u64) -> &[AtomicU64] {
+        let first = page as usize * WORDS_PER_PAGE;
+        &self.words()[first..first + WORDS_PER_PAGE]
+    }
+
+    /// Marks the pages of `[addr, addr + len)` (already bounds-checked,
+    /// `len > 0`) dirty and notifies the observer.
+    #[inline]
+    fn dirtied(&self, addr: u64, len: u64) {
+        let first = addr / PAGE;
+        let last = (addr + len - 1) / PAGE;
+        for page in first..=last {
+            self.dirty.mark(page);
+        }
+        if let Some(observer) = &self.observer {
+            observer.on_write(first, last - first + 1);
+        }
+    }
+
+    /// Replaces the bytes selected by `mask` in the word at `index`.
+    #[inline]
+    fn merge_word(&self, index: usize, mask: u64, bits: u64) {
+        let word = &self.words()[index];
+        let mut old = word.load(Ordering::Relaxed);
+        loop {
+            let new = (old & !mask) | (bits & mask);
+            match word.compare_exchange_weak(old, new, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => old = actual,
+            }
+        }
+    }
+
+    /// Writes one byte and marks its page dirty.
+    pub fn write_u8(&self, addr: u64, value: u8) -> Result<(), GuestRamError> {
+        self.write_bytes(addr, &[value])
+    }
+
+    /// Writes a native-endian `u64` (any alignment) and marks the page(s) dirty.
+    pub fn write_u64(&self, addr: u64, value: u64) -> Result<(), GuestRamError> {
+        if addr.is_multiple_of(8) {
+            self.check(addr, 8)?;
+            self.words()[(addr / 8) as usize].store(value, Ordering::Relaxed);
+            self.dirtied(addr, 8);
+            Ok(())
+        } else {
+            self.write_bytes(addr, &value.to_ne_bytes())
+        }
+    }
+
+    /// Writes `data` at `addr` and marks every touched page dirty.
+    /// Whole words are stored directly; partial words are merged atomically
+    /// so neighbouring bytes are never clobbered.
+    pub fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), GuestRamError> {
+        let len = data.len() as u64;
+        self.check(addr, len)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let a = addr + pos as u64;
+            let index = (a / 8) as usize;
+            let offset = (a % 8) as usize;
+            let n = (8 - offset).min(data.len() - pos);
+            let mut bytes = [0u8; 8];
+            bytes[offset..offset + n].copy_from_slice(&data[pos..pos + n]);
+            if n == 8 {
+                self.words()[index].store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+            } else {
+                let mut mask = [0u8; 8];
+                mask[offset..offset + n].fill(0xff);
+                self.merge_word(index, u64::from_ne_bytes(mask), u64::from_ne_bytes(bytes));
+            }
+            pos += n;
+        }
+        self.dirtied(addr, len);
+        Ok(())
+    }
+
+    /// Adds `delta` (wrapping) to the byte at `addr`, marks its page dirty and
+    /// returns the previous value.
+    pub fn fetch_add_u8(&self, addr: u64, delta: u8) -> Result<u8, GuestRamError> {
+        self.check(addr, 1)?;
+        let word = &self.words()[(addr / 8) as usize];
+        let offset = (addr % 8) as usize;
+        let mut old = word.load(Ordering::Relaxed);
+        let previous = loop {
+            let mut bytes = old.to_ne_bytes();
+            let previous = bytes[offset];
+            bytes[offset] = previous.wrapping_add(delta);
+            match word.compare_exchange_weak(
+                old,
+                u64::from_ne_bytes(bytes),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break previous,
+                Err(actual) => old = actual,
+            }
+        };
+        self.dirtied(addr, 1);
+        Ok(previous)
+    }
+
+    /// Reads one byte.
+    pub fn read_u8(&self, addr: u64) -> Result<u8, GuestRamError> {
+        self.check(addr, 1)?;
+        let word = self.words()[(addr / 8) as usize].load(Ordering::Relaxed);
+        Ok(word.to_ne_bytes()[(addr % 8) as usize])
+    }
+
+    /// Reads a native-endian `u64` (any alignment).
+    pub fn read_u64(&self, addr: u64) -> Result<u64, GuestRamError> {
+        if addr.is_multiple_of(8) {
+            self.check(addr, 8)?;
+            Ok(self.words()[(addr / 8) as usize].load(Ordering::Relaxed))
+        } else {
+            let mut bytes = [0u8; 8];
+            self.read_bytes(addr, &mut bytes)?;
+            Ok(u64::from_ne_bytes(bytes))
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `addr`.
+    pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), GuestRamError> {
+        self.check(addr, buf.len() as u64)?;
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let a = addr + pos as u64;
+            let offset = (a % 8) as usize;
+            let n = (8 - offset).min(buf.len() - pos);
+            let bytes = self.words()[(a / 8) as usize]
+                .load(Ordering::Relaxed)
+                .to_ne_bytes();
+            buf[pos..pos + n].copy_from_slice(&bytes[offset..offset + n]);
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Copies page `page` into `buf`.
+    pub fn read_page(&self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), GuestRamError> {
+        self.check_page(page)?;
+        for (chunk, word) in buf.chunks_exact_mut(8).zip(self.page_words(page)) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Whether page `page` is all zeroes. Returns `false` for an out-of-range
+    /// page (use [`try_page_is_zero`](Self::try_page_is_zero) to get the error).
+    pub fn page_is_zero(&self, page: u64) -> bool {
+        self.try_page_is_zero(page).unwrap_or(false)
+    }
+
+    /// Whether page `page` is all zeroes, or an error if it is out of range.
+    pub fn try_page_is_zero(&self, page: u64) -> Result<bool, GuestRamError> {
+        self.check_page(page)?;
+        Ok(self
+            .page_words(page)
+            .iter()
+            .all(|w| w.load(Ordering::Relaxed) == 0))
+    }
+
+    /// Destination-side loader write of a whole page.
+    ///
+    /// Does not mark the page dirty: incoming RAM is not tracked (the
+    /// destination is not itself migrating while it loads, and tracking
+    /// restarts with [`DirtyBitmap::set_all`] when a migration begins).
+    pub fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), GuestRamError> {
+        self.check_page(page)?;
+        for (chunk, word) in data.chunks_exact(8).zip(self.page_words(page)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Destination-side loader write zeroing a page; not marked dirty, for
+    /// the same reason as [`load_page`](Self::load_page).
+    pub fn zero_page(&self, page: u64) -> Result<(), GuestRamError> {
+        self.check_page(page)?;
+        for word in self.page_words(page) {
+            word.store(0, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The first byte of every page in `[start, end)` (clipped to RAM), in
+    /// address order: the input of
+    /// [`check_ab_invariant`](crate::guest::abcheck::check_ab_invariant).
+    pub fn page_first_bytes(&self, start: u64, end: u64) -> impl Iterator<Item = u8> + '_ {
+        let first = start.div_ceil(PAGE);
+        let last = end.min(self.size).div_ceil(PAGE);
+        (first..last).filter_map(move |page| self.read_u8(page * PAGE).ok())
+    }
+
+    /// XXH3-64 digest of all of RAM (for comparing source and destination).
+    pub fn digest(&self) -> u64 {
+        let mut hasher = Xxh3::new();
+        let mut buf = [0u8; PAGE_SIZE];
+        for page in 0..self.page_count() {
+            // In range by construction of the loop.
+            if self.read_page(page, &mut buf).is_ok() {
+                hasher.update(&buf);
+            }
+        }
+        hasher.digest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::dirty::iter_pages;
+    use proptest::prelude::*;
+
+    fn dirty_pages(ram: &GuestRam) -> Vec<u64> {
+        iter_pages(&ram.dirty().take()).collect()
+    }
+
+    #[test]
+    fn rejects_bad_sizes() {
+        for size in [0, 100, 4097, u64::MAX - 4095] {
+            assert!(GuestRam::new(size).is_err(), "{size}");
+        }
+    }
+
+    #[test]
+    fn starts_zeroed_and_clean() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        assert_eq!(ram.size(), 1 << 20);
+        assert_eq!(ram.page_count(), 256);
+        assert!(ram.page_is_zero(0) && ram.page_is_zero(255));
+        assert_eq!(ram.dirty().count(), 0);
+    }
+
+    #[test]
+    fn writes_round_trip_and_mark_pages() {
+        let ram = GuestRam::new(4 * PAGE).unwrap();
+        ram.write_u8(5, 0xab).unwrap();
+        ram.write_u64(PAGE + 8, 0x1122_3344_5566_7788).unwrap();
+        ram.write_u64(2 * PAGE + 3, u64::MAX - 1).unwrap();
+        assert_eq!(ram.read_u8(5).unwrap(), 0xab);
+        assert_eq!(ram.read_u8(4).unwrap(), 0);
+        assert_eq!(ram.read_u8(6).unwrap(), 0);
+        assert_eq!(ram.read_u64(PAGE + 8).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(ram.read_u64(2 * PAGE + 3).unwrap(), u64::MAX - 1);
+        assert_eq!(dirty_pages(&ram), vec![0, 1, 2]);
+        assert!(!ram.page_is_zero(0));
+        assert!(ram.page_is_zero(3));
+    }
+
+    #[test]
+    fn write_bytes_across_pages_marks_both() {
+        let ram = GuestRam::new(4 * PAGE).unwrap();
+        let data: Vec<u8> = (1..=20).collect();
+        ram.write_bytes(2 * PAGE - 7, &data).unwrap();
+        let mut back = [0u8; 22];
+        ram.read_bytes(2 * PAGE - 8, &mut back).unwrap();
+        assert_eq!(back[0], 0);
+        assert_eq!(&back[1..21], &data[..]);
+        assert_eq!(back[21], 0);
+        assert_eq!(dirty_pages(&ram), vec![1, 2]);
+    }
+
+    #[test]
+    fn fetch_add_wraps_and_marks() {
+        let ram = GuestRam::new(2 * PAGE).unwrap();
+        ram.write_u8(PAGE + 1, 0xff).unwrap();
+        ram.write_u8(PAGE + 2, 0x11).unwrap();
+        ram.dirty().take();
+        assert_eq!(ram.fetch_add_u8(PAGE + 1, 1).unwrap(), 0xff);
+        assert_eq!(ram.read_u8(PAGE + 1).unwrap(), 0);
+        assert_eq!(ram.read_u8(PAGE + 2).unwrap(), 0x11);
+        assert_eq!(dirty_pages(&ram), vec![1]);
+    }
+
+    #[test]
+    fn loader_writes_do_not_mark() {
+        let ram = GuestRam::new(2 * PAGE).unwrap();
+        let mut page = [0u8; PAGE_SIZE];
+        page[100] = 7;
+        ram.load_page(1, &page).unwrap();
+        assert_eq!(ram.dirty().count(), 0);
+        let mut back = [1u8; PAGE_SIZE];
+        ram.read_page(1, &mut back).unwrap();
+        assert_eq!(back, page);
+        ram.zero_page(1).unwrap();
+        assert!(ram.page_is_zero(1));
+        assert_eq!(ram.dirty().count(), 0);
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let ram = GuestRam::new(PAGE).unwrap();
+        assert!(matches!(
+            ram.write_u8(PAGE, 1),
+            Err(GuestRamError::OutOfRange { .. })
+        ));
+        assert!(ram.write_u64(PAGE - 4, 1).is_err());
+        assert!(ram.read_u64(u64::MAX - 3).is_err());
+        assert!(ram.write_bytes(u64::MAX, &[1, 2]).is_err());
+        assert!(ram.read_page(1, &mut [0; PAGE_SIZE]).is_err());
+        assert!(ram.load_page(1, &[0; PAGE_SIZE]).is_err());
+        assert!(ram.zero_page(1).is_err());
+        assert!(!ram.page_is_zero(1));
+        assert!(ram.try_page_is_zero(1).is_err());
+        assert_eq!(ram.dirty().count(), 0);
+        assert_eq!(
+            ram.write_u8(PAGE, 1).unwrap_err().to_string(),
+            "guest access of 1 bytes at 0x1000 is outside RAM of 0x1000 bytes"
+        );
+    }
+
+    #[test]
+    fn digest_tracks_content() {
+        let ram = GuestRam::new(2 * PAGE).unwrap();
+        let d0 = ram.digest();
+        ram.write_u8(PAGE + 3, 1).unwrap();
+        let d1 = ram.digest();
+        assert_ne!(d0, d1);
+        ram.write_u8(PAGE + 3, 0).unwrap();
+        assert_eq!(ram.digest(), d0);
+    }
+
+    proptest! {
+        /// No access, however out of range, panics; in-range writes read back.
+        #[test]
+        fn accesses_never_panic(addr in prop_oneof![0u64..3 * PAGE, any::<u64>()], len in 0usize..300, page in prop_oneof![0u64..4, any::<u64>()]) {
+            let ram = GuestRam::new(2 * PAGE).unwrap();
+            let data = vec![0x5au8; len];
+            let in_range = addr.checked_add(len as u64).is_some_and(|e| e <= 2 * PAGE);
+            prop_assert_eq!(ram.write_bytes(addr, &data).is_ok(), in_range);
+            let mut back = vec![0u8; len];
+            prop_assert_eq!(ram.read_bytes(addr, &mut back).is_ok(), in_range);
+            if in_range {
+                prop_assert_eq!(&back, &data);
+            }
+            let _ = ram.write_u8(addr, 1);
+            let _ = ram.write_u64(addr, 1);
+            let _ = ram.fetch_add_u8(addr, 1);
+            let _ = ram.read_u8(addr);
+            let _ = ram.read_u64(addr);
+            let mut buf = [0u8; PAGE_SIZE];
+            prop_assert_eq!(ram.read_page(page, &mut buf).is_ok(), page < 2);
+            prop_assert_eq!(ram.load_page(page, &buf).is_ok(), page < 2);
+            prop_assert_eq!(ram.zero_page(page).is_ok(), page < 2);
+            let _ = ram.page_is_zero(page);
+        }
+    }
+}

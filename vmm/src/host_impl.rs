@@ -1,0 +1,100 @@
+//! The VMM's real types seen through the migration traits.
+
+use crate::guest::{DeviceState, GuestRam};
+use crate::migration::host::{GuestIdentity, MigrationHost, MigrationRam, PAGE_SIZE};
+use crate::vm::Vm;
+use migtest_qmp::schema::RunState;
+use serde_json::Value;
+
+impl MigrationRam for GuestRam {
+    fn size(&self) -> u64 {
+        GuestRam::size(self)
+    }
+
+    fn read_page(&self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), String> {
+        GuestRam::read_page(self, page, buf).map_err(|e| e.to_string())
+    }
+
+    fn page_is_zero(&self, page: u64) -> bool {
+        GuestRam::page_is_zero(self, page)
+    }
+
+    fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
+        GuestRam::load_page(self, page, data).map_err(|e| e.to_string())
+    }
+
+    fn zero_page(&self, page: u64) -> Result<(), String> {
+        GuestRam::zero_page(self, page).map_err(|e| e.to_string())
+    }
+
+    fn dirty_set_all(&self) {
+        self.dirty().set_all();
+    }
+
+    fn dirty_take(&self) -> Vec<u64> {
+        self.dirty().take()
+    }
+
+    fn dirty_count(&self) -> u64 {
+        self.dirty().count()
+    }
+}
+
+impl MigrationHost for Vm {
+    fn ram(&self) -> &dyn MigrationRam {
+        &**self.guest().ram()
+    }
+
+    fn identity(&self) -> GuestIdentity {
+        let config = self.guest().config();
+        // The image's name and workload shape, hashed: a stream from a
+        // differently built guest is refused before any page is loaded.
+        let shape = format!(
+            "{}|{:?}|{:?}",
+            config.image.name, config.image.workload, config.image.secondary
+        );
+        GuestIdentity {
+            vcpus: config.vcpus,
+            image_id: xxhash_rust::xxh3::xxh3_64(shape.as_bytes()),
+        }
+    }
+
+    fn save_device_state(&self) -> Result<Value, String> {
+        let state = self.guest().save_state().map_err(|e| e.to_string())?;
+        serde_json::to_value(state).map_err(|e| e.to_string())
+    }
+
+    fn load_device_state(&self, state: Value) -> Result<(), String> {
+        let state: DeviceState =
+            serde_json::from_value(state).map_err(|e| format!("device state: {e}"))?;
+        self.guest().load_state(state).map_err(|e| e.to_string())
+    }
+
+    fn runstate(&self) -> RunState {
+        Vm::runstate(self)
+    }
+
+    fn set_runstate(&self, s: RunState) {
+        Vm::set_runstate(self, s)
+    }
+
+    fn vm_stop(&self, new_state: RunState) {
+        Vm::vm_stop(self, new_state);
+    }
+
+    fn vm_start(&self) {
+        Vm::vm_start(self)
+    }
+
+    fn autostart(&self) -> bool {
+        Vm::autostart(self)
+    }
+
+    fn emit(&self, event: &str, data: Option<Value>) {
+        Vm::emit(self, event, data)
+    }
+
+    fn exit_process(&self, code: i32) -> ! {
+        Vm::exit_process(self, code)
+    }
+}

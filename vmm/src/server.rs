@@ -1,0 +1,154 @@
+//! The QMP server: one listener thread per `-qmp` socket, one thread per
+//! connection. Commands from all monitors run one at a time (QEMU runs
+//! them under its big lock), through [`crate::commands::Dispatcher`].
+
+use crate::commands::{Dispatcher, Outcome};
+use crate::events::MonitorWriter;
+use migtest_qmp::framing::{Frame, JsonSplitter};
+use migtest_qmp::message::{Command, Rejected};
+use migtest_qmp::{ErrorBody, ErrorClass, Greeting, ServerMessage};
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Binds a QMP socket (replacing a stale socket file) and serves it on a
+/// background thread.
+pub fn listen(path: &Path, dispatcher: Arc<Dispatcher>) -> std::io::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("qmp-listener".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let dispatcher = dispatcher.clone();
+                let _ = std::thread::Builder::new()
+                    .name("qmp-conn".into())
+                    .spawn(move || serve_connection(stream, dispatcher));
+            }
+        })?;
+    Ok(())
+}
+
+fn send(writer: &MonitorWriter, msg: &ServerMessage) -> bool {
+    let line = msg.to_line();
+    let mut stream = writer.lock().unwrap_or_else(|e| e.into_inner());
+    stream.write_all(line.as_bytes()).is_ok()
+}
+
+/// Per-connection protocol state.
+struct Session {
+    writer: MonitorWriter,
+    negotiated: bool,
+}
+
+fn serve_connection(stream: UnixStream, dispatcher: Arc<Dispatcher>) {
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut session = Session {
+        writer: Arc::new(Mutex::new(write_half)),
+        negotiated: false,
+    };
+    let greeting = Greeting {
+        version: dispatcher.version(),
+        capabilities: Vec::new(),
+    };
+    if !send(&session.writer, &ServerMessage::Greeting(greeting)) {
+        return;
+    }
+    let mut reader = stream;
+    let mut splitter = JsonSplitter::default();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        for frame in splitter.feed(&buf[..n]) {
+            let reply = handle_frame(&mut session, &dispatcher, frame);
+            if let Some(reply) = reply {
+                if !send(&session.writer, &reply) {
+                    return;
+                }
+            }
+            dispatcher.after_reply();
+        }
+    }
+}
+
+fn handle_frame(
+    session: &mut Session,
+    dispatcher: &Dispatcher,
+    frame: Frame,
+) -> Option<ServerMessage> {
+    let text = match frame {
+        Frame::Value(text) => text,
+        Frame::Error(desc) => {
+            return Some(ServerMessage::Error {
+                error: ErrorBody::generic(desc),
+                id: None,
+            })
+        }
+    };
+    let value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(ServerMessage::Error {
+                error: ErrorBody::generic(json_error_text(&e)),
+                id: None,
+            })
+        }
+    };
+    let cmd = match Command::from_value(value) {
+        Ok(c) => c,
+        Err(Rejected { error, id }) => return Some(ServerMessage::Error { error, id }),
+    };
+    let id = cmd.id.clone();
+    let result = negotiate_or_dispatch(session, dispatcher, cmd);
+    Some(match result {
+        Ok(Outcome::Reply(value)) => ServerMessage::Return { value, id },
+        Err(error) => ServerMessage::Error { error, id },
+    })
+}
+
+fn negotiate_or_dispatch(
+    session: &mut Session,
+    dispatcher: &Dispatcher,
+    cmd: Command,
+) -> Result<Outcome, ErrorBody> {
+    if cmd.name == "qmp_capabilities" {
+        if session.negotiated {
+            return Err(ErrorBody::new(
+                ErrorClass::CommandNotFound,
+                "Capabilities negotiation is already complete, command ignored",
+            ));
+        }
+        dispatcher.qmp_capabilities(cmd.arguments)?;
+        session.negotiated = true;
+        dispatcher.vm().events().subscribe(&session.writer);
+        return Ok(Outcome::Reply(serde_json::json!({})));
+    }
+    if !session.negotiated {
+        return Err(ErrorBody::new(
+            ErrorClass::CommandNotFound,
+            "Expecting capabilities negotiation with 'qmp_capabilities'",
+        ));
+    }
+    if cmd.oob {
+        return Err(ErrorBody::generic(format!(
+            "The command {} does not support OOB",
+            cmd.name
+        )));
+    }
+    dispatcher.dispatch(&cmd.name, cmd.arguments)
+}
+
+/// QEMU-style text for input that is not valid JSON.
+fn json_error_text(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let what = msg.split(" at line ").next().unwrap_or(&msg);
+    format!("JSON parse error, {what}")
+}
