@@ -249,12 +249,12 @@ fn commands_without_a_migration() {
         "'-incoming' was not specified on the command line"
     );
     assert_eq!(
-        err(m.migrate(args(json!({"uri": "exec:cat"})))),
-        "Parameter 'uri' expects a valid migration protocol"
-    );
-    assert_eq!(
         err(m.migrate(args(json!({})))),
         "Parameter 'uri' is missing"
+    );
+    assert_eq!(
+        err(m.migrate(args(json!({"uri": 5})))),
+        "Invalid parameter type for 'uri', expected: string"
     );
     assert_eq!(
         err(m.migrate(args(json!({"uri": "unix:/x", "blk": true})))),
@@ -262,6 +262,33 @@ fn commands_without_a_migration() {
     );
     assert_eq!(m.query_migrate().unwrap(), json!({}));
     assert!(h.events.lock().unwrap().is_empty());
+    // A bad URI is refused after the migration was initialised, so it ends
+    // `failed` (without error-desc for an unknown protocol), as in QEMU.
+    assert_eq!(
+        err(m.migrate(args(json!({"uri": "exec:cat"})))),
+        "Parameter 'uri' expects a valid migration protocol"
+    );
+    assert_eq!(m.query_migrate().unwrap(), json!({"status": "failed"}));
+    events_on(&m);
+    assert_eq!(
+        err(m.migrate(args(json!({"uri": "tcp:nohost"})))),
+        "error parsing address 'nohost'"
+    );
+    assert_eq!(
+        m.query_migrate().unwrap(),
+        json!({"status": "failed", "error-desc": "error parsing address 'nohost'"})
+    );
+    assert_eq!(h.event_trace(), ["MIGRATION:setup", "MIGRATION:failed"]);
+    assert_eq!(h.state(), RunState::Running);
+}
+
+#[test]
+fn no_migration_from_postmigrate() {
+    let (_h, m) = TestHost::new(4, RunState::Postmigrate);
+    assert_eq!(
+        err(m.migrate(args(json!({"uri": "unix:/nowhere"})))),
+        "Can't migrate the vm that was paused due to previous migration"
+    );
 }
 
 #[test]
@@ -699,4 +726,65 @@ fn destination_rejects_damaged_streams_and_exits_1() {
     let (_, i) = feed_destination(&g[..5000], true);
     report.push_str(&format!("source-killed: {}\n", i.error_desc.unwrap()));
     insta::assert_snapshot!("destination_errors", report);
+}
+
+/// The event sequence of a one-pass migration, as recorded from QEMU 7.2
+/// (`fixtures/qemu-7.2/migration-events-{src,dst}.json`): pass 1 during
+/// setup, STOP, pass 2 (final sync), completed; the destination, started
+/// with `-incoming unix:` and events enabled afterwards, sees active,
+/// RESUME, completed.
+#[test]
+fn one_pass_event_sequence_matches_qemu_7_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, sm) = TestHost::new(16, RunState::Running);
+    events_on(&sm);
+    sm.set_parameters(args(json!({"max-bandwidth": 0})))
+        .unwrap();
+    let (_dst, dm) = TestHost::new(16, RunState::Prelaunch);
+    let path = dir.path().join("mig2.sock");
+    dm.start_incoming_from_cmdline(&format!("unix:{}", path.display()))
+        .unwrap();
+    events_on(&dm);
+    assert_eq!(
+        dm.query_migrate().unwrap(),
+        json!({"status": "setup", "socket-address": [{"type": "unix", "path": path.display().to_string()}]})
+    );
+    sm.migrate(args(json!({"uri": format!("unix:{}", path.display())})))
+        .unwrap();
+    wait_status(&sm, MigrationStatus::Completed);
+    wait_status(&dm, MigrationStatus::Completed);
+    let src_events: Vec<String> = src
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, d)| match d {
+            Some(d) => format!("{n} {d}"),
+            None => n.clone(),
+        })
+        .collect();
+    assert_eq!(
+        src_events,
+        [
+            r#"MIGRATION {"status":"setup"}"#,
+            r#"MIGRATION_PASS {"pass":1}"#,
+            r#"MIGRATION {"status":"active"}"#,
+            "STOP",
+            r#"MIGRATION_PASS {"pass":2}"#,
+            r#"MIGRATION {"status":"completed"}"#,
+        ]
+    );
+    assert_eq!(
+        _dst.event_trace(),
+        ["MIGRATION:active", "RESUME", "MIGRATION:completed"]
+    );
+    assert_eq!(dm.query_migrate().unwrap(), json!({"status": "completed"}));
+    let v = sm.query_migrate().unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["downtime", "ram", "setup-time", "status", "total-time"]
+    );
+    assert_eq!(v["ram"]["dirty-sync-count"], 2);
+    assert_eq!(v["ram"]["remaining"], 0);
 }

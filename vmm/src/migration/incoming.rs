@@ -51,19 +51,22 @@ impl Incoming {
         if self.status == MigrationStatus::None {
             return None;
         }
+        // QEMU 7.2 reports only the status once done (the listening
+        // address is dropped with the incoming state); migtest-vmm adds
+        // `error-desc` on failure, as newer QEMU does with exit-on-error off.
+        let done = self.status.is_terminal();
         Some(MigrationInfo {
             status: Some(self.status),
-            total_time: if self.status == MigrationStatus::Completed {
-                self.total_time
-            } else {
-                None
-            },
             error_desc: if self.status == MigrationStatus::Failed {
                 self.error.clone()
             } else {
                 None
             },
-            socket_address: self.socket_address.clone(),
+            socket_address: if done {
+                None
+            } else {
+                self.socket_address.clone()
+            },
             ..MigrationInfo::default()
         })
     }

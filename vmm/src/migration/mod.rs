@@ -141,15 +141,34 @@ impl Migration {
                 return Err(ErrorBody::generic(MIGRATION_ACTIVE));
             }
         }
-        if host.runstate() == RunState::Inmigrate {
-            return Err(ErrorBody::generic(
-                "Guest is waiting for an incoming migration",
-            ));
+        match host.runstate() {
+            RunState::Inmigrate => {
+                return Err(ErrorBody::generic(
+                    "Guest is waiting for an incoming migration",
+                ))
+            }
+            RunState::Postmigrate => {
+                return Err(ErrorBody::generic(
+                    "Can't migrate the vm that was paused due to previous migration",
+                ))
+            }
+            _ => {}
         }
-        let uri = MigrationUri::parse(&uri)?;
-        let out = outgoing::start(self.shared.clone(), host, uri);
-        *slot = Some(out);
-        Ok(json!({}))
+        match MigrationUri::parse(&uri) {
+            Ok(uri) => {
+                *slot = Some(outgoing::start(self.shared.clone(), host, uri));
+                Ok(json!({}))
+            }
+            Err(e) => {
+                // As QEMU: the migration was initialised (`setup`) before
+                // the URI was looked at, so it ends `failed`. Only address
+                // errors are kept as `error-desc`.
+                let keep = uri.starts_with("unix:") || uri.starts_with("tcp:");
+                let desc = keep.then(|| e.desc.clone());
+                *slot = Some(outgoing::failed_at_start(&self.shared, host.as_ref(), desc));
+                Err(e)
+            }
+        }
     }
 
     /// `migrate_cancel`: succeeds even when no migration runs.

@@ -124,13 +124,27 @@ impl Outgoing {
     }
 }
 
-/// Starts an outgoing migration: status `setup` now, the rest in a thread.
-pub(crate) fn start(
-    shared: Arc<Shared>,
-    host: Arc<dyn MigrationHost>,
-    uri: MigrationUri,
+/// A migration that failed before its thread started (bad URI): `setup`
+/// then `failed`, as QEMU's `qmp_migrate` does after `migrate_init`.
+pub(crate) fn failed_at_start(
+    shared: &Shared,
+    host: &dyn MigrationHost,
+    error: Option<String>,
 ) -> Arc<Outgoing> {
-    let out = Arc::new(Outgoing {
+    let out = new_outgoing(shared, host);
+    out.set_status(shared, host, MigrationStatus::None, MigrationStatus::Setup);
+    lock(&out.info).error = error;
+    out.set_status(
+        shared,
+        host,
+        MigrationStatus::Setup,
+        MigrationStatus::Failed,
+    );
+    out
+}
+
+fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
+    Arc::new(Outgoing {
         info: Mutex::new(OutInfo {
             status: MigrationStatus::None,
             error: None,
@@ -138,7 +152,8 @@ pub(crate) fn start(
             setup_time: None,
             total_time: None,
             downtime: None,
-            expected_downtime: 0,
+            // QEMU starts the estimate at the limit.
+            expected_downtime: shared.params().downtime_limit,
             stats: MigrationStats {
                 total: host.ram().size(),
                 page_size: PAGE_SIZE as u64,
@@ -147,7 +162,16 @@ pub(crate) fn start(
         }),
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
-    });
+    })
+}
+
+/// Starts an outgoing migration: status `setup` now, the rest in a thread.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    host: Arc<dyn MigrationHost>,
+    uri: MigrationUri,
+) -> Arc<Outgoing> {
+    let out = new_outgoing(&shared, host.as_ref());
     out.set_status(
         &shared,
         host.as_ref(),
@@ -306,6 +330,9 @@ impl Engine<'_> {
     fn migrate(&mut self, header: Header) -> Result<(), Abort> {
         self.w.header(&header).map_err(write_err)?;
         self.ram.dirty_set_all();
+        // The first sync (pass 1) belongs to setup, as in QEMU's
+        // ram_save_setup: MIGRATION_PASS 1 comes before MIGRATION active.
+        self.sync_dirty()?;
         {
             let mut i = lock(&self.out.info);
             i.setup_time = Some(ms(i.start.elapsed()));
@@ -323,9 +350,11 @@ impl Engine<'_> {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
             }
-            let pending = self.pending_bytes();
-            if self.pending_pages == 0 || pending < self.threshold {
-                // QEMU's "pending exact": sync to know what really remains.
+            if self.pending_bytes() < self.threshold {
+                // Close to switchover: sync to know what really remains
+                // (QEMU's ram_save_pending). With nothing measured yet the
+                // threshold is 0 and an empty bitmap completes at once,
+                // which is why a one-pass migration reports 2 syncs.
                 self.sync_dirty()?;
             }
             if self.decide_complete() {
