@@ -788,3 +788,37 @@ fn one_pass_event_sequence_matches_qemu_7_2() {
     assert_eq!(v["ram"]["dirty-sync-count"], 2);
     assert_eq!(v["ram"]["remaining"], 0);
 }
+
+/// Only clearing the flag (true→false) posts the hold semaphore.
+#[test]
+fn only_true_to_false_kicks_the_hold() {
+    let (_h, m) = TestHost::new(4, RunState::Running);
+    let set = |v: bool| {
+        m.set_parameters(args(json!({ "switchover-hold": v })))
+            .unwrap()
+    };
+    set(false);
+    assert_eq!(m.hold_kicks_pending(), 0);
+    set(true);
+    set(true);
+    assert_eq!(m.hold_kicks_pending(), 0);
+    // Other parameters leave it alone.
+    m.set_parameters(args(json!({"downtime-limit": 10})))
+        .unwrap();
+    assert_eq!(m.hold_kicks_pending(), 0);
+    set(false);
+    assert_eq!(m.hold_kicks_pending(), 1);
+    set(false);
+    assert_eq!(m.hold_kicks_pending(), 1);
+    // A failed request applies nothing and posts nothing.
+    set(true);
+    assert!(m
+        .set_parameters(args(
+            json!({"switchover-hold": false, "downtime-limit": 3_000_000})
+        ))
+        .is_err());
+    assert!(m.parameters().switchover_hold);
+    assert_eq!(m.hold_kicks_pending(), 1);
+    // The stale count is harmless: a later held migration eats it in one
+    // loop and keeps holding (see cancel_during_hold_... for the engine).
+}

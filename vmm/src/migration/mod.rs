@@ -213,6 +213,12 @@ impl Migration {
         Ok(json!({}))
     }
 
+    /// Pending posts on the `switchover-hold` semaphore (tests, diagnostics).
+    #[doc(hidden)]
+    pub fn hold_kicks_pending(&self) -> u64 {
+        self.shared.hold_sem.count()
+    }
+
     /// `query-migrate-parameters`.
     pub fn query_parameters(&self) -> Result<Value, ErrorBody> {
         Ok(self.shared.params().to_value())

@@ -91,6 +91,11 @@ impl Outgoing {
                 break;
             }
         }
+        // Wake a holding thread now rather than after its 10 ms wait; if
+        // nobody is holding, the post is a harmless stale count.
+        if shared.params().switchover_hold {
+            shared.hold_sem.post();
+        }
         // Unblock a thread stuck writing to a full socket.
         if let Some(c) = lock(&self.conn).as_ref() {
             c.shutdown();
@@ -214,6 +219,7 @@ struct Engine<'a> {
     page_count: u64,
     sync_count: u64,
     last_sync: Instant,
+    dirty_period_pages: u64,
     // Rate limit / measurement window.
     window_start: Instant,
     window_bytes_start: u64,
@@ -308,6 +314,7 @@ fn run_inner(
         page_count,
         sync_count: 0,
         last_sync: Instant::now(),
+        dirty_period_pages: 0,
         window_start: Instant::now(),
         window_bytes_start: 0,
         window_pages: 0,
@@ -404,15 +411,21 @@ impl Engine<'_> {
         }
         self.pending_pages += newly;
         self.sync_count += 1;
-        let now = Instant::now();
-        let secs = now.duration_since(self.last_sync).as_secs_f64();
-        self.last_sync = now;
+        // Dirty rate as QEMU computes it: pages newly dirtied over a period
+        // of at least one second, updated at the sync that closes it.
+        self.dirty_period_pages += newly;
+        let secs = self.last_sync.elapsed().as_secs_f64();
+        let rate = (secs >= 1.0).then(|| (self.dirty_period_pages as f64 / secs) as u64);
+        if rate.is_some() {
+            self.last_sync = Instant::now();
+            self.dirty_period_pages = 0;
+        }
         {
             let mut i = lock(&self.out.info);
             i.stats.dirty_sync_count = self.sync_count;
             i.stats.remaining = self.pending_bytes();
-            if self.sync_count > 1 && secs > 0.0 {
-                i.stats.dirty_pages_rate = (newly as f64 / secs) as u64;
+            if let Some(r) = rate {
+                i.stats.dirty_pages_rate = r;
             }
         }
         if self.shared.events_on() {
