@@ -226,9 +226,13 @@ impl Migration {
 
     /// `migrate-set-capabilities`.
     pub fn set_capabilities(&self, args: Args) -> Result<Value, ErrorBody> {
+        // Lock order everywhere: outgoing slot, then event order, then caps
+        // (migrate holds the slot while its first status event reads caps).
+        let slot = lock(&self.shared.outgoing);
+        let running = slot.as_ref().is_some_and(|o| o.status().is_running());
         let mut caps = lock(&self.shared.caps);
         let next = caps.test_apply(args)?;
-        if self.outgoing_status().is_running() {
+        if running {
             return Err(ErrorBody::generic(MIGRATION_ACTIVE));
         }
         *caps = next;
