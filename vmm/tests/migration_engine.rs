@@ -822,3 +822,24 @@ fn only_true_to_false_kicks_the_hold() {
     // The stale count is harmless: a later held migration eats it in one
     // loop and keeps holding (see cancel_during_hold_... for the engine).
 }
+
+/// A destination that received a guest can migrate it on; its
+/// query-migrate then describes the outgoing migration.
+#[test]
+fn a_migrated_guest_migrates_on() {
+    let p = pair(16);
+    p.src.guest_write(3 * 4096, b"hop 1");
+    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    wait_status(&p.dm, MigrationStatus::Completed);
+    assert_eq!(p.dst.state(), RunState::Running);
+    let dir = tempfile::tempdir().unwrap();
+    let (third, tm) = new_destination(16, &dir);
+    let uri = format!("unix:{}", dir.path().join("hop2").display());
+    tm.migrate_incoming(args(json!({"uri": uri}))).unwrap();
+    p.dm.migrate(args(json!({"uri": uri}))).unwrap();
+    wait_status(&p.dm, MigrationStatus::Completed);
+    wait_status(&tm, MigrationStatus::Completed);
+    assert!(info(&p.dm).ram.is_some(), "outgoing info expected");
+    assert_eq!(p.dst.state(), RunState::Postmigrate);
+    assert!(p.src.ram.snapshot() == third.ram.snapshot());
+}

@@ -250,14 +250,17 @@ impl Migration {
     }
 
     /// The typed `query-migrate` reply.
+    ///
+    /// A running incoming migration is reported first; once it is over, an
+    /// outgoing migration started since (the VM migrating on) takes over.
     pub fn info(&self) -> MigrationInfo {
         let inc = lock(&self.shared.incoming).info();
-        if let Some(info) = inc {
-            return info;
-        }
-        match lock(&self.shared.outgoing).as_ref() {
-            Some(o) => o.info(),
-            None => MigrationInfo::default(),
+        let out = lock(&self.shared.outgoing).as_ref().map(|o| o.info());
+        match (inc, out) {
+            (Some(i), Some(o)) if i.status.is_some_and(|s| s.is_terminal()) => o,
+            (Some(i), _) => i,
+            (None, Some(o)) => o,
+            (None, None) => MigrationInfo::default(),
         }
     }
 
