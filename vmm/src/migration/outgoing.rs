@@ -600,6 +600,12 @@ impl Engine<'_> {
             i.stats.precopy_bytes = precopy;
             i.stats.downtime_bytes = self.w.written() - precopy;
             i.stats.remaining = 0;
+            // As QEMU at completion: throughput over the whole transfer.
+            let transfer_ms =
+                i.start.elapsed().as_secs_f64() * 1000.0 - i.setup_time.unwrap_or(0) as f64;
+            if transfer_ms > 0.0 {
+                i.stats.mbps = self.w.written() as f64 * 8.0 / transfer_ms / 1000.0;
+            }
         }
         if !self
             .out

@@ -201,6 +201,20 @@ mod tests {
     }
 
     #[test]
+    fn release_completes_on_the_next_loop_deterministically() {
+        let s = Semaphore::new();
+        for _ in 0..20 {
+            assert!(!should_complete(0, 1000, true, &s));
+            assert!(!should_complete(999, 1000, true, &s));
+        }
+        // migrate-set-parameters switchover-hold=false: cleared, then posted.
+        s.post();
+        assert!(should_complete(0, 1000, false, &s));
+        // Nobody waited: the post stays as a stale count, which is harmless.
+        assert_eq!(s.count(), 1);
+    }
+
+    #[test]
     fn hold_wait_returns_early_when_posted() {
         let s = Semaphore::new();
         s.post();
