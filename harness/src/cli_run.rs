@@ -6,6 +6,7 @@ use crate::catalog::{catalog, CatalogConfig, ScenarioOutcome};
 use crate::pair::Progress;
 use migtest_qmp::schema::MigrationInfo;
 use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Options of `migtest run`.
@@ -17,24 +18,22 @@ pub struct RunOptions {
     pub filter: Option<String>,
 }
 
-/// Prints a one-line live status, overwritten in place on a terminal.
-struct LiveLine {
-    name: String,
-    tty: bool,
-    last: Instant,
-}
-
-impl Progress for LiveLine {
-    fn poll(&mut self, what: &str, info: &MigrationInfo) {
-        if !self.tty || self.last.elapsed().as_millis() < 100 {
+/// A progress sink printing a one-line live status, overwritten in place
+/// on a terminal at most ten times a second.
+fn live_line(name: &str, tty: bool) -> Progress {
+    let name = name.to_string();
+    let last = Mutex::new(Instant::now());
+    Arc::new(move |what: &str, info: &MigrationInfo| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if !tty || last.elapsed().as_millis() < 100 {
             return;
         }
-        self.last = Instant::now();
+        *last = Instant::now();
         let ram = info.ram.clone().unwrap_or_default();
         let status = info.status.map(|s| s.as_str()).unwrap_or("none");
         let line = format!(
             "  {:<28} {:<14} pass {:>4} rem {:>7} KiB {}",
-            truncate(&self.name, 28),
+            truncate(&name, 28),
             status,
             ram.dirty_sync_count,
             ram.remaining / 1024,
@@ -42,7 +41,7 @@ impl Progress for LiveLine {
         );
         print!("\r{:<79}", truncate(&line, 79));
         let _ = std::io::stdout().flush();
-    }
+    })
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -72,7 +71,7 @@ pub fn run(opts: &RunOptions) -> i32 {
         return 1;
     }
     let backend = match &opts.config.backend {
-        Backend::Builtin { .. } => "builtin migtest-vmm".to_string(),
+        Backend::Builtin => "builtin migtest-vmm".to_string(),
         other => other.describe(),
     };
     println!(
@@ -85,15 +84,12 @@ pub fn run(opts: &RunOptions) -> i32 {
     let start = Instant::now();
     let mut rows = Vec::new();
     for s in &scenarios {
-        let mut live = LiveLine {
-            name: s.name.clone(),
-            tty,
-            last: Instant::now(),
-        };
         if !tty {
             println!("  {} ...", s.name);
         }
-        let result = s.run(&opts.config, &mut live).map_err(|e| format!("{e:#}"));
+        let result = s
+            .run(&opts.config, live_line(&s.name, tty))
+            .map_err(|e| format!("{e:#}"));
         let mark = if result.is_ok() { "ok  " } else { "FAIL" };
         println!("\r{:<79}", truncate(&format!("  {mark} {}", s.name), 79));
         if let Err(e) = &result {
@@ -130,10 +126,18 @@ fn print_table(rows: &[Row]) {
                 let f = o.figures.clone().unwrap_or_default();
                 (
                     "ok",
-                    if o.figures.is_some() { f.passes.to_string() } else { "-".into() },
+                    if o.figures.is_some() {
+                        f.passes.to_string()
+                    } else {
+                        "-".into()
+                    },
                     format!("{:.2}", o.elapsed.as_secs_f64()),
                     f.downtime_ms.map_or("-".into(), |d| format!("{d} ms")),
-                    if o.figures.is_some() { format!("{:.0}", f.throughput_mbs) } else { "-".into() },
+                    if o.figures.is_some() {
+                        format!("{:.0}", f.throughput_mbs)
+                    } else {
+                        "-".into()
+                    },
                 )
             }
             Err(_) => ("FAIL", "-".into(), "-".into(), "-".into(), "-".into()),

@@ -8,6 +8,7 @@ use crate::vm::Vm;
 use anyhow::{bail, Context, Result};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How the migration stream travels.
@@ -134,18 +135,13 @@ impl MigrationFigures {
     }
 }
 
-/// Receives progress while a pair waits (the CLI prints a live line).
-pub trait Progress {
-    /// Called with each `query-migrate` the source answered while waiting.
-    fn poll(&mut self, what: &str, info: &MigrationInfo);
-}
+/// Receives each `query-migrate` a pair polls while it waits, with what it
+/// waits for (the CLI prints a live line from it).
+pub type Progress = Arc<dyn Fn(&str, &MigrationInfo) + Send + Sync>;
 
-/// Progress sink that ignores everything.
-#[derive(Debug, Default)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn poll(&mut self, _what: &str, _info: &MigrationInfo) {}
+/// A progress sink that ignores everything.
+pub fn no_progress() -> Progress {
+    Arc::new(|_, _| {})
 }
 
 /// Default deadline for a migration status to be reached.
@@ -161,7 +157,7 @@ pub struct Pair {
     pub dst: Option<Vm>,
     generation: u32,
     hold: Option<HoldMethod>,
-    progress: Box<dyn Progress + Send>,
+    progress: Progress,
 }
 
 impl Pair {
@@ -192,14 +188,14 @@ impl Pair {
             dst: None,
             generation: 0,
             hold: None,
-            progress: Box::new(NoProgress),
+            progress: no_progress(),
         };
         pair.restart_destination()?;
         Ok(pair)
     }
 
     /// Routes wait progress to `p`.
-    pub fn set_progress(&mut self, p: Box<dyn Progress + Send>) {
+    pub fn set_progress(&mut self, p: Progress) {
         self.progress = p;
     }
 
@@ -231,7 +227,9 @@ impl Pair {
         let listen = match self.spec.transport {
             Transport::Unix => format!(
                 "unix:{}",
-                dst.log_dir().join(format!("migsocket-{}", self.generation)).display()
+                dst.log_dir()
+                    .join(format!("migsocket-{}", self.generation))
+                    .display()
             ),
             Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
         };
@@ -265,9 +263,8 @@ impl Pair {
             self.src.set_parameters(json!({"switchover-hold": true}))?;
             HoldMethod::SwitchoverHold
         } else {
-            self.src.set_parameters(
-                json!({"max-bandwidth": 3_000_000u64, "downtime-limit": 1}),
-            )?;
+            self.src
+                .set_parameters(json!({"max-bandwidth": 3_000_000u64, "downtime-limit": 1}))?;
             HoldMethod::LegacyThrottle
         };
         self.hold = Some(method);
@@ -296,7 +293,7 @@ impl Pair {
         let deadline = Instant::now() + timeout;
         loop {
             let info = self.src.query_migrate()?;
-            self.progress.poll(&format!("waiting for {n} passes"), &info);
+            (self.progress)(&format!("waiting for {n} passes"), &info);
             let passes = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
             if passes >= n {
                 return Ok(info);
@@ -318,14 +315,22 @@ impl Pair {
 
     /// Waits for the source to reach `status`; `failed` when not expected is
     /// reported with its `error-desc`.
-    pub fn wait_src_status(&mut self, status: MigrationStatus, timeout: Duration) -> Result<MigrationInfo> {
-        wait_status(&self.src, status, timeout, &mut *self.progress)
+    pub fn wait_src_status(
+        &mut self,
+        status: MigrationStatus,
+        timeout: Duration,
+    ) -> Result<MigrationInfo> {
+        wait_status(&self.src, status, timeout, &self.progress)
     }
 
     /// Waits for the destination to reach `status`.
-    pub fn wait_dst_status(&mut self, status: MigrationStatus, timeout: Duration) -> Result<MigrationInfo> {
+    pub fn wait_dst_status(
+        &mut self,
+        status: MigrationStatus,
+        timeout: Duration,
+    ) -> Result<MigrationInfo> {
         let dst = self.dst.as_ref().context("no destination is running")?;
-        wait_status(dst, status, timeout, &mut NoProgress)
+        wait_status(dst, status, timeout, &no_progress())
     }
 
     /// Waits for both sides to complete, the source to emit `STOP`, and (for
@@ -351,7 +356,9 @@ impl Pair {
 
     /// The guest's test range on this pair's backend.
     pub fn test_range(&self) -> Result<(u64, u64)> {
-        self.spec.src_backend.test_range(&self.spec.image, self.spec.memory)
+        self.spec
+            .src_backend
+            .test_range(&self.spec.image, self.spec.memory)
     }
 
     /// Compares the stopped source with the destination held by `-S`,
@@ -360,15 +367,26 @@ impl Pair {
         let dst = self.dst()?;
         let src_status = self.src.query_status()?;
         if src_status.running {
-            bail!("memory check needs a stopped source; it is {:?}", src_status.status);
+            bail!(
+                "memory check needs a stopped source; it is {:?}",
+                src_status.status
+            );
         }
         let dst_status = dst.query_status()?;
         if dst_status.running {
-            bail!("memory check needs a paused destination (-S); it is {:?}", dst_status.status);
+            bail!(
+                "memory check needs a paused destination (-S); it is {:?}",
+                dst_status.status
+            );
         }
         let (start, end) = range.unwrap_or((0, self.spec.memory));
-        let a = self.src.pmemsave(start, end - start).context("source pmemsave")?;
-        let b = dst.pmemsave(start, end - start).context("destination pmemsave")?;
+        let a = self
+            .src
+            .pmemsave(start, end - start)
+            .context("source pmemsave")?;
+        let b = dst
+            .pmemsave(start, end - start)
+            .context("destination pmemsave")?;
         checks::compare_memory(&a, &b, start).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
@@ -473,12 +491,12 @@ fn wait_status(
     vm: &Vm,
     status: MigrationStatus,
     timeout: Duration,
-    progress: &mut dyn Progress,
+    progress: &Progress,
 ) -> Result<MigrationInfo> {
     let deadline = Instant::now() + timeout;
     loop {
         let info = vm.query_migrate()?;
-        progress.poll(&format!("waiting for '{status}'"), &info);
+        progress(&format!("waiting for '{status}'"), &info);
         if info.status == Some(status) {
             return Ok(info);
         }
@@ -487,7 +505,9 @@ fn wait_status(
                 bail!(
                     "{}: migration ended as '{s}' while waiting for '{status}'{}",
                     vm.role(),
-                    info.error_desc.map(|d| format!(": {d}")).unwrap_or_default()
+                    info.error_desc
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
                 );
             }
         }

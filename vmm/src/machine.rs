@@ -53,16 +53,18 @@ pub fn run(opts: Options) -> Result<Infallible, String> {
     let host: Arc<dyn MigrationHost> = vm.clone();
     let migration = Arc::new(Migration::new(Arc::downgrade(&host)));
     let dispatcher = Arc::new(Dispatcher::new(vm.clone(), migration.clone()));
-    for q in &opts.qmp {
-        server::listen(&q.path, dispatcher.clone())
-            .map_err(|e| format!("-qmp unix:{}: {e}", q.path.display()))?;
-    }
+    // Incoming state first: a monitor may send migrate-incoming as soon as
+    // its socket accepts.
     match &opts.incoming {
         Some(uri) => migration
             .start_incoming_from_cmdline(uri)
             .map_err(|e| format!("-incoming {uri}: {e}"))?,
         None if !opts.start_paused => vm.vm_start(),
         None => {}
+    }
+    for q in &opts.qmp {
+        server::listen(&q.path, dispatcher.clone())
+            .map_err(|e| format!("-qmp unix:{}: {e}", q.path.display()))?;
     }
     loop {
         std::thread::park();
