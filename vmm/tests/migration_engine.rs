@@ -717,7 +717,8 @@ fn destination_rejects_damaged_streams_and_exits_1() {
     ))
     .unwrap();
     w.pass(1).unwrap();
-    w.device_state(br#"{"cpus": []}"#).unwrap();
+    w.device_state(br#"{"runstate": "running", "devices": {"cpus": []}}"#)
+        .unwrap();
     w.end().unwrap();
     let (_, i) = feed_destination(&w.into_inner(), false);
     report.push_str(&format!("guest-refuses-state: {}\n", i.error_desc.unwrap()));
@@ -842,4 +843,28 @@ fn a_migrated_guest_migrates_on() {
     assert!(info(&p.dm).ram.is_some(), "outgoing info expected");
     assert_eq!(p.dst.state(), RunState::Postmigrate);
     assert!(p.src.ram.snapshot() == third.ram.snapshot());
+}
+
+/// A source stopped by the user migrates non-live: no STOP (it was not
+/// running), and the destination takes over `paused` whatever its
+/// autostart says (QEMU's global state), so it does not emit RESUME.
+#[test]
+fn stopped_source_leaves_the_destination_paused() {
+    let p = pair(16);
+    p.src.guest_write(0, b"non-live");
+    p.src.set_runstate_for_test(RunState::Paused);
+    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    wait_status(&p.sm, MigrationStatus::Completed);
+    wait_status(&p.dm, MigrationStatus::Completed);
+    assert_eq!(p.src.state(), RunState::Postmigrate);
+    assert_eq!(p.dst.state(), RunState::Paused);
+    assert_eq!(
+        p.src.event_trace(),
+        ["MIGRATION:setup", "MIGRATION:active", "MIGRATION:completed"]
+    );
+    assert_eq!(
+        p.dst.event_trace(),
+        ["MIGRATION:setup", "MIGRATION:active", "MIGRATION:completed"]
+    );
+    assert!(p.src.ram.snapshot() == p.dst.ram.snapshot());
 }

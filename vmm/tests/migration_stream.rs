@@ -106,7 +106,7 @@ fn with_end(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
-const DEV: &[u8] = br#"{"vcpus":[{"pc":4096}]}"#;
+const DEV: &[u8] = br#"{"runstate":"running","devices":{"vcpus":[{"pc":4096}]}}"#;
 
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
@@ -201,6 +201,17 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
         (
             "device-state-garbage.bin",
             with_end(cat(&[body(), rec_dev(b"\x00\xffnot json")])),
+        ),
+        (
+            "device-state-not-a-record.bin",
+            with_end(cat(&[body(), rec_dev(br#"{"vcpus":[{"pc":4096}]}"#)])),
+        ),
+        (
+            "device-state-bad-runstate.bin",
+            with_end(cat(&[
+                body(),
+                rec_dev(br#"{"runstate":"inmigrate","devices":{}}"#),
+            ])),
         ),
         (
             "page-before-pass.bin",
@@ -428,7 +439,7 @@ proptest! {
                 }
             }
         }
-        let json = serde_json::to_vec(&serde_json::json!({ "s": dev })).unwrap();
+        let json = serde_json::to_vec(&serde_json::json!({ "runstate": "paused", "devices": { "s": dev } })).unwrap();
         w.device_state(&json).unwrap();
         w.end().unwrap();
         let written = w.written();

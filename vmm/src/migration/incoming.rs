@@ -1,7 +1,7 @@
 //! The destination: listening, loading and validating the stream.
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
-use super::stream::{self, Expect, StreamError, StreamSink};
+use super::stream::{self, DeviceRecord, Expect, StreamError, StreamSink};
 use super::transport::{Listener, MigrationUri};
 use super::{lock, Shared};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
@@ -175,7 +175,7 @@ impl StreamSink for RamSink<'_> {
 pub(crate) fn load_into_host<R: std::io::Read>(
     host: &dyn MigrationHost,
     r: R,
-) -> Result<stream::LoadSummary, StreamError> {
+) -> Result<(stream::LoadSummary, RunState), StreamError> {
     let ram = host.ram();
     let id = host.identity();
     let expect = Expect {
@@ -184,19 +184,13 @@ pub(crate) fn load_into_host<R: std::io::Read>(
         image_id: id.image_id,
     };
     let sum = stream::load(r, expect, &mut RamSink(ram), || {})?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&sum.device_state).map_err(|e| StreamError {
-            offset: sum.device_state_offset,
-            kind: stream::StreamErrorKind::DeviceStateInvalid {
-                reason: e.to_string(),
-            },
-        })?;
-    host.load_device_state(value)
-        .map_err(|reason| StreamError {
-            offset: sum.device_state_offset,
-            kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
-        })?;
-    Ok(sum)
+    let invalid = |reason| StreamError {
+        offset: sum.device_state_offset,
+        kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
+    };
+    let rec = DeviceRecord::decode(&sum.device_state).map_err(invalid)?;
+    host.load_device_state(rec.devices).map_err(invalid)?;
+    Ok((sum, rec.runstate))
 }
 
 fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
@@ -217,11 +211,17 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
         )),
     };
     match result {
-        Ok(_) => {
-            if host.autostart() {
-                host.vm_start();
+        Ok((_, source_runstate)) => {
+            // As QEMU: a source that was running lets the guest start here
+            // (unless -S); otherwise the source's run state is taken over.
+            if source_runstate == RunState::Running {
+                if host.autostart() {
+                    host.vm_start();
+                } else {
+                    host.set_runstate(RunState::Paused);
+                }
             } else {
-                host.set_runstate(RunState::Paused);
+                host.set_runstate(source_runstate);
             }
             set_status(
                 shared,

@@ -5,7 +5,7 @@
 //! `#[cfg(feature = "fault-injection")]` switches.
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
-use super::stream::{os_error_text, Header, StreamWriter};
+use super::stream::{os_error_text, DeviceRecord, Header, StreamWriter};
 use super::switchover::{self, Semaphore};
 use super::transport::{self, Conn, MigrationUri};
 use super::{lock, Shared};
@@ -229,6 +229,7 @@ struct Engine<'a> {
     // VM state the migration changed.
     stopped_vm: bool,
     vm_was_running: bool,
+    runstate_before_stop: RunState,
     stop_time: Option<Instant>,
 }
 
@@ -322,6 +323,7 @@ fn run_inner(
         threshold: 0,
         stopped_vm: false,
         vm_was_running: false,
+        runstate_before_stop: RunState::Running,
         stop_time: None,
     };
     let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
@@ -546,7 +548,9 @@ impl Engine<'_> {
 
     /// Stops the guest and sends everything that remains.
     fn complete(&mut self) -> Result<(), Abort> {
-        self.vm_was_running = self.host.runstate() == RunState::Running;
+        // QEMU's global_state_store(): the destination restores this.
+        self.runstate_before_stop = self.host.runstate();
+        self.vm_was_running = self.runstate_before_stop == RunState::Running;
         self.stopped_vm = true;
         self.host.vm_stop(RunState::FinishMigrate);
         self.stop_time = Some(Instant::now());
@@ -581,8 +585,12 @@ impl Engine<'_> {
             .host
             .save_device_state()
             .map_err(|m| Abort::Failed(format!("cannot save device state: {m}")))?;
-        let bytes = serde_json::to_vec(&dev)
-            .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
+        let bytes = DeviceRecord {
+            runstate: self.runstate_before_stop,
+            devices: dev,
+        }
+        .encode()
+        .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
         self.w.device_state(&bytes).map_err(|e| {
             if e.kind() == io::ErrorKind::InvalidInput {
                 Abort::Failed(e.to_string())

@@ -182,6 +182,12 @@ impl TestHost {
         true
     }
 
+    /// Sets the run state as `stop`/`cont` would (no events).
+    pub fn set_runstate_for_test(&self, s: RunState) {
+        let _vcpus = super::lock(&self.vcpu_gate);
+        *super::lock(&self.runstate) = s;
+    }
+
     /// The current run state.
     pub fn state(&self) -> RunState {
         *super::lock(&self.runstate)
