@@ -251,7 +251,7 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn decode(bytes: &[u8]) -> Result<stream::LoadSummary, stream::StreamError> {
-    stream::load(bytes, expect(), &mut NullSink, || {})
+    stream::load(bytes, expect(), &mut NullSink)
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -328,7 +328,7 @@ fn fixture_streams_give_specific_errors() {
 #[test]
 fn good_stream_loads_into_an_image() {
     let mut img = vec![0x77u8; PAGES as usize * PAGE_SIZE];
-    let s = stream::load(&good()[..], expect(), &mut VecSink(&mut img), || {}).unwrap();
+    let s = stream::load(&good()[..], expect(), &mut VecSink(&mut img)).unwrap();
     assert_eq!((s.passes, s.pages, s.zero_pages), (2, 3, 2));
     assert_eq!(s.device_state, DEV);
     assert_eq!(img[0], 0);
@@ -447,7 +447,7 @@ proptest! {
         prop_assert_eq!(written, bytes.len() as u64);
         let mut img = vec![0u8; pages as usize * PAGE_SIZE];
         let ex = Expect { ram_size: pages * PAGE_SIZE as u64, vcpus, image_id: image };
-        let s = stream::load(&bytes[..], ex, &mut VecSink(&mut img), || {}).unwrap();
+        let s = stream::load(&bytes[..], ex, &mut VecSink(&mut img)).unwrap();
         prop_assert_eq!(s.passes, pass);
         prop_assert_eq!(s.device_state, json);
         prop_assert_eq!(s.bytes, bytes.len() as u64);

@@ -183,7 +183,7 @@ pub(crate) fn load_into_host<R: std::io::Read>(
         vcpus: id.vcpus,
         image_id: id.image_id,
     };
-    let sum = stream::load(r, expect, &mut RamSink(ram), || {})?;
+    let sum = stream::load(r, expect, &mut RamSink(ram))?;
     let invalid = |reason| StreamError {
         offset: sum.device_state_offset,
         kind: stream::StreamErrorKind::DeviceStateInvalid { reason },

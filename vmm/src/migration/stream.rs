@@ -783,13 +783,10 @@ pub fn load<R: Read>(
     r: R,
     expect: Expect,
     sink: &mut dyn StreamSink,
-    mut on_first_byte: impl FnMut(),
 ) -> Result<LoadSummary, StreamError> {
     let mut rd = StreamReader::new(r, expect);
     let mut sum = LoadSummary::default();
-    // Peek-free: the header read is the first thing that can block.
     let h = rd.header()?;
-    on_first_byte();
     sum.header = Some(h);
     loop {
         let at = rd.offset();
