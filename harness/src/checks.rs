@@ -297,6 +297,41 @@ mod tests {
         assert!(msg.ends_with("and in another 6 pages"), "{msg}");
     }
 
+    proptest::proptest! {
+        /// Agrees with migtest-vmm's own A-B check on pass/fail, the edge and
+        /// the first bad page.
+        #[test]
+        fn agrees_with_vmm_abcheck(
+            base in proptest::prelude::any::<u8>(),
+            steps in proptest::collection::vec(
+                proptest::prop_oneof![6 => proptest::strategy::Just(0u8), 2 => proptest::strategy::Just(255u8), 1 => proptest::prelude::any::<u8>()],
+                1..40,
+            ),
+        ) {
+            let mut bytes = vec![base];
+            for s in &steps {
+                let last = *bytes.last().unwrap();
+                bytes.push(last.wrapping_add(*s));
+            }
+            let ours = check(&bytes);
+            let theirs = migtest_vmm::guest::abcheck::check_ab_invariant(bytes.iter().copied());
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => {
+                    proptest::prop_assert_eq!(a.hit_edge, b.edge.is_some());
+                    proptest::prop_assert_eq!(a.pages, b.pages);
+                }
+                (Err(RamCheckError::Inconsistent { first, .. }), Err(v)) => {
+                    let index = match v {
+                        migtest_vmm::guest::abcheck::AbViolation::Mismatch { index, .. }
+                        | migtest_vmm::guest::abcheck::AbViolation::SecondEdge { index, .. } => *index,
+                    };
+                    proptest::prop_assert_eq!(first[0].address, 0x100000 + index * PAGE_SIZE);
+                }
+                _ => proptest::prop_assert!(false, "disagree on {:?}: {:?} vs {:?}", bytes, ours, theirs),
+            }
+        }
+    }
+
     #[test]
     fn short_dump() {
         assert!(matches!(

@@ -11,7 +11,7 @@
 //! # use migtest::{diagnostics::Context, vm::Vm, backend::{Backend, LaunchSpec}};
 //! # fn t() -> anyhow::Result<()> {
 //! let ctx = Context::new("precopy_unix");
-//! let src = Vm::launch_as("source", &Backend::Builtin, LaunchSpec::new("source", 64 << 20, "sweep"))?;
+//! let src = Vm::launch_as("source", &Backend::Builtin, &LaunchSpec::new("source", 64 << 20, "sweep"))?;
 //! ctx.add_vm(&src);
 //! let _s = ctx.step("wait for 3 passes");
 //! // ... a panic here prints the report

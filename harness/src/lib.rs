@@ -5,13 +5,20 @@
 //! them over QMP ([`qmp_client`]) through typed handles ([`vm`]), checks
 //! guest memory ([`checks`]) and prints one-screen failure reports
 //! ([`diagnostics`]).
+//!
+//! On top of that: [`pair`] (a source/destination pair and the qtest-style
+//! steps), [`catalog`] (the scenario catalog run by the nextest suites and
+//! by `migtest run`, see [`cli_run`]), [`scenario`] (the op language of
+//! scenario files) and [`model`] (the reference model that judges them).
 
 pub mod backend;
 pub mod catalog;
 pub mod checks;
 pub mod cli_run;
 pub mod diagnostics;
+pub mod model;
 pub mod pair;
 pub mod process;
 pub mod qmp_client;
+pub mod scenario;
 pub mod vm;

@@ -196,8 +196,8 @@ impl VmmProcess {
             .stdout(stdout)
             .stderr(stderr)
             .current_dir(&path);
-        // SAFETY: getpid is async-signal-safe; the closure only calls prctl and
-        // getppid, both async-signal-safe, and allocates nothing.
+        // SAFETY: the closure runs between fork and exec; it only calls prctl
+        // and getppid (async-signal-safe) and allocates nothing.
         let parent = unsafe { libc::getpid() };
         unsafe {
             cmd.pre_exec(move || {
@@ -212,9 +212,10 @@ impl VmmProcess {
                     return Err(io::Error::last_os_error());
                 }
                 // The parent may have died between fork and prctl: then the
-                // signal will never come, so do not start at all.
+                // signal will never come, so do not start at all. (No
+                // allocation here: the parent is multi-threaded.)
                 if libc::getppid() != parent {
-                    return Err(io::Error::other("parent exited before exec"));
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });

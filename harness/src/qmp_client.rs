@@ -152,6 +152,20 @@ impl Transcript {
         lock(&self.inner).iter().cloned().collect()
     }
 
+    /// The JSON messages, oldest first, as `{"dir": ">" | "<", "msg": ...}`
+    /// (notes and unparsable lines left out): a form for snapshot tests,
+    /// which redact ids and timestamps.
+    pub fn values(&self) -> Vec<Value> {
+        lock(&self.inner)
+            .iter()
+            .filter(|e| e.dir != Direction::Note)
+            .filter_map(|e| {
+                let msg: Value = serde_json::from_str(&e.text).ok()?;
+                Some(serde_json::json!({"dir": e.dir.symbol().to_string(), "msg": msg}))
+            })
+            .collect()
+    }
+
     /// The last `n` entries, one per line: `[    12ms] > {...}`.
     pub fn tail(&self, n: usize) -> String {
         self.tail_truncated(n, usize::MAX)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use migtest_qmp::message::Event;
-use migtest_qmp::schema::{MigrationInfo, MigrationStatus, StatusInfo};
+use migtest_qmp::schema::{MigrationInfo, MigrationParameters, MigrationStatus, StatusInfo};
 use serde_json::{json, Value};
 
 use crate::backend::{Backend, LaunchSpec};
@@ -62,11 +62,10 @@ impl Vm {
     /// "destination") used in messages. Spawn from a long-lived thread (see
     /// [`crate::process`] on PDEATHSIG).
     pub fn launch_as(role: &str, backend: &Backend, spec: &LaunchSpec) -> anyhow::Result<Vm> {
-        let binary = backend
-            .binary()
-            .with_context(|| format!("{role}: finding the {} VMM", backend.name()))?;
         let dir = crate::process::new_log_dir().context("creating a log directory")?;
-        let args = backend.command_line(spec, dir.path())?;
+        let (binary, args) = backend
+            .launch_command(spec, dir.path())
+            .with_context(|| format!("{role}: preparing the {} VMM", backend.name()))?;
         let process = VmmProcess::spawn_in(dir, role, &binary, args)
             .with_context(|| format!("{role}: launching {}", backend.name()))?;
         let probe = process.probe();
@@ -179,17 +178,35 @@ impl Vm {
     pub fn execute(&self, name: &str, args: Value) -> anyhow::Result<Value> {
         self.qmp
             .execute(name, args)
-            .with_context(|| format!("{}: QMP '{name}'", self.who()))
+            .map_err(|e| self.qmp_error(name, e))
     }
 
-    fn execute_typed<R: serde::de::DeserializeOwned>(
+    /// Wraps a QMP error with the VM and command; after a disconnect also
+    /// with the process's exit status and last stderr line, if it died.
+    fn qmp_error(&self, name: &str, e: crate::qmp_client::QmpError) -> anyhow::Error {
+        let mut what = format!("{}: QMP '{name}'", self.who());
+        if matches!(e, crate::qmp_client::QmpError::Disconnected { .. }) {
+            if let Some(st) = self.process.wait_exit(Duration::from_millis(200)) {
+                what.push_str(&format!(" (process {st}"));
+                let tail = self.process.stderr_tail(1);
+                if !tail.is_empty() {
+                    what.push_str(&format!("; stderr: {tail}"));
+                }
+                what.push(')');
+            }
+        }
+        anyhow::Error::new(e).context(what)
+    }
+
+    /// Runs a QMP command and deserializes its return value.
+    pub fn execute_typed<R: serde::de::DeserializeOwned>(
         &self,
         name: &str,
         args: Value,
     ) -> anyhow::Result<R> {
         self.qmp
             .execute_typed(name, args)
-            .with_context(|| format!("{}: QMP '{name}'", self.who()))
+            .map_err(|e| self.qmp_error(name, e))
     }
 
     /// `query-status`.
@@ -230,6 +247,29 @@ impl Vm {
     /// `query-migrate-parameters`, as JSON (backends differ in members).
     pub fn query_parameters(&self) -> anyhow::Result<Value> {
         self.execute("query-migrate-parameters", Value::Null)
+    }
+
+    /// `query-migrate-parameters`, the members migtest knows.
+    pub fn query_parameters_typed(&self) -> anyhow::Result<MigrationParameters> {
+        self.execute_typed("query-migrate-parameters", Value::Null)
+    }
+
+    /// Sets one migration parameter and reads it back, like QEMU's
+    /// `migrate_set_parameter_*` helpers; a different read-back value is an
+    /// error.
+    pub fn set_parameter(&self, name: &str, value: Value) -> anyhow::Result<()> {
+        let mut args = serde_json::Map::new();
+        args.insert(name.to_string(), value.clone());
+        self.set_parameters(Value::Object(args))?;
+        let got = self.query_parameters()?;
+        match got.get(name) {
+            Some(v) if *v == value => Ok(()),
+            other => bail!(
+                "{}: migration parameter '{name}' reads back as {} after setting {value}",
+                self.who(),
+                other.map_or("(absent)".to_string(), Value::to_string)
+            ),
+        }
     }
 
     /// `migrate-set-capabilities`.

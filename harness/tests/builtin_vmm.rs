@@ -106,6 +106,12 @@ fn migrate_and_check(ctx: &Context, dst_incoming: &str, defer_uri: Option<&str>)
         for vm in [&src, &dst] {
             vm.set_capabilities(&[("events", true)]).unwrap();
         }
+        src.set_parameter("downtime-limit", serde_json::json!(300))
+            .unwrap();
+        assert_eq!(
+            src.query_parameters_typed().unwrap().downtime_limit,
+            Some(300)
+        );
         if let Some(uri) = defer_uri {
             dst.migrate_incoming(uri).unwrap();
         }

@@ -18,7 +18,20 @@ fn greeting_capabilities_and_query_status() {
 
 #[test]
 fn stop_and_cont_emit_events() {
-    suite::stop_and_cont_emit_events(&launch_qemu_none("source"));
+    let vm = launch_qemu_none("source");
+    suite::stop_and_cont_emit_events(&vm);
+    // The transcript in snapshot form.
+    let v = vm.qmp().transcript().values();
+    assert_eq!(v[0]["dir"], "<");
+    assert!(v[0]["msg"]["QMP"].is_object());
+    let stop = v
+        .iter()
+        .position(|m| m["msg"]["execute"] == "stop")
+        .unwrap();
+    assert_eq!(v[stop]["dir"], ">");
+    assert!(v[stop + 1..]
+        .iter()
+        .any(|m| m["dir"] == "<" && m["msg"]["event"] == "STOP"));
 }
 
 #[test]
@@ -155,4 +168,20 @@ fn pmemsave_reads_guest_memory() {
             .file_name()
             .to_string_lossy()
             .starts_with("pmem-")));
+}
+
+#[test]
+fn commands_to_a_killed_vmm_say_it_died() {
+    let vm = launch_qemu_none("source");
+    // SAFETY: kill our own child; the guard reaps it.
+    unsafe { libc::kill(vm.pid() as libc::pid_t, libc::SIGKILL) };
+    let msg = format!("{:#}", vm.query_status().unwrap_err());
+    assert!(
+        msg.starts_with(&format!(
+            "source VMM (pid {}): QMP 'query-status' (process signal: 9 (SIGKILL)",
+            vm.pid()
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("QMP connection lost"), "{msg}");
 }

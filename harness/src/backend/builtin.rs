@@ -5,41 +5,52 @@ use std::path::{Path, PathBuf};
 /// The builtin VMM's binary name.
 pub const VMM_NAME: &str = "migtest-vmm";
 
-/// The harness binary, which runs the VMM as `migtest vmm ARGS`.
-pub const CARRIER_NAME: &str = "migtest";
+/// The harness CLI, which also carries the VMM as `migtest vmm ARGS...`.
+pub const CLI_NAME: &str = "migtest";
 
-/// Leading arguments needed before the VMM options when `binary` is the
-/// `migtest` binary rather than `migtest-vmm`.
-pub fn vmm_prefix_args(binary: &Path) -> Vec<String> {
-    if binary.file_name().is_some_and(|n| n == CARRIER_NAME) {
-        vec!["vmm".to_string()]
-    } else {
-        Vec::new()
-    }
+/// How to start the builtin VMM: a program and the arguments that go before
+/// the QEMU-style ones (`["vmm"]` when the `migtest` CLI runs itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Leading arguments.
+    pub prefix: Vec<String>,
 }
 
-/// The `migtest-vmm` binary: env `MIGTEST_VMM`, else next to the current
-/// executable (its directory, or the parent when running from
-/// `target/*/deps`, as test binaries do).
-pub fn vmm_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MIGTEST_VMM") {
-        let p = PathBuf::from(p);
+/// Finds the builtin VMM, in this order:
+///
+/// 1. env `MIGTEST_VMM`;
+/// 2. `migtest-vmm` next to the current executable (its directory, or the
+///    parent when running from `target/*/deps`, as test binaries do);
+/// 3. the current executable itself with `vmm` when it is the `migtest`
+///    CLI (which carries the VMM);
+/// 4. otherwise an error saying how to build it.
+pub fn vmm_command() -> anyhow::Result<VmmCommand> {
+    let exe = std::env::current_exe()?;
+    vmm_command_for(&exe, std::env::var_os("MIGTEST_VMM").map(PathBuf::from))
+}
+
+fn vmm_command_for(exe: &Path, env: Option<PathBuf>) -> anyhow::Result<VmmCommand> {
+    let plain = |program: PathBuf| VmmCommand {
+        program,
+        prefix: Vec::new(),
+    };
+    if let Some(p) = env {
         if p.is_file() {
-            return Ok(p);
+            return Ok(plain(p));
         }
         anyhow::bail!("MIGTEST_VMM={} is not a file", p.display());
     }
-    let exe = std::env::current_exe()?;
-    let candidates = candidates_near(&exe);
-    for c in &candidates {
-        if c.is_file() {
-            return Ok(c.clone());
-        }
+    let candidates = candidates_near(exe);
+    if let Some(c) = candidates.iter().find(|c| c.is_file()) {
+        return Ok(plain(c.clone()));
     }
-    // The `migtest` binary carries the VMM itself (`migtest vmm ...`), so
-    // `cargo run -p migtest` works without building migtest-vmm separately.
-    if exe.file_name().is_some_and(|n| n == CARRIER_NAME) {
-        return Ok(exe);
+    if exe.file_name().is_some_and(|n| n == CLI_NAME) {
+        return Ok(VmmCommand {
+            program: exe.to_path_buf(),
+            prefix: vec!["vmm".into()],
+        });
     }
     anyhow::bail!(
         "cannot find {VMM_NAME} (looked at {}); build it with `cargo build -p migtest-vmm` \
@@ -50,6 +61,11 @@ pub fn vmm_binary() -> anyhow::Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// The builtin VMM's executable (see [`vmm_command`]).
+pub fn vmm_binary() -> anyhow::Result<PathBuf> {
+    vmm_command().map(|c| c.program)
 }
 
 fn candidates_near(exe: &Path) -> Vec<PathBuf> {
@@ -117,6 +133,33 @@ mod tests {
             (1 << 20, 100 << 20)
         );
         assert!(test_range("no-such-image", 128 << 20).is_err());
+    }
+
+    #[test]
+    fn lookup_order() {
+        let dir = crate::process::new_log_dir().unwrap();
+        let d = dir.path();
+        let exe = d.join("migtest");
+        std::fs::write(&exe, "").unwrap();
+        // Nothing next to it: the CLI runs itself.
+        let c = vmm_command_for(&exe, None).unwrap();
+        assert_eq!(
+            (c.program, c.prefix),
+            (exe.clone(), vec!["vmm".to_string()])
+        );
+        // Another binary cannot.
+        let other = d.join("some-test");
+        let e = vmm_command_for(&other, None).unwrap_err().to_string();
+        assert!(e.contains("cargo build -p migtest-vmm"), "{e}");
+        // migtest-vmm next to it wins over self.
+        std::fs::write(d.join(VMM_NAME), "").unwrap();
+        let c = vmm_command_for(&exe, None).unwrap();
+        assert_eq!(c.program, d.join(VMM_NAME));
+        assert!(c.prefix.is_empty());
+        // The environment wins over everything, and must name a file.
+        let c = vmm_command_for(&exe, Some(exe.clone())).unwrap();
+        assert_eq!(c.program, exe);
+        assert!(vmm_command_for(&exe, Some(d.join("nope"))).is_err());
     }
 
     #[test]

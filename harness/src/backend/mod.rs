@@ -131,15 +131,29 @@ impl Backend {
         }
     }
 
+    /// The program and its full argument list for `spec` (see
+    /// [`Backend::command_line`]).
+    pub fn launch_command(
+        &self,
+        spec: &LaunchSpec,
+        dir: &Path,
+    ) -> anyhow::Result<(PathBuf, Vec<String>)> {
+        let (program, mut args) = match self {
+            Backend::Builtin => {
+                let c = builtin::vmm_command()?;
+                (c.program, c.prefix)
+            }
+            Backend::Qemu { binary, .. } => (binary.clone(), Vec::new()),
+        };
+        args.extend(self.command_line(spec, dir)?);
+        Ok((program, args))
+    }
+
     /// The arguments (without the program) for `spec`, with sockets and
     /// logs placed in `dir`. For QEMU with a guest this also writes the
     /// patched A-B boot sector into `dir`.
     pub fn command_line(&self, spec: &LaunchSpec, dir: &Path) -> anyhow::Result<Vec<String>> {
-        let mut args: Vec<String> = match self {
-            Backend::Builtin => builtin::vmm_prefix_args(&builtin::vmm_binary()?),
-            Backend::Qemu { .. } => Vec::new(),
-        };
-        args.extend(["-name".to_string(), spec.name.clone()]);
+        let mut args: Vec<String> = vec!["-name".into(), spec.name.clone()];
         if spec.memory_bytes != 0 {
             args.push("-m".into());
             args.push(format_size(spec.memory_bytes));

@@ -1,0 +1,619 @@
+//! The reference model: a pure state machine of one source/destination pair that says, after
+//! each [`Op`], which observations are allowed.
+//!
+//! Protocol for the executor, per op:
+//! 1. `let exp = model.apply(&op);` — if [`Expectation::refused`] is `Some`, do not perform the op
+//!    and report [`Reply::Refused`];
+//! 2. perform the op, record an [`Observation`]: the reply, then the destination and then the
+//!    source (alive; `query-status`, then `query-migrate` status and `dirty-sync-count`; the
+//!    events that arrived up to that reply, since the previous observation);
+//! 3. `model.check(&op, &obs)?` judges it; 4. `model.observe(&op, &obs)` narrows the model to what
+//!    was seen (races resolved) and records event history. [`Model::step`] does 3 and 4.
+//!
+//! The model is a set of concrete worlds: a race (the migration completing just before a
+//! `cancel`) gives one [`Outcome`] per way it may have gone; an observation must match one.
+//! Invariants checked on every observation, whatever the outcomes say: MIGRATION events follow
+//! the status machine ([`legal_transition`]), MIGRATION_PASS counts up by one, `dirty-sync-count`
+//! never decreases within a migration, the last MIGRATION event agrees with the status, no
+//! `completed` while the hold is set, never both sides running the guest unless the test
+//! itself `cont`ed a post-migrate source.
+
+mod expect;
+pub mod strategy;
+mod types;
+mod world;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+use crate::scenario::{MigrationStatus, Op, PairSpec, Side};
+
+pub use expect::{
+    Alive, Expectation, ExpectedReply, GuestOwner, Outcome, SideExpect, Snapshot, Violation,
+    ERR_DOWNTIME_LIMIT, ERR_IN_PROGRESS, ERR_NOT_EXPECTED_STATE, GENERIC_ERROR,
+};
+pub use types::{
+    Capabilities, Event, Observation, Parameters, Reply, RunState, SideObservation,
+    ASSUMED_LINK_BANDWIDTH, MAX_DOWNTIME_LIMIT_MS,
+};
+
+use world::World;
+
+use MigrationStatus as S;
+
+/// Whether a MIGRATION event `to` may follow `from` on `side` (`from` = `none` for a fresh
+/// process). Source: none/completed/cancelled/failed → setup → active → completed or
+/// (pause-before-switchover) pre-switchover → device → completed; setup/active/pre-switchover/
+/// device → cancelling → cancelled; setup/active/pre-switchover/device → failed.
+/// Destination: none → setup → active → completed; setup/active → failed.
+pub fn legal_transition(side: Side, from: MigrationStatus, to: MigrationStatus) -> bool {
+    match side {
+        Side::Source => matches!(
+            (from, to),
+            (S::None | S::Completed | S::Cancelled | S::Failed, S::Setup)
+                | (S::Setup, S::Active)
+                | (S::Active, S::PreSwitchover | S::Completed)
+                | (S::PreSwitchover, S::Device)
+                | (S::Device, S::Completed)
+                | (
+                    S::Setup | S::Active | S::PreSwitchover | S::Device,
+                    S::Cancelling | S::Failed
+                )
+                | (S::Cancelling, S::Cancelled)
+        ),
+        Side::Destination => matches!(
+            (from, to),
+            (S::None, S::Setup)
+                | (S::Setup, S::Active)
+                | (S::Active, S::Completed)
+                | (S::Setup | S::Active, S::Failed)
+        ),
+    }
+}
+
+/// Whether a wait should give up on seeing `status` on the awaited side: for `wait-passes`, any
+/// status but setup/active; for `wait-status`/`wait-completed`, a terminal status (none,
+/// completed, failed, cancelled) other than the goal. Other waits end with a timeout.
+pub fn wait_gives_up(op: &Op, status: MigrationStatus) -> bool {
+    match op {
+        Op::WaitPasses { .. } => !matches!(status, S::Setup | S::Active),
+        Op::WaitStatus { status: goal, .. } => status != *goal && status.is_terminal(),
+        Op::WaitCompleted => status != S::Completed && status.is_terminal(),
+        _ => false,
+    }
+}
+
+/// Where the last MIGRATION event left a side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Last {
+    /// Fresh process: the next event must start from `none`.
+    Fresh,
+    /// Events were off: anything may come next.
+    Unknown,
+    At(MigrationStatus),
+}
+
+/// What earlier observations fixed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct History {
+    src: Last,
+    dst: Last,
+    /// Last MIGRATION_PASS of the current migration (0 = none yet).
+    last_pass: u64,
+    /// Highest dirty-sync-count seen in the current migration.
+    last_count: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    op: Op,
+    expectation: Expectation,
+    before: Vec<World>,
+}
+
+/// The reference model of one migration pair.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pair: PairSpec,
+    worlds: Vec<World>,
+    history: History,
+    pending: Option<Pending>,
+    ops: u32,
+    waits: u32,
+}
+
+fn dedup<T: PartialEq>(v: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+impl Model {
+    /// A freshly launched pair: source running with no migration, destination waiting for
+    /// incoming, default parameters, `events` as the pair spec says.
+    pub fn new(pair: PairSpec) -> Model {
+        let w = World::initial(&pair);
+        Model {
+            pair,
+            worlds: vec![w],
+            history: History {
+                src: Last::Fresh,
+                dst: Last::Fresh,
+                last_pass: 0,
+                last_count: 0,
+            },
+            pending: None,
+            ops: 0,
+            waits: 0,
+        }
+    }
+
+    /// The pair spec.
+    pub fn pair(&self) -> &PairSpec {
+        &self.pair
+    }
+
+    /// Ops applied so far.
+    pub fn ops_applied(&self) -> u32 {
+        self.ops
+    }
+
+    /// Waits applied so far.
+    pub fn waits_applied(&self) -> u32 {
+        self.waits
+    }
+
+    /// How many concrete worlds the model still considers possible.
+    pub fn possibilities(&self) -> usize {
+        self.worlds.len()
+    }
+
+    /// Migrations started so far (the most any world says).
+    pub fn migrations(&self) -> u32 {
+        self.worlds.iter().map(|w| w.migrations).max().unwrap_or(0)
+    }
+
+    /// The source's switchover-hold parameter, if all worlds agree.
+    pub fn hold(&self) -> Option<bool> {
+        let v = dedup(self.worlds.iter().map(|w| w.src.params.switchover_hold));
+        (v.len() == 1).then(|| v[0])
+    }
+
+    /// The parameters of `side`, if all worlds agree.
+    pub fn parameters(&self, side: Side) -> Option<Parameters> {
+        let v = dedup(self.worlds.iter().map(|w| match side {
+            Side::Source => w.src.params,
+            Side::Destination => w.dst.params,
+        }));
+        (v.len() == 1).then(|| v[0])
+    }
+
+    /// The capabilities of `side`, if all worlds agree.
+    pub fn capabilities(&self, side: Side) -> Option<Capabilities> {
+        let v = dedup(self.worlds.iter().map(|w| match side {
+            Side::Source => w.src.caps,
+            Side::Destination => w.dst.caps,
+        }));
+        (v.len() == 1).then(|| v[0])
+    }
+
+    pub(crate) fn worlds(&self) -> &[World] {
+        &self.worlds
+    }
+
+    /// Applies `op`: returns the observations allowed after it and moves the model on (to every
+    /// world the op may lead to, until [`Model::observe`] narrows it).
+    pub fn apply(&mut self, op: &Op) -> Expectation {
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        for w in &self.worlds {
+            for s in w.settlements() {
+                for st in s.apply(op, &self.pair) {
+                    let o = st.world.outcome(st.reply);
+                    if !outcomes.contains(&o) {
+                        outcomes.push(o);
+                    }
+                }
+            }
+        }
+        let expectation = Expectation { outcomes };
+        let before = std::mem::take(&mut self.worlds);
+        self.worlds = dedup(expectation.outcomes.iter().map(|o| o.world.clone()));
+        self.pending = Some(Pending {
+            op: op.clone(),
+            expectation: expectation.clone(),
+            before,
+        });
+        self.ops += 1;
+        if op.is_wait() {
+            self.waits += 1;
+        }
+        expectation
+    }
+
+    /// The expectation of the last applied op.
+    pub fn expectation(&self) -> Option<&Expectation> {
+        self.pending.as_ref().map(|p| &p.expectation)
+    }
+
+    fn pending_for(&self, op: &Op) -> Result<&Pending, Violation> {
+        self.pending
+            .as_ref()
+            .filter(|p| p.op == *op)
+            .ok_or_else(|| Violation {
+                op: op.to_string(),
+                message: "the model has no expectation for this op (call apply first)".into(),
+            })
+    }
+
+    /// Judges an observation of `op` (the op last given to [`Model::apply`]).
+    pub fn check(&self, op: &Op, obs: &Observation) -> Result<(), Violation> {
+        let pending = self.pending_for(op)?;
+        let violation = |message: String| Violation {
+            op: op.to_string(),
+            message,
+        };
+        self.advance_history(pending, obs).map_err(violation)?;
+        let exp = &pending.expectation;
+        if exp.held_throughout() {
+            let completed_event = obs.source.events.contains(&Event::Migration {
+                status: S::Completed,
+            });
+            if obs.source.status == Some(S::Completed) || completed_event {
+                return Err(violation(
+                    "source completed while switchover-hold is set (expected status in {setup, active})"
+                        .into(),
+                ));
+            }
+        }
+        if exp.held_throughout()
+            && *op != (Op::Stop { side: Side::Source })
+            && obs.source.events.contains(&Event::Stop)
+        {
+            return Err(violation(
+                "STOP on the source while switchover is held (no switchover may start)".into(),
+            ));
+        }
+        if obs.destination.events.contains(&Event::Resume)
+            && !exp.outcomes.iter().any(|o| {
+                o.destination
+                    .snapshots
+                    .iter()
+                    .any(|s| s.run_state == RunState::Running)
+            })
+        {
+            return Err(violation(
+                "RESUME on the destination although it may not run the guest now".into(),
+            ));
+        }
+        let running = |o: &SideObservation| o.alive && o.run_state == Some(RunState::Running);
+        if running(&obs.source) && running(&obs.destination) && !exp.allows_both_running() {
+            let owner = exp.outcomes[0].guest_owner;
+            return Err(violation(format!(
+                "both source and destination run the guest (expected it on: {owner:?})"
+            )));
+        }
+        if exp.outcomes.iter().any(|o| o.mismatch(obs).is_none()) {
+            return Ok(());
+        }
+        let same_reply: Vec<&Outcome> = exp
+            .outcomes
+            .iter()
+            .filter(|o| o.reply.matches(&obs.reply))
+            .collect();
+        let best = same_reply.first().copied().unwrap_or(&exp.outcomes[0]);
+        let mut msg = best.mismatch(obs).expect("no outcome matched");
+        // A status no outcome allows: name them all.
+        for side in Side::ALL {
+            let so = obs.side(side);
+            let Some(st) = so.status.filter(|_| so.alive) else {
+                continue;
+            };
+            let allowed: std::collections::BTreeSet<MigrationStatus> = same_reply
+                .iter()
+                .filter(|o| o.side(side).alive != Alive::No)
+                .flat_map(|o| o.side(side).statuses())
+                .collect();
+            if !same_reply.is_empty() && !allowed.is_empty() && !allowed.contains(&st) {
+                msg = format!(
+                    "expected {side} status in {}, saw {st}",
+                    expect::fmt_set(&allowed)
+                );
+                break;
+            }
+        }
+        if exp.outcomes.len() > 1 {
+            let replies: Vec<String> = exp.replies().iter().map(|r| r.to_string()).collect();
+            msg.push_str(&format!(
+                " ({} possible outcomes; replies: {})",
+                exp.outcomes.len(),
+                replies.join(" | ")
+            ));
+        }
+        Err(violation(msg))
+    }
+
+    /// Records what was observed after `op`: keeps the worlds that match it and the event
+    /// history. Best effort after a violation (keeps every world then).
+    pub fn observe(&mut self, op: &Op, obs: &Observation) {
+        let Ok(pending) = self.pending_for(op).cloned() else {
+            return;
+        };
+        match self.advance_history(&pending, obs) {
+            Ok(h) => self.history = h,
+            Err(_) => {
+                self.history.src = Last::Unknown;
+                self.history.dst = Last::Unknown;
+                if let Some(c) = obs.source.dirty_sync_count {
+                    self.history.last_count = c;
+                }
+            }
+        }
+        let matching: Vec<World> = pending
+            .expectation
+            .outcomes
+            .iter()
+            .filter(|o| o.mismatch(obs).is_none())
+            .map(|o| o.world.narrowed(obs))
+            .collect();
+        if !matching.is_empty() {
+            self.worlds = dedup(matching);
+        }
+        self.pending = None;
+    }
+
+    /// [`Model::check`] then [`Model::observe`].
+    pub fn step(&mut self, op: &Op, obs: &Observation) -> Result<(), Violation> {
+        let r = self.check(op, obs);
+        self.observe(op, obs);
+        r
+    }
+
+    fn advance_history(&self, pending: &Pending, obs: &Observation) -> Result<History, String> {
+        let mut h = self.history.clone();
+        if matches!(pending.op, Op::Migrate { .. }) && obs.reply == Reply::Ok {
+            h.last_pass = 0;
+            h.last_count = 0;
+        }
+        if pending.op == Op::RestartDestination {
+            h.dst = Last::Fresh;
+        }
+        let before = &pending.before;
+        let any_pbs = before.iter().any(|w| w.src.caps.pause_before_switchover);
+        let all_pbs = before.iter().all(|w| w.src.caps.pause_before_switchover);
+        for side in Side::ALL {
+            let so = obs.side(side);
+            for ev in &so.events {
+                match ev {
+                    Event::Migration { status } => {
+                        let last = match side {
+                            Side::Source => &mut h.src,
+                            Side::Destination => &mut h.dst,
+                        };
+                        let from = match *last {
+                            Last::Fresh => Some(S::None),
+                            Last::Unknown => None,
+                            Last::At(s) => Some(s),
+                        };
+                        if let Some(from) = from {
+                            if !legal_transition(side, from, *status) {
+                                return Err(format!(
+                                    "{side} MIGRATION event {status} after {from} is not a legal transition"
+                                ));
+                            }
+                            if side == Side::Source {
+                                if *status == S::PreSwitchover && !any_pbs {
+                                    return Err("source MIGRATION event pre-switchover without pause-before-switchover".into());
+                                }
+                                if from == S::Active && *status == S::Completed && all_pbs {
+                                    return Err("source completed without pre-switchover although pause-before-switchover is set".into());
+                                }
+                            }
+                        }
+                        *last = Last::At(*status);
+                    }
+                    Event::MigrationPass { pass } if side == Side::Source => {
+                        if *pass != h.last_pass + 1 {
+                            return Err(format!(
+                                "MIGRATION_PASS {pass} after {}: passes count up by one from 1",
+                                h.last_pass
+                            ));
+                        }
+                        h.last_pass = *pass;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(c) = obs.source.dirty_sync_count {
+            if obs.source.alive && c < h.last_count {
+                return Err(format!(
+                    "source dirty-sync-count went back from {} to {c} within one migration",
+                    h.last_count
+                ));
+            }
+            h.last_count = h.last_count.max(c);
+        }
+        for side in Side::ALL {
+            let so = obs.side(side);
+            let events_on = before.iter().all(|w| match side {
+                Side::Source => w.src.caps.events,
+                Side::Destination => w.dst.caps.events,
+            }) && pending
+                .expectation
+                .outcomes
+                .iter()
+                .all(|o| o.side(side).events);
+            let last = match side {
+                Side::Source => &mut h.src,
+                Side::Destination => &mut h.dst,
+            };
+            if !events_on {
+                *last = Last::Unknown;
+                continue;
+            }
+            let (Some(st), true) = (so.status, so.alive) else {
+                continue;
+            };
+            let seen = match *last {
+                Last::Fresh => S::None,
+                Last::Unknown => continue,
+                Last::At(s) => s,
+            };
+            if st != seen {
+                return Err(format!(
+                    "{side} status is {st} but its last MIGRATION event was {seen}"
+                ));
+            }
+        }
+        Ok(h)
+    }
+
+    /// An observation the model allows after `op` (its first outcome), with events that continue
+    /// the history: an oracle self-check and a template for tests.
+    pub fn canonical_observation(&self, op: &Op) -> Observation {
+        let owned;
+        let pending = match self.pending_for(op) {
+            Ok(p) => p,
+            Err(_) => {
+                let mut m = self.clone();
+                m.apply(op);
+                owned = m.pending.expect("just applied");
+                &owned
+            }
+        };
+        let o = &pending.expectation.outcomes[0];
+        let reply = o.reply.canonical();
+        let restart = matches!(op, Op::Migrate { .. }) && reply == Reply::Ok;
+        let (last_pass, last_count) = if restart {
+            (0, 0)
+        } else {
+            (self.history.last_pass, self.history.last_count)
+        };
+        let mut sides = Side::ALL.map(|side| {
+            let e = o.side(side);
+            if e.alive != Alive::Yes {
+                return SideObservation::dead();
+            }
+            let snap = e.snapshots[0];
+            let last = match side {
+                Side::Source => self.history.src,
+                Side::Destination => {
+                    if *op == Op::RestartDestination {
+                        Last::Fresh
+                    } else {
+                        self.history.dst
+                    }
+                }
+            };
+            let mut events = Vec::new();
+            if e.events {
+                let from = match last {
+                    Last::Fresh => Some(S::None),
+                    Last::Unknown => None,
+                    Last::At(s) => Some(s),
+                };
+                let pbs = o.world.src.caps.pause_before_switchover;
+                for status in event_path(side, from, snap.status, pbs) {
+                    events.push(Event::Migration { status });
+                }
+            }
+            let mut count = None;
+            if side == Side::Source && matches!(snap.status, S::Active | S::Completed) {
+                let c = e.min_passes.max(last_count).max(1);
+                if e.events {
+                    for pass in last_pass + 1..=c {
+                        events.push(Event::MigrationPass { pass });
+                    }
+                }
+                count = Some(c);
+            }
+            SideObservation {
+                alive: true,
+                status: Some(snap.status),
+                run_state: Some(snap.run_state),
+                dirty_sync_count: count,
+                events,
+            }
+        });
+        let [source, destination] = std::mem::take(&mut sides);
+        Observation {
+            reply,
+            source,
+            destination,
+        }
+    }
+}
+
+/// The shortest legal MIGRATION event path from `from` to `to` (excluding `from`); from an unknown
+/// status just `to`.
+fn event_path(
+    side: Side,
+    from: Option<MigrationStatus>,
+    to: MigrationStatus,
+    pbs: bool,
+) -> Vec<MigrationStatus> {
+    let Some(from) = from else {
+        return if to == S::None { vec![] } else { vec![to] };
+    };
+    if from == to {
+        return vec![];
+    }
+    let allowed = |a: MigrationStatus, b: MigrationStatus| {
+        legal_transition(side, a, b)
+            && !(side == Side::Source && b == S::PreSwitchover && !pbs)
+            && !(side == Side::Source && a == S::Active && b == S::Completed && pbs)
+    };
+    let mut prev: Vec<Option<MigrationStatus>> = vec![None; S::ALL.len()];
+    let idx = |s: MigrationStatus| S::ALL.iter().position(|x| *x == s).expect("status");
+    let mut seen = vec![false; S::ALL.len()];
+    seen[idx(from)] = true;
+    let mut q = VecDeque::from([from]);
+    while let Some(a) = q.pop_front() {
+        for b in S::ALL {
+            if !seen[idx(b)] && allowed(a, b) {
+                seen[idx(b)] = true;
+                prev[idx(b)] = Some(a);
+                if b == to {
+                    let mut path = vec![b];
+                    let mut cur = a;
+                    while cur != from {
+                        path.push(cur);
+                        cur = prev[idx(cur)].expect("path");
+                    }
+                    path.reverse();
+                    return path;
+                }
+                q.push_back(b);
+            }
+        }
+    }
+    vec![to]
+}
+
+/// Problems of a hand-written scenario found by running it on the model alone (canonical
+/// observations): ops that may wait until the executor's timeout, ops the executor would have
+/// to refuse. Empty when every op runs in bounded time whatever races happen.
+pub fn lint(scenario: &crate::scenario::Scenario) -> Vec<String> {
+    let mut m = Model::new(scenario.pair.clone());
+    let mut problems = Vec::new();
+    for (i, op) in scenario.ops.iter().enumerate() {
+        let exp = m.apply(op);
+        if exp.may_time_out() {
+            problems.push(format!("op {} `{op}` may wait until the timeout", i + 1));
+        }
+        if let Some(reason) = exp.refused() {
+            problems.push(format!("op {} `{op}` cannot run: {reason}", i + 1));
+        } else if exp.may_be_refused() {
+            problems.push(format!("op {} `{op}` may be refused after a race", i + 1));
+        }
+        let obs = m.canonical_observation(op);
+        m.observe(op, &obs);
+    }
+    problems
+}

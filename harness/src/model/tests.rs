@@ -1,0 +1,1140 @@
+//! Unit tests of the QEMU rules and property tests of the model against its own oracle.
+
+use proptest::prelude::*;
+use proptest_state_machine::ReferenceStateMachine;
+
+use super::strategy::{executable, sequence_is_executable, PairMachine, SEQUENCE_LEN};
+use super::*;
+use crate::scenario::Size;
+
+use MigrationStatus as S;
+
+fn pair() -> PairSpec {
+    // 16 MiB converges with the default 128 MiB/s x 300 ms.
+    PairSpec {
+        memory: Size::mib(16),
+        ..PairSpec::default()
+    }
+}
+
+/// Applies `op` and feeds the canonical observation back; panics on a violation.
+fn run(m: &mut Model, op: Op) -> (Expectation, Observation) {
+    let e = m.apply(&op);
+    let obs = m.canonical_observation(&op);
+    if let Err(v) = m.check(&op, &obs) {
+        panic!("canonical observation rejected: {v}\n{obs:#?}");
+    }
+    m.observe(&op, &obs);
+    (e, obs)
+}
+
+fn run_all(m: &mut Model, ops: &[Op]) {
+    for op in ops {
+        run(m, op.clone());
+    }
+}
+
+fn set(v: &[MigrationStatus]) -> std::collections::BTreeSet<MigrationStatus> {
+    v.iter().copied().collect()
+}
+
+fn err_obs(m: &Model, op: &Op, desc: &str) -> Observation {
+    let mut o = m.canonical_observation(op);
+    o.reply = Reply::Error {
+        class: "GenericError".into(),
+        desc: desc.into(),
+    };
+    o
+}
+
+fn ok_obs(m: &Model, op: &Op) -> Observation {
+    let mut o = m.canonical_observation(op);
+    o.reply = Reply::Ok;
+    o
+}
+
+fn migrate() -> Op {
+    Op::Migrate { transport: None }
+}
+
+fn wait_src(status: MigrationStatus) -> Op {
+    Op::WaitStatus {
+        side: Side::Source,
+        status,
+    }
+}
+
+fn src_pbs(on: bool) -> Op {
+    Op::SetCapabilities {
+        side: Side::Source,
+        events: None,
+        pause_before_switchover: Some(on),
+    }
+}
+
+#[test]
+fn migrate_with_hold_stays_in_setup_or_active() {
+    let mut m = Model::new(pair());
+    run(&mut m, Op::Hold);
+    let (e, _) = run(&mut m, migrate());
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.statuses(Side::Source), set(&[S::Setup, S::Active]));
+    assert_eq!(e.statuses(Side::Destination), set(&[S::Setup, S::Active]));
+    assert!(e.held_throughout());
+    let (e, obs) = run(&mut m, Op::WaitPasses { n: 3 });
+    assert_eq!(e.statuses(Side::Source), set(&[S::Active]));
+    assert!(obs.source.dirty_sync_count.unwrap() >= 3);
+    assert_eq!(e.outcomes[0].source.min_passes, 3);
+}
+
+#[test]
+fn migrate_without_hold_may_complete() {
+    let mut m = Model::new(pair());
+    let (e, _) = run(&mut m, migrate());
+    assert_eq!(
+        e.statuses(Side::Source),
+        set(&[S::Setup, S::Active, S::Completed])
+    );
+    assert!(e.statuses(Side::Destination).contains(&S::Completed));
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.statuses(Side::Source), set(&[S::Completed]));
+    assert_eq!(e.run_states(Side::Source), [RunState::Postmigrate].into());
+    // dst-paused (-S): the destination holds the guest paused.
+    assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
+    assert!(e.outcomes.iter().all(|o| o.memory_must_match));
+    let (e, _) = run(&mut m, Op::CheckMemory);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    let (e, _) = run(&mut m, Op::CheckDestinationRuns);
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Destination);
+    assert!(!e.outcomes[0].memory_must_match);
+}
+
+#[test]
+fn migrate_while_running_is_refused_in_progress() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[Op::Hold, migrate()]);
+    let e = m.apply(&migrate());
+    assert_eq!(
+        e.replies(),
+        vec![&ExpectedReply::Error {
+            class: GENERIC_ERROR,
+            contains: Some(ERR_IN_PROGRESS.into())
+        }]
+    );
+    let v = m.check(&migrate(), &ok_obs(&m, &migrate())).unwrap_err();
+    assert!(v.message.contains(ERR_IN_PROGRESS), "{v}");
+    m.check(
+        &migrate(),
+        &err_obs(&m, &migrate(), "There's a migration process in progress"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn set_capabilities_only_without_running_migration() {
+    let mut m = Model::new(pair());
+    let (e, _) = run(&mut m, src_pbs(true));
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    run_all(&mut m, &[Op::Hold, migrate()]);
+    let (e, _) = run(&mut m, src_pbs(false));
+    assert_eq!(
+        e.replies(),
+        vec![&ExpectedReply::error(ERR_IN_PROGRESS)],
+        "source busy"
+    );
+    assert!(
+        m.capabilities(Side::Source)
+            .unwrap()
+            .pause_before_switchover
+    );
+    // The destination has no outgoing migration.
+    let (e, _) = run(
+        &mut m,
+        Op::SetCapabilities {
+            side: Side::Destination,
+            events: Some(true),
+            pause_before_switchover: None,
+        },
+    );
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    run_all(&mut m, &[Op::Cancel, wait_src(S::Cancelled)]);
+    let (e, _) = run(&mut m, src_pbs(false));
+    assert_eq!(
+        e.replies(),
+        vec![&ExpectedReply::Ok],
+        "cancelled: allowed again"
+    );
+}
+
+#[test]
+fn set_parameters_any_time_but_downtime_range_checked() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[Op::Hold, migrate()]);
+    let op = Op::SetParameters {
+        side: Side::Source,
+        downtime_limit: Some(2_000_000),
+        max_bandwidth: Some(Size(0)),
+        avail_switchover_bandwidth: None,
+        switchover_hold: None,
+    };
+    let (e, _) = run(&mut m, op);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(
+        m.parameters(Side::Source).unwrap().downtime_limit,
+        2_000_000
+    );
+    let bad = Op::SetParameters {
+        side: Side::Source,
+        downtime_limit: Some(2_000_001),
+        max_bandwidth: Some(Size(5)),
+        avail_switchover_bandwidth: None,
+        switchover_hold: None,
+    };
+    let (e, _) = run(&mut m, bad.clone());
+    assert_eq!(e.replies(), vec![&ExpectedReply::error(ERR_DOWNTIME_LIMIT)]);
+    assert_eq!(
+        m.parameters(Side::Source).unwrap().max_bandwidth,
+        Size(0),
+        "a rejected command changes nothing"
+    );
+    m.apply(&bad);
+    m.check(
+        &bad,
+        &err_obs(
+            &m,
+            &bad,
+            "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000 seconds",
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn defaults_match_qemu() {
+    let m = Model::new(pair());
+    let p = m.parameters(Side::Source).unwrap();
+    assert_eq!(p.downtime_limit, 300);
+    assert_eq!(p.max_bandwidth, Size(134217728));
+    assert_eq!(p.avail_switchover_bandwidth, Size(0));
+    assert!(!p.switchover_hold);
+    let c = m.capabilities(Side::Destination).unwrap();
+    assert!(c.events, "the launcher enables events");
+    assert!(!c.pause_before_switchover);
+}
+
+#[test]
+fn continue_in_wrong_state_names_the_current_status() {
+    let mut m = Model::new(pair());
+    let op = Op::Continue {
+        state: S::PreSwitchover,
+    };
+    let (e, _) = run(&mut m, op.clone());
+    assert_eq!(
+        e.replies(),
+        vec![&ExpectedReply::error(
+            "Migration not in expected state: none"
+        )]
+    );
+    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 2 }]);
+    let (e, _) = run(&mut m, op);
+    assert_eq!(
+        e.replies(),
+        vec![&ExpectedReply::error(
+            "Migration not in expected state: active"
+        )]
+    );
+}
+
+#[test]
+fn pause_before_switchover_then_continue_completes() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[src_pbs(true), migrate()]);
+    let (e, _) = run(&mut m, wait_src(S::PreSwitchover));
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.run_states(Side::Source), [RunState::FinishMigrate].into());
+    // wait-completed would sit in pre-switchover until the executor's timeout.
+    assert!(m.clone().apply(&Op::WaitCompleted).may_time_out());
+    let (e, _) = run(
+        &mut m,
+        Op::Continue {
+            state: S::PreSwitchover,
+        },
+    );
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert!(e.statuses(Side::Source).contains(&S::Device));
+    let (e, obs) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    let evs: Vec<&Event> = obs.source.events.iter().collect();
+    assert!(
+        evs.contains(&&Event::Migration { status: S::Device }),
+        "{evs:?}"
+    );
+    run(&mut m, Op::CheckMemory);
+}
+
+#[test]
+fn hold_released_with_pause_before_switchover_reaches_pre_switchover() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[src_pbs(true), Op::Hold, migrate(), Op::WaitPasses { n: 2 }],
+    );
+    assert!(m.clone().apply(&wait_src(S::PreSwitchover)).may_time_out());
+    run(&mut m, Op::Release);
+    let (e, _) = run(&mut m, wait_src(S::PreSwitchover));
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+}
+
+#[test]
+fn cancel_is_always_ok() {
+    let mut m = Model::new(pair());
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.statuses(Side::Source), set(&[S::None]));
+    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert_eq!(
+        e.statuses(Side::Source),
+        set(&[S::Completed]),
+        "no-op after completed"
+    );
+    assert_eq!(e.statuses(Side::Destination), set(&[S::Completed]));
+    run(&mut m, Op::Cancel);
+}
+
+#[test]
+fn cancel_during_hold_cancels_and_the_source_runs_on() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 2 }]);
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert_eq!(
+        e.statuses(Side::Source),
+        set(&[S::Cancelling, S::Cancelled])
+    );
+    assert!(e.outcomes.iter().all(|o| o.source.alive == Alive::Yes));
+    assert!(e.outcomes.iter().all(|o| o.destination.alive != Alive::Yes));
+    let (e, _) = run(&mut m, wait_src(S::Cancelled));
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.run_states(Side::Source), [RunState::Running].into());
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Source);
+    // Cancel again: still cancelled.
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert_eq!(e.statuses(Side::Source), set(&[S::Cancelled]));
+}
+
+#[test]
+fn cancel_racing_completion_allows_both_endings() {
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let e = m.apply(&Op::Cancel);
+    let st = e.statuses(Side::Source);
+    assert!(
+        st.contains(&S::Completed) && st.contains(&S::Cancelling),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn hold_persists_across_migrations() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[
+            Op::Hold,
+            migrate(),
+            Op::Cancel,
+            wait_src(S::Cancelled),
+            Op::RestartDestination,
+        ],
+    );
+    let (e, _) = run(&mut m, migrate());
+    assert!(
+        e.held_throughout(),
+        "a hold left set applies to the next migration"
+    );
+    assert_eq!(m.migrations(), 2);
+    run(&mut m, Op::WaitPasses { n: 1 });
+    run(&mut m, Op::Release);
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+}
+
+#[test]
+fn hold_on_the_destination_has_no_effect() {
+    let mut m = Model::new(pair());
+    run(&mut m, Op::set_hold(Side::Destination, true));
+    let (e, _) = run(&mut m, migrate());
+    assert!(!e.held_throughout());
+    assert!(e.statuses(Side::Source).contains(&S::Completed));
+    assert!(m.parameters(Side::Destination).unwrap().switchover_hold);
+}
+
+#[test]
+fn wait_completed_while_held_times_out() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[Op::Hold, migrate()]);
+    let e = m.clone().apply(&Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Timeout]);
+    assert!(!executable(&m, &Op::WaitCompleted));
+}
+
+#[test]
+fn migrate_to_a_dead_destination_fails_and_the_source_runs_on() {
+    let mut m = Model::new(pair());
+    run(
+        &mut m,
+        Op::Kill {
+            side: Side::Destination,
+        },
+    );
+    let (e, _) = run(&mut m, migrate());
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert!(e.statuses(Side::Source).contains(&S::Failed));
+    let (e, _) = run(&mut m, wait_src(S::Failed));
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.run_states(Side::Source), [RunState::Running].into());
+    // After failed, a fresh destination makes a new migration work.
+    run_all(
+        &mut m,
+        &[Op::RestartDestination, migrate(), Op::WaitCompleted],
+    );
+    run(&mut m, Op::CheckMemory);
+}
+
+#[test]
+fn second_migrate_needs_a_fresh_destination() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
+    let (e, _) = run(&mut m, migrate());
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::unreachable(S::Failed)]);
+    run_all(&mut m, &[Op::RestartDestination, migrate()]);
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    // The source was postmigrate: the destination keeps that state.
+    assert_eq!(
+        e.run_states(Side::Destination),
+        [RunState::Postmigrate].into()
+    );
+}
+
+#[test]
+fn killing_the_destination_during_hold_fails_the_migration() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 2 }]);
+    let (e, _) = run(
+        &mut m,
+        Op::Kill {
+            side: Side::Destination,
+        },
+    );
+    assert!(e.statuses(Side::Source).contains(&S::Failed));
+    assert!(e.outcomes.iter().all(|o| o.destination.alive == Alive::No));
+    let (e, _) = run(&mut m, wait_src(S::Failed));
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Source);
+}
+
+#[test]
+fn killing_the_source_fails_the_destination() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[Op::Hold, migrate()]);
+    let (e, _) = run(&mut m, Op::Kill { side: Side::Source });
+    assert!(e.outcomes.iter().all(|o| o.source.alive == Alive::No));
+    assert!(e
+        .outcomes
+        .iter()
+        .any(|o| o.destination.alive == Alive::Maybe));
+    let (e, _) = run(&mut m, Op::Stop { side: Side::Source });
+    assert_eq!(e.replies(), vec![&ExpectedReply::Dead]);
+}
+
+#[test]
+fn stop_and_cont_on_dead_sides_report_dead() {
+    let mut m = Model::new(pair());
+    run(
+        &mut m,
+        Op::Kill {
+            side: Side::Destination,
+        },
+    );
+    for op in [
+        Op::Stop {
+            side: Side::Destination,
+        },
+        Op::Cont {
+            side: Side::Destination,
+        },
+    ] {
+        let (e, _) = run(&mut m, op);
+        assert_eq!(e.replies(), vec![&ExpectedReply::Dead]);
+    }
+}
+
+#[test]
+fn stopped_source_migrates_non_live_and_destination_stays_paused() {
+    let mut m = Model::new(PairSpec {
+        dst_paused: false,
+        ..pair()
+    });
+    run_all(
+        &mut m,
+        &[Op::Hold, migrate(), Op::Stop { side: Side::Source }],
+    );
+    let (e, _) = run(&mut m, Op::WaitPasses { n: 2 });
+    assert_eq!(e.run_states(Side::Source), [RunState::Paused].into());
+    run(&mut m, Op::Release);
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
+    run(&mut m, Op::CheckMemory);
+}
+
+#[test]
+fn destination_without_dash_s_runs_after_completion() {
+    let mut m = Model::new(PairSpec {
+        dst_paused: false,
+        ..pair()
+    });
+    run(&mut m, migrate());
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.run_states(Side::Destination), [RunState::Running].into());
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Destination);
+    assert!(m.clone().apply(&Op::CheckMemory).refused().is_some());
+}
+
+#[test]
+fn cont_on_an_incoming_destination_sets_autostart() {
+    let mut m = Model::new(pair());
+    let (e, _) = run(
+        &mut m,
+        Op::Cont {
+            side: Side::Destination,
+        },
+    );
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(
+        e.run_states(Side::Destination),
+        [RunState::Inmigrate].into()
+    );
+    run(&mut m, migrate());
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.run_states(Side::Destination), [RunState::Running].into());
+}
+
+#[test]
+fn cont_on_a_postmigrate_source_is_the_tests_doing() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[migrate(), Op::WaitCompleted, Op::CheckDestinationRuns],
+    );
+    let (e, _) = run(&mut m, Op::Cont { side: Side::Source });
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Both);
+    assert!(e.allows_both_running());
+    assert!(!e.outcomes[0].memory_must_match);
+}
+
+#[test]
+fn check_memory_needs_a_completed_migration() {
+    let mut m = Model::new(pair());
+    let e = m.apply(&Op::CheckMemory);
+    assert!(e.refused().is_some());
+    m.check(
+        &Op::CheckMemory,
+        &Observation {
+            reply: Reply::Refused {
+                reason: "no migration".into(),
+            },
+            ..m.canonical_observation(&Op::CheckMemory)
+        },
+    )
+    .unwrap();
+    assert!(!executable(&Model::new(pair()), &Op::CheckMemory));
+}
+
+#[test]
+fn unguaranteed_convergence_may_time_out() {
+    let mut m = Model::new(PairSpec {
+        memory: Size::mib(128),
+        ..PairSpec::default()
+    });
+    run(&mut m, migrate());
+    assert!(m.clone().apply(&Op::WaitCompleted).may_time_out());
+    run(
+        &mut m,
+        Op::SetParameters {
+            side: Side::Source,
+            downtime_limit: Some(30_000),
+            max_bandwidth: None,
+            avail_switchover_bandwidth: None,
+            switchover_hold: None,
+        },
+    );
+    assert!(!m.clone().apply(&Op::WaitCompleted).may_time_out());
+}
+
+#[test]
+fn wait_gives_up_rules() {
+    assert!(wait_gives_up(&Op::WaitPasses { n: 3 }, S::Completed));
+    assert!(wait_gives_up(&Op::WaitPasses { n: 3 }, S::PreSwitchover));
+    assert!(!wait_gives_up(&Op::WaitPasses { n: 3 }, S::Active));
+    assert!(wait_gives_up(&Op::WaitCompleted, S::Cancelled));
+    assert!(!wait_gives_up(&Op::WaitCompleted, S::PreSwitchover));
+    assert!(!wait_gives_up(&wait_src(S::Failed), S::Failed));
+    assert!(wait_gives_up(&wait_src(S::Failed), S::Completed));
+}
+
+#[test]
+fn legal_transitions_follow_qemu() {
+    use Side::*;
+    assert!(legal_transition(Source, S::None, S::Setup));
+    assert!(legal_transition(Source, S::Active, S::Completed));
+    assert!(legal_transition(Source, S::PreSwitchover, S::Cancelling));
+    assert!(legal_transition(Source, S::Cancelled, S::Setup));
+    assert!(!legal_transition(Source, S::Setup, S::Completed));
+    assert!(!legal_transition(Source, S::Completed, S::Cancelling));
+    assert!(!legal_transition(Source, S::Cancelling, S::Active));
+    assert!(legal_transition(Destination, S::Active, S::Failed));
+    assert!(!legal_transition(Destination, S::Completed, S::Setup));
+    assert!(!legal_transition(Destination, S::Active, S::Cancelling));
+}
+
+// ---- violations ----
+
+fn held_model() -> Model {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 3 }]);
+    m
+}
+
+#[test]
+fn rejects_completion_while_held() {
+    let mut m = held_model();
+    let op = Op::WaitPasses { n: 4 };
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.status = Some(S::Completed);
+    obs.source.run_state = Some(RunState::Postmigrate);
+    obs.source.events.push(Event::Migration {
+        status: S::Completed,
+    });
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("switchover-hold"), "{v}");
+    assert!(!v.to_string().contains('\n'));
+}
+
+#[test]
+fn rejects_decreasing_pass_count() {
+    let mut m = held_model();
+    let op = Op::WaitPasses { n: 4 };
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.dirty_sync_count = Some(2);
+    obs.source.events.clear();
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("dirty-sync-count"), "{v}");
+    let mut obs = m.canonical_observation(&op);
+    obs.source.events.push(Event::MigrationPass { pass: 2 });
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("MIGRATION_PASS"), "{v}");
+}
+
+#[test]
+fn rejects_illegal_event_order() {
+    let mut m = Model::new(pair());
+    let op = migrate();
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.events = vec![
+        Event::Migration { status: S::Setup },
+        Event::Migration {
+            status: S::Completed,
+        },
+    ];
+    obs.source.status = Some(S::Completed);
+    obs.source.run_state = Some(RunState::Postmigrate);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("not a legal transition"), "{v}");
+}
+
+#[test]
+fn rejects_status_that_disagrees_with_events() {
+    let mut m = Model::new(pair());
+    let op = migrate();
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.events.clear();
+    obs.source.status = Some(S::Active);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("last MIGRATION event"), "{v}");
+}
+
+#[test]
+fn rejects_both_sides_running() {
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let op = Op::WaitCompleted;
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.run_state = Some(RunState::Running);
+    obs.destination.run_state = Some(RunState::Running);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("both"), "{v}");
+}
+
+#[test]
+fn rejects_dead_source_after_cancel() {
+    let mut m = held_model();
+    m.apply(&Op::Cancel);
+    let mut obs = m.canonical_observation(&Op::Cancel);
+    obs.source = SideObservation::dead();
+    let v = m.check(&Op::Cancel, &obs).unwrap_err();
+    assert!(v.message.contains("source alive"), "{v}");
+}
+
+#[test]
+fn rejects_wrong_error_text_and_unexpected_errors() {
+    let mut m = held_model();
+    let op = Op::Continue {
+        state: S::PreSwitchover,
+    };
+    m.apply(&op);
+    let v = m
+        .check(
+            &op,
+            &err_obs(&m, &op, "Migration not in expected state: setup"),
+        )
+        .unwrap_err();
+    assert!(v.message.contains("active"), "{v}");
+    let v = m.check(&op, &ok_obs(&m, &op)).unwrap_err();
+    assert!(v.message.contains("expected reply"), "{v}");
+}
+
+#[test]
+fn observation_narrows_races() {
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let op = Op::Cancel;
+    m.apply(&op);
+    assert!(m.possibilities() > 1);
+    let mut obs = m.canonical_observation(&op);
+    // Completed just before the cancel: the cancel is a no-op.
+    obs.source.status = Some(S::Completed);
+    obs.source.run_state = Some(RunState::Postmigrate);
+    obs.source.events = vec![
+        Event::Migration { status: S::Active },
+        Event::Migration {
+            status: S::Completed,
+        },
+    ];
+    obs.source.dirty_sync_count = Some(2);
+    obs.source.events.push(Event::MigrationPass { pass: 1 });
+    obs.source.events.push(Event::MigrationPass { pass: 2 });
+    obs.destination = SideObservation {
+        alive: true,
+        status: Some(S::Completed),
+        run_state: Some(RunState::Paused),
+        dirty_sync_count: None,
+        events: vec![
+            Event::Migration { status: S::Active },
+            Event::Migration {
+                status: S::Completed,
+            },
+        ],
+    };
+    m.step(&op, &obs).unwrap();
+    let (e, _) = run(&mut m, Op::CheckMemory);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+}
+
+// ---- properties ----
+
+/// Applicable invariant-breaking mutations of an allowed observation; each must be rejected.
+fn mutations(
+    m: &Model,
+    op: &Op,
+    exp: &Expectation,
+    obs: &Observation,
+) -> Vec<(String, Observation)> {
+    let mut out = Vec::new();
+    if exp.held_throughout() && obs.source.alive {
+        let mut o = obs.clone();
+        o.source.status = Some(S::Completed);
+        o.source.run_state = Some(RunState::Postmigrate);
+        o.source.events.push(Event::Migration {
+            status: S::Completed,
+        });
+        out.push(("completed while held".into(), o));
+    }
+    let restarted = matches!(op, Op::Migrate { .. }) && obs.reply == Reply::Ok;
+    if obs.source.alive && !restarted && m.history.last_count > 0 {
+        let mut o = obs.clone();
+        o.source.dirty_sync_count = Some(m.history.last_count - 1);
+        out.push(("decreasing pass count".into(), o));
+    }
+    for side in Side::ALL {
+        let so = obs.side(side);
+        if !so.alive || !exp.outcomes[0].side(side).events {
+            continue;
+        }
+        let last = so
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::Migration { status } => Some(*status),
+                _ => None,
+            })
+            .or(match (side, m.history.src, m.history.dst) {
+                (Side::Source, Last::At(s), _) | (Side::Destination, _, Last::At(s)) => Some(s),
+                (Side::Source, Last::Fresh, _) => Some(S::None),
+                (Side::Destination, _, Last::Fresh) if *op != Op::RestartDestination => {
+                    Some(S::None)
+                }
+                _ => None,
+            });
+        if let Some(last) = last {
+            if let Some(bad) = S::ALL
+                .into_iter()
+                .find(|s| *s != S::None && !legal_transition(side, last, *s))
+            {
+                let mut o = obs.clone();
+                o.side_mut(side)
+                    .events
+                    .push(Event::Migration { status: bad });
+                out.push((format!("illegal {side} event {bad} after {last}"), o));
+            }
+        }
+    }
+    if obs.source.alive && obs.destination.alive && !exp.allows_both_running() {
+        let mut o = obs.clone();
+        o.source.run_state = Some(RunState::Running);
+        o.destination.run_state = Some(RunState::Running);
+        out.push(("both running".into(), o));
+    }
+    if *op == Op::Cancel && obs.reply == Reply::Ok {
+        let mut o = obs.clone();
+        o.source = SideObservation::dead();
+        out.push(("source dead after cancel".into(), o));
+    }
+    if obs.reply == Reply::Ok
+        && !exp
+            .outcomes
+            .iter()
+            .any(|o| matches!(o.reply, ExpectedReply::Error { .. }))
+    {
+        let mut o = obs.clone();
+        o.reply = Reply::Error {
+            class: GENERIC_ERROR.into(),
+            desc: "boom".into(),
+        };
+        out.push(("unexpected error".into(), o));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 10_000,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    /// Along every generated sequence the model's own canonical observations are allowed,
+    /// and the model stays small.
+    #[test]
+    fn canonical_observations_are_allowed(
+        (init, ops, _) in PairMachine::sequential_strategy(SEQUENCE_LEN)
+    ) {
+        let mut m = Model::new(init.pair().clone());
+        for op in &ops {
+            let exp = m.apply(op);
+            prop_assert!(!exp.outcomes.is_empty());
+            prop_assert!(!exp.may_time_out(), "generated op may time out: {}", op);
+            prop_assert!(exp.refused().is_none());
+            let obs = m.canonical_observation(op);
+            if let Err(v) = m.check(op, &obs) {
+                return Err(TestCaseError::fail(format!("{v}\nops: {ops:?}\nobs: {obs:?}")));
+            }
+            m.observe(op, &obs);
+            prop_assert!(m.possibilities() <= 8, "{} worlds", m.possibilities());
+        }
+    }
+
+    /// `check` rejects observations that break an invariant.
+    #[test]
+    fn mutated_observations_are_rejected(
+        (init, ops, _) in PairMachine::sequential_strategy(SEQUENCE_LEN)
+    ) {
+        let mut m = Model::new(init.pair().clone());
+        for op in &ops {
+            let exp = m.apply(op);
+            let obs = m.canonical_observation(op);
+            for (what, bad) in mutations(&m, op, &exp, &obs) {
+                prop_assert!(
+                    m.check(op, &bad).is_err(),
+                    "accepted ({}) after {}: {:?}\nops: {:?}", what, op, bad, ops
+                );
+            }
+            m.observe(op, &obs);
+        }
+    }
+
+    /// Every prefix of a generated sequence is executable (shrinking by truncation stays valid),
+    /// and the generator's model agrees with a replay from scratch.
+    #[test]
+    fn prefixes_stay_executable(
+        (init, ops, _) in PairMachine::sequential_strategy(SEQUENCE_LEN)
+    ) {
+        for k in 0..=ops.len() {
+            prop_assert!(sequence_is_executable(init.pair(), &ops[..k]), "prefix {} of {:?}", k, ops);
+        }
+        let mut m = Model::new(init.pair().clone());
+        for op in &ops {
+            prop_assert!(PairMachine::preconditions(&m, op));
+            m = PairMachine::apply(m, op);
+        }
+        prop_assert!(m.waits_applied() <= super::strategy::MAX_WAITS);
+        prop_assert!(m.migrations() <= super::strategy::MAX_MIGRATIONS);
+    }
+
+    /// Generated sequences written as scenario files read back the same.
+    #[test]
+    fn generated_scenarios_round_trip(s in super::strategy::scenario()) {
+        let toml = s.to_toml_string().unwrap();
+        prop_assert_eq!(&crate::scenario::Scenario::from_toml_str(&toml).unwrap(), &s);
+        let json = s.to_json_string().unwrap();
+        prop_assert_eq!(crate::scenario::Scenario::from_json_str(&json).unwrap(), s);
+    }
+}
+
+#[test]
+#[ignore]
+fn print_samples() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut hist = std::collections::BTreeMap::new();
+    for i in 0..2000 {
+        let (init, ops, _) = PairMachine::sequential_strategy(SEQUENCE_LEN)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let mut g = Model::new(init.pair().clone());
+        for op in &ops {
+            g.apply(op);
+            *hist
+                .entry(format!(
+                    "~worlds without observations: {}",
+                    g.possibilities()
+                ))
+                .or_insert(0) += 1;
+        }
+        let mut m = Model::new(init.pair().clone());
+        for op in &ops {
+            let e = m.apply(op);
+            let o = m.canonical_observation(op);
+            m.observe(op, &o);
+            *hist
+                .entry(format!("{} -> {}", op.name(), e.outcomes[0].reply))
+                .or_insert(0) += 1;
+        }
+        if i < 12 {
+            let v: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
+            println!("{}", v.join(" ; "));
+        }
+    }
+    for (k, v) in hist {
+        println!("{v:6} {k}");
+    }
+}
+
+#[test]
+fn lint_flags_unbounded_and_impossible_ops() {
+    let s = crate::scenario::Scenario {
+        purpose: "x".into(),
+        pair: pair(),
+        ops: vec![Op::CheckMemory, Op::Hold, migrate(), Op::WaitCompleted],
+    };
+    let p = lint(&s);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].contains("cannot run"), "{p:?}");
+    assert!(p[1].contains("timeout"), "{p:?}");
+    let good = crate::scenario::Scenario {
+        purpose: "hold, passes, release, converge".into(),
+        pair: pair(),
+        ops: vec![
+            Op::Hold,
+            migrate(),
+            Op::WaitPasses { n: 3 },
+            Op::Release,
+            Op::WaitCompleted,
+            Op::CheckMemory,
+            Op::CheckDestinationRuns,
+        ],
+    };
+    assert_eq!(lint(&good), Vec::<String>::new());
+}
+
+#[test]
+fn run_state_and_status_are_read_one_after_the_other() {
+    // query-status first, then query-migrate: the status may be newer than the run state.
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let op = Op::Stop {
+        side: Side::Destination,
+    };
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.run_state = Some(RunState::Running);
+    obs.source.status = Some(S::Completed);
+    obs.source.events = vec![
+        Event::Migration { status: S::Active },
+        Event::Migration {
+            status: S::Completed,
+        },
+    ];
+    m.check(&op, &obs).unwrap();
+    // The other way round is not possible.
+    obs.source.run_state = Some(RunState::Postmigrate);
+    obs.source.status = Some(S::Active);
+    obs.source.events.pop();
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("run state"), "{v}");
+}
+
+#[test]
+fn cancel_after_failed_keeps_failed() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[
+            Op::Kill {
+                side: Side::Destination,
+            },
+            migrate(),
+            wait_src(S::Failed),
+        ],
+    );
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    assert_eq!(e.statuses(Side::Source), set(&[S::Failed]));
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Source);
+}
+
+#[test]
+fn cancel_in_pre_switchover_resumes_the_source() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[src_pbs(true), migrate(), wait_src(S::PreSwitchover)],
+    );
+    let (e, _) = run(&mut m, Op::Cancel);
+    assert!(e.statuses(Side::Source).contains(&S::Cancelling));
+    let (e, _) = run(&mut m, wait_src(S::Cancelled));
+    assert_eq!(e.run_states(Side::Source), [RunState::Running].into());
+}
+
+#[test]
+fn released_hold_with_pause_before_switchover_completes_after_continue() {
+    let mut m = Model::new(pair());
+    run_all(
+        &mut m,
+        &[
+            src_pbs(true),
+            Op::Hold,
+            migrate(),
+            Op::WaitPasses { n: 2 },
+            Op::Release,
+            wait_src(S::PreSwitchover),
+            Op::Continue {
+                state: S::PreSwitchover,
+            },
+        ],
+    );
+    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    run(&mut m, Op::CheckMemory);
+}
+
+#[test]
+fn cont_on_a_paused_destination_after_completion_runs_it() {
+    let mut m = Model::new(pair());
+    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
+    let (e, _) = run(
+        &mut m,
+        Op::Cont {
+            side: Side::Destination,
+        },
+    );
+    assert_eq!(e.run_states(Side::Destination), [RunState::Running].into());
+    assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Destination);
+    let (e, _) = run(
+        &mut m,
+        Op::Stop {
+            side: Side::Destination,
+        },
+    );
+    assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
+    assert!(
+        m.clone().apply(&Op::CheckMemory).refused().is_some(),
+        "it ran"
+    );
+}
+
+#[test]
+fn rejects_stop_while_held_and_resume_of_a_held_destination() {
+    let mut m = held_model();
+    let op = Op::WaitPasses { n: 4 };
+    m.apply(&op);
+    let mut obs = m.canonical_observation(&op);
+    obs.source.events.push(Event::Stop);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("STOP"), "{v}");
+    let mut obs = m.canonical_observation(&op);
+    obs.destination.events.push(Event::Resume);
+    let v = m.check(&op, &obs).unwrap_err();
+    assert!(v.message.contains("RESUME"), "{v}");
+}
+
+#[test]
+fn events_off_means_no_event_checks() {
+    let mut m = Model::new(PairSpec {
+        events: false,
+        ..pair()
+    });
+    let (_, obs) = run(&mut m, migrate());
+    assert!(obs.source.events.is_empty());
+    let (_, obs) = run(&mut m, Op::WaitCompleted);
+    assert!(obs.destination.events.is_empty());
+}
+
+#[test]
+#[ignore]
+fn print_toml() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let s = super::strategy::scenario()
+        .new_tree(&mut runner)
+        .unwrap()
+        .current();
+    println!("{}", s.to_toml_string().unwrap());
+}
+
+#[test]
+fn violation_messages_are_one_readable_line() {
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    m.apply(&Op::Cancel);
+    let mut obs = m.canonical_observation(&Op::Cancel);
+    obs.source.status = Some(S::Failed);
+    obs.source.events = vec![Event::Migration { status: S::Failed }];
+    let v = m.check(&Op::Cancel, &obs).unwrap_err();
+    let line = v.to_string();
+    assert!(!line.contains('\n'));
+    assert!(line.starts_with("after `cancel`: "), "{line}");
+    assert!(line.contains("saw failed"), "{line}");
+    println!("{line}");
+}
