@@ -12,7 +12,12 @@
 //! - [`params`]: parameters and capabilities with QEMU's texts.
 //! - [`switchover`]: the switchover decision and the `switchover-hold` semaphore.
 //! - [`transport`]: `unix:` / `tcp:` URIs.
-//! - [`host`]: the traits the engine needs from the VM and the guest.
+//! - [`host`]: the traits the engine needs from the VM and the guest
+//!   (implemented for `Vm`/`GuestRam` in `host_impl`).
+//! - [`testing`]: an in-memory guest and recording host for tests.
+//!
+//! Lock order: outgoing slot, then `event_order`, then the per-migration
+//! info / incoming state, then caps/params (held only briefly).
 
 pub mod host;
 pub mod params;
