@@ -1,7 +1,7 @@
 //! The destination: listening, loading and validating the stream.
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
-use super::stream::{self, Expect, StreamError, StreamSink};
+use super::stream::{self, DeviceRecord, Expect, StreamError, StreamSink};
 use super::transport::{Listener, MigrationUri};
 use super::{lock, Shared};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
@@ -51,19 +51,22 @@ impl Incoming {
         if self.status == MigrationStatus::None {
             return None;
         }
+        // QEMU 7.2 reports only the status once done (the listening
+        // address is dropped with the incoming state); migtest-vmm adds
+        // `error-desc` on failure, as newer QEMU does with exit-on-error off.
+        let done = self.status.is_terminal();
         Some(MigrationInfo {
             status: Some(self.status),
-            total_time: if self.status == MigrationStatus::Completed {
-                self.total_time
-            } else {
-                None
-            },
             error_desc: if self.status == MigrationStatus::Failed {
                 self.error.clone()
             } else {
                 None
             },
-            socket_address: self.socket_address.clone(),
+            socket_address: if done {
+                None
+            } else {
+                self.socket_address.clone()
+            },
             ..MigrationInfo::default()
         })
     }
@@ -172,7 +175,7 @@ impl StreamSink for RamSink<'_> {
 pub(crate) fn load_into_host<R: std::io::Read>(
     host: &dyn MigrationHost,
     r: R,
-) -> Result<stream::LoadSummary, StreamError> {
+) -> Result<(stream::LoadSummary, RunState), StreamError> {
     let ram = host.ram();
     let id = host.identity();
     let expect = Expect {
@@ -180,20 +183,14 @@ pub(crate) fn load_into_host<R: std::io::Read>(
         vcpus: id.vcpus,
         image_id: id.image_id,
     };
-    let sum = stream::load(r, expect, &mut RamSink(ram), || {})?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&sum.device_state).map_err(|e| StreamError {
-            offset: sum.device_state_offset,
-            kind: stream::StreamErrorKind::DeviceStateInvalid {
-                reason: e.to_string(),
-            },
-        })?;
-    host.load_device_state(value)
-        .map_err(|reason| StreamError {
-            offset: sum.device_state_offset,
-            kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
-        })?;
-    Ok(sum)
+    let sum = stream::load(r, expect, &mut RamSink(ram))?;
+    let invalid = |reason| StreamError {
+        offset: sum.device_state_offset,
+        kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
+    };
+    let rec = DeviceRecord::decode(&sum.device_state).map_err(invalid)?;
+    host.load_device_state(rec.devices).map_err(invalid)?;
+    Ok((sum, rec.runstate))
 }
 
 fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
@@ -214,11 +211,17 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
         )),
     };
     match result {
-        Ok(_) => {
-            if host.autostart() {
-                host.vm_start();
+        Ok((_, source_runstate)) => {
+            // As QEMU: a source that was running lets the guest start here
+            // (unless -S); otherwise the source's run state is taken over.
+            if source_runstate == RunState::Running {
+                if host.autostart() {
+                    host.vm_start();
+                } else {
+                    host.set_runstate(RunState::Paused);
+                }
             } else {
-                host.set_runstate(RunState::Paused);
+                host.set_runstate(source_runstate);
             }
             set_status(
                 shared,

@@ -5,7 +5,7 @@
 //! `#[cfg(feature = "fault-injection")]` switches.
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
-use super::stream::{os_error_text, Header, StreamWriter};
+use super::stream::{os_error_text, DeviceRecord, Header, StreamWriter};
 use super::switchover::{self, Semaphore};
 use super::transport::{self, Conn, MigrationUri};
 use super::{lock, Shared};
@@ -81,13 +81,20 @@ impl Outgoing {
             if !old.is_running() || old == MigrationStatus::Cancelling {
                 return;
             }
-            if old == MigrationStatus::PreSwitchover {
-                // Kick it out of the pause.
-                self.pause_sem.post();
-            }
             if self.set_status(shared, host, old, MigrationStatus::Cancelling) {
+                if old == MigrationStatus::PreSwitchover {
+                    // Kick it out of the pause. Posting only after the state
+                    // is `cancelling` makes the thread's pre-switchover →
+                    // device step fail, so it cannot go on to complete.
+                    self.pause_sem.post();
+                }
                 break;
             }
+        }
+        // Wake a holding thread now rather than after its 10 ms wait; if
+        // nobody is holding, the post is a harmless stale count.
+        if shared.params().switchover_hold {
+            shared.hold_sem.post();
         }
         // Unblock a thread stuck writing to a full socket.
         if let Some(c) = lock(&self.conn).as_ref() {
@@ -122,13 +129,27 @@ impl Outgoing {
     }
 }
 
-/// Starts an outgoing migration: status `setup` now, the rest in a thread.
-pub(crate) fn start(
-    shared: Arc<Shared>,
-    host: Arc<dyn MigrationHost>,
-    uri: MigrationUri,
+/// A migration that failed before its thread started (bad URI): `setup`
+/// then `failed`, as QEMU's `qmp_migrate` does after `migrate_init`.
+pub(crate) fn failed_at_start(
+    shared: &Shared,
+    host: &dyn MigrationHost,
+    error: Option<String>,
 ) -> Arc<Outgoing> {
-    let out = Arc::new(Outgoing {
+    let out = new_outgoing(shared, host);
+    out.set_status(shared, host, MigrationStatus::None, MigrationStatus::Setup);
+    lock(&out.info).error = error;
+    out.set_status(
+        shared,
+        host,
+        MigrationStatus::Setup,
+        MigrationStatus::Failed,
+    );
+    out
+}
+
+fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
+    Arc::new(Outgoing {
         info: Mutex::new(OutInfo {
             status: MigrationStatus::None,
             error: None,
@@ -136,7 +157,8 @@ pub(crate) fn start(
             setup_time: None,
             total_time: None,
             downtime: None,
-            expected_downtime: 0,
+            // QEMU starts the estimate at the limit.
+            expected_downtime: shared.params().downtime_limit,
             stats: MigrationStats {
                 total: host.ram().size(),
                 page_size: PAGE_SIZE as u64,
@@ -145,7 +167,16 @@ pub(crate) fn start(
         }),
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
-    });
+    })
+}
+
+/// Starts an outgoing migration: status `setup` now, the rest in a thread.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    host: Arc<dyn MigrationHost>,
+    uri: MigrationUri,
+) -> Arc<Outgoing> {
+    let out = new_outgoing(&shared, host.as_ref());
     out.set_status(
         &shared,
         host.as_ref(),
@@ -188,6 +219,7 @@ struct Engine<'a> {
     page_count: u64,
     sync_count: u64,
     last_sync: Instant,
+    dirty_period_pages: u64,
     // Rate limit / measurement window.
     window_start: Instant,
     window_bytes_start: u64,
@@ -197,6 +229,7 @@ struct Engine<'a> {
     // VM state the migration changed.
     stopped_vm: bool,
     vm_was_running: bool,
+    runstate_before_stop: RunState,
     stop_time: Option<Instant>,
 }
 
@@ -282,6 +315,7 @@ fn run_inner(
         page_count,
         sync_count: 0,
         last_sync: Instant::now(),
+        dirty_period_pages: 0,
         window_start: Instant::now(),
         window_bytes_start: 0,
         window_pages: 0,
@@ -289,6 +323,7 @@ fn run_inner(
         threshold: 0,
         stopped_vm: false,
         vm_was_running: false,
+        runstate_before_stop: RunState::Running,
         stop_time: None,
     };
     let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
@@ -304,6 +339,9 @@ impl Engine<'_> {
     fn migrate(&mut self, header: Header) -> Result<(), Abort> {
         self.w.header(&header).map_err(write_err)?;
         self.ram.dirty_set_all();
+        // The first sync (pass 1) belongs to setup, as in QEMU's
+        // ram_save_setup: MIGRATION_PASS 1 comes before MIGRATION active.
+        self.sync_dirty()?;
         {
             let mut i = lock(&self.out.info);
             i.setup_time = Some(ms(i.start.elapsed()));
@@ -321,9 +359,11 @@ impl Engine<'_> {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
             }
-            let pending = self.pending_bytes();
-            if self.pending_pages == 0 || pending < self.threshold {
-                // QEMU's "pending exact": sync to know what really remains.
+            if self.pending_bytes() < self.threshold {
+                // Close to switchover: sync to know what really remains
+                // (QEMU's ram_save_pending). With nothing measured yet the
+                // threshold is 0 and an empty bitmap completes at once,
+                // which is why a one-pass migration reports 2 syncs.
                 self.sync_dirty()?;
             }
             if self.decide_complete() {
@@ -332,6 +372,10 @@ impl Engine<'_> {
             if self.pending_pages > 0 {
                 self.send_batch()?;
             }
+            // Like QEMU's per-iteration fflush: what was sent reaches the
+            // destination now (a holding migration keeps it up to date) and
+            // a dead destination is noticed.
+            self.w.flush().map_err(write_err)?;
             self.update_window();
         }
     }
@@ -369,15 +413,21 @@ impl Engine<'_> {
         }
         self.pending_pages += newly;
         self.sync_count += 1;
-        let now = Instant::now();
-        let secs = now.duration_since(self.last_sync).as_secs_f64();
-        self.last_sync = now;
+        // Dirty rate as QEMU computes it: pages newly dirtied over a period
+        // of at least one second, updated at the sync that closes it.
+        self.dirty_period_pages += newly;
+        let secs = self.last_sync.elapsed().as_secs_f64();
+        let rate = (secs >= 1.0).then(|| (self.dirty_period_pages as f64 / secs) as u64);
+        if rate.is_some() {
+            self.last_sync = Instant::now();
+            self.dirty_period_pages = 0;
+        }
         {
             let mut i = lock(&self.out.info);
             i.stats.dirty_sync_count = self.sync_count;
             i.stats.remaining = self.pending_bytes();
-            if self.sync_count > 1 && secs > 0.0 {
-                i.stats.dirty_pages_rate = (newly as f64 / secs) as u64;
+            if let Some(r) = rate {
+                i.stats.dirty_pages_rate = r;
             }
         }
         if self.shared.events_on() {
@@ -498,7 +548,9 @@ impl Engine<'_> {
 
     /// Stops the guest and sends everything that remains.
     fn complete(&mut self) -> Result<(), Abort> {
-        self.vm_was_running = self.host.runstate() == RunState::Running;
+        // QEMU's global_state_store(): the destination restores this.
+        self.runstate_before_stop = self.host.runstate();
+        self.vm_was_running = self.runstate_before_stop == RunState::Running;
         self.stopped_vm = true;
         self.host.vm_stop(RunState::FinishMigrate);
         self.stop_time = Some(Instant::now());
@@ -533,8 +585,12 @@ impl Engine<'_> {
             .host
             .save_device_state()
             .map_err(|m| Abort::Failed(format!("cannot save device state: {m}")))?;
-        let bytes = serde_json::to_vec(&dev)
-            .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
+        let bytes = DeviceRecord {
+            runstate: self.runstate_before_stop,
+            devices: dev,
+        }
+        .encode()
+        .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
         self.w.device_state(&bytes).map_err(|e| {
             if e.kind() == io::ErrorKind::InvalidInput {
                 Abort::Failed(e.to_string())
@@ -552,6 +608,12 @@ impl Engine<'_> {
             i.stats.precopy_bytes = precopy;
             i.stats.downtime_bytes = self.w.written() - precopy;
             i.stats.remaining = 0;
+            // As QEMU at completion: throughput over the whole transfer.
+            let transfer_ms =
+                i.start.elapsed().as_secs_f64() * 1000.0 - i.setup_time.unwrap_or(0) as f64;
+            if transfer_ms > 0.0 {
+                i.stats.mbps = self.w.written() as f64 * 8.0 / transfer_ms / 1000.0;
+            }
         }
         if !self
             .out
