@@ -73,5 +73,8 @@ fn catalog_builtin(#[case] index: usize) {
 #[test]
 fn every_catalog_scenario_has_a_case() {
     let names: Vec<String> = catalog::catalog().into_iter().map(|s| s.name).collect();
-    assert_eq!(names, NAMES, "the catalog and this suite's case list differ");
+    assert_eq!(
+        names, NAMES,
+        "the catalog and this suite's case list differ"
+    );
 }
