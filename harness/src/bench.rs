@@ -228,6 +228,10 @@ fn throughput() -> Result<()> {
     Ok(())
 }
 
+/// The stated margin on `downtime-limit`: the estimate covers RAM only; the
+/// device state, end marker and final flush come on top.
+pub const DOWNTIME_MARGIN_MS: u64 = 50;
+
 fn limits(memory: u64) -> Result<()> {
     for limit in [16u64 << 20, 64 << 20] {
         let mut pair = Pair::launch(spec(memory, "sweep"))?;
@@ -259,17 +263,24 @@ fn limits(memory: u64) -> Result<()> {
         );
         pair.cancel()?;
     }
+    // The rate guest dirties 16384 pages/s: it converges under both limits
+    // (the sweep guest rewrites its whole range every millisecond and cannot
+    // converge under a 50 ms limit, in QEMU as here).
     for limit_ms in [50u64, 300] {
-        let mut pair = Pair::launch(spec(memory, "sweep"))?;
+        let mut pair = Pair::launch(spec(memory, "rate"))?;
         pair.src.wait_serial(b'B', Duration::from_secs(30))?;
         pair.src
             .set_parameters(json!({"downtime-limit": limit_ms}))?;
         pair.migrate()?;
         let info = pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
         let down = info.downtime.unwrap_or(0);
-        let expected = info.expected_downtime.unwrap_or(0);
+        let verdict = if down <= limit_ms + DOWNTIME_MARGIN_MS {
+            "within"
+        } else {
+            "OVER"
+        };
         println!(
-            "downtime-limit {limit_ms} ms: downtime {down} ms (expected {expected} ms; stated margin: limit + 50 ms for the device state and final flush)"
+            "downtime-limit {limit_ms} ms: downtime {down} ms, {verdict} limit + {DOWNTIME_MARGIN_MS} ms margin"
         );
     }
     Ok(())

@@ -223,6 +223,12 @@ struct Engine<'a> {
     // Rate limit / measurement window.
     window_start: Instant,
     window_bytes_start: u64,
+    /// Token bucket for `max-bandwidth`: bytes written at `bucket_start`
+    /// and the cap it was started for. Unlike fixed windows, a late wake-up
+    /// from sleep does not lose the budget of the time overslept.
+    bucket_start: Instant,
+    bucket_bytes_start: u64,
+    bucket_rate: u64,
     window_pages: u64,
     bandwidth: f64,
     threshold: u64,
@@ -318,6 +324,9 @@ fn run_inner(
         dirty_period_pages: 0,
         window_start: Instant::now(),
         window_bytes_start: 0,
+        bucket_start: Instant::now(),
+        bucket_bytes_start: 0,
+        bucket_rate: 0,
         window_pages: 0,
         bandwidth: 0.0,
         threshold: 0,
@@ -475,32 +484,49 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Bytes this window may still carry under `max-bandwidth` (None = unlimited).
-    fn window_budget(&self) -> Option<u64> {
+    /// Bytes that may be written now under `max-bandwidth` (None =
+    /// unlimited): a token bucket filling at the cap, holding at most one
+    /// [`WINDOW`]'s worth (QEMU's per-window budget) so an idle spell does
+    /// not turn into a burst.
+    fn budget(&mut self) -> Option<u64> {
         let bw = self.shared.params().max_bandwidth;
         if bw == 0 {
             return None;
         }
-        let limit = (bw / 10).max(1);
-        let used = self.w.written() - self.window_bytes_start;
-        Some(limit.saturating_sub(used))
+        let written = self.w.written();
+        let burst = (bw / 10).max(PAGE_SIZE as u64);
+        if bw != self.bucket_rate {
+            self.bucket_rate = bw;
+            self.bucket_start = Instant::now();
+            self.bucket_bytes_start = written;
+        }
+        let earned = (self.bucket_start.elapsed().as_secs_f64() * bw as f64) as u64;
+        let spent = written - self.bucket_bytes_start;
+        let credit = (earned + burst).saturating_sub(spent);
+        if credit > burst {
+            // Forget credit beyond one burst: restart the bucket full.
+            self.bucket_start = Instant::now();
+            self.bucket_bytes_start = written;
+            return Some(burst);
+        }
+        Some(credit)
     }
 
     /// Sends up to [`BATCH_PAGES`] pages within the rate limit; when the
-    /// window's budget is spent, sleeps (in short slices) until it ends.
+    /// budget is spent, flushes and sleeps until a page's worth is earned.
     fn send_batch(&mut self) -> Result<(), Abort> {
         let mut buf = [0u8; PAGE_SIZE];
         for _ in 0..BATCH_PAGES {
-            if self.window_budget() == Some(0) {
-                self.w.flush().map_err(write_err)?;
-                while self.window_start.elapsed() < WINDOW && !self.cancelled() {
-                    let left = WINDOW.saturating_sub(self.window_start.elapsed());
-                    std::thread::sleep(left.min(Duration::from_millis(10)));
-                    if self.window_budget() != Some(0) {
-                        break; // max-bandwidth was raised
-                    }
+            if let Some(credit) = self.budget() {
+                if credit < PAGE_SIZE as u64 + 16 {
+                    self.w.flush().map_err(write_err)?;
+                    let need = (PAGE_SIZE as u64 + 16 - credit) as f64;
+                    let wait = Duration::from_secs_f64(need / self.bucket_rate.max(1) as f64);
+                    std::thread::sleep(
+                        wait.clamp(Duration::from_micros(200), Duration::from_millis(10)),
+                    );
+                    break;
                 }
-                return Ok(());
             }
             let Some(page) = self.next_dirty() else { break };
             self.send_page(page, &mut buf)?;
