@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Binds a QMP socket (replacing a stale socket file) and serves it on a
 /// background thread.
@@ -52,6 +53,8 @@ fn serve_connection(stream: UnixStream, dispatcher: Arc<Dispatcher>) {
         writer: Arc::new(Mutex::new(write_half)),
         negotiated: false,
     };
+    // QEMU greets from its main loop, i.e. after start-up has finished.
+    dispatcher.vm().wait_started(Duration::from_secs(10));
     let greeting = Greeting {
         version: dispatcher.version(),
         capabilities: Vec::new(),
@@ -68,50 +71,46 @@ fn serve_connection(stream: UnixStream, dispatcher: Arc<Dispatcher>) {
             Ok(n) => n,
         };
         for frame in splitter.feed(&buf[..n]) {
-            let reply = handle_frame(&mut session, &dispatcher, frame);
+            let (reply, quit) = handle_frame(&mut session, &dispatcher, frame);
             if let Some(reply) = reply {
-                if !send(&session.writer, &reply) {
+                if !send(&session.writer, &reply) && !quit {
                     return;
                 }
             }
-            dispatcher.after_reply();
+            if quit {
+                dispatcher.shutdown();
+            }
         }
     }
 }
 
+/// The reply to one input frame (if any), and whether it was a `quit`.
 fn handle_frame(
     session: &mut Session,
     dispatcher: &Dispatcher,
     frame: Frame,
-) -> Option<ServerMessage> {
+) -> (Option<ServerMessage>, bool) {
+    let error = |error: ErrorBody, id: Option<serde_json::Value>| {
+        (Some(ServerMessage::Error { error, id }), false)
+    };
     let text = match frame {
         Frame::Value(text) => text,
-        Frame::Error(desc) => {
-            return Some(ServerMessage::Error {
-                error: ErrorBody::generic(desc),
-                id: None,
-            })
-        }
+        Frame::Error(desc) => return error(ErrorBody::generic(desc), None),
     };
     let value = match serde_json::from_str(&text) {
         Ok(v) => v,
-        Err(e) => {
-            return Some(ServerMessage::Error {
-                error: ErrorBody::generic(json_error_text(&e)),
-                id: None,
-            })
-        }
+        Err(e) => return error(ErrorBody::generic(json_error_text(&e)), None),
     };
     let cmd = match Command::from_value(value) {
         Ok(c) => c,
-        Err(Rejected { error, id }) => return Some(ServerMessage::Error { error, id }),
+        Err(Rejected { error: e, id }) => return error(e, id),
     };
     let id = cmd.id.clone();
-    let result = negotiate_or_dispatch(session, dispatcher, cmd);
-    Some(match result {
-        Ok(Outcome::Reply(value)) => ServerMessage::Return { value, id },
-        Err(error) => ServerMessage::Error { error, id },
-    })
+    match negotiate_or_dispatch(session, dispatcher, cmd) {
+        Ok(Outcome::Reply(value)) => (Some(ServerMessage::Return { value, id }), false),
+        Ok(Outcome::Quit(value)) => (Some(ServerMessage::Return { value, id }), true),
+        Err(e) => error(e, id),
+    }
 }
 
 fn negotiate_or_dispatch(
