@@ -7,7 +7,6 @@ use super::{lock, Shared};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
 use migtest_qmp::ErrorBody;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// How `-incoming` was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,8 +27,6 @@ pub(crate) struct Incoming {
     pub status: MigrationStatus,
     pub error: Option<String>,
     pub socket_address: Option<Vec<SocketAddress>>,
-    pub start: Option<Instant>,
-    pub total_time: Option<u64>,
 }
 
 impl Default for Incoming {
@@ -39,8 +36,6 @@ impl Default for Incoming {
             status: MigrationStatus::None,
             error: None,
             socket_address: None,
-            start: None,
-            total_time: None,
         }
     }
 }
@@ -78,19 +73,14 @@ fn set_status(
     from: MigrationStatus,
     to: MigrationStatus,
 ) -> bool {
-    let _order = lock(&shared.event_order);
-    {
+    shared.transition(host, to, || {
         let mut i = lock(&shared.incoming);
         if i.status != from {
             return false;
         }
         i.status = to;
-        if to.is_terminal() {
-            i.total_time = i.start.map(|s| s.elapsed().as_millis() as u64);
-        }
-    }
-    shared.emit_status(host, to);
-    true
+        true
+    })
 }
 
 /// `-incoming defer|URI`.
@@ -141,7 +131,6 @@ fn start(
         let mut i = lock(&shared.incoming);
         i.mode = Mode::Started;
         i.socket_address = listener.socket_address().map(|a| vec![a]);
-        i.start = Some(Instant::now());
     }
     set_status(
         shared,

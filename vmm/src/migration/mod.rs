@@ -69,10 +69,23 @@ impl Shared {
         lock(&self.caps).events()
     }
 
-    pub(crate) fn emit_status(&self, host: &dyn MigrationHost, status: MigrationStatus) {
-        if self.events_on() {
-            host.emit("MIGRATION", Some(json!({ "status": status.as_str() })));
+    /// QEMU's `migrate_set_state` for either side: `cas` changes the status
+    /// if it is still the expected one; on success the `MIGRATION` event
+    /// goes out, in the same order as the changes.
+    pub(crate) fn transition(
+        &self,
+        host: &dyn MigrationHost,
+        to: MigrationStatus,
+        cas: impl FnOnce() -> bool,
+    ) -> bool {
+        let _order = lock(&self.event_order);
+        if !cas() {
+            return false;
         }
+        if self.events_on() {
+            host.emit("MIGRATION", Some(json!({ "status": to.as_str() })));
+        }
+        true
     }
 }
 

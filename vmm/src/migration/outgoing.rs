@@ -59,8 +59,7 @@ impl Outgoing {
         from: MigrationStatus,
         to: MigrationStatus,
     ) -> bool {
-        let _order = lock(&shared.event_order);
-        {
+        shared.transition(host, to, || {
             let mut i = lock(&self.info);
             if i.status != from {
                 return false;
@@ -69,9 +68,8 @@ impl Outgoing {
             if to.is_terminal() {
                 i.total_time = Some(ms(i.start.elapsed()));
             }
-        }
-        shared.emit_status(host, to);
-        true
+            true
+        })
     }
 
     /// `migrate_cancel` (QEMU's `migrate_fd_cancel`).
