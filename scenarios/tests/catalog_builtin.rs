@@ -16,6 +16,7 @@ fn run(name: &str) {
 /// this list complete.
 const NAMES: &[&str] = &[
     "mission",
+    "mission/256m",
     "mission/tcp/smp1",
     "mission/unix/smp2",
     "mission/tcp/smp2",
@@ -43,29 +44,30 @@ const NAMES: &[&str] = &[
 
 #[rstest]
 #[case::mission(0)]
-#[case::mission_tcp_smp1(1)]
-#[case::mission_unix_smp2(2)]
-#[case::mission_tcp_smp2(3)]
-#[case::mission_workload_hotset(4)]
-#[case::mission_workload_rate(5)]
-#[case::mission_workload_random(6)]
-#[case::mission_workload_idle(7)]
-#[case::non_live(8)]
-#[case::preheat_cancel(9)]
-#[case::hold_toggle(10)]
-#[case::bad_destination(11)]
-#[case::destination_killed(12)]
-#[case::hold_on_destination(13)]
-#[case::bandwidth_limited(14)]
-#[case::pause_before_switchover(15)]
-#[case::pause_before_switchover_held(16)]
-#[case::cancel_after_none(17)]
-#[case::cancel_after_setup(18)]
-#[case::cancel_after_active(19)]
-#[case::cancel_after_pre_switchover(20)]
-#[case::cancel_after_completed(21)]
-#[case::cancel_after_cancelled(22)]
-#[case::cancel_after_failed(23)]
+#[case::mission_256m(1)]
+#[case::mission_tcp_smp1(2)]
+#[case::mission_unix_smp2(3)]
+#[case::mission_tcp_smp2(4)]
+#[case::mission_workload_hotset(5)]
+#[case::mission_workload_rate(6)]
+#[case::mission_workload_random(7)]
+#[case::mission_workload_idle(8)]
+#[case::non_live(9)]
+#[case::preheat_cancel(10)]
+#[case::hold_toggle(11)]
+#[case::bad_destination(12)]
+#[case::destination_killed(13)]
+#[case::hold_on_destination(14)]
+#[case::bandwidth_limited(15)]
+#[case::pause_before_switchover(16)]
+#[case::pause_before_switchover_held(17)]
+#[case::cancel_after_none(18)]
+#[case::cancel_after_setup(19)]
+#[case::cancel_after_active(20)]
+#[case::cancel_after_pre_switchover(21)]
+#[case::cancel_after_completed(22)]
+#[case::cancel_after_cancelled(23)]
+#[case::cancel_after_failed(24)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }
