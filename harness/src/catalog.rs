@@ -530,6 +530,17 @@ pub fn catalog() -> Vec<Scenario> {
         "hold switchover, N passes, release, converge, memory equal, destination runs",
         |cfg, ctx| mission(cfg, ctx, cfg.spec()),
     )];
+    v.push(Scenario::new(
+        "mission/256m",
+        "256 MiB sweep guest held for at least 5 passes, then released",
+        |cfg, ctx| {
+            let mut cfg = cfg.clone();
+            cfg.passes = cfg.passes.max(5);
+            let mut spec = cfg.spec();
+            spec.memory = spec.memory.max(256 << 20);
+            mission(&cfg, ctx, spec)
+        },
+    ));
     for (transport, vcpus) in [
         (Transport::Tcp, 1),
         (Transport::Unix, 2),
