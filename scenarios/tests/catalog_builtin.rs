@@ -7,8 +7,33 @@ use rstest::rstest;
 
 fn run(name: &str) {
     let cfg = CatalogConfig::new(Backend::Builtin);
-    if let Err(e) = catalog::run_named(name, &cfg) {
+    let start = now();
+    let result = catalog::run_named(name, &cfg);
+    record_span(name, start, now());
+    if let Err(e) = result {
         panic!("{e:?}");
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Appends `name start end` to `target/migtest-catalog-times.txt`, from
+/// which `ci/test` prints the catalog's wall time (first start to last end).
+fn record_span(name: &str, start: f64, end: f64) {
+    use std::io::Write;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/migtest-catalog-times.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{name} {start:.3} {end:.3}");
     }
 }
 
