@@ -99,8 +99,16 @@ fn handle_frame(
     };
     let value = match serde_json::from_str(&text) {
         Ok(v) => v,
-        Err(e) => return error(ErrorBody::generic(json_error_text(&e)), None),
+        Err(e) => return error(ErrorBody::generic(json_error_text(&text, &e)), None),
     };
+    // QEMU rejects `exec-oob` like any unknown member unless the client
+    // enabled the `oob` capability, which migtest-vmm never offers.
+    if let serde_json::Value::Object(obj) = &value {
+        if obj.contains_key("exec-oob") {
+            let desc = "QMP input member 'exec-oob' is unexpected";
+            return error(ErrorBody::generic(desc), obj.get("id").cloned());
+        }
+    }
     let cmd = match Command::from_value(value) {
         Ok(c) => c,
         Err(Rejected { error: e, id }) => return error(e, id),
@@ -136,18 +144,27 @@ fn negotiate_or_dispatch(
             "Expecting capabilities negotiation with 'qmp_capabilities'",
         ));
     }
-    if cmd.oob {
-        return Err(ErrorBody::generic(format!(
-            "The command {} does not support OOB",
-            cmd.name
-        )));
-    }
     dispatcher.dispatch(&cmd.name, cmd.arguments)
 }
 
-/// QEMU-style text for input that is not valid JSON.
-fn json_error_text(e: &serde_json::Error) -> String {
+/// QEMU's text for a complete value that does not parse: the wording of
+/// QEMU's json-parser where serde_json's error maps onto it.
+fn json_error_text(text: &str, e: &serde_json::Error) -> String {
+    let t = text.trim_start();
+    let word: String = t.chars().take_while(|c| c.is_ascii_lowercase()).collect();
+    if !word.is_empty() && !["true", "false", "null"].contains(&word.as_str()) {
+        return format!("JSON parse error, invalid keyword '{word}'");
+    }
     let msg = e.to_string();
     let what = msg.split(" at line ").next().unwrap_or(&msg);
-    format!("JSON parse error, {what}")
+    let qemu = match what {
+        "expected value" | "EOF while parsing a value" | "trailing comma" => "expecting value",
+        "expected `:`" => "missing : in object pair",
+        "key must be a string" => "key is not a string in object",
+        "invalid escape" => "invalid escape sequence in string",
+        "expected ident" => "invalid keyword",
+        "recursion limit exceeded" => "JSON nesting depth limit exceeded",
+        other => other,
+    };
+    format!("JSON parse error, {qemu}")
 }

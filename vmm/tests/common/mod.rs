@@ -185,6 +185,24 @@ impl Vmm {
         self.exited.is_none() && matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Waits for the process to exit; None if it still runs after `timeout`.
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited {
+                return Some(s);
+            }
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.exited = Some(s);
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         if let Some(s) = self.exited {
