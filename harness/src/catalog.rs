@@ -267,7 +267,8 @@ fn non_live(_cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     pair.migrate()?;
     let info = pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
     pair.wait_dst_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
-    ctx.record(&pair, MigrationFigures::from_info(&info));
+    let figures = pair.final_figures(info)?;
+    ctx.record(&pair, figures);
     ctx.memory_equal(&pair)?;
     ctx.step("destination runs on");
     pair.assert_destination_runs()

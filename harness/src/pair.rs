@@ -436,6 +436,21 @@ impl Pair {
                 .wait_event("RESUME", STATUS_TIMEOUT)
                 .context("destination RESUME event")?;
         }
+        self.final_figures(info)
+    }
+
+    /// Figures of a completed migration from `info`, the first
+    /// `query-migrate` that said `completed`. QEMU sets that status before it
+    /// computes `total-time`, `downtime` and `mbps`
+    /// (`migration_calculate_complete` runs after `migration_completion`),
+    /// so a query in between reads 0 for them: re-query (up to 1 s) until
+    /// `total-time` is set.
+    pub fn final_figures(&self, mut info: MigrationInfo) -> Result<MigrationFigures> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while info.total_time.unwrap_or(0) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            info = self.src.query_migrate()?;
+        }
         Ok(MigrationFigures::from_info(&info))
     }
 
@@ -648,5 +663,40 @@ fn wait_status(
             );
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_report_notes_name_the_range_and_first_page() {
+        let mut src = vec![0u8; 256 * 4096];
+        let dst = src.clone();
+        src[0xe8000 + 0xc20] = 1;
+        let diff = checks::compare_memory(&src, &dst, 0).unwrap_err();
+        let report = MemoryReport {
+            strict: (1 << 20, 31 << 20),
+            strict_pages: 7680,
+            lenient: vec![(0, 1 << 20), (31 << 20, 32 << 20)],
+            lenient_diffs: vec![diff],
+        };
+        assert_eq!(
+            report.notes(),
+            [
+                "memory outside the test range, not compared strictly: 1 of 256 pages \
+              differ in [0x0, 0x100000) (first: page 0xe8000 +0xc20)"
+            ]
+        );
+    }
+
+    #[test]
+    fn legacy_pass_timeout_grows_with_memory() {
+        assert_eq!(
+            legacy_pass_timeout(3_000_000, 3),
+            PASS_TIMEOUT + Duration::from_secs(6)
+        );
+        assert!(legacy_pass_timeout(128 << 20, 3) > Duration::from_secs(260));
     }
 }
