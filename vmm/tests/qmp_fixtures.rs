@@ -416,7 +416,10 @@ fn replay_inner(
             check_passes(&ctx, &ours, out);
             (without_passes(&exp_events), without_passes(&our_events))
         } else {
-            (exp_events, our_events)
+            // MIGRATION_PASS events of a running migration land between
+            // whichever commands they happen to fall between: timing, not
+            // protocol. Pass sequences are checked in the migration fixtures.
+            (without_passes(&exp_events), without_passes(&our_events))
         };
         if qe != oe {
             out.push(format!(
