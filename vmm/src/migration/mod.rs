@@ -14,6 +14,7 @@
 //! - [`transport`]: `unix:` / `tcp:` URIs.
 //! - [`host`]: the traits the engine needs from the VM and the guest.
 
+pub mod faults;
 pub mod host;
 pub mod params;
 pub mod stream;

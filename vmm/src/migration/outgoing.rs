@@ -4,6 +4,7 @@
 //! `decide_complete`, `complete`) so later test builds can wrap them with
 //! `#[cfg(feature = "fault-injection")]` switches.
 
+use super::faults::{self, Fault};
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
 use super::stream::{os_error_text, Header, StreamWriter};
 use super::switchover::{self, Semaphore};
@@ -198,6 +199,10 @@ struct Engine<'a> {
     stopped_vm: bool,
     vm_was_running: bool,
     stop_time: Option<Instant>,
+    // Planted bugs (`faults`): the hold at `migrate` time, and whether this
+    // migration has held.
+    hold_at_start: bool,
+    has_held: bool,
 }
 
 fn run(shared: &Shared, out: &Outgoing, host: &dyn MigrationHost, uri: &MigrationUri) {
@@ -217,6 +222,12 @@ fn run(shared: &Shared, out: &Outgoing, host: &dyn MigrationHost, uri: &Migratio
         Ok(()) => {}
         Err(_) if out.status() == MigrationStatus::Cancelling => {
             restore_vm();
+            if faults::on(Fault::CancelLeavesGuestStopped)
+                && shared.params().switchover_hold
+                && !stopped_vm
+            {
+                host.vm_stop(RunState::Paused);
+            }
             out.set_status(
                 shared,
                 host,
@@ -290,6 +301,8 @@ fn run_inner(
         stopped_vm: false,
         vm_was_running: false,
         stop_time: None,
+        hold_at_start: shared.params().switchover_hold,
+        has_held: false,
     };
     let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
     *stopped = (e.stopped_vm, e.vm_was_running);
@@ -344,12 +357,17 @@ impl Engine<'_> {
     fn decide_complete(&mut self) -> bool {
         let p = self.shared.params();
         let pending = self.pending_bytes();
-        switchover::should_complete(
-            pending,
-            self.threshold,
-            p.switchover_hold,
-            &self.shared.hold_sem,
-        )
+        let mut hold = p.switchover_hold;
+        if faults::on(Fault::HoldIgnoredAfterMigrate) && !self.hold_at_start {
+            hold = false;
+        }
+        if faults::on(Fault::ReleaseNotSeen) && self.has_held {
+            hold = true;
+        }
+        if hold && (pending == 0 || pending < self.threshold) {
+            self.has_held = true;
+        }
+        switchover::should_complete(pending, self.threshold, hold, &self.shared.hold_sem)
     }
 
     /// Syncs the guest's dirty bitmap into the migration bitmap: one pass.
@@ -565,11 +583,17 @@ impl Engine<'_> {
 
     /// The last sync and all remaining pages, without rate limit.
     fn final_pass(&mut self) -> Result<(), Abort> {
-        self.sync_dirty()?;
+        if !faults::on(Fault::SkipLastDirtyPass) {
+            self.sync_dirty()?;
+        }
+        let mut skip_one = faults::on(Fault::SkipOneDirtyPage);
         let mut buf = [0u8; PAGE_SIZE];
         while let Some(page) = self.next_dirty() {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
+            }
+            if std::mem::take(&mut skip_one) {
+                continue;
             }
             self.send_page(page, &mut buf)?;
         }
