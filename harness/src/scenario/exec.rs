@@ -218,6 +218,13 @@ impl Executor {
             src.set_capabilities(&[("events", true)])
                 .map_err(launch_err)?;
         }
+        // The guest is up once it has finished its first pass over memory (`B` on the
+        // serial), as in QEMU's migration tests: before that it only zeroes memory, and a
+        // lost page would go unnoticed.
+        if pair.image != "idle" {
+            src.wait_serial(b'B', Duration::from_secs(30))
+                .map_err(launch_err)?;
+        }
         let dst = launch_destination(pair, opts, 1).map_err(launch_err)?;
         let mut ex = Executor {
             pair: pair.clone(),

@@ -335,7 +335,11 @@ impl Engine<'_> {
                 return Err(Abort::Cancelled);
             }
             let pending = self.pending_bytes();
-            if self.pending_pages == 0 || pending < self.threshold {
+            // Planted bug: without a hold, no exact sync before the switchover decision.
+            let skip_sync = faults::on(Fault::SkipLastDirtyPass)
+                && self.sync_count > 0
+                && !self.shared.params().switchover_hold;
+            if (self.pending_pages == 0 || pending < self.threshold) && !skip_sync {
                 // QEMU's "pending exact": sync to know what really remains.
                 self.sync_dirty()?;
             }
