@@ -708,11 +708,15 @@ fn observe_side(s: &mut SideVm) -> anyhow::Result<SideObservation> {
         Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(s),
         Err(e) => return Err(e),
     };
+    // Only the events written before the query-migrate reply (later ones belong to the
+    // next observation).
+    let upto = vm.qmp().events_seen_before_last_reply();
     let seen = vm.qmp().events_seen();
     vm.qmp().drain_events();
-    let from = s.event_cursor.min(seen.len());
-    let events = seen[from..].iter().filter_map(event).collect();
-    s.event_cursor = seen.len();
+    let upto = upto.min(seen.len());
+    let from = s.event_cursor.min(upto);
+    let events = seen[from..upto].iter().filter_map(event).collect();
+    s.event_cursor = upto;
     Ok(SideObservation {
         alive: true,
         status: Some(
