@@ -205,10 +205,14 @@ impl Dispatcher {
 
     /// `stop`: during `inmigrate` it only clears autostart, as in QEMU.
     fn stop(&self) {
-        if self.vm.runstate() == RunState::Inmigrate {
-            self.vm.set_autostart(false);
-        } else {
-            self.vm.vm_stop(RunState::Paused);
+        match self.vm.runstate() {
+            RunState::Inmigrate => self.vm.set_autostart(false),
+            // QEMU's do_vm_stop changes only a live VM: a postmigrate (or
+            // prelaunch, paused...) guest keeps its run state.
+            RunState::Running => {
+                self.vm.vm_stop(RunState::Paused);
+            }
+            _ => {}
         }
     }
 
