@@ -217,6 +217,9 @@ impl Migration {
 
     /// `query-migrate`: `{}` before any migration.
     pub fn query_migrate(&self) -> Result<Value, ErrorBody> {
+        // Atomic with status changes and their MIGRATION events (as QEMU's BQL makes it on
+        // the destination): a reply never shows a status whose event comes after it.
+        let _order = lock(&self.shared.event_order);
         Ok(serde_json::to_value(self.info()).unwrap_or_else(|_| json!({})))
     }
 
