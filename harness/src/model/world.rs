@@ -170,6 +170,11 @@ impl World {
                 if self.pbs() {
                     w.src.phase = SrcPhase::PreSwitchover { broken: false };
                 } else {
+                    // Switchover already under way: an op now (e.g. setting the hold)
+                    // comes too late to stop it.
+                    let mut f = self.clone();
+                    f.src.phase = SrcPhase::Finishing;
+                    srcs.push(f);
                     w.complete();
                 }
                 srcs.push(w);

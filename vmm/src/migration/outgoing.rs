@@ -199,8 +199,8 @@ struct Engine<'a> {
     stopped_vm: bool,
     vm_was_running: bool,
     stop_time: Option<Instant>,
-    // Planted bugs (`faults`): the hold at `migrate` time, and whether this
-    // migration has held.
+    // Planted bugs (`faults`): the hold at `migrate` time, and whether the
+    // hold was ever in force on this migration.
     hold_at_start: bool,
     has_held: bool,
 }
@@ -368,7 +368,7 @@ impl Engine<'_> {
         if faults::on(Fault::ReleaseNotSeen) && self.has_held {
             hold = true;
         }
-        if hold && (pending == 0 || pending < self.threshold) {
+        if hold {
             self.has_held = true;
         }
         switchover::should_complete(pending, self.threshold, hold, &self.shared.hold_sem)
