@@ -16,9 +16,9 @@ use proptest::test_runner::{
 use proptest_state_machine::ReferenceStateMachine;
 
 use crate::backend::Backend;
-use crate::model::strategy::{PairMachine, SEQUENCE_LEN};
+use crate::model::strategy::{sequence_is_executable, PairMachine, SEQUENCE_LEN};
 use crate::scenario::exec::{failures_dir, needs_switchover_hold, ExecError, ExecOptions, Executor};
-use crate::scenario::Scenario;
+use crate::scenario::{Op, Scenario};
 
 /// Settings of one fuzz run.
 #[derive(Debug, Clone)]
@@ -191,6 +191,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
                     }));
                 }
             };
+            let (ops, message) = minimize(init.pair(), ops, message, opts, start);
             let first_line = message.lines().next().unwrap_or("").to_string();
             let scenario = Scenario {
                 purpose: format!(
@@ -225,4 +226,47 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
             }))
         }
     }
+}
+
+/// Runs `ops` on a fresh pair; `Err` with the failure report.
+fn run_case(pair: &crate::scenario::PairSpec, ops: &[Op], exec: &ExecOptions) -> Result<(), String> {
+    let mut ex = Executor::launch(pair, exec).map_err(|e| e.to_string())?;
+    for op in ops {
+        ex.step(op).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// After proptest's shrinking (which can stop early when a race lets a candidate pass):
+/// greedily drops single ops while the sequence stays executable and still fails, within
+/// the remaining shrink time.
+fn minimize(
+    pair: &crate::scenario::PairSpec,
+    mut ops: Vec<Op>,
+    mut message: String,
+    opts: &FuzzOptions,
+    start: Instant,
+) -> (Vec<Op>, String) {
+    let deadline = start + opts.max_shrink_time * 2;
+    let mut changed = true;
+    while changed && Instant::now() < deadline {
+        changed = false;
+        let mut i = 0;
+        while i < ops.len() && Instant::now() < deadline {
+            let mut cand = ops.clone();
+            cand.remove(i);
+            if !cand.is_empty() && sequence_is_executable(pair, &cand) {
+                if let Err(m) = run_case(pair, &cand, &opts.exec) {
+                    if !m.starts_with("cannot test") {
+                        ops = cand;
+                        message = m;
+                        changed = true;
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    (ops, message)
 }

@@ -817,6 +817,13 @@ impl World {
         if side == Side::Destination {
             return match self.dst.phase {
                 DstPhase::Dead => step(ExpectedReply::Dead, w),
+                // The source completed; the destination may still be loading (active).
+                DstPhase::Completed(_) if self.dst.settling && goal == S::Active => {
+                    let mut v = step(ok, w.clone());
+                    w.dst.settling = false;
+                    v.extend(step(ExpectedReply::unreachable(S::Completed), w));
+                    v
+                }
                 DstPhase::Listening | DstPhase::Completed(_) => {
                     w.dst.settling = false;
                     let cur = if self.dst.phase == DstPhase::Listening {

@@ -577,6 +577,7 @@ impl Executor {
 
     /// Byte-compares all guest RAM of the source and the destination.
     fn check_memory(&self) -> anyhow::Result<()> {
+        self.settle_destination()?;
         let size = self.pair.memory.0;
         let a = self.src.vm.pmemsave(0, size).context("source pmemsave")?;
         let b = self
@@ -587,8 +588,22 @@ impl Executor {
         checks::compare_memory(&a, &b, 0).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
+    /// Waits (bounded) until the destination's incoming migration has ended: the source
+    /// may report `completed` while the destination still loads.
+    fn settle_destination(&self) -> anyhow::Result<()> {
+        let r = self.wait(&Op::WaitCompleted, Side::Destination, |s, _| {
+            s.is_terminal().then_some(Reply::Ok)
+        })?;
+        anyhow::ensure!(
+            r == Reply::Ok,
+            "destination did not finish loading the migration: {r}"
+        );
+        Ok(())
+    }
+
     /// As `Pair::assert_destination_runs`, leaving the destination running.
     fn check_destination_runs(&self) -> anyhow::Result<()> {
+        self.settle_destination()?;
         let dst = &self.dst.vm;
         if !dst.query_status()?.running {
             dst.cont().context("cont on the destination")?;
