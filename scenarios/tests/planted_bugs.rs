@@ -25,7 +25,7 @@ fn planted(fault: &str) {
     let start = Instant::now();
     let mut opts = FuzzOptions::new(SEED);
     opts.cases = Some(CASES);
-    opts.max_shrink_time = Duration::from_secs(90);
+    opts.max_shrink_time = Duration::from_secs(60);
     opts.exec = with_fault(fault);
     opts.label = fault.to_string();
     let f = match fuzz(&opts) {

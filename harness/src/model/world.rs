@@ -396,6 +396,8 @@ impl World {
                 v
             }
             DstPhase::Completed(run) if self.dst.settling => vec![
+                // The source may finish before the destination has even taken the stream.
+                snap(S::Setup, inm),
                 snap(S::Active, inm),
                 snap(S::Active, run.run_state()),
                 snap(S::Completed, run.run_state()),

@@ -21,7 +21,8 @@ pub enum Fault {
     SkipLastDirtyPass = 4,
     /// `migrate_cancel` during the hold leaves the source guest stopped.
     CancelLeavesGuestStopped = 8,
-    /// The source skips one dirty page in the final pass.
+    /// The source skips one dirty page: the first page of the second pass is
+    /// not sent, then or later.
     SkipOneDirtyPage = 16,
 }
 
