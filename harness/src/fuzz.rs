@@ -61,6 +61,8 @@ pub struct FuzzReport {
     pub cases: u32,
     /// Cases skipped because the backend lacks a capability they need.
     pub skipped: u32,
+    /// Failures that did not reproduce on a second run (printed, not shrunk).
+    pub flaky: u32,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -130,6 +132,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
     let runs = AtomicU32::new(0);
     let skipped = AtomicU32::new(0);
+    let flaky = AtomicU32::new(0);
     let cannot = Mutex::new(None::<String>);
     let strategy = PairMachine::sequential_strategy(SEQUENCE_LEN);
     let result = runner.run(&strategy, |(init, ops, seen)| {
@@ -150,22 +153,41 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
             return Err(TestCaseError::reject("needs switchover-hold"));
         }
         runs.fetch_add(1, Ordering::Relaxed);
+        let mut failure = None;
         for op in &ops {
             if let Some(c) = &seen {
                 c.fetch_add(1, Ordering::SeqCst);
             }
             match ex.step(op) {
                 Ok(_) => {}
-                Err(ExecError::Failed(f)) => return Err(TestCaseError::fail(f.to_string())),
-                Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                Err(ExecError::Failed(f)) => {
+                    failure = Some(f.to_string());
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
             }
         }
-        Ok(())
+        drop(ex);
+        let Some(first) = failure else { return Ok(()) };
+        // Only failures that reproduce count (and are shrunk): a race that went one way
+        // once is reported but not chased.
+        match run_case(&scenario.pair, &ops, &opts.exec) {
+            Err(again) => Err(TestCaseError::fail(again)),
+            Ok(()) => {
+                flaky.fetch_add(1, Ordering::Relaxed);
+                eprintln!("fuzz: a failure did not reproduce (not shrunk):\n{first}");
+                Ok(())
+            }
+        }
     });
     match result {
         Ok(()) => Ok(FuzzReport {
             cases: runs.load(Ordering::Relaxed),
             skipped: skipped.load(Ordering::Relaxed),
+            flaky: flaky.load(Ordering::Relaxed),
             elapsed: start.elapsed(),
         }),
         Err(err) => {
@@ -257,7 +279,10 @@ fn minimize(
             let mut cand = ops.clone();
             cand.remove(i);
             if !cand.is_empty() && sequence_is_executable(pair, &cand) {
-                if let Err(m) = run_case(pair, &cand, &opts.exec) {
+                let twice = run_case(pair, &cand, &opts.exec)
+                    .err()
+                    .and_then(|_| run_case(pair, &cand, &opts.exec).err());
+                if let Some(m) = twice {
                     if !m.starts_with("cannot test") {
                         ops = cand;
                         message = m;

@@ -188,9 +188,10 @@ fn main() -> ExitCode {
                 match migtest::fuzz::fuzz(&opts) {
                     Ok(r) => {
                         println!(
-                            "fuzz: {} cases passed ({} skipped) in {:.1} s (seed {seed})",
+                            "fuzz: {} cases passed ({} skipped, {} unreproducible failures) in {:.1} s (seed {seed})",
                             r.cases,
                             r.skipped,
+                            r.flaky,
                             r.elapsed.as_secs_f64()
                         );
                         0

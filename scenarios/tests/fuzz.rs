@@ -27,8 +27,9 @@ fn fuzz_real_builtin() {
     );
     match fuzz(&opts) {
         Ok(r) => println!(
-            "fuzz_real_builtin: {} cases passed in {:.1} s (seed {CI_SEED})",
+            "fuzz_real_builtin: {} cases passed ({} unreproducible failures) in {:.1} s (seed {CI_SEED})",
             r.cases,
+            r.flaky,
             r.elapsed.as_secs_f64()
         ),
         Err(f) => panic!("{f}"),

@@ -17,7 +17,7 @@ const MAX_OPS: usize = 8;
 fn with_fault(fault: &str) -> ExecOptions {
     let mut o = ExecOptions::builtin();
     o.src_extra = vec!["-x-fault".into(), fault.into()];
-    o.wait_timeout = Duration::from_secs(10);
+    o.wait_timeout = Duration::from_secs(6);
     o
 }
 
@@ -25,7 +25,7 @@ fn planted(fault: &str) {
     let start = Instant::now();
     let mut opts = FuzzOptions::new(SEED);
     opts.cases = Some(CASES);
-    opts.max_shrink_time = Duration::from_secs(60);
+    opts.max_shrink_time = Duration::from_secs(40);
     opts.exec = with_fault(fault);
     opts.label = fault.to_string();
     let f = match fuzz(&opts) {
