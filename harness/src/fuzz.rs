@@ -17,7 +17,9 @@ use proptest_state_machine::ReferenceStateMachine;
 
 use crate::backend::Backend;
 use crate::model::strategy::{sequence_is_executable, PairMachine, SEQUENCE_LEN};
-use crate::scenario::exec::{failures_dir, needs_switchover_hold, ExecError, ExecOptions, Executor};
+use crate::scenario::exec::{
+    failures_dir, needs_switchover_hold, ExecError, ExecOptions, Executor,
+};
 use crate::scenario::{Op, Scenario};
 
 /// Settings of one fuzz run.
@@ -129,7 +131,8 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
     });
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&opts.seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
     let runs = AtomicU32::new(0);
     let skipped = AtomicU32::new(0);
     let flaky = AtomicU32::new(0);
@@ -251,7 +254,11 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
 }
 
 /// Runs `ops` on a fresh pair; `Err` with the failure report.
-fn run_case(pair: &crate::scenario::PairSpec, ops: &[Op], exec: &ExecOptions) -> Result<(), String> {
+fn run_case(
+    pair: &crate::scenario::PairSpec,
+    ops: &[Op],
+    exec: &ExecOptions,
+) -> Result<(), String> {
     let mut ex = Executor::launch(pair, exec).map_err(|e| e.to_string())?;
     for op in ops {
         ex.step(op).map_err(|e| e.to_string())?;

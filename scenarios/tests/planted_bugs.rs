@@ -44,17 +44,27 @@ fn planted(fault: &str) {
         f.message
     );
     let n = f.scenario.ops.len();
-    println!("PLANTED {fault}: found and shrunk to {n} ops in {:.1} s", found.as_secs_f64());
+    println!(
+        "PLANTED {fault}: found and shrunk to {n} ops in {:.1} s",
+        found.as_secs_f64()
+    );
     assert!(n <= MAX_OPS, "shrunk to {n} ops (> {MAX_OPS})");
     let t = Instant::now();
     let fails = (0..10)
         .filter(|_| replay(&f.path, &with_fault(fault)) == FAIL)
         .count();
-    println!("PLANTED {fault}: replay with the fault: {fails}/10 failed ({:.1} s)", t.elapsed().as_secs_f64());
+    println!(
+        "PLANTED {fault}: replay with the fault: {fails}/10 failed ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
     assert_eq!(fails, 10, "replay reproduced the failure {fails}/10 times");
     let mut off = ExecOptions::builtin();
     off.wait_timeout = Duration::from_secs(20);
-    assert_eq!(replay(&f.path, &off), PASS, "replay without the fault must pass");
+    assert_eq!(
+        replay(&f.path, &off),
+        PASS,
+        "replay without the fault must pass"
+    );
 }
 
 #[test]
@@ -90,5 +100,8 @@ fn planted_skip_one_dirty_page_mission_flow_names_the_page() {
         .expect_err("the mission flow must fail with a skipped page");
     let msg = format!("{err:#}");
     println!("{msg}");
-    assert!(msg.contains("page 0x"), "message names no page address: {msg}");
+    assert!(
+        msg.contains("page 0x"),
+        "message names no page address: {msg}"
+    );
 }

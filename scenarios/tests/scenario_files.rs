@@ -12,30 +12,38 @@ use migtest::backend::Backend;
 use migtest::scenario::exec::{run_scenario, ExecError, ExecOptions};
 use rstest::rstest;
 
-fn run(path: &PathBuf, opts: &ExecOptions) {
+fn run(path: &std::path::Path, opts: &ExecOptions) {
     let scenario = migtest::replay::load(path).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!scenario.purpose.trim().is_empty(), "purpose is required");
-    assert!(
-        !scenario.purpose.contains('\n'),
-        "purpose must be one line"
-    );
+    assert!(!scenario.purpose.contains('\n'), "purpose must be one line");
     let lint = migtest::model::lint(&scenario);
     assert!(lint.is_empty(), "{}: {lint:#?}", path.display());
     match run_scenario(&scenario, opts) {
         Ok(s) => {
-            println!("{}: PASS ({} ops, {:.1} s)", path.display(), s.ops, s.elapsed.as_secs_f64());
+            println!(
+                "{}: PASS ({} ops, {:.1} s)",
+                path.display(),
+                s.ops,
+                s.elapsed.as_secs_f64()
+            );
             for h in s.history {
                 println!("  {h}");
             }
         }
-        Err(ExecError::CannotTest(m)) if opts.src_backend.is_qemu() && m.contains("switchover-hold") => {
+        Err(ExecError::CannotTest(m))
+            if opts.src_backend.is_qemu() && m.contains("switchover-hold") =>
+        {
             println!("SKIPPED on QEMU: {m}");
         }
         Err(e) => panic!(
             "{}: {e}\nreplay: migtest replay {}{}",
             path.display(),
             path.display(),
-            if opts.src_backend.is_qemu() { " --vmm qemu" } else { "" }
+            if opts.src_backend.is_qemu() {
+                " --vmm qemu"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -79,6 +87,9 @@ fn known_failure_still_fails(#[files("known-failures/*.toml")] path: PathBuf) {
     let scenario = migtest::replay::load(&path).unwrap();
     match run_scenario(&scenario, &ExecOptions::builtin()) {
         Err(ExecError::Failed(f)) => println!("still fails as expected: {f}"),
-        other => panic!("{} no longer fails ({other:?}); move it to scenarios/", path.display()),
+        other => panic!(
+            "{} no longer fails ({other:?}); move it to scenarios/",
+            path.display()
+        ),
     }
 }

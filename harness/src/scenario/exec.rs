@@ -520,8 +520,11 @@ impl Executor {
                 ),
                 Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
             };
-            if self.qmp(Side::Destination, "migrate-incoming", json!({ "uri": listen }))?
-                == Reply::Ok
+            if self.qmp(
+                Side::Destination,
+                "migrate-incoming",
+                json!({ "uri": listen }),
+            )? == Reply::Ok
             {
                 self.last_uri = self.dst.vm.incoming_uri().ok();
             }

@@ -93,6 +93,8 @@ mod tests {
         for f in Fault::ALL {
             assert_eq!(Fault::from_name(f.name()), Some(f));
         }
-        assert!(enable("no-such-fault").unwrap_err().contains("unknown fault"));
+        assert!(enable("no-such-fault")
+            .unwrap_err()
+            .contains("unknown fault"));
     }
 }
