@@ -10,7 +10,7 @@ use std::time::Duration;
 use migtest::fuzz::{fuzz, FuzzOptions};
 
 /// Cases in CI when `PROPTEST_CASES` is not set.
-pub const CI_CASES: u32 = 24;
+pub const CI_CASES: u32 = 120;
 /// The CI seed.
 pub const CI_SEED: u64 = 5;
 
