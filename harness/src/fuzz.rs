@@ -39,6 +39,8 @@ pub struct FuzzOptions {
     pub failures_dir: Option<PathBuf>,
     /// A name for the written file.
     pub label: String,
+    /// Extra runs a failing case must also fail to count (default 1).
+    pub reproduce: u32,
 }
 
 impl FuzzOptions {
@@ -52,6 +54,7 @@ impl FuzzOptions {
             regressions: None,
             failures_dir: None,
             label: "fuzz".into(),
+            reproduce: 1,
         }
     }
 }
@@ -177,7 +180,14 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
         let Some(first) = failure else { return Ok(()) };
         // Only failures that reproduce count (and are shrunk): a race that went one way
         // once is reported but not chased.
-        match run_case(&scenario.pair, &ops, &opts.exec) {
+        let mut again = Ok(());
+        for _ in 0..opts.reproduce {
+            again = run_case(&scenario.pair, &ops, &opts.exec);
+            if again.is_ok() {
+                break;
+            }
+        }
+        match again {
             Err(again) => Err(TestCaseError::fail(again)),
             Ok(()) => {
                 flaky.fetch_add(1, Ordering::Relaxed);
@@ -286,9 +296,13 @@ fn minimize(
             let mut cand = ops.clone();
             cand.remove(i);
             if !cand.is_empty() && sequence_is_executable(pair, &cand) {
-                let twice = run_case(pair, &cand, &opts.exec)
-                    .err()
-                    .and_then(|_| run_case(pair, &cand, &opts.exec).err());
+                let mut twice = None;
+                for _ in 0..=opts.reproduce {
+                    twice = run_case(pair, &cand, &opts.exec).err();
+                    if twice.is_none() {
+                        break;
+                    }
+                }
                 if let Some(m) = twice {
                     if !m.starts_with("cannot test") {
                         ops = cand;

@@ -17,7 +17,7 @@ const MAX_OPS: usize = 8;
 fn with_fault(fault: &str) -> ExecOptions {
     let mut o = ExecOptions::builtin();
     o.src_extra = vec!["-x-fault".into(), fault.into()];
-    o.wait_timeout = Duration::from_secs(6);
+    o.wait_timeout = Duration::from_secs(4);
     o
 }
 
@@ -28,6 +28,8 @@ fn planted(fault: &str) {
     opts.max_shrink_time = Duration::from_secs(40);
     opts.exec = with_fault(fault);
     opts.label = fault.to_string();
+    // Shrink only towards failures that reproduce three times in a row.
+    opts.reproduce = 2;
     let f = match fuzz(&opts) {
         Ok(r) => panic!(
             "fault {fault} not found: {} cases passed in {:.1} s",
