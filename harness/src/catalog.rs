@@ -2,12 +2,14 @@
 //! both execute these functions (one copy of the scenario code).
 
 use crate::backend::Backend;
+use crate::diagnostics::Context as Diagnostics;
 use crate::pair::{
     no_progress, HoldMethod, MigrationFigures, Pair, PairSpec, Progress, Transport, STATUS_TIMEOUT,
 };
 use anyhow::{bail, ensure, Context, Result};
 use migtest_qmp::schema::MigrationStatus;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Settings shared by every scenario of a run.
@@ -77,19 +79,20 @@ impl std::fmt::Debug for Scenario {
 pub struct Ctx {
     progress: Progress,
     outcome: ScenarioOutcome,
-    step: String,
+    diagnostics: Arc<Diagnostics>,
 }
 
 impl Ctx {
     /// Names the current step (shown in failure reports).
     pub fn step(&mut self, step: &str) {
-        self.step = step.to_string();
+        self.diagnostics.set_step(step);
     }
 
     fn launch(&mut self, spec: PairSpec) -> Result<Pair> {
         self.step("launch source and destination");
         let mut pair = Pair::launch(spec)?;
         pair.set_progress(self.progress.clone());
+        pair.attach_diagnostics(self.diagnostics.clone());
         Ok(pair)
     }
 
@@ -120,19 +123,22 @@ impl Scenario {
         }
     }
 
-    /// Runs the scenario; the error names the step that failed.
+    /// Runs the scenario. A failure comes back with a one-screen report:
+    /// the scenario, the step, each VMM's QMP transcript, stderr and serial
+    /// tails, and the log directories, which are then kept.
     pub fn run(&self, cfg: &CatalogConfig, progress: Progress) -> Result<ScenarioOutcome> {
         let start = Instant::now();
+        let diagnostics = Arc::new(Diagnostics::new(&self.name));
         let mut ctx = Ctx {
             progress,
             outcome: ScenarioOutcome::default(),
-            step: "start".into(),
+            diagnostics: diagnostics.clone(),
         };
+        diagnostics.set_step("start");
         let result = (self.run)(cfg, &mut ctx);
-        let step = ctx.step.clone();
         let mut outcome = ctx.outcome;
         outcome.elapsed = start.elapsed();
-        result.with_context(|| format!("scenario '{}' failed at step '{step}'", self.name))?;
+        diagnostics.finish(result)?;
         Ok(outcome)
     }
 }
@@ -524,6 +530,17 @@ pub fn catalog() -> Vec<Scenario> {
         "hold switchover, N passes, release, converge, memory equal, destination runs",
         |cfg, ctx| mission(cfg, ctx, cfg.spec()),
     )];
+    v.push(Scenario::new(
+        "mission/256m",
+        "256 MiB sweep guest held for at least 5 passes, then released",
+        |cfg, ctx| {
+            let mut cfg = cfg.clone();
+            cfg.passes = cfg.passes.max(5);
+            let mut spec = cfg.spec();
+            spec.memory = spec.memory.max(256 << 20);
+            mission(&cfg, ctx, spec)
+        },
+    ));
     for (transport, vcpus) in [
         (Transport::Tcp, 1),
         (Transport::Unix, 2),

@@ -163,6 +163,41 @@ impl Context {
         }
     }
 
+    /// Replaces the step path with one top-level step (for code that names
+    /// its steps in sequence rather than with guards).
+    pub fn set_step(&self, what: &str) {
+        let mut steps = lock(&self.steps);
+        steps.clear();
+        steps.push(what.to_string());
+    }
+
+    /// Defers removal of the registered VMs' log directories to
+    /// [`Context::finish`], so they survive the VMs when the test fails.
+    pub fn hold_logs(&self) {
+        self.keep_logs();
+    }
+
+    /// Ends a test that held its logs: on success the log directories are
+    /// removed (unless `MIGTEST_KEEP_LOGS` is set); on failure they stay and
+    /// the error gets the report.
+    pub fn finish<T>(&self, r: anyhow::Result<T>) -> anyhow::Result<T> {
+        match r {
+            Ok(v) => {
+                if !crate::process::keep_logs_from_env() {
+                    for vm in lock(&self.vms).iter() {
+                        if vm.process.exit_status().is_some()
+                            || !vm.process.log_dir().join("qmp.sock").exists()
+                        {
+                            let _ = std::fs::remove_dir_all(vm.process.log_dir());
+                        }
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
     /// Keeps the log directories of all registered VMs.
     pub fn keep_logs(&self) {
         for v in lock(&self.vms).iter() {

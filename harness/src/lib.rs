@@ -12,6 +12,7 @@
 //! scenario files) and [`model`] (the reference model that judges them).
 
 pub mod backend;
+pub mod bench;
 pub mod catalog;
 pub mod checks;
 pub mod cli_run;

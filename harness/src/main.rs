@@ -92,6 +92,18 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         wait_timeout: u64,
     },
+    /// Print benchmark figures (builtin VMM; start-up also times QEMU).
+    Bench {
+        /// Which figures.
+        #[arg(value_enum, default_value = "all")]
+        which: migtest::bench::Bench,
+        /// Guest RAM for the pass/release/limits figures.
+        #[arg(long, default_value = "128M", value_parser = parse_size)]
+        memory: u64,
+        /// Runs per start-up figure (median reported).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Run the builtin VMM itself (QEMU-style options follow).
     #[command(disable_help_flag = true)]
     Vmm {
@@ -209,6 +221,17 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("migtest fuzz: cannot test: {e:#}");
                 migtest::replay::CANNOT_TEST
+            }
+        },
+        Command::Bench {
+            which,
+            memory,
+            runs,
+        } => match migtest::bench::run(which, memory, runs) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("migtest bench: {e:#}");
+                1
             }
         },
         Command::Vmm { .. } => unreachable!("handled before clap"),

@@ -4,6 +4,7 @@
 
 use crate::backend::{Backend, LaunchSpec};
 use crate::checks;
+use crate::diagnostics::Context as Diagnostics;
 use crate::vm::Vm;
 use anyhow::{bail, Context, Result};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus};
@@ -158,6 +159,7 @@ pub struct Pair {
     generation: u32,
     hold: Option<HoldMethod>,
     progress: Progress,
+    diagnostics: Option<Arc<Diagnostics>>,
 }
 
 impl Pair {
@@ -189,9 +191,21 @@ impl Pair {
             generation: 0,
             hold: None,
             progress: no_progress(),
+            diagnostics: None,
         };
         pair.restart_destination()?;
         Ok(pair)
+    }
+
+    /// Registers the pair's VMs (now and after each restart) with a failure
+    /// report context, which also decides when their logs are removed.
+    pub fn attach_diagnostics(&mut self, diag: Arc<Diagnostics>) {
+        diag.add_vm(&self.src);
+        if let Some(dst) = &self.dst {
+            diag.add_vm(dst);
+        }
+        diag.hold_logs();
+        self.diagnostics = Some(diag);
     }
 
     /// Routes wait progress to `p`.
@@ -235,6 +249,10 @@ impl Pair {
         };
         dst.migrate_incoming(&listen)
             .context("starting the incoming migration")?;
+        if let Some(diag) = &self.diagnostics {
+            diag.add_vm(&dst);
+            diag.hold_logs();
+        }
         self.dst = Some(dst);
         Ok(())
     }

@@ -101,15 +101,20 @@ impl Args {
         self.opt_bool(name)?.ok_or_else(|| self.missing(name))
     }
 
-    /// An optional unsigned integer member (QAPI `uint64`, `size`).
+    /// An optional unsigned integer member (QAPI `uint64`, `size`), read
+    /// like QEMU's `qobject_input_type_uint64`: negative integers are
+    /// accepted and wrap ("for backward compatibility", so `-1` is 2^64-1),
+    /// and anything else, a string included, is `Parameter 'x' expects
+    /// uint64` (not the "Invalid parameter type" text of other types).
     pub fn opt_u64(&mut self, name: &str, qapi_type: &str) -> Result<Option<u64>, ErrorBody> {
         match self.opt_value(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(v) => Ok(Some(v)),
-                None => Err(self.value_error(name, qapi_type)),
+            Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+                (Some(v), _) => Ok(Some(v)),
+                (None, Some(v)) => Ok(Some(v as u64)),
+                _ => Err(self.value_error(name, qapi_type)),
             },
-            Some(_) => Err(self.type_error(name, "integer")),
+            Some(_) => Err(self.value_error(name, qapi_type)),
         }
     }
 
@@ -145,15 +150,15 @@ impl Args {
         }
     }
 
-    /// An optional enum member, given the accepted names.
+    /// An optional enum member, given the accepted names. As in QEMU's
+    /// `input_type_enum`, a bad value is reported with the member's bare
+    /// name (`'capability'`, not `'capabilities[0].capability'`).
     pub fn opt_enum(&mut self, name: &str, accepted: &[&str]) -> Result<Option<String>, ErrorBody> {
         match self.opt_str(name)? {
             None => Ok(None),
             Some(s) if accepted.contains(&s.as_str()) => Ok(Some(s)),
             Some(s) => Err(ErrorBody::generic(format!(
-                "Parameter '{}' does not accept value '{}'",
-                self.full(name),
-                s
+                "Parameter '{name}' does not accept value '{s}'"
             ))),
         }
     }
@@ -192,7 +197,7 @@ mod tests {
     fn qemu_texts() {
         let mut a = args(json!({"val": "x", "extra": 1}));
         assert_eq!(
-            a.u64("val", "uint64").unwrap_err().desc,
+            a.i64("val").unwrap_err().desc,
             "Invalid parameter type for 'val', expected: integer"
         );
         assert_eq!(
@@ -203,10 +208,15 @@ mod tests {
             a.finish().unwrap_err().desc,
             "Parameter 'extra' is unexpected"
         );
-        let mut a = args(json!({"size": -1}));
+        let mut a = args(json!({"size": -1, "s": "300", "f": 1.5}));
+        assert_eq!(a.u64("size", "uint64").unwrap(), u64::MAX);
         assert_eq!(
-            a.u64("size", "uint64").unwrap_err().desc,
-            "Parameter 'size' expects uint64"
+            a.u64("s", "uint64").unwrap_err().desc,
+            "Parameter 's' expects uint64"
+        );
+        assert_eq!(
+            a.u64("f", "size").unwrap_err().desc,
+            "Parameter 'f' expects size"
         );
         let mut n = Args::nested("capabilities[0]", serde_json::Map::new());
         assert_eq!(
@@ -221,6 +231,13 @@ mod tests {
         assert_eq!(
             a.enumeration("state", &["active"]).unwrap_err().desc,
             "Parameter 'state' does not accept value 'bogus'"
+        );
+        let mut m = serde_json::Map::new();
+        m.insert("capability".into(), json!("bogus"));
+        let mut n = Args::nested("capabilities[0]", m);
+        assert_eq!(
+            n.enumeration("capability", &["events"]).unwrap_err().desc,
+            "Parameter 'capability' does not accept value 'bogus'"
         );
     }
 }

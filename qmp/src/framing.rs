@@ -85,6 +85,23 @@ pub struct JsonSplitter {
     escape: bool,
     max: usize,
     overflowed: bool,
+    /// After a stray byte, skip input like QEMU's lexer (`IN_RECOVERY`).
+    recovering: bool,
+    /// Where the open string started in `buf`, and its quote byte.
+    str_start: usize,
+    str_quote: u8,
+}
+
+/// QEMU's limit on the nesting of one JSON value (`MAX_NESTING`).
+pub const MAX_NESTING: usize = 1024;
+
+/// QEMU's text for a stray byte: the bad token, with bytes that are not
+/// UTF-8 shown as U+FFFD (as QEMU's JSON output renders them).
+fn stray(token: &[u8]) -> String {
+    format!(
+        "JSON parse error, stray '{}'",
+        String::from_utf8_lossy(token)
+    )
 }
 
 impl Default for JsonSplitter {
@@ -103,6 +120,9 @@ impl JsonSplitter {
             escape: false,
             max,
             overflowed: false,
+            recovering: false,
+            str_start: 0,
+            str_quote: b'"',
         }
     }
 
@@ -147,17 +167,37 @@ impl JsonSplitter {
     pub fn feed(&mut self, input: &[u8]) -> Vec<Frame> {
         let mut out = Vec::new();
         for &b in input {
-            // QMP's recovery rule: 0xFF (never valid UTF-8), or a C0 control other
-            // than whitespace outside a string, resets the parser.
-            if b == 0xff || (self.quote == Quote::None && b < 0x20 && !b" \t\r\n".contains(&b)) {
-                let had_input = !self.buf.iter().all(u8::is_ascii_whitespace);
+            // QEMU's lexer: after a stray byte, skip everything up to a
+            // structural character, a control character other than tab, or
+            // 0xFE/0xFF; that byte is then lexed normally.
+            if self.recovering {
+                let resync = (b < 0x20 && b != b'\t') || b >= 0xfe || b"[]{}".contains(&b);
+                if !resync {
+                    continue;
+                }
+                self.recovering = false;
+            }
+            // Stray bytes: a control character (other than whitespace) or a
+            // non-ASCII byte outside a string; a control character or
+            // 0xFE/0xFF inside one. Each is one error; the partial value is
+            // dropped and the lexer recovers.
+            let bad = match self.quote {
+                Quote::None => (b < 0x20 && !b" \t\r\n".contains(&b)) || b >= 0x80,
+                _ => !(0x20..0xfe).contains(&b),
+            };
+            if bad {
+                let token = if self.quote == Quote::None {
+                    vec![b]
+                } else {
+                    let mut t = vec![self.str_quote];
+                    t.extend_from_slice(self.buf.get(self.str_start + 1..).unwrap_or_default());
+                    t.push(b);
+                    t
+                };
                 self.reset();
                 self.overflowed = false;
-                if had_input {
-                    out.push(Frame::Error(
-                        "JSON parse error, stray control character".into(),
-                    ));
-                }
+                self.recovering = true;
+                out.push(Frame::Error(stray(&token)));
                 continue;
             }
             match self.quote {
@@ -196,13 +236,25 @@ impl JsonSplitter {
             match b {
                 b'"' => {
                     self.quote = Quote::Double;
+                    self.str_start = self.buf.len();
+                    self.str_quote = b;
                     self.push_byte(b);
                 }
                 b'\'' => {
                     self.quote = Quote::Single;
+                    self.str_start = self.buf.len();
+                    self.str_quote = b;
                     self.push_byte(b'"');
                 }
                 b'{' | b'[' => {
+                    if self.depth + 1 > MAX_NESTING {
+                        // QEMU's streamer drops the value and starts afresh
+                        // with the next byte (no lexer recovery).
+                        self.reset();
+                        self.overflowed = false;
+                        out.push(Frame::Error("JSON nesting depth limit exceeded".into()));
+                        continue;
+                    }
                     self.depth += 1;
                     self.push_byte(b);
                 }
@@ -291,8 +343,41 @@ mod tests {
         let mut s = JsonSplitter::default();
         let got = values(s.feed(b"{\"exec\xff{\"execute\":\"stop\"}"));
         assert_eq!(got.len(), 2);
-        assert!(got[0].starts_with("ERR"));
+        assert_eq!(got[0], "ERR JSON parse error, stray '\"exec\u{fffd}'");
         assert_eq!(got[1], "{\"execute\":\"stop\"}");
+    }
+
+    #[test]
+    fn stray_bytes_like_qemu() {
+        // fixtures/qemu-7.2/bad-input-garbage-bytes.json
+        let mut s = JsonSplitter::default();
+        let got = values(s.feed(b"\x01\x02garbage\xff\xfe\n"));
+        assert_eq!(
+            got,
+            vec![
+                "ERR JSON parse error, stray '\u{1}'",
+                "ERR JSON parse error, stray '\u{2}'",
+                "ERR JSON parse error, stray '\u{fffd}'",
+                "ERR JSON parse error, stray '\u{fffd}'",
+            ]
+        );
+        // bad-input-unterminated-string.json; recovery ends at the '{'
+        let got = values(s.feed(b"{\"execute\n junk {\"a\": 1}\n"));
+        assert_eq!(
+            got,
+            vec!["ERR JSON parse error, stray '\"execute\n'", "{\"a\": 1}"]
+        );
+    }
+
+    #[test]
+    fn nesting_limit_like_qemu() {
+        let mut s = JsonSplitter::default();
+        let input = format!("{}{}\n", "[".repeat(1100), "]".repeat(1100));
+        let got = values(s.feed(input.as_bytes()));
+        assert_eq!(got[0], "ERR JSON nesting depth limit exceeded");
+        assert_eq!(got[1], format!("{}{}", "[".repeat(75), "]".repeat(75)));
+        assert_eq!(got.len(), 2 + 1025);
+        assert!(got[2..].iter().all(|g| g == "]"));
     }
 
     #[test]

@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 pub enum Outcome {
     /// The `return` value.
     Reply(Value),
+    /// `quit`: send this `return` value, then call [`Dispatcher::shutdown`]
+    /// on the same connection thread (so the reply is written first).
+    Quit(Value),
 }
 
 /// The QEMU version migtest-vmm reports: the release `switchover-hold` was
@@ -109,14 +112,19 @@ impl Dispatcher {
         a.finish()
     }
 
-    /// Called after each reply is written: performs a requested `quit`.
-    pub fn after_reply(&self) {
-        if self.quit_requested.load(Ordering::SeqCst) {
+    /// Performs a `quit` once its reply is written: one `SHUTDOWN` event
+    /// (as QEMU's main loop sends it), then exit status 0. Only the first
+    /// `quit` gets here; a concurrent second one just waits for the exit.
+    pub fn shutdown(&self) -> ! {
+        if !self.quit_requested.swap(true, Ordering::SeqCst) {
             self.vm.emit(
                 "SHUTDOWN",
                 Some(json!({"guest": false, "reason": "host-qmp-quit"})),
             );
             self.vm.exit_process(0);
+        }
+        loop {
+            std::thread::park();
         }
     }
 
@@ -165,8 +173,7 @@ impl Dispatcher {
             }
             "quit" => {
                 no_args(args)?;
-                self.quit_requested.store(true, Ordering::SeqCst);
-                json!({})
+                return Ok(Outcome::Quit(json!({})));
             }
             "pmemsave" => {
                 self.pmemsave(Args::new(args))?;
@@ -203,16 +210,15 @@ impl Dispatcher {
         Ok(Outcome::Reply(value))
     }
 
-    /// `stop`: during `inmigrate` it only clears autostart, as in QEMU.
+    /// `stop`: during `inmigrate` it only clears autostart, as in QEMU; on
+    /// a VM that does not run (prelaunch, paused, postmigrate...) it changes
+    /// nothing, as QEMU's `do_vm_stop` only acts on a running VM.
     fn stop(&self) {
         match self.vm.runstate() {
             RunState::Inmigrate => self.vm.set_autostart(false),
-            // QEMU's do_vm_stop changes only a live VM: a postmigrate (or
-            // prelaunch, paused...) guest keeps its run state.
-            RunState::Running => {
-                self.vm.vm_stop(RunState::Paused);
+            _ => {
+                self.vm.stop_if_running(RunState::Paused);
             }
-            _ => {}
         }
     }
 

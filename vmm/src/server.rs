@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Binds a QMP socket (replacing a stale socket file) and serves it on a
 /// background thread.
@@ -52,6 +53,8 @@ fn serve_connection(stream: UnixStream, dispatcher: Arc<Dispatcher>) {
         writer: Arc::new(Mutex::new(write_half)),
         negotiated: false,
     };
+    // QEMU greets from its main loop, i.e. after start-up has finished.
+    dispatcher.vm().wait_started(Duration::from_secs(10));
     let greeting = Greeting {
         version: dispatcher.version(),
         capabilities: Vec::new(),
@@ -68,50 +71,54 @@ fn serve_connection(stream: UnixStream, dispatcher: Arc<Dispatcher>) {
             Ok(n) => n,
         };
         for frame in splitter.feed(&buf[..n]) {
-            let reply = handle_frame(&mut session, &dispatcher, frame);
+            let (reply, quit) = handle_frame(&mut session, &dispatcher, frame);
             if let Some(reply) = reply {
-                if !send(&session.writer, &reply) {
+                if !send(&session.writer, &reply) && !quit {
                     return;
                 }
             }
-            dispatcher.after_reply();
+            if quit {
+                dispatcher.shutdown();
+            }
         }
     }
 }
 
+/// The reply to one input frame (if any), and whether it was a `quit`.
 fn handle_frame(
     session: &mut Session,
     dispatcher: &Dispatcher,
     frame: Frame,
-) -> Option<ServerMessage> {
+) -> (Option<ServerMessage>, bool) {
+    let error = |error: ErrorBody, id: Option<serde_json::Value>| {
+        (Some(ServerMessage::Error { error, id }), false)
+    };
     let text = match frame {
         Frame::Value(text) => text,
-        Frame::Error(desc) => {
-            return Some(ServerMessage::Error {
-                error: ErrorBody::generic(desc),
-                id: None,
-            })
-        }
+        Frame::Error(desc) => return error(ErrorBody::generic(desc), None),
     };
     let value = match serde_json::from_str(&text) {
         Ok(v) => v,
-        Err(e) => {
-            return Some(ServerMessage::Error {
-                error: ErrorBody::generic(json_error_text(&e)),
-                id: None,
-            })
-        }
+        Err(e) => return error(ErrorBody::generic(json_error_text(&text, &e)), None),
     };
+    // QEMU rejects `exec-oob` like any unknown member unless the client
+    // enabled the `oob` capability, which migtest-vmm never offers.
+    if let serde_json::Value::Object(obj) = &value {
+        if obj.contains_key("exec-oob") {
+            let desc = "QMP input member 'exec-oob' is unexpected";
+            return error(ErrorBody::generic(desc), obj.get("id").cloned());
+        }
+    }
     let cmd = match Command::from_value(value) {
         Ok(c) => c,
-        Err(Rejected { error, id }) => return Some(ServerMessage::Error { error, id }),
+        Err(Rejected { error: e, id }) => return error(e, id),
     };
     let id = cmd.id.clone();
-    let result = negotiate_or_dispatch(session, dispatcher, cmd);
-    Some(match result {
-        Ok(Outcome::Reply(value)) => ServerMessage::Return { value, id },
-        Err(error) => ServerMessage::Error { error, id },
-    })
+    match negotiate_or_dispatch(session, dispatcher, cmd) {
+        Ok(Outcome::Reply(value)) => (Some(ServerMessage::Return { value, id }), false),
+        Ok(Outcome::Quit(value)) => (Some(ServerMessage::Return { value, id }), true),
+        Err(e) => error(e, id),
+    }
 }
 
 fn negotiate_or_dispatch(
@@ -137,18 +144,27 @@ fn negotiate_or_dispatch(
             "Expecting capabilities negotiation with 'qmp_capabilities'",
         ));
     }
-    if cmd.oob {
-        return Err(ErrorBody::generic(format!(
-            "The command {} does not support OOB",
-            cmd.name
-        )));
-    }
     dispatcher.dispatch(&cmd.name, cmd.arguments)
 }
 
-/// QEMU-style text for input that is not valid JSON.
-fn json_error_text(e: &serde_json::Error) -> String {
+/// QEMU's text for a complete value that does not parse: the wording of
+/// QEMU's json-parser where serde_json's error maps onto it.
+fn json_error_text(text: &str, e: &serde_json::Error) -> String {
+    let t = text.trim_start();
+    let word: String = t.chars().take_while(|c| c.is_ascii_lowercase()).collect();
+    if !word.is_empty() && !["true", "false", "null"].contains(&word.as_str()) {
+        return format!("JSON parse error, invalid keyword '{word}'");
+    }
     let msg = e.to_string();
     let what = msg.split(" at line ").next().unwrap_or(&msg);
-    format!("JSON parse error, {what}")
+    let qemu = match what {
+        "expected value" | "EOF while parsing a value" | "trailing comma" => "expecting value",
+        "expected `:`" => "missing : in object pair",
+        "key must be a string" => "key is not a string in object",
+        "invalid escape" => "invalid escape sequence in string",
+        "expected ident" => "invalid keyword",
+        "recursion limit exceeded" => "JSON nesting depth limit exceeded",
+        other => other,
+    };
+    format!("JSON parse error, {qemu}")
 }

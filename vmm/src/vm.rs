@@ -7,7 +7,7 @@ use migtest_qmp::schema::RunState;
 use serde_json::Value;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 /// One virtual machine.
@@ -17,6 +17,10 @@ pub struct Vm {
     runstate: Mutex<RunState>,
     autostart: AtomicBool,
     events: EventBus,
+    /// False until the start-up `vm_start` of a VM that boots running
+    /// (no `-S`, no `-incoming`) has happened; see [`Vm::wait_started`].
+    started: Mutex<bool>,
+    started_cv: Condvar,
 }
 
 impl Vm {
@@ -28,6 +32,29 @@ impl Vm {
             runstate: Mutex::new(initial),
             autostart: AtomicBool::new(autostart),
             events: EventBus::default(),
+            started: Mutex::new(!(initial == RunState::Paused && autostart)),
+            started_cv: Condvar::new(),
+        }
+    }
+
+    /// Waits (at most `timeout`) until a VM that boots running has been
+    /// started. QEMU sends the QMP greeting from its main loop, after the
+    /// start-up `vm_start`, so no monitor can see that boot's `RESUME` or a
+    /// `paused` status; the QMP server calls this before its greeting to
+    /// give the same guarantee although its sockets listen earlier.
+    pub fn wait_started(&self, timeout: Duration) {
+        let started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .started_cv
+            .wait_timeout_while(started, timeout, |s| !*s)
+            .map_err(|e| e.into_inner());
+    }
+
+    fn mark_started(&self) {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if !*started {
+            *started = true;
+            self.started_cv.notify_all();
         }
     }
 
@@ -86,21 +113,37 @@ impl Vm {
         was_running
     }
 
+    /// QEMU's `vm_stop` for the `stop` command: stops a running VM and
+    /// enters `new_state` (emitting `STOP`); any other state is left alone.
+    /// Checked and changed under one lock, so a concurrent migration state
+    /// change is never overwritten. Returns whether it stopped the VM.
+    pub fn stop_if_running(&self, new_state: RunState) -> bool {
+        let mut state = self.lock();
+        if *state != RunState::Running {
+            return false;
+        }
+        self.guest.pause();
+        *state = new_state;
+        drop(state);
+        self.emit("STOP", None);
+        true
+    }
+
     /// Starts the vCPUs and enters `running`, emitting `RESUME`. On a VM
-    /// that already runs it emits `STOP` and `RESUME` and changes nothing,
-    /// as QEMU's `vm_prepare_start` does.
+    /// that already runs it does nothing and emits no event: QEMU's
+    /// `vm_prepare_start` only sends a `STOP`/`RESUME` pair when a vmstop
+    /// request is pending, which migtest-vmm never has (recorded QEMU 7.2:
+    /// `cont-while-running` replies `{}` with no event).
     pub fn vm_start(&self) {
         let mut state = self.lock();
         if *state == RunState::Running {
-            drop(state);
-            self.emit("STOP", None);
-            self.emit("RESUME", None);
             return;
         }
         *state = RunState::Running;
         self.guest.resume();
         drop(state);
         self.emit("RESUME", None);
+        self.mark_started();
     }
 
     /// Whether the guest starts once an incoming migration completes.

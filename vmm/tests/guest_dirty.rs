@@ -24,9 +24,14 @@ fn every_written_page_is_dirty_and_nothing_else() {
             let dirty: BTreeSet<u64> = iter_pages(&ram.dirty().take()).collect();
             assert_eq!(dirty, written, "{name} smp {vcpus}: first interval");
 
-            // After clearing: again exactly the pages written since.
+            // After clearing: again exactly the pages written since (run
+            // until something was written, unless the workload is idle).
             guest.resume();
             std::thread::sleep(Duration::from_millis(100));
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while name != "idle" && !log.any(|_| true) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             guest.pause();
             let written = log.take();
             let dirty: BTreeSet<u64> = iter_pages(&ram.dirty().take()).collect();
@@ -53,15 +58,21 @@ fn secondary_vcpus_write_only_their_region() {
         let layout = img.layout(64 * MIB, 3).unwrap();
         let (test_start, test_end) = img.test_range(64 * MIB);
         let (guest, log) = new_logged(config(img, 64 * MIB, 3, SerialConfig::None));
-        guest.resume();
-        std::thread::sleep(Duration::from_millis(150));
-        guest.pause();
-        let written = log.take();
         let page = 4096;
         let in_plan = |p: u64, i: usize| {
             let plan = &layout.vcpus[i];
             p * page >= plan.start && p * page < plan.end
         };
+        guest.resume();
+        // Run until every vCPU has written (a loaded host may schedule a
+        // vCPU thread late), with a generous deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        std::thread::sleep(Duration::from_millis(150));
+        while !(0..3).all(|i| log.any(|p| in_plan(p, i))) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        guest.pause();
+        let written = log.take();
         for &p in &written {
             assert!(
                 (0..3).any(|i| in_plan(p, i)),

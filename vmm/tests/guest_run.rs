@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 use guest_support::{config, image, wait_for_serial, MIB};
 use migtest_vmm::guest::{Guest, GuestError, GuestImage, SerialConfig};
 
+/// Polls `cond` every 20 ms for up to 20 s (a loaded host may run a vCPU
+/// thread late); the caller asserts afterwards.
+fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn pause_freezes_ram_and_resume_continues() {
     for name in ["sweep", "hotset", "rate", "random"] {
@@ -20,7 +29,7 @@ fn pause_freezes_ram_and_resume_continues() {
 
         guest.resume();
         assert!(guest.is_running());
-        std::thread::sleep(Duration::from_millis(150));
+        wait_until(|| guest.ram().digest() != d0);
         guest.pause();
         assert!(!guest.is_running());
         let d1 = guest.ram().digest();
@@ -35,7 +44,7 @@ fn pause_freezes_ram_and_resume_continues() {
         );
 
         guest.resume();
-        std::thread::sleep(Duration::from_millis(150));
+        wait_until(|| guest.ram().digest() != d1);
         guest.pause();
         assert_ne!(guest.ram().digest(), d1, "{name}: no progress after resume");
         guest.shutdown();

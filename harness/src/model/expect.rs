@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use serde::Serialize;
+
 use crate::scenario::{MigrationStatus, Side};
 
 use super::types::{Observation, Reply, RunState, SideObservation};
@@ -19,7 +21,8 @@ pub const ERR_NOT_EXPECTED_STATE: &str = "Migration not in expected state";
 pub const ERR_DOWNTIME_LIMIT: &str = "downtime_limit";
 
 /// The reply an op may get.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ExpectedReply {
     /// Success.
     Ok,
@@ -115,7 +118,8 @@ impl fmt::Display for ExpectedReply {
 }
 
 /// Whether a process must be alive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Alive {
     /// Must be alive.
     Yes,
@@ -126,7 +130,8 @@ pub enum Alive {
 }
 
 /// One allowed (status, run state) pair of a live VMM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Snapshot {
     /// `query-migrate` status.
     pub status: MigrationStatus,
@@ -135,7 +140,8 @@ pub struct Snapshot {
 }
 
 /// What is allowed of one side after the op.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct SideExpect {
     /// Alive or not.
     pub alive: Alive,
@@ -223,7 +229,8 @@ impl SideExpect {
 }
 
 /// Which side runs the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GuestOwner {
     /// Nobody runs it (paused, held, killed).
     Nobody,
@@ -236,7 +243,8 @@ pub enum GuestOwner {
 }
 
 /// One way the pair may have gone.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Outcome {
     /// The op's reply.
     pub reply: ExpectedReply,
@@ -252,6 +260,7 @@ pub struct Outcome {
     pub migrations: u32,
     /// The switchover-hold parameter on the source.
     pub hold: bool,
+    #[serde(skip)]
     pub(crate) world: World,
 }
 
@@ -274,12 +283,30 @@ impl Outcome {
                 return Some(m);
             }
         }
+        // The destination is observed before the source: once it completed the migration, the
+        // source guest has been stopped for switchover.
+        let (d, s) = (&obs.destination, &obs.source);
+        if self.world.dst_incoming()
+            && !self.world.tainted
+            && d.alive
+            && d.status == Some(MigrationStatus::Completed)
+            && s.alive
+            && (s.status == Some(MigrationStatus::Setup)
+                || matches!(s.run_state, Some(RunState::Running | RunState::Paused)))
+        {
+            return Some(format!(
+                "destination completed while the source was not past switchover (source {}, {})",
+                fmt_opt(s.status),
+                fmt_opt(s.run_state)
+            ));
+        }
         None
     }
 }
 
-/// All observations allowed after an op: any one [`Outcome`] must match.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// All observations allowed after an op: any one [`Outcome`] must match. Serializes to JSON for
+/// transcripts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Expectation {
     /// The alternatives; the first is the canonical one.
     pub outcomes: Vec<Outcome>,
@@ -311,6 +338,15 @@ impl Expectation {
             .iter()
             .flat_map(|o| o.side(side).run_states())
             .collect()
+    }
+
+    /// The lowest `dirty-sync-count` any outcome allows on the source.
+    pub fn min_passes(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .map(|o| o.source.min_passes)
+            .min()
+            .unwrap_or(0)
     }
 
     /// `Some(reason)` when every outcome says the executor must refuse the op.

@@ -73,6 +73,36 @@ pub fn legal_transition(side: Side, from: MigrationStatus, to: MigrationStatus) 
     }
 }
 
+/// Whether `query-migrate` on `side` may show `to` some time after it showed `from`: along
+/// [`legal_transition`]s, starting a new migration (terminal → setup) only if `new_migration`.
+pub fn reachable(
+    side: Side,
+    from: MigrationStatus,
+    to: MigrationStatus,
+    new_migration: bool,
+) -> bool {
+    if from == to {
+        return true;
+    }
+    let mut seen = vec![from];
+    let mut i = 0;
+    while i < seen.len() {
+        let a = seen[i];
+        i += 1;
+        for b in S::ALL {
+            let restart = a.is_terminal() && b == S::Setup;
+            if seen.contains(&b) || !legal_transition(side, a, b) || (restart && !new_migration) {
+                continue;
+            }
+            if b == to {
+                return true;
+            }
+            seen.push(b);
+        }
+    }
+    false
+}
+
 /// Whether a wait should give up on seeing `status` on the awaited side: for `wait-passes`, any
 /// status but setup/active; for `wait-status`/`wait-completed`, a terminal status (none,
 /// completed, failed, cancelled) other than the goal. Other waits end with a timeout.
@@ -104,6 +134,9 @@ struct History {
     last_pass: u64,
     /// Highest dirty-sync-count seen in the current migration.
     last_count: u64,
+    /// Last status `query-migrate` showed, per side.
+    src_seen: Option<MigrationStatus>,
+    dst_seen: Option<MigrationStatus>,
 }
 
 #[derive(Clone, Debug)]
@@ -147,6 +180,8 @@ impl Model {
                 dst: Last::Fresh,
                 last_pass: 0,
                 last_count: 0,
+                src_seen: None,
+                dst_seen: None,
             },
             pending: None,
             ops: 0,
@@ -210,18 +245,7 @@ impl Model {
     /// Applies `op`: returns the observations allowed after it and moves the model on (to every
     /// world the op may lead to, until [`Model::observe`] narrows it).
     pub fn apply(&mut self, op: &Op) -> Expectation {
-        let mut outcomes: Vec<Outcome> = Vec::new();
-        for w in &self.worlds {
-            for s in w.settlements() {
-                for st in s.apply(op, &self.pair) {
-                    let o = st.world.outcome(st.reply);
-                    if !outcomes.contains(&o) {
-                        outcomes.push(o);
-                    }
-                }
-            }
-        }
-        let expectation = Expectation { outcomes };
+        let expectation = self.expect(op);
         let before = std::mem::take(&mut self.worlds);
         self.worlds = dedup(expectation.outcomes.iter().map(|o| o.world.clone()));
         self.pending = Some(Pending {
@@ -234,6 +258,22 @@ impl Model {
             self.waits += 1;
         }
         expectation
+    }
+
+    /// What `op` would be allowed to do now, without applying it.
+    pub fn expect(&self, op: &Op) -> Expectation {
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        for w in &self.worlds {
+            for s in w.settlements() {
+                for st in s.apply(op, &self.pair) {
+                    let o = st.world.outcome(st.reply);
+                    if !outcomes.contains(&o) {
+                        outcomes.push(o);
+                    }
+                }
+            }
+        }
+        Expectation { outcomes }
     }
 
     /// The expectation of the last applied op.
@@ -258,7 +298,6 @@ impl Model {
             op: op.to_string(),
             message,
         };
-        self.advance_history(pending, obs).map_err(violation)?;
         let exp = &pending.expectation;
         if exp.held_throughout() {
             let completed_event = obs.source.events.contains(&Event::Migration {
@@ -293,6 +332,7 @@ impl Model {
                 "RESUME on the destination although it may not run the guest now".into(),
             ));
         }
+        self.advance_history(pending, obs).map_err(violation)?;
         let running = |o: &SideObservation| o.alive && o.run_state == Some(RunState::Running);
         if running(&obs.source) && running(&obs.destination) && !exp.allows_both_running() {
             let owner = exp.outcomes[0].guest_owner;
@@ -384,6 +424,25 @@ impl Model {
         }
         if pending.op == Op::RestartDestination {
             h.dst = Last::Fresh;
+            h.dst_seen = None;
+        }
+        let new_migration = matches!(pending.op, Op::Migrate { .. }) && obs.reply == Reply::Ok;
+        for side in Side::ALL {
+            let so = obs.side(side);
+            let seen = match side {
+                Side::Source => &mut h.src_seen,
+                Side::Destination => &mut h.dst_seen,
+            };
+            if let (true, Some(now)) = (so.alive, so.status) {
+                if let Some(before) = *seen {
+                    if !reachable(side, before, now, new_migration) {
+                        return Err(format!(
+                            "{side} status went from {before} to {now}, which the status machine cannot do"
+                        ));
+                    }
+                }
+                *seen = Some(now);
+            }
         }
         let before = &pending.before;
         let any_pbs = before.iter().any(|w| w.src.caps.pause_before_switchover);
@@ -479,6 +538,34 @@ impl Model {
     /// An observation the model allows after `op` (its first outcome), with events that continue
     /// the history: an oracle self-check and a template for tests.
     pub fn canonical_observation(&self, op: &Op) -> Observation {
+        self.observation_with(op, &mut |_| 0)
+    }
+
+    /// An allowed observation after `op` chosen by `seed`: any outcome, any snapshot (the same
+    /// time for run state and status), dying processes dead or alive. For property tests of
+    /// executors and of the model's narrowing.
+    pub fn sample_observation(&self, op: &Op, seed: u64) -> Observation {
+        let mut x = seed;
+        let mut pick = |n: usize| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) % n.max(1) as u64) as usize
+        };
+        let obs = self.observation_with(op, &mut pick);
+        let running = |o: &SideObservation| o.alive && o.run_state == Some(RunState::Running);
+        let allows_both = self
+            .pending_for(op)
+            .map(|p| p.expectation.allows_both_running())
+            .unwrap_or(false);
+        if running(&obs.source) && running(&obs.destination) && !allows_both {
+            // Impossible when the destination is read before the source.
+            return self.canonical_observation(op);
+        }
+        obs
+    }
+
+    fn observation_with(&self, op: &Op, pick: &mut dyn FnMut(usize) -> usize) -> Observation {
         let owned;
         let pending = match self.pending_for(op) {
             Ok(p) => p,
@@ -489,7 +576,7 @@ impl Model {
                 &owned
             }
         };
-        let o = &pending.expectation.outcomes[0];
+        let o = &pending.expectation.outcomes[pick(pending.expectation.outcomes.len())];
         let reply = o.reply.canonical();
         let restart = matches!(op, Op::Migrate { .. }) && reply == Reply::Ok;
         let (last_pass, last_count) = if restart {
@@ -497,12 +584,35 @@ impl Model {
         } else {
             (self.history.last_pass, self.history.last_count)
         };
-        let mut sides = Side::ALL.map(|side| {
+        // The destination is observed first; once it completed, the source is past switchover.
+        let mut dst_done = false;
+        let mut observe_side = |side: Side, dst_done: bool| {
             let e = o.side(side);
-            if e.alive != Alive::Yes {
+            let alive = match e.alive {
+                Alive::Yes => true,
+                Alive::No => false,
+                Alive::Maybe => pick(2) == 1,
+            };
+            if !alive || e.snapshots.is_empty() {
                 return SideObservation::dead();
             }
-            let snap = e.snapshots[0];
+            let seen = match side {
+                Side::Source => self.history.src_seen,
+                Side::Destination if *op == Op::RestartDestination => None,
+                Side::Destination => self.history.dst_seen,
+            };
+            let fits: Vec<Snapshot> = e
+                .snapshots
+                .iter()
+                .copied()
+                .filter(|s| seen.is_none_or(|b| reachable(side, b, s.status, restart)))
+                .filter(|s| side == Side::Destination || !dst_done || past_switchover(s))
+                .collect();
+            let snap = if fits.is_empty() {
+                e.snapshots[0]
+            } else {
+                fits[pick(fits.len())]
+            };
             let last = match side {
                 Side::Source => self.history.src,
                 Side::Destination => {
@@ -520,7 +630,11 @@ impl Model {
                     Last::Unknown => None,
                     Last::At(s) => Some(s),
                 };
-                let pbs = o.world.src.caps.pause_before_switchover;
+                // Events of this op happened under the capabilities from before it.
+                let pbs = pending
+                    .before
+                    .iter()
+                    .all(|w| w.src.caps.pause_before_switchover);
                 for status in event_path(side, from, snap.status, pbs) {
                     events.push(Event::Migration { status });
                 }
@@ -542,14 +656,23 @@ impl Model {
                 dirty_sync_count: count,
                 events,
             }
-        });
-        let [source, destination] = std::mem::take(&mut sides);
+        };
+        let destination = observe_side(Side::Destination, false);
+        if o.world.dst_incoming() && destination.alive {
+            dst_done = destination.status == Some(S::Completed);
+        }
+        let source = observe_side(Side::Source, dst_done);
         Observation {
             reply,
             source,
             destination,
         }
     }
+}
+
+/// Whether a source snapshot can be seen after the destination completed the migration.
+fn past_switchover(s: &Snapshot) -> bool {
+    s.status != S::Setup && matches!(s.run_state, RunState::FinishMigrate | RunState::Postmigrate)
 }
 
 /// The shortest legal MIGRATION event path from `from` to `to` (excluding `from`); from an unknown

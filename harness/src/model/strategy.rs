@@ -71,7 +71,7 @@ pub fn executable(model: &Model, op: &Op) -> bool {
             if worlds.iter().any(|w| {
                 matches!(
                     w.src.phase,
-                    SrcPhase::PreSwitchover { .. } | SrcPhase::Finishing
+                    SrcPhase::PreSwitchover { .. } | SrcPhase::SwitchingOver | SrcPhase::Finishing
                 )
             }) =>
         {
@@ -83,7 +83,7 @@ pub fn executable(model: &Model, op: &Op) -> bool {
         } if worlds.iter().any(|w| w.dst.phase != DstPhase::Listening) => return false,
         _ => {}
     }
-    let exp = model.clone().apply(op);
+    let exp = model.expect(op);
     !exp.may_time_out() && !exp.may_be_refused()
 }
 
@@ -115,7 +115,12 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
     let idle = all(&|w| matches!(w.src.phase, SrcPhase::Idle(_)));
     let listening = all(&|w| w.dst.phase == DstPhase::Listening);
     let held = all(&|w| w.src.phase == SrcPhase::Held);
-    let converging = any(&|w| matches!(w.src.phase, SrcPhase::Converging | SrcPhase::Finishing));
+    let converging = any(&|w| {
+        matches!(
+            w.src.phase,
+            SrcPhase::Converging | SrcPhase::SwitchingOver | SrcPhase::Finishing
+        )
+    });
     let pre = all(&|w| matches!(w.src.phase, SrcPhase::PreSwitchover { .. }));
     let ending = any(&|w| matches!(w.src.phase, SrcPhase::Cancelling | SrcPhase::Failing { .. }));
     let completed = all(&|w| w.memory_must_match().is_ok());

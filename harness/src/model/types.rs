@@ -81,10 +81,14 @@ pub const ASSUMED_LINK_BANDWIDTH: u64 = 128 << 20;
 
 impl Parameters {
     /// Whether an un-held precopy migration of `memory` bytes is guaranteed to switch over in
-    /// bounded time, whatever the guest dirties: the switchover threshold (bandwidth x downtime)
+    /// bounded time, whatever the guest dirties: passes must be quick
+    /// ([`Parameters::passes_are_quick`]) and the switchover threshold (bandwidth x downtime)
     /// must cover twice the guest RAM. The bandwidth is `avail-switchover-bandwidth` when set,
     /// else `max-bandwidth` capped at [`ASSUMED_LINK_BANDWIDTH`].
     pub fn converges(&self, memory: Size) -> bool {
+        if !self.passes_are_quick(memory) {
+            return false;
+        }
         let bw = if self.avail_switchover_bandwidth.0 > 0 {
             self.avail_switchover_bandwidth.0
         } else if self.max_bandwidth.0 == 0 {

@@ -44,6 +44,10 @@ pub(crate) enum SrcPhase {
     Held,
     /// Paused in pre-switchover; `broken`: the destination died meanwhile.
     PreSwitchover { broken: bool },
+    /// Switchover decided (hold released, threshold reached): the guest is being stopped or
+    /// stopped (`finish-migrate`), status still active; then completed, or pre-switchover with
+    /// pause-before-switchover. switchover-hold no longer matters.
+    SwitchingOver,
     /// After `migrate-continue`: pre-switchover/device, then completed.
     Finishing,
     /// After `migrate_cancel`: cancelling, then cancelled.
@@ -140,6 +144,11 @@ impl World {
         self.src.caps.pause_before_switchover
     }
 
+    /// The destination receives the current migration.
+    pub fn dst_incoming(&self) -> bool {
+        self.dst.phase == DstPhase::Incoming
+    }
+
     pub fn src_is_held(&self) -> bool {
         self.src.alive && self.src.phase == SrcPhase::Held
     }
@@ -166,17 +175,16 @@ impl World {
         let mut srcs = vec![self.clone()];
         match self.src.phase {
             SrcPhase::Converging if self.src.alive => {
+                let mut s = self.clone();
+                s.src.phase = SrcPhase::SwitchingOver;
+                srcs.push(s);
                 let mut w = self.clone();
-                if self.pbs() {
-                    w.src.phase = SrcPhase::PreSwitchover { broken: false };
-                } else {
-                    // Switchover already under way: an op now (e.g. setting the hold)
-                    // comes too late to stop it.
-                    let mut f = self.clone();
-                    f.src.phase = SrcPhase::Finishing;
-                    srcs.push(f);
-                    w.complete();
-                }
+                w.switch_over();
+                srcs.push(w);
+            }
+            SrcPhase::SwitchingOver if self.src.alive => {
+                let mut w = self.clone();
+                w.switch_over();
                 srcs.push(w);
             }
             SrcPhase::Finishing if self.src.alive => {
@@ -210,6 +218,15 @@ impl World {
         out
     }
 
+    /// The switchover runs to its end: completed, or paused in pre-switchover.
+    fn switch_over(&mut self) {
+        if self.pbs() {
+            self.src.phase = SrcPhase::PreSwitchover { broken: false };
+        } else {
+            self.complete();
+        }
+    }
+
     /// The migration completes on both sides.
     fn complete(&mut self) {
         let at_switchover = self.src.run;
@@ -241,9 +258,15 @@ impl World {
         let mut w = self.clone();
         if obs.source.alive && w.src.alive {
             match (w.src.phase, obs.source.status) {
-                (SrcPhase::Converging, Some(S::Completed)) if !w.pbs() => w.complete(),
+                (SrcPhase::Converging | SrcPhase::SwitchingOver, Some(S::Completed))
+                    if !w.pbs() =>
+                {
+                    w.complete()
+                }
                 (SrcPhase::Finishing, Some(S::Completed)) => w.complete(),
-                (SrcPhase::Converging, Some(S::PreSwitchover)) if w.pbs() => {
+                (SrcPhase::Converging | SrcPhase::SwitchingOver, Some(S::PreSwitchover))
+                    if w.pbs() =>
+                {
                     w.src.phase = SrcPhase::PreSwitchover { broken: false }
                 }
                 (SrcPhase::Cancelling, Some(S::Cancelled)) => {
@@ -259,6 +282,13 @@ impl World {
                     w.passes_min = w.passes_min.max(c);
                 }
             }
+        }
+        if w.dst.phase == DstPhase::Incoming
+            && obs.destination.alive
+            && obs.destination.status == Some(S::Completed)
+        {
+            // The destination completed: the migration did (the source says so at once).
+            w.complete_both();
         }
         if w.dst.phase == DstPhase::Dying && !obs.destination.alive {
             w.dst.phase = DstPhase::Dead;
@@ -279,6 +309,11 @@ impl World {
                 self.src.phase = SrcPhase::Failing { from_device: false }
             }
             SrcPhase::Finishing => self.src.phase = SrcPhase::Failing { from_device: true },
+            // With pause-before-switchover nothing is written before the pause.
+            SrcPhase::SwitchingOver if self.pbs() => {
+                self.src.phase = SrcPhase::PreSwitchover { broken: true }
+            }
+            SrcPhase::SwitchingOver => self.src.phase = SrcPhase::Failing { from_device: false },
             SrcPhase::PreSwitchover { .. } => {
                 self.src.phase = SrcPhase::PreSwitchover { broken: true }
             }
@@ -338,6 +373,10 @@ impl World {
             SrcPhase::Held if self.passes_min >= 2 => vec![snap(S::Active, r)],
             SrcPhase::Held => vec![snap(S::Setup, r), snap(S::Active, r)],
             SrcPhase::PreSwitchover { .. } => vec![snap(S::PreSwitchover, fm)],
+            SrcPhase::SwitchingOver if self.pbs() => {
+                vec![snap(S::Active, fm), snap(S::PreSwitchover, fm)]
+            }
+            SrcPhase::SwitchingOver => vec![snap(S::Active, fm), snap(S::Completed, pm)],
             SrcPhase::Finishing => vec![
                 snap(S::PreSwitchover, fm),
                 snap(S::Device, fm),
@@ -386,7 +425,10 @@ impl World {
             DstPhase::Incoming => {
                 let mut v = vec![snap(S::Setup, inm), snap(S::Active, inm)];
                 let completes = matches!(self.src.phase, SrcPhase::Finishing)
-                    || (self.src.phase == SrcPhase::Converging && !self.pbs());
+                    || (matches!(
+                        self.src.phase,
+                        SrcPhase::Converging | SrcPhase::SwitchingOver
+                    ) && !self.pbs());
                 if completes {
                     // The run state is set just before the status turns completed.
                     let fin = self.dst_final_run();
@@ -416,7 +458,7 @@ impl World {
             && self.src.run == GuestRun::Running
             && !matches!(
                 self.src.phase,
-                SrcPhase::PreSwitchover { .. } | SrcPhase::Finishing
+                SrcPhase::PreSwitchover { .. } | SrcPhase::SwitchingOver | SrcPhase::Finishing
             );
         let dst = self.dst.phase == DstPhase::Completed(GuestRun::Running);
         match (src, dst) {
@@ -573,8 +615,15 @@ impl World {
                 }
                 match self.src.phase {
                     SrcPhase::Held | SrcPhase::Converging => {
+                        let slow = !self.src.params.passes_are_quick(self.memory);
+                        let stuck = w.clone();
                         w.passes_min = w.passes_min.max(*n);
-                        step(ok, w)
+                        let mut v = step(ok, w);
+                        if slow && *n > self.passes_min {
+                            // A pass over guest RAM may outlast the executor's timeout.
+                            v.extend(step(ExpectedReply::Timeout, stuck));
+                        }
+                        v
                     }
                     SrcPhase::Idle(s) => step(ExpectedReply::unreachable(s), w),
                     SrcPhase::PreSwitchover { .. } => {
@@ -586,18 +635,28 @@ impl World {
                         ),
                         w,
                     ),
+                    SrcPhase::SwitchingOver => {
+                        // The final pass may still reach `n`.
+                        let target = if self.pbs() {
+                            S::PreSwitchover
+                        } else {
+                            S::Completed
+                        };
+                        let mut v = step(ExpectedReply::unreachable(target), w.clone());
+                        v.extend(step(ok, w));
+                        v
+                    }
                     SrcPhase::Cancelling => step(
                         ExpectedReply::Unreachable([S::Cancelling, S::Cancelled].into()),
                         w,
                     ),
-                    SrcPhase::Failing { from_device } => {
-                        let mut v = step(
-                            ExpectedReply::Unreachable([S::Device, S::Failed].into()),
-                            w.clone(),
-                        );
-                        if !from_device {
-                            v.extend(step(ok, w));
-                        }
+                    SrcPhase::Failing { from_device: true } => {
+                        step(ExpectedReply::Unreachable([S::Device, S::Failed].into()), w)
+                    }
+                    SrcPhase::Failing { from_device: false } => {
+                        // The broken stream may be noticed only after a few more passes.
+                        let mut v = step(ExpectedReply::unreachable(S::Failed), w.clone());
+                        v.extend(step(ok, w));
                         v
                     }
                 }
@@ -610,6 +669,7 @@ impl World {
                     SrcPhase::Idle(_) | SrcPhase::Cancelling => step(ok, w),
                     SrcPhase::Converging
                     | SrcPhase::Held
+                    | SrcPhase::SwitchingOver
                     | SrcPhase::PreSwitchover { .. }
                     | SrcPhase::Finishing => {
                         w.src.phase = SrcPhase::Cancelling;
@@ -664,7 +724,9 @@ impl World {
                 }
                 match side {
                     Side::Source => match self.src.phase {
-                        SrcPhase::PreSwitchover { .. } | SrcPhase::Finishing => step(ok, w),
+                        SrcPhase::PreSwitchover { .. }
+                        | SrcPhase::SwitchingOver
+                        | SrcPhase::Finishing => step(ok, w),
                         SrcPhase::Cancelling | SrcPhase::Failing { .. }
                             if self.src.run == GuestRun::Running =>
                         {
@@ -703,7 +765,9 @@ impl World {
                 match side {
                     Side::Source => {
                         match self.src.phase {
-                            SrcPhase::PreSwitchover { .. } | SrcPhase::Finishing => {
+                            SrcPhase::PreSwitchover { .. }
+                            | SrcPhase::SwitchingOver
+                            | SrcPhase::Finishing => {
                                 w.tainted = true;
                             }
                             SrcPhase::Idle(S::Completed) if w.src.run != GuestRun::Running => {
@@ -753,9 +817,14 @@ impl World {
                         w.complete_both();
                         step(ok, w)
                     }
-                    SrcPhase::Converging | SrcPhase::Held | SrcPhase::PreSwitchover { .. } => {
-                        step(ExpectedReply::Timeout, w)
+                    SrcPhase::SwitchingOver if !self.pbs() => {
+                        w.complete_both();
+                        step(ok, w)
                     }
+                    SrcPhase::Converging
+                    | SrcPhase::SwitchingOver
+                    | SrcPhase::Held
+                    | SrcPhase::PreSwitchover { .. } => step(ExpectedReply::Timeout, w),
                     SrcPhase::Cancelling => {
                         w.src.phase = SrcPhase::Idle(S::Cancelled);
                         step(ExpectedReply::unreachable(S::Cancelled), w)
@@ -842,9 +911,10 @@ impl World {
                 DstPhase::Dying => {
                     let mut v = step(ExpectedReply::Dead, w.clone());
                     if goal == S::Failed {
-                        v.extend(step(ok, w.clone()));
+                        v.extend(step(ok, w));
+                    } else {
+                        v.extend(step(ExpectedReply::unreachable(S::Failed), w));
                     }
-                    v.extend(step(ExpectedReply::unreachable(S::Failed), w));
                     v
                 }
                 DstPhase::Incoming => {
@@ -893,22 +963,23 @@ impl World {
                     step(ExpectedReply::Timeout, w)
                 }
             }
-            SrcPhase::Converging => {
+            SrcPhase::Converging | SrcPhase::SwitchingOver => {
                 let target = if self.pbs() {
                     S::PreSwitchover
                 } else {
                     S::Completed
                 };
                 let mut settled = w.clone();
-                if self.pbs() {
-                    settled.src.phase = SrcPhase::PreSwitchover { broken: false };
+                settled.switch_over();
+                let transient = if self.src.phase == SrcPhase::Converging {
+                    matches!(goal, S::Setup | S::Active)
                 } else {
-                    settled.complete();
-                }
+                    goal == S::Active
+                };
                 let mut v = Vec::new();
                 if goal == target {
                     v.extend(step(ok.clone(), settled));
-                } else if matches!(goal, S::Setup | S::Active) {
+                } else if transient {
                     v.extend(step(ok.clone(), w.clone()));
                     if target == S::Completed {
                         v.extend(step(ExpectedReply::unreachable(target), settled));
@@ -920,7 +991,7 @@ impl World {
                 } else {
                     v.extend(step(ExpectedReply::Timeout, settled));
                 }
-                if !conv_ok {
+                if !conv_ok && self.src.phase == SrcPhase::Converging {
                     v.extend(step(ExpectedReply::Timeout, w));
                 }
                 v

@@ -233,7 +233,7 @@ status = "completed"
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
 
         #[test]
         fn toml_round_trip(s in arb::scenario()) {

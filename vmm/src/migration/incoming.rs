@@ -1,13 +1,12 @@
 //! The destination: listening, loading and validating the stream.
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
-use super::stream::{self, Expect, StreamError, StreamSink};
+use super::stream::{self, DeviceRecord, Expect, StreamError, StreamSink};
 use super::transport::{Listener, MigrationUri};
 use super::{lock, Shared};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
 use migtest_qmp::ErrorBody;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// How `-incoming` was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,8 +27,6 @@ pub(crate) struct Incoming {
     pub status: MigrationStatus,
     pub error: Option<String>,
     pub socket_address: Option<Vec<SocketAddress>>,
-    pub start: Option<Instant>,
-    pub total_time: Option<u64>,
 }
 
 impl Default for Incoming {
@@ -39,8 +36,6 @@ impl Default for Incoming {
             status: MigrationStatus::None,
             error: None,
             socket_address: None,
-            start: None,
-            total_time: None,
         }
     }
 }
@@ -51,19 +46,22 @@ impl Incoming {
         if self.status == MigrationStatus::None {
             return None;
         }
+        // QEMU 7.2 reports only the status once done (the listening
+        // address is dropped with the incoming state); migtest-vmm adds
+        // `error-desc` on failure, as newer QEMU does with exit-on-error off.
+        let done = self.status.is_terminal();
         Some(MigrationInfo {
             status: Some(self.status),
-            total_time: if self.status == MigrationStatus::Completed {
-                self.total_time
-            } else {
-                None
-            },
             error_desc: if self.status == MigrationStatus::Failed {
                 self.error.clone()
             } else {
                 None
             },
-            socket_address: self.socket_address.clone(),
+            socket_address: if done {
+                None
+            } else {
+                self.socket_address.clone()
+            },
             ..MigrationInfo::default()
         })
     }
@@ -75,19 +73,14 @@ fn set_status(
     from: MigrationStatus,
     to: MigrationStatus,
 ) -> bool {
-    let _order = lock(&shared.event_order);
-    {
+    shared.transition(host, to, || {
         let mut i = lock(&shared.incoming);
         if i.status != from {
             return false;
         }
         i.status = to;
-        if to.is_terminal() {
-            i.total_time = i.start.map(|s| s.elapsed().as_millis() as u64);
-        }
-    }
-    shared.emit_status(host, to);
-    true
+        true
+    })
 }
 
 /// `-incoming defer|URI`.
@@ -138,7 +131,6 @@ fn start(
         let mut i = lock(&shared.incoming);
         i.mode = Mode::Started;
         i.socket_address = listener.socket_address().map(|a| vec![a]);
-        i.start = Some(Instant::now());
     }
     set_status(
         shared,
@@ -172,7 +164,7 @@ impl StreamSink for RamSink<'_> {
 pub(crate) fn load_into_host<R: std::io::Read>(
     host: &dyn MigrationHost,
     r: R,
-) -> Result<stream::LoadSummary, StreamError> {
+) -> Result<(stream::LoadSummary, RunState), StreamError> {
     let ram = host.ram();
     let id = host.identity();
     let expect = Expect {
@@ -180,20 +172,14 @@ pub(crate) fn load_into_host<R: std::io::Read>(
         vcpus: id.vcpus,
         image_id: id.image_id,
     };
-    let sum = stream::load(r, expect, &mut RamSink(ram), || {})?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&sum.device_state).map_err(|e| StreamError {
-            offset: sum.device_state_offset,
-            kind: stream::StreamErrorKind::DeviceStateInvalid {
-                reason: e.to_string(),
-            },
-        })?;
-    host.load_device_state(value)
-        .map_err(|reason| StreamError {
-            offset: sum.device_state_offset,
-            kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
-        })?;
-    Ok(sum)
+    let sum = stream::load(r, expect, &mut RamSink(ram))?;
+    let invalid = |reason| StreamError {
+        offset: sum.device_state_offset,
+        kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
+    };
+    let rec = DeviceRecord::decode(&sum.device_state).map_err(invalid)?;
+    host.load_device_state(rec.devices).map_err(invalid)?;
+    Ok((sum, rec.runstate))
 }
 
 fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
@@ -214,11 +200,17 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
         )),
     };
     match result {
-        Ok(_) => {
-            if host.autostart() {
-                host.vm_start();
+        Ok((_, source_runstate)) => {
+            // As QEMU: a source that was running lets the guest start here
+            // (unless -S); otherwise the source's run state is taken over.
+            if source_runstate == RunState::Running {
+                if host.autostart() {
+                    host.vm_start();
+                } else {
+                    host.set_runstate(RunState::Paused);
+                }
             } else {
-                host.set_runstate(RunState::Paused);
+                host.set_runstate(source_runstate);
             }
             set_status(
                 shared,

@@ -12,13 +12,19 @@
 //! - [`params`]: parameters and capabilities with QEMU's texts.
 //! - [`switchover`]: the switchover decision and the `switchover-hold` semaphore.
 //! - [`transport`]: `unix:` / `tcp:` URIs.
-//! - [`host`]: the traits the engine needs from the VM and the guest.
+//! - [`host`]: the traits the engine needs from the VM and the guest
+//!   (implemented for `Vm`/`GuestRam` in `host_impl`).
+//! - [`testing`]: an in-memory guest and recording host for tests.
+//!
+//! Lock order: outgoing slot, then `event_order`, then the per-migration
+//! info / incoming state, then caps/params (held only briefly).
 
 pub mod faults;
 pub mod host;
 pub mod params;
 pub mod stream;
 pub mod switchover;
+pub mod testing;
 pub mod transport;
 
 mod incoming;
@@ -64,10 +70,23 @@ impl Shared {
         lock(&self.caps).events()
     }
 
-    pub(crate) fn emit_status(&self, host: &dyn MigrationHost, status: MigrationStatus) {
-        if self.events_on() {
-            host.emit("MIGRATION", Some(json!({ "status": status.as_str() })));
+    /// QEMU's `migrate_set_state` for either side: `cas` changes the status
+    /// if it is still the expected one; on success the `MIGRATION` event
+    /// goes out, in the same order as the changes.
+    pub(crate) fn transition(
+        &self,
+        host: &dyn MigrationHost,
+        to: MigrationStatus,
+        cas: impl FnOnce() -> bool,
+    ) -> bool {
+        let _order = lock(&self.event_order);
+        if !cas() {
+            return false;
         }
+        if self.events_on() {
+            host.emit("MIGRATION", Some(json!({ "status": to.as_str() })));
+        }
+        true
     }
 }
 
@@ -141,15 +160,34 @@ impl Migration {
                 return Err(ErrorBody::generic(MIGRATION_ACTIVE));
             }
         }
-        if host.runstate() == RunState::Inmigrate {
-            return Err(ErrorBody::generic(
-                "Guest is waiting for an incoming migration",
-            ));
+        match host.runstate() {
+            RunState::Inmigrate => {
+                return Err(ErrorBody::generic(
+                    "Guest is waiting for an incoming migration",
+                ))
+            }
+            RunState::Postmigrate => {
+                return Err(ErrorBody::generic(
+                    "Can't migrate the vm that was paused due to previous migration",
+                ))
+            }
+            _ => {}
         }
-        let uri = MigrationUri::parse(&uri)?;
-        let out = outgoing::start(self.shared.clone(), host, uri);
-        *slot = Some(out);
-        Ok(json!({}))
+        match MigrationUri::parse(&uri) {
+            Ok(uri) => {
+                *slot = Some(outgoing::start(self.shared.clone(), host, uri));
+                Ok(json!({}))
+            }
+            Err(e) => {
+                // As QEMU: the migration was initialised (`setup`) before
+                // the URI was looked at, so it ends `failed`. Only address
+                // errors are kept as `error-desc`.
+                let keep = uri.starts_with("unix:") || uri.starts_with("tcp:");
+                let desc = keep.then(|| e.desc.clone());
+                *slot = Some(outgoing::failed_at_start(&self.shared, host.as_ref(), desc));
+                Err(e)
+            }
+        }
     }
 
     /// `migrate_cancel`: succeeds even when no migration runs.
@@ -194,6 +232,12 @@ impl Migration {
         Ok(json!({}))
     }
 
+    /// Pending posts on the `switchover-hold` semaphore (tests, diagnostics).
+    #[doc(hidden)]
+    pub fn hold_kicks_pending(&self) -> u64 {
+        self.shared.hold_sem.count()
+    }
+
     /// `query-migrate-parameters`.
     pub fn query_parameters(&self) -> Result<Value, ErrorBody> {
         Ok(self.shared.params().to_value())
@@ -201,9 +245,13 @@ impl Migration {
 
     /// `migrate-set-capabilities`.
     pub fn set_capabilities(&self, args: Args) -> Result<Value, ErrorBody> {
+        // Lock order everywhere: outgoing slot, then event order, then caps
+        // (migrate holds the slot while its first status event reads caps).
+        let slot = lock(&self.shared.outgoing);
+        let running = slot.as_ref().is_some_and(|o| o.status().is_running());
         let mut caps = lock(&self.shared.caps);
         let next = caps.test_apply(args)?;
-        if self.outgoing_status().is_running() {
+        if running {
             return Err(ErrorBody::generic(MIGRATION_ACTIVE));
         }
         *caps = next;
@@ -224,14 +272,17 @@ impl Migration {
     }
 
     /// The typed `query-migrate` reply.
+    ///
+    /// A running incoming migration is reported first; once it is over, an
+    /// outgoing migration started since (the VM migrating on) takes over.
     pub fn info(&self) -> MigrationInfo {
         let inc = lock(&self.shared.incoming).info();
-        if let Some(info) = inc {
-            return info;
-        }
-        match lock(&self.shared.outgoing).as_ref() {
-            Some(o) => o.info(),
-            None => MigrationInfo::default(),
+        let out = lock(&self.shared.outgoing).as_ref().map(|o| o.info());
+        match (inc, out) {
+            (Some(i), Some(o)) if i.status.is_some_and(|s| s.is_terminal()) => o,
+            (Some(i), _) => i,
+            (None, Some(o)) => o,
+            (None, None) => MigrationInfo::default(),
         }
     }
 
@@ -271,6 +322,3 @@ pub const ALL_STATUS_NAMES: [&str; 14] = [
     "device",
     "wait-unplug",
 ];
-
-#[cfg(test)]
-mod tests;

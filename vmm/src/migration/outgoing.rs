@@ -6,7 +6,7 @@
 
 use super::faults::{self, Fault};
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
-use super::stream::{os_error_text, Header, StreamWriter};
+use super::stream::{os_error_text, DeviceRecord, Header, StreamWriter};
 use super::switchover::{self, Semaphore};
 use super::transport::{self, Conn, MigrationUri};
 use super::{lock, Shared};
@@ -60,8 +60,7 @@ impl Outgoing {
         from: MigrationStatus,
         to: MigrationStatus,
     ) -> bool {
-        let _order = lock(&shared.event_order);
-        {
+        shared.transition(host, to, || {
             let mut i = lock(&self.info);
             if i.status != from {
                 return false;
@@ -70,9 +69,8 @@ impl Outgoing {
             if to.is_terminal() {
                 i.total_time = Some(ms(i.start.elapsed()));
             }
-        }
-        shared.emit_status(host, to);
-        true
+            true
+        })
     }
 
     /// `migrate_cancel` (QEMU's `migrate_fd_cancel`).
@@ -82,13 +80,20 @@ impl Outgoing {
             if !old.is_running() || old == MigrationStatus::Cancelling {
                 return;
             }
-            if old == MigrationStatus::PreSwitchover {
-                // Kick it out of the pause.
-                self.pause_sem.post();
-            }
             if self.set_status(shared, host, old, MigrationStatus::Cancelling) {
+                if old == MigrationStatus::PreSwitchover {
+                    // Kick it out of the pause. Posting only after the state
+                    // is `cancelling` makes the thread's pre-switchover →
+                    // device step fail, so it cannot go on to complete.
+                    self.pause_sem.post();
+                }
                 break;
             }
+        }
+        // Wake a holding thread now rather than after its 10 ms wait; if
+        // nobody is holding, the post is a harmless stale count.
+        if shared.params().switchover_hold {
+            shared.hold_sem.post();
         }
         // Unblock a thread stuck writing to a full socket.
         if let Some(c) = lock(&self.conn).as_ref() {
@@ -123,13 +128,27 @@ impl Outgoing {
     }
 }
 
-/// Starts an outgoing migration: status `setup` now, the rest in a thread.
-pub(crate) fn start(
-    shared: Arc<Shared>,
-    host: Arc<dyn MigrationHost>,
-    uri: MigrationUri,
+/// A migration that failed before its thread started (bad URI): `setup`
+/// then `failed`, as QEMU's `qmp_migrate` does after `migrate_init`.
+pub(crate) fn failed_at_start(
+    shared: &Shared,
+    host: &dyn MigrationHost,
+    error: Option<String>,
 ) -> Arc<Outgoing> {
-    let out = Arc::new(Outgoing {
+    let out = new_outgoing(shared, host);
+    out.set_status(shared, host, MigrationStatus::None, MigrationStatus::Setup);
+    lock(&out.info).error = error;
+    out.set_status(
+        shared,
+        host,
+        MigrationStatus::Setup,
+        MigrationStatus::Failed,
+    );
+    out
+}
+
+fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
+    Arc::new(Outgoing {
         info: Mutex::new(OutInfo {
             status: MigrationStatus::None,
             error: None,
@@ -137,7 +156,8 @@ pub(crate) fn start(
             setup_time: None,
             total_time: None,
             downtime: None,
-            expected_downtime: 0,
+            // QEMU starts the estimate at the limit.
+            expected_downtime: shared.params().downtime_limit,
             stats: MigrationStats {
                 total: host.ram().size(),
                 page_size: PAGE_SIZE as u64,
@@ -146,7 +166,16 @@ pub(crate) fn start(
         }),
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
-    });
+    })
+}
+
+/// Starts an outgoing migration: status `setup` now, the rest in a thread.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    host: Arc<dyn MigrationHost>,
+    uri: MigrationUri,
+) -> Arc<Outgoing> {
+    let out = new_outgoing(&shared, host.as_ref());
     out.set_status(
         &shared,
         host.as_ref(),
@@ -189,15 +218,23 @@ struct Engine<'a> {
     page_count: u64,
     sync_count: u64,
     last_sync: Instant,
+    dirty_period_pages: u64,
     // Rate limit / measurement window.
     window_start: Instant,
     window_bytes_start: u64,
+    /// Token bucket for `max-bandwidth`: bytes written at `bucket_start`
+    /// and the cap it was started for. Unlike fixed windows, a late wake-up
+    /// from sleep does not lose the budget of the time overslept.
+    bucket_start: Instant,
+    bucket_bytes_start: u64,
+    bucket_rate: u64,
     window_pages: u64,
     bandwidth: f64,
     threshold: u64,
     // VM state the migration changed.
     stopped_vm: bool,
     vm_was_running: bool,
+    runstate_before_stop: RunState,
     stop_time: Option<Instant>,
     // Planted bugs (`faults`): the hold at `migrate` time, and whether the
     // hold was ever in force on this migration.
@@ -294,13 +331,18 @@ fn run_inner(
         page_count,
         sync_count: 0,
         last_sync: Instant::now(),
+        dirty_period_pages: 0,
         window_start: Instant::now(),
         window_bytes_start: 0,
+        bucket_start: Instant::now(),
+        bucket_bytes_start: 0,
+        bucket_rate: 0,
         window_pages: 0,
         bandwidth: 0.0,
         threshold: 0,
         stopped_vm: false,
         vm_was_running: false,
+        runstate_before_stop: RunState::Running,
         stop_time: None,
         hold_at_start: shared.params().switchover_hold,
         has_held: false,
@@ -319,6 +361,9 @@ impl Engine<'_> {
     fn migrate(&mut self, header: Header) -> Result<(), Abort> {
         self.w.header(&header).map_err(write_err)?;
         self.ram.dirty_set_all();
+        // The first sync (pass 1) belongs to setup, as in QEMU's
+        // ram_save_setup: MIGRATION_PASS 1 comes before MIGRATION active.
+        self.sync_dirty()?;
         {
             let mut i = lock(&self.out.info);
             i.setup_time = Some(ms(i.start.elapsed()));
@@ -336,13 +381,15 @@ impl Engine<'_> {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
             }
-            let pending = self.pending_bytes();
             // Planted bug: without a hold, no exact sync before the switchover decision.
             let skip_sync = faults::on(Fault::SkipLastDirtyPass)
                 && self.sync_count > 0
                 && !self.shared.params().switchover_hold;
-            if (self.pending_pages == 0 || pending < self.threshold) && !skip_sync {
-                // QEMU's "pending exact": sync to know what really remains.
+            if self.pending_bytes() < self.threshold && !skip_sync {
+                // Close to switchover: sync to know what really remains
+                // (QEMU's ram_save_pending). With nothing measured yet the
+                // threshold is 0 and an empty bitmap completes at once,
+                // which is why a one-pass migration reports 2 syncs.
                 self.sync_dirty()?;
             }
             if self.decide_complete() {
@@ -351,6 +398,10 @@ impl Engine<'_> {
             if self.pending_pages > 0 {
                 self.send_batch()?;
             }
+            // Like QEMU's per-iteration fflush: what was sent reaches the
+            // destination now (a holding migration keeps it up to date) and
+            // a dead destination is noticed.
+            self.w.flush().map_err(write_err)?;
             self.update_window();
         }
     }
@@ -393,15 +444,21 @@ impl Engine<'_> {
         }
         self.pending_pages += newly;
         self.sync_count += 1;
-        let now = Instant::now();
-        let secs = now.duration_since(self.last_sync).as_secs_f64();
-        self.last_sync = now;
+        // Dirty rate as QEMU computes it: pages newly dirtied over a period
+        // of at least one second, updated at the sync that closes it.
+        self.dirty_period_pages += newly;
+        let secs = self.last_sync.elapsed().as_secs_f64();
+        let rate = (secs >= 1.0).then(|| (self.dirty_period_pages as f64 / secs) as u64);
+        if rate.is_some() {
+            self.last_sync = Instant::now();
+            self.dirty_period_pages = 0;
+        }
         {
             let mut i = lock(&self.out.info);
             i.stats.dirty_sync_count = self.sync_count;
             i.stats.remaining = self.pending_bytes();
-            if self.sync_count > 1 && secs > 0.0 {
-                i.stats.dirty_pages_rate = (newly as f64 / secs) as u64;
+            if let Some(r) = rate {
+                i.stats.dirty_pages_rate = r;
             }
         }
         if self.shared.events_on() {
@@ -458,32 +515,49 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Bytes this window may still carry under `max-bandwidth` (None = unlimited).
-    fn window_budget(&self) -> Option<u64> {
+    /// Bytes that may be written now under `max-bandwidth` (None =
+    /// unlimited): a token bucket filling at the cap, holding at most one
+    /// [`WINDOW`]'s worth (QEMU's per-window budget) so an idle spell does
+    /// not turn into a burst.
+    fn budget(&mut self) -> Option<u64> {
         let bw = self.shared.params().max_bandwidth;
         if bw == 0 {
             return None;
         }
-        let limit = (bw / 10).max(1);
-        let used = self.w.written() - self.window_bytes_start;
-        Some(limit.saturating_sub(used))
+        let written = self.w.written();
+        let burst = (bw / 10).max(PAGE_SIZE as u64);
+        if bw != self.bucket_rate {
+            self.bucket_rate = bw;
+            self.bucket_start = Instant::now();
+            self.bucket_bytes_start = written;
+        }
+        let earned = (self.bucket_start.elapsed().as_secs_f64() * bw as f64) as u64;
+        let spent = written - self.bucket_bytes_start;
+        let credit = (earned + burst).saturating_sub(spent);
+        if credit > burst {
+            // Forget credit beyond one burst: restart the bucket full.
+            self.bucket_start = Instant::now();
+            self.bucket_bytes_start = written;
+            return Some(burst);
+        }
+        Some(credit)
     }
 
     /// Sends up to [`BATCH_PAGES`] pages within the rate limit; when the
-    /// window's budget is spent, sleeps (in short slices) until it ends.
+    /// budget is spent, flushes and sleeps until a page's worth is earned.
     fn send_batch(&mut self) -> Result<(), Abort> {
         let mut buf = [0u8; PAGE_SIZE];
         for _ in 0..BATCH_PAGES {
-            if self.window_budget() == Some(0) {
-                self.w.flush().map_err(write_err)?;
-                while self.window_start.elapsed() < WINDOW && !self.cancelled() {
-                    let left = WINDOW.saturating_sub(self.window_start.elapsed());
-                    std::thread::sleep(left.min(Duration::from_millis(10)));
-                    if self.window_budget() != Some(0) {
-                        break; // max-bandwidth was raised
-                    }
+            if let Some(credit) = self.budget() {
+                if credit < PAGE_SIZE as u64 + 16 {
+                    self.w.flush().map_err(write_err)?;
+                    let need = (PAGE_SIZE as u64 + 16 - credit) as f64;
+                    let wait = Duration::from_secs_f64(need / self.bucket_rate.max(1) as f64);
+                    std::thread::sleep(
+                        wait.clamp(Duration::from_micros(200), Duration::from_millis(10)),
+                    );
+                    break;
                 }
-                return Ok(());
             }
             let Some(page) = self.next_dirty() else { break };
             self.send_page(page, &mut buf)?;
@@ -531,7 +605,9 @@ impl Engine<'_> {
 
     /// Stops the guest and sends everything that remains.
     fn complete(&mut self) -> Result<(), Abort> {
-        self.vm_was_running = self.host.runstate() == RunState::Running;
+        // QEMU's global_state_store(): the destination restores this.
+        self.runstate_before_stop = self.host.runstate();
+        self.vm_was_running = self.runstate_before_stop == RunState::Running;
         self.stopped_vm = true;
         self.host.vm_stop(RunState::FinishMigrate);
         self.stop_time = Some(Instant::now());
@@ -566,8 +642,12 @@ impl Engine<'_> {
             .host
             .save_device_state()
             .map_err(|m| Abort::Failed(format!("cannot save device state: {m}")))?;
-        let bytes = serde_json::to_vec(&dev)
-            .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
+        let bytes = DeviceRecord {
+            runstate: self.runstate_before_stop,
+            devices: dev,
+        }
+        .encode()
+        .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
         self.w.device_state(&bytes).map_err(|e| {
             if e.kind() == io::ErrorKind::InvalidInput {
                 Abort::Failed(e.to_string())
@@ -585,6 +665,12 @@ impl Engine<'_> {
             i.stats.precopy_bytes = precopy;
             i.stats.downtime_bytes = self.w.written() - precopy;
             i.stats.remaining = 0;
+            // As QEMU at completion: throughput over the whole transfer.
+            let transfer_ms =
+                i.start.elapsed().as_secs_f64() * 1000.0 - i.setup_time.unwrap_or(0) as f64;
+            if transfer_ms > 0.0 {
+                i.stats.mbps = self.w.written() as f64 * 8.0 / transfer_ms / 1000.0;
+            }
         }
         if !self
             .out

@@ -9,7 +9,7 @@
 //!   0x01 PASS   pass:u64                 (strictly increasing, first >= 1)
 //!   0x02 ZERO   page:u64
 //!   0x03 PAGE   page:u64 data[4096]
-//!   0x04 DEVICE len:u32 (1..=1 MiB) json[len]
+//!   0x04 DEVICE len:u32 (1..=1 MiB) json[len]  {"runstate", "devices"}
 //!   0x05 END    digest:u64               (xxh3-64 of every byte before this tag)
 //! stream  := header PASS (PASS|ZERO|PAGE)* DEVICE END <eof>
 //! ```
@@ -19,6 +19,7 @@
 //! reported as a [`StreamError`] naming the byte offset where it was found.
 
 use super::host::PAGE_SIZE;
+use migtest_qmp::schema::RunState;
 use std::io::{self, Read, Write};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -657,13 +658,8 @@ impl<R: Read> StreamReader<R> {
                 let mut json = vec![0u8; len as usize];
                 let json_at = self.offset;
                 self.fill(&mut json, "device state")?;
-                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&json) {
-                    return Err(self.err(
-                        json_at,
-                        StreamErrorKind::DeviceStateInvalid {
-                            reason: format!("not JSON: {e}"),
-                        },
-                    ));
+                if let Err(reason) = DeviceRecord::decode(&json) {
+                    return Err(self.err(json_at, StreamErrorKind::DeviceStateInvalid { reason }));
                 }
                 self.phase = Phase::AfterDevice;
                 Ok(Record::DeviceState(json))
@@ -718,6 +714,39 @@ impl<R: Read> StreamReader<R> {
     }
 }
 
+/// The JSON carried by the DEVICE record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRecord {
+    /// The source's run state just before it stopped for switchover (QEMU's
+    /// "global state"): `running` lets the destination start (unless `-S`),
+    /// anything else is the destination's run state after loading.
+    pub runstate: RunState,
+    /// The guest's device state (`Guest::save_state()` as JSON).
+    pub devices: serde_json::Value,
+}
+
+impl DeviceRecord {
+    /// Parses and checks a DEVICE record's JSON.
+    pub fn decode(json: &[u8]) -> Result<DeviceRecord, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
+        let rec: DeviceRecord = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        if matches!(rec.runstate, RunState::Inmigrate | RunState::FinishMigrate) {
+            return Err(format!(
+                "source run state '{}' cannot be restored",
+                rec.runstate.as_str()
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// The record's JSON bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| e.to_string())
+    }
+}
+
 /// Where a validated stream's contents go.
 pub trait StreamSink {
     /// A pass marker.
@@ -739,7 +768,7 @@ pub struct LoadSummary {
     pub zero_pages: u64,
     /// Full-page records.
     pub pages: u64,
-    /// Device state JSON (validated as JSON, not yet loaded).
+    /// Device record JSON (a valid [`DeviceRecord`], not yet loaded).
     pub device_state: Vec<u8>,
     /// Offset of the device state record.
     pub device_state_offset: u64,
@@ -754,13 +783,10 @@ pub fn load<R: Read>(
     r: R,
     expect: Expect,
     sink: &mut dyn StreamSink,
-    mut on_first_byte: impl FnMut(),
 ) -> Result<LoadSummary, StreamError> {
     let mut rd = StreamReader::new(r, expect);
     let mut sum = LoadSummary::default();
-    // Peek-free: the header read is the first thing that can block.
     let h = rd.header()?;
-    on_first_byte();
     sum.header = Some(h);
     loop {
         let at = rd.offset();

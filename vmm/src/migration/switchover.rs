@@ -117,14 +117,12 @@ pub fn threshold(
         bandwidth_bytes_per_ms
     };
     let t = bw * downtime_limit_ms as f64;
-    if t.is_finite() && t > 0.0 {
-        if t >= u64::MAX as f64 {
-            u64::MAX
-        } else {
-            t as u64
-        }
-    } else {
+    if t.is_nan() || t <= 0.0 {
         0
+    } else if t >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        t as u64
     }
 }
 
@@ -203,13 +201,26 @@ mod tests {
     }
 
     #[test]
+    fn release_completes_on_the_next_loop_deterministically() {
+        let s = Semaphore::new();
+        for _ in 0..20 {
+            assert!(!should_complete(0, 1000, true, &s));
+            assert!(!should_complete(999, 1000, true, &s));
+        }
+        // migrate-set-parameters switchover-hold=false: cleared, then posted.
+        s.post();
+        assert!(should_complete(0, 1000, false, &s));
+        // Nobody waited: the post stays as a stale count, which is harmless.
+        assert_eq!(s.count(), 1);
+    }
+
+    #[test]
     fn hold_wait_returns_early_when_posted() {
         let s = Semaphore::new();
         s.post();
-        let t0 = Instant::now();
         // Still returns false: the patch always re-evaluates on the next loop.
         assert!(!should_complete(0, 1000, true, &s));
-        assert!(t0.elapsed() < HOLD_WAIT);
+        // It took the count (no timing assertion: the host may be loaded).
         assert_eq!(s.count(), 0);
     }
 

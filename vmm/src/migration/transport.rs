@@ -144,23 +144,10 @@ impl Listener {
                     .map_err(|e| format!("Failed to bind socket to {path}: {}", os_error_text(&e)))
             }
             MigrationUri::Tcp { host, port } => {
-                let addrs = resolve(host, *port, true).map_err(|e| {
-                    format!(
-                        "address resolution failed for {host}:{port}: {}",
-                        os_error_text(&e)
-                    )
-                })?;
-                let mut last = None;
-                for a in addrs {
-                    match TcpListener::bind(a) {
-                        Ok(l) => return Ok(Listener::Tcp(l)),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(match last {
-                    Some(e) => format!("Failed to bind socket: {}", os_error_text(&e)),
-                    None => format!("address resolution failed for {host}:{port}"),
+                on_first_addr(host, *port, true, TcpListener::bind, |e| {
+                    format!("Failed to bind socket: {}", os_error_text(e))
                 })
+                .map(Listener::Tcp)
             }
         }
     }
@@ -195,31 +182,39 @@ pub fn connect(uri: &MigrationUri) -> Result<Conn, String> {
             .map(Conn::Unix)
             .map_err(|e| format!("Failed to connect to '{path}': {}", os_error_text(&e))),
         MigrationUri::Tcp { host, port } => {
-            let addrs = resolve(host, *port, false).map_err(|e| {
-                format!(
-                    "address resolution failed for {host}:{port}: {}",
-                    os_error_text(&e)
-                )
+            let s = on_first_addr(host, *port, false, TcpStream::connect, |e| {
+                format!("Failed to connect to '{host}:{port}': {}", os_error_text(e))
             })?;
-            let mut last = None;
-            for a in addrs {
-                match TcpStream::connect(a) {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        return Ok(Conn::Tcp(s));
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(match last {
-                Some(e) => format!(
-                    "Failed to connect to '{host}:{port}': {}",
-                    os_error_text(&e)
-                ),
-                None => format!("address resolution failed for {host}:{port}"),
-            })
+            let _ = s.set_nodelay(true);
+            Ok(Conn::Tcp(s))
         }
     }
+}
+
+/// Tries `f` on each address `host:port` resolves to and returns the first
+/// success; otherwise `failed` of the last error, or a resolution error.
+fn on_first_addr<T>(
+    host: &str,
+    port: u16,
+    listen: bool,
+    mut f: impl FnMut(SocketAddr) -> io::Result<T>,
+    failed: impl FnOnce(&io::Error) -> String,
+) -> Result<T, String> {
+    let unresolved =
+        |detail: String| format!("address resolution failed for {host}:{port}{detail}");
+    let addrs =
+        resolve(host, port, listen).map_err(|e| unresolved(format!(": {}", os_error_text(&e))))?;
+    let mut last = None;
+    for a in addrs {
+        match f(a) {
+            Ok(t) => return Ok(t),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => failed(&e),
+        None => unresolved(String::new()),
+    })
 }
 
 #[cfg(test)]

@@ -50,6 +50,11 @@ impl WriteLog {
     pub fn take(&self) -> BTreeSet<u64> {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
+
+    /// Whether any logged page satisfies `pred` (the log is kept).
+    pub fn any(&self, pred: impl Fn(u64) -> bool) -> bool {
+        self.0.lock().unwrap().iter().any(|&p| pred(p))
+    }
 }
 
 pub fn new_logged(config: GuestConfig) -> (Guest, Arc<WriteLog>) {
