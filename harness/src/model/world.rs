@@ -592,6 +592,15 @@ impl World {
                 if self.src_running_migration() {
                     return step(ExpectedReply::error(ERR_IN_PROGRESS), w);
                 }
+                // QEMU's migrate_prepare refuses a source still postmigrate.
+                if self.src.run == GuestRun::PostMigrate {
+                    return step(
+                        ExpectedReply::error(
+                            "Can't migrate the vm that was paused due to previous migration",
+                        ),
+                        w,
+                    );
+                }
                 w.migrations += 1;
                 w.passes_min = 0;
                 w.tainted = false;
@@ -910,7 +919,8 @@ impl World {
                 }
                 DstPhase::Dying => {
                     let mut v = step(ExpectedReply::Dead, w.clone());
-                    if goal == S::Failed {
+                    // Failed, or still showing setup/active until it notices.
+                    if matches!(goal, S::Failed | S::Setup | S::Active) {
                         v.extend(step(ok, w));
                     } else {
                         v.extend(step(ExpectedReply::unreachable(S::Failed), w));

@@ -491,8 +491,8 @@ impl Executor {
         }
     }
 
-    /// `migrate-incoming` on a fresh destination (unless the source is busy, in which case
-    /// `migrate` is refused anyway), then `migrate` on the source. A destination that is not
+    /// `migrate-incoming` on a fresh destination (unless the source is busy or postmigrate,
+    /// in which case `migrate` is refused anyway), then `migrate` on the source. A destination that is not
     /// waiting for incoming leaves the source pointed at the last address, where nothing
     /// listens.
     fn migrate(&mut self, transport: Transport) -> anyhow::Result<Reply> {
@@ -506,7 +506,13 @@ impl Executor {
             .ok()
             .and_then(|i| i.status)
             .and_then(|s| MigrationStatus::from_name(s.as_str()))
-            .is_some_and(|s| s.is_running());
+            .is_some_and(|s| s.is_running())
+            // QEMU refuses `migrate` from a source still postmigrate.
+            || self
+                .src
+                .vm
+                .query_status()
+                .is_ok_and(|st| st.status.as_str() == "postmigrate");
         if !busy && !self.dst_used && self.dst.vm.is_alive() {
             self.dst_used = true;
             let listen = match transport {
