@@ -921,8 +921,9 @@ impl World {
                     let mut v = step(ExpectedReply::Dead, w.clone());
                     // Failed, or still showing setup/active until it notices.
                     if matches!(goal, S::Failed | S::Setup | S::Active) {
-                        v.extend(step(ok, w));
-                    } else {
+                        v.extend(step(ok, w.clone()));
+                    }
+                    if goal != S::Failed {
                         v.extend(step(ExpectedReply::unreachable(S::Failed), w));
                     }
                     v
