@@ -690,3 +690,14 @@ pub fn catalog() -> Vec<Scenario> {
     }
     v
 }
+
+/// Runs the mission flow on a pair of the caller's choosing (e.g. with extra source options
+/// such as a planted fault).
+pub fn mission_with_spec(cfg: &CatalogConfig, spec: PairSpec) -> Result<ScenarioOutcome> {
+    Scenario::new(
+        "mission/custom",
+        "mission flow on a custom pair",
+        move |cfg, ctx| mission(cfg, ctx, spec.clone()),
+    )
+    .run(cfg, no_progress())
+}

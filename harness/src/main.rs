@@ -72,6 +72,41 @@ enum Command {
         #[arg(long, default_value = "32M", value_parser = parse_size)]
         memory: u64,
     },
+    /// Run one scenario file, judged by the reference model. Exit 0 pass, 1 fail,
+    /// 125 cannot test (for `git bisect run`).
+    Replay {
+        /// The scenario file (TOML; JSON when it ends in .json).
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Switch on a planted bug in the source migtest-vmm (test builds only).
+        #[arg(long = "x-fault", value_name = "NAME", hide = true)]
+        faults: Vec<String>,
+        /// Deadline of every wait op, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait_timeout: u64,
+    },
+    /// Fuzz: generate op sequences from the reference model, run them against real VMMs,
+    /// shrink and write out the first failure. Exit 0 pass, 1 fail, 125 cannot test.
+    Fuzz {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Cases to generate (default: PROPTEST_CASES, else 256).
+        #[arg(long)]
+        cases: Option<u32>,
+        /// RNG seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Upper bound on shrinking, in seconds.
+        #[arg(long, default_value_t = 120)]
+        max_shrink_secs: u64,
+        /// Switch on a planted bug in the source migtest-vmm (test builds only).
+        #[arg(long = "x-fault", value_name = "NAME", hide = true)]
+        faults: Vec<String>,
+        /// Deadline of every wait op, in seconds.
+        #[arg(long, default_value_t = 20)]
+        wait_timeout: u64,
+    },
     /// Print benchmark figures (builtin VMM; start-up also times QEMU).
     Bench {
         /// Which figures.
@@ -137,6 +172,20 @@ fn compare(scenario: &str, qemu: &QemuBinaryArgs, passes: u64, memory: u64) -> a
     Ok(i32::from(a.result.is_err() || b.result.is_err()))
 }
 
+fn exec_options(
+    args: &BackendArgs,
+    faults: &[String],
+    wait_timeout: u64,
+) -> anyhow::Result<migtest::scenario::exec::ExecOptions> {
+    let (src, dst) = backends(args)?;
+    let mut opts = migtest::scenario::exec::ExecOptions::new(src, dst);
+    for f in faults {
+        opts.src_extra.extend(["-x-fault".to_string(), f.clone()]);
+    }
+    opts.wait_timeout = std::time::Duration::from_secs(wait_timeout);
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
     // `migtest vmm ...` must see QEMU-style options untouched by clap.
     let argv: Vec<String> = std::env::args().collect();
@@ -179,6 +228,57 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("migtest: {e:#}");
                 125
+            }
+        },
+        Command::Replay {
+            file,
+            backend,
+            faults,
+            wait_timeout,
+        } => match exec_options(&backend, &faults, wait_timeout) {
+            Ok(opts) => migtest::replay::replay(&file, &opts),
+            Err(e) => {
+                eprintln!("migtest replay: cannot test: {e:#}");
+                migtest::replay::CANNOT_TEST
+            }
+        },
+        Command::Fuzz {
+            backend,
+            cases,
+            seed,
+            max_shrink_secs,
+            faults,
+            wait_timeout,
+        } => match exec_options(&backend, &faults, wait_timeout) {
+            Ok(exec) => {
+                let mut opts = migtest::fuzz::FuzzOptions::new(seed);
+                opts.cases = cases;
+                opts.exec = exec;
+                opts.max_shrink_time = std::time::Duration::from_secs(max_shrink_secs);
+                match migtest::fuzz::fuzz(&opts) {
+                    Ok(r) => {
+                        println!(
+                            "fuzz: {} cases passed ({} skipped, {} unreproducible failures) in {:.1} s (seed {seed})",
+                            r.cases,
+                            r.skipped,
+                            r.flaky,
+                            r.elapsed.as_secs_f64()
+                        );
+                        0
+                    }
+                    Err(f) => {
+                        println!("{f}");
+                        if f.replay_command.is_empty() {
+                            migtest::replay::CANNOT_TEST
+                        } else {
+                            1
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("migtest fuzz: cannot test: {e:#}");
+                migtest::replay::CANNOT_TEST
             }
         },
         Command::Bench {

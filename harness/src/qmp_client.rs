@@ -205,6 +205,8 @@ struct State {
     raw: VecDeque<Result<Value, String>>,
     events: VecDeque<ReceivedEvent>,
     seen: Vec<ReceivedEvent>,
+    /// `seen.len()` when the last reply a caller waited for arrived.
+    seen_at_last_reply: usize,
     disconnected: Option<String>,
 }
 
@@ -363,6 +365,7 @@ impl Inner {
         if let Some(n) = id.as_ref().and_then(Value::as_u64) {
             if st.issued.remove(&n) {
                 if st.waiting.contains(&n) {
+                    st.seen_at_last_reply = st.seen.len();
                     st.replies.insert(n, reply);
                 } else {
                     self.transcript.push(
@@ -720,6 +723,13 @@ impl QmpClient {
             .iter()
             .map(|r| r.event.clone())
             .collect()
+    }
+
+    /// How many events (of [`QmpClient::events_seen`]) had arrived when the reply to the
+    /// last command a caller waited for arrived: with one thread issuing commands, the
+    /// events written before that reply.
+    pub fn events_seen_before_last_reply(&self) -> usize {
+        lock(&self.inner.state).seen_at_last_reply
     }
 
     /// Every event received so far with receive times.

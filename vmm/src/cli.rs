@@ -304,6 +304,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
                     )));
                 }
             }
+            #[cfg(feature = "fault-injection")]
+            "-x-fault" => {
+                crate::migration::faults::enable(&value("-x-fault")?).map_err(CliError)?
+            }
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: invalid option")))
             }

@@ -141,7 +141,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 transport: Some(other),
             },
         ),
-        (w(idle && listening, 8) + w(converging, 3), Op::Hold),
+        (w(idle && listening, 8) + w(converging, 10), Op::Hold),
         (w(held, 6), Op::Release),
         (w(held || pre, 3), Op::Cancel),
         (

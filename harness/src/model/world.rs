@@ -438,6 +438,8 @@ impl World {
                 v
             }
             DstPhase::Completed(run) if self.dst.settling => vec![
+                // The source may finish before the destination has even taken the stream.
+                snap(S::Setup, inm),
                 snap(S::Active, inm),
                 snap(S::Active, run.run_state()),
                 snap(S::Completed, run.run_state()),
@@ -589,6 +591,15 @@ impl World {
                 }
                 if self.src_running_migration() {
                     return step(ExpectedReply::error(ERR_IN_PROGRESS), w);
+                }
+                // QEMU's migrate_prepare refuses a source still postmigrate.
+                if self.src.run == GuestRun::PostMigrate {
+                    return step(
+                        ExpectedReply::error(
+                            "Can't migrate the vm that was paused due to previous migration",
+                        ),
+                        w,
+                    );
                 }
                 w.migrations += 1;
                 w.passes_min = 0;
@@ -886,6 +897,13 @@ impl World {
         if side == Side::Destination {
             return match self.dst.phase {
                 DstPhase::Dead => step(ExpectedReply::Dead, w),
+                // The source completed; the destination may still be loading (active).
+                DstPhase::Completed(_) if self.dst.settling && goal == S::Active => {
+                    let mut v = step(ok, w.clone());
+                    w.dst.settling = false;
+                    v.extend(step(ExpectedReply::unreachable(S::Completed), w));
+                    v
+                }
                 DstPhase::Listening | DstPhase::Completed(_) => {
                     w.dst.settling = false;
                     let cur = if self.dst.phase == DstPhase::Listening {
@@ -901,9 +919,11 @@ impl World {
                 }
                 DstPhase::Dying => {
                     let mut v = step(ExpectedReply::Dead, w.clone());
-                    if goal == S::Failed {
-                        v.extend(step(ok, w));
-                    } else {
+                    // Failed, or still showing setup/active until it notices.
+                    if matches!(goal, S::Failed | S::Setup | S::Active) {
+                        v.extend(step(ok, w.clone()));
+                    }
+                    if goal != S::Failed {
                         v.extend(step(ExpectedReply::unreachable(S::Failed), w));
                     }
                     v

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod arb;
+pub mod exec;
 pub mod op;
 pub mod size;
 

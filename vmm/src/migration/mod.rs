@@ -19,6 +19,7 @@
 //! Lock order: outgoing slot, then `event_order`, then the per-migration
 //! info / incoming state, then caps/params (held only briefly).
 
+pub mod faults;
 pub mod host;
 pub mod params;
 pub mod stream;
@@ -264,6 +265,9 @@ impl Migration {
 
     /// `query-migrate`: `{}` before any migration.
     pub fn query_migrate(&self) -> Result<Value, ErrorBody> {
+        // Atomic with status changes and their MIGRATION events (as QEMU's BQL makes it on
+        // the destination): a reply never shows a status whose event comes after it.
+        let _order = lock(&self.shared.event_order);
         Ok(serde_json::to_value(self.info()).unwrap_or_else(|_| json!({})))
     }
 

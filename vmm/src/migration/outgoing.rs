@@ -4,6 +4,7 @@
 //! `decide_complete`, `complete`) so later test builds can wrap them with
 //! `#[cfg(feature = "fault-injection")]` switches.
 
+use super::faults::{self, Fault};
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
 use super::stream::{os_error_text, DeviceRecord, Header, StreamWriter};
 use super::switchover::{self, Semaphore};
@@ -235,6 +236,11 @@ struct Engine<'a> {
     vm_was_running: bool,
     runstate_before_stop: RunState,
     stop_time: Option<Instant>,
+    // Planted bugs (`faults`): the hold at `migrate` time, and whether the
+    // hold was ever in force on this migration.
+    hold_at_start: bool,
+    has_held: bool,
+    skipped_page: Option<u64>,
 }
 
 fn run(shared: &Shared, out: &Outgoing, host: &dyn MigrationHost, uri: &MigrationUri) {
@@ -254,6 +260,12 @@ fn run(shared: &Shared, out: &Outgoing, host: &dyn MigrationHost, uri: &Migratio
         Ok(()) => {}
         Err(_) if out.status() == MigrationStatus::Cancelling => {
             restore_vm();
+            if faults::on(Fault::CancelLeavesGuestStopped)
+                && shared.params().switchover_hold
+                && !stopped_vm
+            {
+                host.vm_stop(RunState::Paused);
+            }
             out.set_status(
                 shared,
                 host,
@@ -332,6 +344,9 @@ fn run_inner(
         vm_was_running: false,
         runstate_before_stop: RunState::Running,
         stop_time: None,
+        hold_at_start: shared.params().switchover_hold,
+        has_held: false,
+        skipped_page: None,
     };
     let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
     *stopped = (e.stopped_vm, e.vm_was_running);
@@ -366,7 +381,11 @@ impl Engine<'_> {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
             }
-            if self.pending_bytes() < self.threshold {
+            // Planted bug: without a hold, no exact sync before the switchover decision.
+            let skip_sync = faults::on(Fault::SkipLastDirtyPass)
+                && self.sync_count > 0
+                && !self.shared.params().switchover_hold;
+            if self.pending_bytes() < self.threshold && !skip_sync {
                 // Close to switchover: sync to know what really remains
                 // (QEMU's ram_save_pending). With nothing measured yet the
                 // threshold is 0 and an empty bitmap completes at once,
@@ -395,12 +414,17 @@ impl Engine<'_> {
     fn decide_complete(&mut self) -> bool {
         let p = self.shared.params();
         let pending = self.pending_bytes();
-        switchover::should_complete(
-            pending,
-            self.threshold,
-            p.switchover_hold,
-            &self.shared.hold_sem,
-        )
+        let mut hold = p.switchover_hold;
+        if faults::on(Fault::HoldIgnoredAfterMigrate) && !self.hold_at_start {
+            hold = false;
+        }
+        if faults::on(Fault::ReleaseNotSeen) && self.has_held {
+            hold = true;
+        }
+        if hold {
+            self.has_held = true;
+        }
+        switchover::should_complete(pending, self.threshold, hold, &self.shared.hold_sem)
     }
 
     /// Syncs the guest's dirty bitmap into the migration bitmap: one pass.
@@ -466,6 +490,15 @@ impl Engine<'_> {
     }
 
     fn send_page(&mut self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), Abort> {
+        if faults::on(Fault::SkipOneDirtyPage) {
+            // Planted bug: the first page of the second pass is never sent again.
+            if self.skipped_page.is_none() && self.sync_count >= 2 {
+                self.skipped_page = Some(page);
+            }
+            if self.skipped_page == Some(page) {
+                return Ok(());
+            }
+        }
         if self.ram.page_is_zero(page) {
             self.w.zero_page(page).map_err(write_err)?;
             lock(&self.out.info).stats.duplicate += 1;
@@ -651,7 +684,9 @@ impl Engine<'_> {
 
     /// The last sync and all remaining pages, without rate limit.
     fn final_pass(&mut self) -> Result<(), Abort> {
-        self.sync_dirty()?;
+        if !faults::on(Fault::SkipLastDirtyPass) {
+            self.sync_dirty()?;
+        }
         let mut buf = [0u8; PAGE_SIZE];
         while let Some(page) = self.next_dirty() {
             if self.cancelled() {

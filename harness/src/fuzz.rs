@@ -1,0 +1,319 @@
+//! Fuzzing: proptest-state-machine generates op sequences from the reference model
+//! ([`PairMachine`]) and the executor runs each against a real pair, judging every
+//! observation. A failing case is shrunk (bounded time), written as a scenario file into the
+//! failures folder, and reported with the command that replays it.
+//!
+//! `migtest fuzz --cases N --seed S` and the `fuzz_real` nextest case run this same code.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use proptest::test_runner::{
+    Config, FileFailurePersistence, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
+};
+use proptest_state_machine::ReferenceStateMachine;
+
+use crate::backend::Backend;
+use crate::model::strategy::{sequence_is_executable, PairMachine, SEQUENCE_LEN};
+use crate::scenario::exec::{
+    failures_dir, needs_switchover_hold, ExecError, ExecOptions, Executor,
+};
+use crate::scenario::{Op, Scenario};
+
+/// Settings of one fuzz run.
+#[derive(Debug, Clone)]
+pub struct FuzzOptions {
+    /// Cases to generate; `None`: proptest's default (`PROPTEST_CASES`, else 256).
+    pub cases: Option<u32>,
+    /// RNG seed (ChaCha), so a run is reproducible.
+    pub seed: u64,
+    /// How to run each case.
+    pub exec: ExecOptions,
+    /// Upper bound on shrinking time.
+    pub max_shrink_time: Duration,
+    /// Regressions file (proptest `FileFailurePersistence::Direct`), replayed first.
+    pub regressions: Option<PathBuf>,
+    /// Where the shrunk failing case is written (default [`failures_dir`]).
+    pub failures_dir: Option<PathBuf>,
+    /// A name for the written file.
+    pub label: String,
+    /// Extra runs a failing case must also fail to count (default 1).
+    pub reproduce: u32,
+}
+
+impl FuzzOptions {
+    /// Builtin VMM, proptest's default case count, 60 s shrinking.
+    pub fn new(seed: u64) -> FuzzOptions {
+        FuzzOptions {
+            cases: None,
+            seed,
+            exec: ExecOptions::builtin(),
+            max_shrink_time: Duration::from_secs(60),
+            regressions: None,
+            failures_dir: None,
+            label: "fuzz".into(),
+            reproduce: 1,
+        }
+    }
+}
+
+/// A passing fuzz run.
+#[derive(Debug, Clone)]
+pub struct FuzzReport {
+    /// Cases run (executed against VMMs).
+    pub cases: u32,
+    /// Cases skipped because the backend lacks a capability they need.
+    pub skipped: u32,
+    /// Failures that did not reproduce on a second run (printed, not shrunk).
+    pub flaky: u32,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// A failing fuzz run: the shrunk case and how to replay it.
+#[derive(Debug, Clone)]
+pub struct FuzzFailure {
+    /// The shrunk case.
+    pub scenario: Scenario,
+    /// Where it was written.
+    pub path: PathBuf,
+    /// The failure of the shrunk case.
+    pub message: String,
+    /// `migtest replay ...`.
+    pub replay_command: String,
+    /// Cases run before (and including) the first failure, and shrink steps run.
+    pub runs: u32,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for FuzzFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "fuzz case failed; shrunk to {} ops, written to {}",
+            self.scenario.ops.len(),
+            self.path.display()
+        )?;
+        writeln!(f, "replay: {}", self.replay_command)?;
+        write!(f, "{}", self.message)
+    }
+}
+
+/// The replay command for a scenario file run with `exec`.
+pub fn replay_command(path: &std::path::Path, exec: &ExecOptions) -> String {
+    let mut cmd = format!("migtest replay {}", path.display());
+    if let Backend::Qemu { binary, .. } = &exec.src_backend {
+        cmd.push_str(&format!(" --vmm qemu --qemu {}", binary.display()));
+    }
+    let mut it = exec.src_extra.iter();
+    while let Some(a) = it.next() {
+        if a == "-x-fault" {
+            if let Some(name) = it.next() {
+                cmd.push_str(&format!(" --x-fault {name}"));
+            }
+        }
+    }
+    cmd
+}
+
+/// Runs the fuzzer. `Err` carries the shrunk failing case (already written out).
+pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
+    let start = Instant::now();
+    let mut config = Config::default();
+    if let Some(c) = opts.cases {
+        config.cases = c;
+    }
+    config.max_shrink_time = opts.max_shrink_time.as_millis().min(u32::MAX as u128) as u32;
+    config.max_global_rejects = 100_000;
+    config.failure_persistence = opts.regressions.as_ref().map(|p| {
+        let leaked: &'static str = Box::leak(p.display().to_string().into_boxed_str());
+        Box::new(FileFailurePersistence::Direct(leaked)) as Box<_>
+    });
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&opts.seed.to_le_bytes());
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+    let runs = AtomicU32::new(0);
+    let skipped = AtomicU32::new(0);
+    let flaky = AtomicU32::new(0);
+    let cannot = Mutex::new(None::<String>);
+    let strategy = PairMachine::sequential_strategy(SEQUENCE_LEN);
+    let result = runner.run(&strategy, |(init, ops, seen)| {
+        let scenario = Scenario {
+            purpose: String::new(),
+            pair: init.pair().clone(),
+            ops: ops.clone(),
+        };
+        let mut ex = match Executor::launch(&scenario.pair, &opts.exec) {
+            Ok(ex) => ex,
+            Err(e) => {
+                *cannot.lock().unwrap() = Some(e.to_string());
+                return Err(TestCaseError::fail(format!("launch: {e}")));
+            }
+        };
+        if needs_switchover_hold(&scenario) && !ex.has_switchover_hold() {
+            skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(TestCaseError::reject("needs switchover-hold"));
+        }
+        runs.fetch_add(1, Ordering::Relaxed);
+        let mut failure = None;
+        for op in &ops {
+            if let Some(c) = &seen {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            match ex.step(op) {
+                Ok(_) => {}
+                Err(ExecError::Failed(f)) => {
+                    failure = Some(f.to_string());
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(ex);
+        let Some(first) = failure else { return Ok(()) };
+        // Only failures that reproduce count (and are shrunk): a race that went one way
+        // once is reported but not chased.
+        let mut again = Ok(());
+        for _ in 0..opts.reproduce {
+            again = run_case(&scenario.pair, &ops, &opts.exec);
+            if again.is_ok() {
+                break;
+            }
+        }
+        match again {
+            Err(again) => Err(TestCaseError::fail(again)),
+            Ok(()) => {
+                flaky.fetch_add(1, Ordering::Relaxed);
+                eprintln!("fuzz: a failure did not reproduce (not shrunk):\n{first}");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => Ok(FuzzReport {
+            cases: runs.load(Ordering::Relaxed),
+            skipped: skipped.load(Ordering::Relaxed),
+            flaky: flaky.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+        }),
+        Err(err) => {
+            let (message, (init, ops, _)) = match err {
+                TestError::Fail(reason, value) => (reason.to_string(), value),
+                TestError::Abort(reason) => {
+                    let m = cannot
+                        .lock()
+                        .unwrap()
+                        .clone()
+                        .unwrap_or_else(|| reason.to_string());
+                    return Err(Box::new(FuzzFailure {
+                        scenario: Scenario {
+                            purpose: "aborted".into(),
+                            pair: Default::default(),
+                            ops: vec![],
+                        },
+                        path: PathBuf::new(),
+                        message: format!("fuzzing aborted: {m}"),
+                        replay_command: String::new(),
+                        runs: runs.load(Ordering::Relaxed),
+                        elapsed: start.elapsed(),
+                    }));
+                }
+            };
+            let (ops, message) = minimize(init.pair(), ops, message, opts, start);
+            let first_line = message.lines().next().unwrap_or("").to_string();
+            let scenario = Scenario {
+                purpose: format!(
+                    "shrunk fuzz failure (seed {}): {}",
+                    opts.seed,
+                    first_line.chars().take(200).collect::<String>()
+                ),
+                pair: init.pair().clone(),
+                ops,
+            };
+            let dir = opts.failures_dir.clone().unwrap_or_else(failures_dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let path = dir.join(format!("{}-seed{}-{stamp}.toml", opts.label, opts.seed));
+            let text = scenario
+                .to_toml_string()
+                .unwrap_or_else(|e| format!("# cannot write: {e}\n"));
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("cannot write {}: {e}", path.display());
+            }
+            let replay_command = replay_command(&path, &opts.exec);
+            Err(Box::new(FuzzFailure {
+                scenario,
+                path,
+                message,
+                replay_command,
+                runs: runs.load(Ordering::Relaxed),
+                elapsed: start.elapsed(),
+            }))
+        }
+    }
+}
+
+/// Runs `ops` on a fresh pair; `Err` with the failure report.
+fn run_case(
+    pair: &crate::scenario::PairSpec,
+    ops: &[Op],
+    exec: &ExecOptions,
+) -> Result<(), String> {
+    let mut ex = Executor::launch(pair, exec).map_err(|e| e.to_string())?;
+    for op in ops {
+        ex.step(op).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// After proptest's shrinking (which can stop early when a race lets a candidate pass):
+/// greedily drops single ops while the sequence stays executable and still fails, within
+/// the remaining shrink time.
+fn minimize(
+    pair: &crate::scenario::PairSpec,
+    mut ops: Vec<Op>,
+    mut message: String,
+    opts: &FuzzOptions,
+    start: Instant,
+) -> (Vec<Op>, String) {
+    let _ = start;
+    let deadline = Instant::now() + opts.max_shrink_time;
+    let mut changed = true;
+    while changed && Instant::now() < deadline {
+        changed = false;
+        let mut i = 0;
+        while i < ops.len() && Instant::now() < deadline {
+            let mut cand = ops.clone();
+            cand.remove(i);
+            if !cand.is_empty() && sequence_is_executable(pair, &cand) {
+                let mut twice = None;
+                for _ in 0..=opts.reproduce {
+                    twice = run_case(pair, &cand, &opts.exec).err();
+                    if twice.is_none() {
+                        break;
+                    }
+                }
+                if let Some(m) = twice {
+                    if !m.starts_with("cannot test") {
+                        ops = cand;
+                        message = m;
+                        changed = true;
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    (ops, message)
+}

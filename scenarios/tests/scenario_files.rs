@@ -1,0 +1,95 @@
+//! Every `scenarios/*.toml` is a nextest case per backend, judged by the reference model.
+//!
+//! QEMU cases (`qemu` in the name) need a QEMU binary (`MIGTEST_QEMU`, `QTEST_QEMU_BINARY`
+//! or `qemu-system-x86_64` on PATH); without one they FAIL unless `MIGTEST_SKIP_QEMU=1`.
+//! QEMU has no `switchover-hold`: files that set it are skipped there, and the skip is
+//! printed (see docs/scenarios.md, "Backends").
+
+use std::path::PathBuf;
+
+use migtest::backend::qemu::QemuBinaryArgs;
+use migtest::backend::Backend;
+use migtest::scenario::exec::{run_scenario, ExecError, ExecOptions};
+use rstest::rstest;
+
+fn run(path: &std::path::Path, opts: &ExecOptions) {
+    let scenario = migtest::replay::load(path).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!scenario.purpose.trim().is_empty(), "purpose is required");
+    assert!(!scenario.purpose.contains('\n'), "purpose must be one line");
+    let lint = migtest::model::lint(&scenario);
+    assert!(lint.is_empty(), "{}: {lint:#?}", path.display());
+    match run_scenario(&scenario, opts) {
+        Ok(s) => {
+            println!(
+                "{}: PASS ({} ops, {:.1} s)",
+                path.display(),
+                s.ops,
+                s.elapsed.as_secs_f64()
+            );
+            for h in s.history {
+                println!("  {h}");
+            }
+        }
+        Err(ExecError::CannotTest(m))
+            if opts.src_backend.is_qemu() && m.contains("switchover-hold") =>
+        {
+            println!("SKIPPED on QEMU: {m}");
+        }
+        Err(e) => panic!(
+            "{}: {e}\nreplay: migtest replay {}{}",
+            path.display(),
+            path.display(),
+            if opts.src_backend.is_qemu() {
+                " --vmm qemu"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+#[rstest]
+fn scenario_file(
+    #[files("*.toml")]
+    #[exclude("Cargo.toml")]
+    path: PathBuf,
+) {
+    run(&path, &ExecOptions::builtin());
+}
+
+#[rstest]
+fn scenario_file_qemu(
+    #[files("*.toml")]
+    #[exclude("Cargo.toml")]
+    path: PathBuf,
+) {
+    let pair = Backend::qemu_pair(&QemuBinaryArgs::default());
+    let (src, dst) = match pair {
+        Ok(p) => p,
+        Err(e) if std::env::var("MIGTEST_SKIP_QEMU").as_deref() == Ok("1") => {
+            println!("SKIPPED (MIGTEST_SKIP_QEMU=1): no QEMU: {e:#}");
+            return;
+        }
+        Err(e) => panic!(
+            "no usable QEMU binary ({e:#}); install qemu-system-x86_64, set MIGTEST_QEMU, \
+             or set MIGTEST_SKIP_QEMU=1 to skip the QEMU cases"
+        ),
+    };
+    let mut opts = ExecOptions::new(src, dst);
+    opts.wait_timeout = std::time::Duration::from_secs(60);
+    run(&path, &opts);
+}
+
+/// The files under `known-failures/` are open findings: each must still fail on the builtin
+/// VMM (when one starts passing, move it up to `scenarios/`).
+#[rstest]
+fn known_failure_still_fails(#[files("known-failures/*.toml")] path: PathBuf) {
+    let scenario = migtest::replay::load(&path).unwrap();
+    match run_scenario(&scenario, &ExecOptions::builtin()) {
+        Err(ExecError::Failed(f)) => println!("still fails as expected: {f}"),
+        other => panic!(
+            "{} no longer fails ({other:?}); move it to scenarios/",
+            path.display()
+        ),
+    }
+}
