@@ -532,6 +532,9 @@ fn bandwidth_limited(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let mut pair = ctx.launch(spec)?;
     let limit: u64 = 32 << 20;
     ctx.step("max-bandwidth 32 MiB/s, migrate");
+    // A guest that has not made its first pass is all zero pages and
+    // migrates in milliseconds whatever the cap.
+    pair.src.wait_serial(b'B', Duration::from_secs(60))?;
     pair.src.set_parameters(json!({"max-bandwidth": limit}))?;
     pair.migrate()?;
     pair.wait_src_status(MigrationStatus::Active, STATUS_TIMEOUT)?;
