@@ -39,9 +39,16 @@ pub struct FuzzOptions {
     pub failures_dir: Option<PathBuf>,
     /// A name for the written file.
     pub label: String,
-    /// Extra runs a failing case must also fail to count (default 1).
+    /// Extra full-speed runs a failing case must also fail to count (default 1). It must
+    /// also fail once more with the migration given [`SLOW_OP_DELAY`] to move on before every
+    /// op: a failure that depends on an op arriving before the migration moved on is a
+    /// race, reported but not shrunk, so that every written case replays the same way.
     pub reproduce: u32,
 }
+
+/// In the timing-perturbed rerun of a failing case, how long a running migration is given
+/// before each op to move on ([`ExecOptions::op_delay`](crate::scenario::exec::ExecOptions)).
+pub const SLOW_OP_DELAY: Duration = Duration::from_millis(2500);
 
 impl FuzzOptions {
     /// Builtin VMM, proptest's default case count, 60 s shrinking.
@@ -142,6 +149,9 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
     let cannot = Mutex::new(None::<String>);
     let strategy = PairMachine::sequential_strategy(SEQUENCE_LEN);
     let result = runner.run(&strategy, |(init, ops, seen)| {
+        if cannot.lock().unwrap().is_some() {
+            return Ok(());
+        }
         let scenario = Scenario {
             purpose: String::new(),
             pair: init.pair().clone(),
@@ -151,7 +161,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
             Ok(ex) => ex,
             Err(e) => {
                 *cannot.lock().unwrap() = Some(e.to_string());
-                return Err(TestCaseError::fail(format!("launch: {e}")));
+                return Ok(());
             }
         };
         if needs_switchover_hold(&scenario) && !ex.has_switchover_hold() {
@@ -176,26 +186,41 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
                 }
             }
         }
+        if failure.is_none() {
+            if let Err(e) = ex.finish() {
+                failure = Some(e.to_string());
+            }
+        }
         drop(ex);
         let Some(first) = failure else { return Ok(()) };
         // Only failures that reproduce count (and are shrunk): a race that went one way
         // once is reported but not chased.
-        let mut again = Ok(());
-        for _ in 0..opts.reproduce {
-            again = run_case(&scenario.pair, &ops, &opts.exec);
-            if again.is_ok() {
-                break;
-            }
-        }
-        match again {
-            Err(again) => Err(TestCaseError::fail(again)),
-            Ok(()) => {
+        match reproduces(&scenario.pair, &ops, opts) {
+            Some(again) => Err(TestCaseError::fail(again)),
+            None => {
                 flaky.fetch_add(1, Ordering::Relaxed);
                 eprintln!("fuzz: a failure did not reproduce (not shrunk):\n{first}");
                 Ok(())
             }
         }
     });
+    let aborted = |message: String| {
+        Box::new(FuzzFailure {
+            scenario: Scenario {
+                purpose: "aborted".into(),
+                pair: Default::default(),
+                ops: vec![],
+            },
+            path: PathBuf::new(),
+            message,
+            replay_command: String::new(),
+            runs: runs.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+        })
+    };
+    if let Some(m) = cannot.lock().unwrap().clone() {
+        return Err(aborted(format!("fuzzing aborted, cannot test: {m}")));
+    }
     match result {
         Ok(()) => Ok(FuzzReport {
             cases: runs.load(Ordering::Relaxed),
@@ -207,23 +232,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
             let (message, (init, ops, _)) = match err {
                 TestError::Fail(reason, value) => (reason.to_string(), value),
                 TestError::Abort(reason) => {
-                    let m = cannot
-                        .lock()
-                        .unwrap()
-                        .clone()
-                        .unwrap_or_else(|| reason.to_string());
-                    return Err(Box::new(FuzzFailure {
-                        scenario: Scenario {
-                            purpose: "aborted".into(),
-                            pair: Default::default(),
-                            ops: vec![],
-                        },
-                        path: PathBuf::new(),
-                        message: format!("fuzzing aborted: {m}"),
-                        replay_command: String::new(),
-                        runs: runs.load(Ordering::Relaxed),
-                        elapsed: start.elapsed(),
-                    }));
+                    return Err(aborted(format!("fuzzing aborted: {reason}")));
                 }
             };
             let (ops, message) = minimize(init.pair(), ops, message, opts, start);
@@ -273,7 +282,25 @@ fn run_case(
     for op in ops {
         ex.step(op).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    ex.finish().map_err(|e| e.to_string())
+}
+
+/// The failure message when `ops` fails again [`FuzzOptions::reproduce`] times at full speed
+/// and once more with [`SLOW_OP_DELAY`] pauses; `None` when any run passes or cannot test.
+fn reproduces(pair: &crate::scenario::PairSpec, ops: &[Op], opts: &FuzzOptions) -> Option<String> {
+    let mut last = None;
+    for _ in 0..opts.reproduce {
+        match run_case(pair, ops, &opts.exec) {
+            Err(m) if !m.starts_with("cannot test") => last = Some(m),
+            _ => return None,
+        }
+    }
+    let mut slow = opts.exec.clone();
+    slow.op_delay = SLOW_OP_DELAY;
+    match run_case(pair, ops, &slow) {
+        Err(m) if !m.starts_with("cannot test") => Some(last.unwrap_or(m)),
+        _ => None,
+    }
 }
 
 /// After proptest's shrinking (which can stop early when a race lets a candidate pass):
@@ -296,15 +323,9 @@ fn minimize(
             let mut cand = ops.clone();
             cand.remove(i);
             if !cand.is_empty() && sequence_is_executable(pair, &cand) {
-                let mut twice = None;
-                for _ in 0..=opts.reproduce {
-                    twice = run_case(pair, &cand, &opts.exec).err();
-                    if twice.is_none() {
-                        break;
-                    }
-                }
-                if let Some(m) = twice {
-                    if !m.starts_with("cannot test") {
+                let first = run_case(pair, &cand, &opts.exec);
+                if let Err(m) = first {
+                    if !m.starts_with("cannot test") && reproduces(pair, &cand, opts).is_some() {
                         ops = cand;
                         message = m;
                         changed = true;

@@ -85,6 +85,10 @@ enum Command {
         /// Deadline of every wait op, in seconds.
         #[arg(long, default_value_t = 30)]
         wait_timeout: u64,
+        /// Before each op, give a running migration up to this many milliseconds to make
+        /// two more passes or end (the fuzzer's timing-perturbed rerun uses 2500).
+        #[arg(long, default_value_t = 0)]
+        settle_ms: u64,
     },
     /// Fuzz: generate op sequences from the reference model, run them against real VMMs,
     /// shrink and write out the first failure. Exit 0 pass, 1 fail, 125 cannot test.
@@ -235,8 +239,12 @@ fn main() -> ExitCode {
             backend,
             faults,
             wait_timeout,
+            settle_ms,
         } => match exec_options(&backend, &faults, wait_timeout) {
-            Ok(opts) => migtest::replay::replay(&file, &opts),
+            Ok(mut opts) => {
+                opts.op_delay = std::time::Duration::from_millis(settle_ms);
+                migtest::replay::replay(&file, &opts)
+            }
             Err(e) => {
                 eprintln!("migtest replay: cannot test: {e:#}");
                 migtest::replay::CANNOT_TEST

@@ -60,8 +60,8 @@ fn drop_terms_a_cooperative_process_quickly() {
 
 #[test]
 fn kill_wait_exit_and_tails() {
-    let p = sh("echo one >&2; echo two >&2; echo three >&2; printf AB > serial.log; echo out; exec sleep 60");
-    // Output reaches the files.
+    let p = sh("printf AB > serial.log; echo out; echo one >&2; echo two >&2; echo three >&2; exec sleep 60");
+    // Output reaches the files (the shell writes them in order: "three" comes last).
     wait_for_stderr(&p, "three");
     assert_eq!(p.stderr_tail(2), "two\nthree");
     assert_eq!(p.serial_tail(1), "B");

@@ -1,8 +1,10 @@
 //! Planted bugs: with each test-only fault of migtest-vmm switched on (`-x-fault NAME`,
-//! compiled with the `fault-injection` feature, which this crate's dev-dependency turns
-//! on), the fuzz test (same code, CI seed and budget) must fail and shrink to at most 8 ops;
-//! `migtest replay` of the written file must reproduce the failure 10 times out of 10 and
-//! pass with the fault off. The names contain `fuzz_real` so nextest runs them alone.
+//! compiled with the `fault-injection` feature, which `ci/test` turns on), the fuzz test
+//! (same code, seed and case count as `fuzz_real_builtin`) must fail and shrink to at most 8
+//! ops; `migtest replay` of the written file must reproduce the failure 10 times out of 10
+//! and pass with the fault off. The fuzzer only shrinks failures that also reproduce when
+//! the migration is given time to move on before every op, so the written case does not
+//! hang on a race. The names contain `fuzz_real` so nextest runs them alone.
 
 use std::time::{Duration, Instant};
 
@@ -10,14 +12,15 @@ use migtest::fuzz::{fuzz, FuzzOptions};
 use migtest::replay::{replay, FAIL, PASS};
 use migtest::scenario::exec::ExecOptions;
 
+/// `fuzz_real_builtin`'s seed and case count.
 const SEED: u64 = 5;
-const CASES: u32 = 64;
+const CASES: u32 = 120;
 const MAX_OPS: usize = 8;
 
 fn with_fault(fault: &str) -> ExecOptions {
     let mut o = ExecOptions::builtin();
     o.src_extra = vec!["-x-fault".into(), fault.into()];
-    o.wait_timeout = Duration::from_secs(4);
+    o.wait_timeout = Duration::from_secs(3);
     o
 }
 
@@ -25,7 +28,7 @@ fn planted(fault: &str) {
     let start = Instant::now();
     let mut opts = FuzzOptions::new(SEED);
     opts.cases = Some(CASES);
-    opts.max_shrink_time = Duration::from_secs(40);
+    opts.max_shrink_time = Duration::from_secs(30);
     opts.exec = with_fault(fault);
     opts.label = fault.to_string();
     // Shrink only towards failures that reproduce three times in a row.
@@ -70,32 +73,28 @@ fn planted(fault: &str) {
 }
 
 #[test]
-#[ignore = "not yet reliable: the shrunk case keeps a hold/cancel-vs-completion race (replays 5-9/10); run with --run-ignored"]
 fn planted_fuzz_real_hold_ignored_after_migrate() {
     planted("hold-ignored-after-migrate");
 }
 
 #[test]
-#[ignore = "flaky: the 10x replay check failed in a full-suite run under load; run with --run-ignored"]
 fn planted_fuzz_real_release_not_seen() {
     planted("release-not-seen");
 }
 
 #[test]
-#[ignore = "passes alone (3 ops, 10/10 replays) but replayed 0/10 in a full-suite run; run with --run-ignored"]
 fn planted_fuzz_real_skip_last_dirty_pass() {
     planted("skip-last-dirty-pass");
 }
 
 #[test]
-#[ignore = "not yet reliable: the shrunk case keeps a hold/cancel-vs-completion race (replays 5-9/10); run with --run-ignored"]
 fn planted_fuzz_real_cancel_leaves_guest_stopped() {
     planted("cancel-leaves-guest-stopped");
 }
 
 /// (e): the catalog's mission flow names the page the source skipped.
 #[test]
-#[ignore = "flaky: the skipped page can be re-dirtied and resent before switchover, so the mismatch is not guaranteed; run with --run-ignored"]
+
 fn planted_skip_one_dirty_page_mission_flow_names_the_page() {
     let mut cfg = migtest::catalog::CatalogConfig::new(migtest::backend::Backend::Builtin);
     cfg.memory = 64 << 20;

@@ -80,17 +80,3 @@ fn scenario_file_qemu(
     opts.wait_timeout = std::time::Duration::from_secs(60);
     run(&path, &opts);
 }
-
-/// The files under `known-failures/` are open findings: each must still fail on the builtin
-/// VMM (when one starts passing, move it up to `scenarios/`).
-#[rstest]
-fn known_failure_still_fails(#[files("known-failures/*.toml")] path: PathBuf) {
-    let scenario = migtest::replay::load(&path).unwrap();
-    match run_scenario(&scenario, &ExecOptions::builtin()) {
-        Err(ExecError::Failed(f)) => println!("still fails as expected: {f}"),
-        other => panic!(
-            "{} no longer fails ({other:?}); move it to scenarios/",
-            path.display()
-        ),
-    }
-}

@@ -20,6 +20,9 @@ pub mod migration;
 pub mod server;
 pub mod vm;
 
+/// Whether this build has the test-only `-x-fault` switch (`fault-injection` feature).
+pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
+
 use cli::Invocation;
 use std::process::ExitCode;
 

@@ -238,6 +238,43 @@ impl Model {
         (v.len() == 1).then(|| v[0])
     }
 
+    /// The wait that ends a scenario, so that where it settles is observed and judged too: a
+    /// migration ending by itself (cancelling, failing, converging) is waited for; a held one
+    /// must make two more passes without completing. `None` when nothing moves or the wait
+    /// could time out.
+    pub fn settling_op(&self) -> Option<Op> {
+        use world::SrcPhase;
+        let held = self.worlds.iter().all(|w| w.src_is_held());
+        if held {
+            let n = self.worlds.iter().map(|w| w.passes_min).min().unwrap_or(0) + 2;
+            let op = Op::WaitPasses { n };
+            return (!self.expect(&op).may_time_out()).then_some(op);
+        }
+        let ending =
+            |f: fn(&SrcPhase) -> bool| self.worlds.iter().any(|w| w.src.alive && f(&w.src.phase));
+        let op = if ending(|p| *p == SrcPhase::Cancelling) {
+            Op::WaitStatus {
+                side: Side::Source,
+                status: S::Cancelled,
+            }
+        } else if ending(|p| matches!(p, SrcPhase::Failing { .. })) {
+            Op::WaitStatus {
+                side: Side::Source,
+                status: S::Failed,
+            }
+        } else if ending(|p| {
+            matches!(
+                p,
+                SrcPhase::Converging | SrcPhase::SwitchingOver | SrcPhase::Finishing
+            )
+        }) {
+            Op::WaitCompleted
+        } else {
+            return None;
+        };
+        (!self.expect(&op).may_time_out()).then_some(op)
+    }
+
     pub(crate) fn worlds(&self) -> &[World] {
         &self.worlds
     }

@@ -127,6 +127,10 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
     let dst_done = all(&|w| matches!(w.dst.phase, DstPhase::Completed(_)));
     let pbs = all(&|w| w.src.caps.pause_before_switchover);
     let slow = any(&|w| w.src.phase == SrcPhase::Converging && !w.src.params.converges(w.memory));
+    // Held with parameters that keep an unheld migration from converging (the legacy hold):
+    // lifting them shows whether the hold, not the throttle, is what holds.
+    let held_throttled =
+        any(&|w| w.src.phase == SrcPhase::Held && !w.src.params.converges(w.memory));
     let min_passes = worlds.iter().map(|w| w.passes_min).min().unwrap_or(0);
     let other = match model.pair().transport {
         Transport::Unix => Transport::Tcp,
@@ -141,9 +145,12 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 transport: Some(other),
             },
         ),
-        (w(idle && listening, 8) + w(converging, 10), Op::Hold),
-        (w(held, 6), Op::Release),
-        (w(held || pre, 3), Op::Cancel),
+        (
+            w(idle && listening, 12) + w(converging, 10) + w(slow, 40),
+            Op::Hold,
+        ),
+        (w(held, 14), Op::Release),
+        (w(held || pre, 8), Op::Cancel),
         (
             w(pre, 12),
             Op::Continue {
@@ -204,11 +211,12 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
         (w(completed, 14), Op::CheckMemory),
         (w(dst_done, 5), Op::CheckDestinationRuns),
         (
-            w(idle || held, 4) + w(slow, 12),
+            w(idle || held, 4) + w(slow, 6) + w(held_throttled, 40),
             set_params(Side::Source, Some(30_000), Some(Size(0)), None, None),
         ),
         (
-            1,
+            // The legacy hold: 3 MB/s and 1 ms, as QEMU's tests do without switchover-hold.
+            w(idle && listening, 20),
             set_params(Side::Source, Some(1), Some(Size(3_000_000)), None, None),
         ),
         (
@@ -292,7 +300,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
     ];
     if held {
         for k in 1..=3 {
-            v.push((8, Op::WaitPasses { n: min_passes + k }));
+            v.push((10, Op::WaitPasses { n: min_passes + k }));
         }
     }
     v

@@ -39,6 +39,11 @@ pub struct ExecOptions {
     pub dst_extra: Vec<String>,
     /// Deadline of every wait op.
     pub wait_timeout: Duration,
+    /// Before each op, give a running migration up to this long to move on (two more
+    /// passes, or a status past active); zero: no pause. The fuzzer reruns a failing case so, to tell
+    /// failures that hold whatever the timing from races with the migration that went one
+    /// way (an op that came before the migration converged).
+    pub op_delay: Duration,
 }
 
 impl ExecOptions {
@@ -55,6 +60,7 @@ impl ExecOptions {
             src_extra: Vec::new(),
             dst_extra: Vec::new(),
             wait_timeout: Duration::from_secs(30),
+            op_delay: Duration::ZERO,
         }
     }
 }
@@ -159,6 +165,7 @@ pub fn run_scenario(scenario: &Scenario, opts: &ExecOptions) -> Result<RunSummar
     for op in &scenario.ops {
         ex.step(op)?;
     }
+    ex.finish()?;
     Ok(RunSummary {
         ops: scenario.ops.len(),
         elapsed: start.elapsed(),
@@ -270,6 +277,49 @@ impl Executor {
             .unwrap_or(false)
     }
 
+    /// Ends a scenario: a migration still cancelling or failing is waited for (a
+    /// `wait-status` judged by the model), so what it leaves behind, such as the source's run
+    /// state after `cancelled`, is checked too.
+    pub fn finish(&mut self) -> Result<(), ExecError> {
+        if let Some(op) = self.model.settling_op() {
+            self.step(&op)?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` while the source's migration runs (setup/active) for two more
+    /// passes (`dirty-sync-count`) or its status to leave setup/active, then 50 ms more. Errors end the pause; the op
+    /// will meet them.
+    fn let_migration_move_on(&self, limit: Duration) {
+        let vm = &self.src.vm;
+        let snapshot = || -> Option<(MigrationStatus, u64)> {
+            let info = vm.query_migrate().ok()?;
+            let status = info
+                .status
+                .and_then(|s| MigrationStatus::from_name(s.as_str()))
+                .unwrap_or(MigrationStatus::None);
+            Some((status, info.ram.as_ref().map_or(0, |r| r.dirty_sync_count)))
+        };
+        let Some(first) = snapshot() else { return };
+        if !matches!(first.0, MigrationStatus::Setup | MigrationStatus::Active) {
+            return;
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && vm.is_alive() {
+            std::thread::sleep(Duration::from_millis(10));
+            // setup -> active is not moving on: the first pass belongs to setup.
+            let moved = |now: (MigrationStatus, u64)| {
+                now.1 >= first.1 + 2
+                    || !matches!(now.0, MigrationStatus::Setup | MigrationStatus::Active)
+            };
+            if snapshot().is_none_or(moved) {
+                // What a new pass decides (switchover) takes a moment more.
+                std::thread::sleep(Duration::from_millis(50));
+                return;
+            }
+        }
+    }
+
     /// Performs `op`, observes the pair and has the model judge it.
     pub fn step(&mut self, op: &Op) -> Result<Observation, ExecError> {
         self.index += 1;
@@ -279,6 +329,9 @@ impl Executor {
                 reason: reason.to_string(),
             }
         } else {
+            if !self.opts.op_delay.is_zero() {
+                self.let_migration_move_on(self.opts.op_delay);
+            }
             match self.perform(op) {
                 Ok(r) => r,
                 Err(e) => return Err(self.failure(op, &exp, None, format!("{e:#}"))),
@@ -441,10 +494,11 @@ impl Executor {
                         None
                     }
                 })?;
-                if r != Reply::Ok || !self.dst.vm.is_alive() {
+                if r != Reply::Ok || !self.dst.vm.is_alive() || !self.dst_used {
                     return Ok(r);
                 }
-                // Then the destination: completed (or failed / gone).
+                // Then the destination that took the stream (not a fresh one started after
+                // the migration): completed (or failed / gone).
                 let d = self.wait(op, Side::Destination, |s, _| {
                     matches!(s, MigrationStatus::Completed | MigrationStatus::Failed)
                         .then_some(Reply::Ok)

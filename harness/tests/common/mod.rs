@@ -48,7 +48,8 @@ pub fn launch_qemu_none(role: &str) -> Vm {
 }
 
 /// Builds `migtest-vmm` (so `-p migtest` runs test the current source, not
-/// a stale binary) unless `MIGTEST_VMM` names one. Cargo is quick when it is
+/// a stale binary) unless `MIGTEST_VMM` names one, with `fault-injection` when
+/// this build has it. Cargo is quick when it is
 /// up to date; the target directory and profile are those of this test
 /// binary (`target/<profile>/deps/<test>`).
 pub fn ensure_vmm_built() {
@@ -66,17 +67,23 @@ pub fn ensure_vmm_built() {
             other => other.to_string(),
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "migtest-vmm",
-                "--bin",
-                "migtest-vmm",
-                "--profile",
-            ])
-            .arg(&profile)
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "migtest-vmm",
+            "--bin",
+            "migtest-vmm",
+            "--profile",
+        ])
+        .arg(&profile);
+        // Same features as the build that made this test (the planted-bug tests of the
+        // whole-workspace run need `-x-fault` in the binary this would overwrite).
+        if migtest_vmm::FAULT_INJECTION {
+            cmd.args(["--features", "fault-injection"]);
+        }
+        let out = cmd
             .env("CARGO_TARGET_DIR", target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()

@@ -21,8 +21,8 @@ pub enum Fault {
     SkipLastDirtyPass = 4,
     /// `migrate_cancel` during the hold leaves the source guest stopped.
     CancelLeavesGuestStopped = 8,
-    /// The source skips one dirty page: the first page of the second pass is
-    /// not sent, then or later.
+    /// The source skips one dirty page: the first non-zero page of the
+    /// stop-and-copy pass (guest stopped, so its content is final) is not sent.
     SkipOneDirtyPage = 16,
 }
 

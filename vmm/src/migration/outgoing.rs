@@ -183,9 +183,11 @@ pub(crate) fn start(
         MigrationStatus::Setup,
     );
     let o = out.clone();
+    // The hold as `migrate` found it (planted bugs only).
+    let hold_at_start = shared.params().switchover_hold;
     let spawned = std::thread::Builder::new()
         .name("live_migration".into())
-        .spawn(move || run(&shared, &o, host.as_ref(), &uri));
+        .spawn(move || run(&shared, &o, host.as_ref(), &uri, hold_at_start));
     if let Err(e) = spawned {
         // Nothing started; report it like any other failure.
         let mut i = lock(&out.info);
@@ -241,11 +243,19 @@ struct Engine<'a> {
     hold_at_start: bool,
     has_held: bool,
     skipped_page: Option<u64>,
+    /// `SkipOneDirtyPage`: a digest of what was last sent of each page.
+    sent_digest: Vec<u64>,
 }
 
-fn run(shared: &Shared, out: &Outgoing, host: &dyn MigrationHost, uri: &MigrationUri) {
+fn run(
+    shared: &Shared,
+    out: &Outgoing,
+    host: &dyn MigrationHost,
+    uri: &MigrationUri,
+    hold_at_start: bool,
+) {
     let mut stopped = (false, false);
-    let result = run_inner(shared, out, host, uri, &mut stopped);
+    let result = run_inner(shared, out, host, uri, &mut stopped, hold_at_start);
     let (stopped_vm, vm_was_running) = stopped;
     let restore_vm = || {
         if stopped_vm {
@@ -308,6 +318,7 @@ fn run_inner(
     host: &dyn MigrationHost,
     uri: &MigrationUri,
     stopped: &mut (bool, bool),
+    hold_at_start: bool,
 ) -> Result<(), Abort> {
     let conn = transport::connect(uri).map_err(Abort::Failed)?;
     let handle = conn.try_clone().map_err(write_err)?;
@@ -344,9 +355,10 @@ fn run_inner(
         vm_was_running: false,
         runstate_before_stop: RunState::Running,
         stop_time: None,
-        hold_at_start: shared.params().switchover_hold,
-        has_held: false,
+        hold_at_start,
+        has_held: hold_at_start,
         skipped_page: None,
+        sent_digest: Vec::new(),
     };
     let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
     *stopped = (e.stopped_vm, e.vm_was_running);
@@ -490,29 +502,59 @@ impl Engine<'_> {
     }
 
     fn send_page(&mut self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), Abort> {
-        if faults::on(Fault::SkipOneDirtyPage) {
-            // Planted bug: the first page of the second pass is never sent again.
-            if self.skipped_page.is_none() && self.sync_count >= 2 {
-                self.skipped_page = Some(page);
-            }
-            if self.skipped_page == Some(page) {
-                return Ok(());
-            }
+        if faults::on(Fault::SkipOneDirtyPage) && self.skip_planted_page(page, buf)? {
+            return Ok(());
         }
         if self.ram.page_is_zero(page) {
             self.w.zero_page(page).map_err(write_err)?;
             lock(&self.out.info).stats.duplicate += 1;
+            self.record_sent(page, &[0u8; PAGE_SIZE]);
         } else {
             self.ram
                 .read_page(page, buf)
                 .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
             self.w.page(page, buf).map_err(write_err)?;
+            self.record_sent(page, buf);
             let mut i = lock(&self.out.info);
             i.stats.normal += 1;
             i.stats.normal_bytes += PAGE_SIZE as u64;
         }
         self.window_pages += 1;
         Ok(())
+    }
+
+    /// Planted bug `SkipOneDirtyPage`: in the stop-and-copy pass (guest stopped), drops the
+    /// first page whose destination copy is stale, so the loss always shows.
+    fn skip_planted_page(&mut self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<bool, Abort> {
+        if !self.stopped_vm || self.skipped_page.is_some() {
+            return Ok(false);
+        }
+        self.ram
+            .read_page(page, buf)
+            .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
+        if self.sent_digest(page) != page_digest(buf) {
+            self.skipped_page = Some(page);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// `SkipOneDirtyPage`: the digest of what the destination holds of `page`.
+    fn sent_digest(&mut self, page: u64) -> u64 {
+        if self.sent_digest.is_empty() {
+            // A page never sent is zero on the destination.
+            let zero = page_digest(&[0u8; PAGE_SIZE]);
+            self.sent_digest = vec![zero; self.page_count as usize];
+        }
+        self.sent_digest[page as usize]
+    }
+
+    /// `SkipOneDirtyPage`: records what was sent of `page`.
+    fn record_sent(&mut self, page: u64, content: &[u8; PAGE_SIZE]) {
+        if faults::on(Fault::SkipOneDirtyPage) {
+            self.sent_digest(page);
+            self.sent_digest[page as usize] = page_digest(content);
+        }
     }
 
     /// Bytes that may be written now under `max-bandwidth` (None =
@@ -696,4 +738,11 @@ impl Engine<'_> {
         }
         Ok(())
     }
+}
+
+/// FNV-1a of a page (planted bug `SkipOneDirtyPage` only).
+fn page_digest(page: &[u8; PAGE_SIZE]) -> u64 {
+    page.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
