@@ -2,13 +2,13 @@
 //!
 //! QEMU cases (`qemu` in the name) need a QEMU binary (`MIGTEST_QEMU`, `QTEST_QEMU_BINARY`
 //! or `qemu-system-x86_64` on PATH); without one they FAIL unless `MIGTEST_SKIP_QEMU=1`.
-//! QEMU has no `switchover-hold`: files that set it are skipped there, and the skip is
+//! QEMU has no `switchover-hold` (nor, before 8.2, `avail-switchover-bandwidth`): files that
+//! set them are skipped there, and the skip is
 //! printed (see docs/scenarios.md, "Backends").
 
 use std::path::PathBuf;
 
-use migtest::backend::qemu::QemuBinaryArgs;
-use migtest::backend::Backend;
+use migtest::backend::qemu_pair_for_test;
 use migtest::scenario::exec::{run_scenario, ExecError, ExecOptions};
 use rstest::rstest;
 
@@ -31,7 +31,7 @@ fn run(path: &std::path::Path, opts: &ExecOptions) {
             }
         }
         Err(ExecError::CannotTest(m))
-            if opts.src_backend.is_qemu() && m.contains("switchover-hold") =>
+            if opts.src_backend.is_qemu() && m.contains("does not have") =>
         {
             println!("SKIPPED on QEMU: {m}");
         }
@@ -58,23 +58,14 @@ fn scenario_file(
 }
 
 #[rstest]
-#[ignore = "open: on QEMU 7.2 query-migrate can show a status before its MIGRATION event, which the model rejects; run with --run-ignored"]
 fn scenario_file_qemu(
     #[files("*.toml")]
     #[exclude("Cargo.toml")]
     path: PathBuf,
 ) {
-    let pair = Backend::qemu_pair(&QemuBinaryArgs::default());
-    let (src, dst) = match pair {
-        Ok(p) => p,
-        Err(e) if std::env::var("MIGTEST_SKIP_QEMU").as_deref() == Ok("1") => {
-            println!("SKIPPED (MIGTEST_SKIP_QEMU=1): no QEMU: {e:#}");
-            return;
-        }
-        Err(e) => panic!(
-            "no usable QEMU binary ({e:#}); install qemu-system-x86_64, set MIGTEST_QEMU, \
-             or set MIGTEST_SKIP_QEMU=1 to skip the QEMU cases"
-        ),
+    let test = format!("scenario_file_qemu {}", path.display());
+    let Some((src, dst)) = qemu_pair_for_test(&test).unwrap_or_else(|e| panic!("{e:#}")) else {
+        return;
     };
     let mut opts = ExecOptions::new(src, dst);
     opts.wait_timeout = std::time::Duration::from_secs(60);

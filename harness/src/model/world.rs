@@ -423,7 +423,12 @@ impl World {
             DstPhase::Dead => vec![],
             DstPhase::Listening => vec![snap(S::None, inm)],
             DstPhase::Incoming => {
-                let mut v = vec![snap(S::Setup, inm), snap(S::Active, inm)];
+                // `none`: QEMU 7.2 shows no status until it accepts the stream.
+                let mut v = vec![
+                    snap(S::Setup, inm),
+                    snap(S::None, inm),
+                    snap(S::Active, inm),
+                ];
                 let completes = matches!(self.src.phase, SrcPhase::Finishing)
                     || (matches!(
                         self.src.phase,
@@ -440,6 +445,7 @@ impl World {
             DstPhase::Completed(run) if self.dst.settling => vec![
                 // The source may finish before the destination has even taken the stream.
                 snap(S::Setup, inm),
+                snap(S::None, inm),
                 snap(S::Active, inm),
                 snap(S::Active, run.run_state()),
                 snap(S::Completed, run.run_state()),
@@ -447,6 +453,7 @@ impl World {
             DstPhase::Completed(run) => vec![snap(S::Completed, run.run_state())],
             DstPhase::Dying => vec![
                 snap(S::Setup, inm),
+                snap(S::None, inm),
                 snap(S::Active, inm),
                 snap(S::Failed, inm),
             ],

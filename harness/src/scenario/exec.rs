@@ -136,32 +136,42 @@ pub struct RunSummary {
     pub history: Vec<String>,
 }
 
-/// What a scenario needs that some backends lack: `switchover-hold` (QEMU has no such
-/// parameter; see `docs/scenarios.md`, "Backends").
-pub fn needs_switchover_hold(s: &Scenario) -> bool {
-    s.ops.iter().any(|op| {
-        matches!(
-            op,
-            Op::Hold
-                | Op::Release
-                | Op::SetParameters {
-                    switchover_hold: Some(_),
-                    ..
+/// The migration parameters `s` sets, per side, that not every VMM has (`switchover-hold`:
+/// only migtest-vmm; `avail-switchover-bandwidth`: QEMU 8.2 and later).
+pub fn optional_parameters(s: &Scenario) -> Vec<(Side, &'static str)> {
+    let mut v = Vec::new();
+    let mut add = |side: Side, name: &'static str| {
+        if !v.contains(&(side, name)) {
+            v.push((side, name));
+        }
+    };
+    for op in &s.ops {
+        match op {
+            Op::Hold | Op::Release => add(Side::Source, "switchover-hold"),
+            Op::SetParameters {
+                side,
+                switchover_hold,
+                avail_switchover_bandwidth,
+                ..
+            } => {
+                if switchover_hold.is_some() {
+                    add(*side, "switchover-hold");
                 }
-        )
-    })
+                if avail_switchover_bandwidth.is_some() {
+                    add(*side, "avail-switchover-bandwidth");
+                }
+            }
+            _ => {}
+        }
+    }
+    v
 }
 
 /// Runs `scenario` on a fresh pair; `Ok` when every observation was allowed.
 pub fn run_scenario(scenario: &Scenario, opts: &ExecOptions) -> Result<RunSummary, ExecError> {
     let start = Instant::now();
     let mut ex = Executor::launch(&scenario.pair, opts)?;
-    if needs_switchover_hold(scenario) && !ex.has_switchover_hold() {
-        return Err(ExecError::CannotTest(format!(
-            "the scenario sets switchover-hold, which the source VMM ({}) does not have",
-            opts.src_backend.describe()
-        )));
-    }
+    ex.check_parameters(scenario)?;
     for op in &scenario.ops {
         ex.step(op)?;
     }
@@ -268,13 +278,33 @@ impl Executor {
         &self.history
     }
 
-    /// Whether the source VMM has the `switchover-hold` parameter.
-    pub fn has_switchover_hold(&self) -> bool {
-        self.src
-            .vm
-            .query_parameters()
-            .map(|p| p.get("switchover-hold").is_some())
-            .unwrap_or(false)
+    /// The parameters `scenario` sets ([`optional_parameters`]) that a VMM of the pair lacks.
+    pub fn missing_parameters(&self, scenario: &Scenario) -> Vec<(Side, &'static str)> {
+        optional_parameters(scenario)
+            .into_iter()
+            .filter(|(side, name)| {
+                !self
+                    .side(*side)
+                    .vm
+                    .query_parameters()
+                    .is_ok_and(|p| p.get(*name).is_some())
+            })
+            .collect()
+    }
+
+    /// `CannotTest` when a VMM of the pair lacks a parameter `scenario` sets.
+    pub fn check_parameters(&self, scenario: &Scenario) -> Result<(), ExecError> {
+        let Some((side, name)) = self.missing_parameters(scenario).first().copied() else {
+            return Ok(());
+        };
+        let backend = match side {
+            Side::Source => &self.opts.src_backend,
+            Side::Destination => &self.opts.dst_backend,
+        };
+        Err(ExecError::CannotTest(format!(
+            "the scenario sets {name}, which the {side} VMM ({}) does not have",
+            backend.describe()
+        )))
     }
 
     /// Ends a scenario: a migration still cancelling or failing is waited for (a
