@@ -240,21 +240,7 @@ fn limits(memory: u64) -> Result<()> {
         pair.migrate()?;
         pair.wait_src_status(MigrationStatus::Active, STATUS_TIMEOUT)?;
         std::thread::sleep(Duration::from_millis(300));
-        let a = pair
-            .src
-            .query_migrate()?
-            .ram
-            .unwrap_or_default()
-            .transferred;
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_millis(2000));
-        let b = pair
-            .src
-            .query_migrate()?
-            .ram
-            .unwrap_or_default()
-            .transferred;
-        let rate = (b - a) as f64 / t.elapsed().as_secs_f64();
+        let rate = pair.measure_throughput(Duration::from_millis(2000))?;
         println!(
             "max-bandwidth {} MiB/s: measured {:.1} MiB/s over 2 s ({:+.1}%)",
             limit >> 20,

@@ -539,22 +539,8 @@ fn bandwidth_limited(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     pair.migrate()?;
     pair.wait_src_status(MigrationStatus::Active, STATUS_TIMEOUT)?;
     ctx.step("measure throughput over 1.5 s");
-    let a = pair
-        .src
-        .query_migrate()?
-        .ram
-        .unwrap_or_default()
-        .transferred;
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_millis(1500));
+    let rate = pair.measure_throughput(Duration::from_millis(1500))?;
     ctx.poll(&pair, "measuring bandwidth");
-    let b = pair
-        .src
-        .query_migrate()?
-        .ram
-        .unwrap_or_default()
-        .transferred;
-    let rate = (b - a) as f64 / t0.elapsed().as_secs_f64();
     ensure!(
         rate <= limit as f64 * 1.10,
         "throughput {:.1} MiB/s exceeds max-bandwidth {} MiB/s by more than 10%",

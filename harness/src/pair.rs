@@ -327,6 +327,24 @@ impl Pair {
         self.src.migrate(&uri).context("migrate")
     }
 
+    /// The source's migration throughput over `window`, in bytes per second, from the growth
+    /// of `ram.transferred` in `query-migrate`.
+    pub fn measure_throughput(&self, window: Duration) -> Result<f64> {
+        let transferred = || -> Result<u64> {
+            Ok(self
+                .src
+                .query_migrate()?
+                .ram
+                .unwrap_or_default()
+                .transferred)
+        };
+        let a = transferred()?;
+        let t = Instant::now();
+        std::thread::sleep(window);
+        let b = transferred()?;
+        Ok(b.saturating_sub(a) as f64 / t.elapsed().as_secs_f64())
+    }
+
     /// Whether the source VMM has the `switchover-hold` parameter.
     pub fn has_switchover_hold(&self) -> Result<bool> {
         let params = self.src.query_parameters()?;

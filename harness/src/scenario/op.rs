@@ -52,7 +52,9 @@ pub enum Transport {
     Tcp,
 }
 
-/// QEMU's `MigrationStatus` values for precopy (the subset this harness meets).
+/// QEMU's `MigrationStatus` values for precopy: the subset the op language and the model
+/// reason about, so their matches stay exhaustive without postcopy/COLO arms. The full wire
+/// enum is `migtest_qmp::schema::MigrationStatus`; names are the same (`from_name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MigrationStatus {
