@@ -471,10 +471,10 @@ impl Model {
                 Side::Destination => &mut h.dst_seen,
             };
             if let (true, Some(now)) = (so.alive, so.status) {
-                // QEMU 7.2 shows an incoming migration as `none` until it accepts the stream.
+                // QEMU 7.2 may show an incoming migration in setup or active as `none`.
                 let incoming_unseen = side == Side::Destination
                     && now == S::None
-                    && matches!(*seen, Some(S::None | S::Setup));
+                    && matches!(*seen, Some(S::None | S::Setup | S::Active));
                 if incoming_unseen {
                     continue;
                 }
@@ -579,9 +579,11 @@ impl Model {
             let adjacent = st != S::None
                 && seen != S::None
                 && (legal_transition(side, st, seen) || legal_transition(side, seen, st));
-            // QEMU 7.2 sends the destination's `setup` event at migrate-incoming but shows
-            // no status until it accepts the stream.
-            let incoming_unseen = side == Side::Destination && st == S::None && seen == S::Setup;
+            // QEMU 7.2's destination may show no status while its incoming migration is in
+            // setup or active, after the events for them were sent.
+            let incoming_unseen = side == Side::Destination
+                && st == S::None
+                && matches!(seen, S::Setup | S::Active);
             if st != seen && !adjacent && !incoming_unseen {
                 return Err(format!(
                     "{side} status is {st} but its last MIGRATION event was {seen}"
