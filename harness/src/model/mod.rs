@@ -581,9 +581,8 @@ impl Model {
                 && (legal_transition(side, st, seen) || legal_transition(side, seen, st));
             // QEMU 7.2's destination may show no status while its incoming migration is in
             // setup or active, after the events for them were sent.
-            let incoming_unseen = side == Side::Destination
-                && st == S::None
-                && matches!(seen, S::Setup | S::Active);
+            let incoming_unseen =
+                side == Side::Destination && st == S::None && matches!(seen, S::Setup | S::Active);
             if st != seen && !adjacent && !incoming_unseen {
                 return Err(format!(
                     "{side} status is {st} but its last MIGRATION event was {seen}"
