@@ -112,14 +112,7 @@ pub(crate) fn observe(vm: &Vm, command: &str, reply: &Value) {
 
 /// Adds the key paths and JSON types of `v` under `prefix` to `shape`.
 pub fn shape_of(v: &Value, prefix: &str, shape: &mut Shape) {
-    let ty = match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    };
+    let ty = migtest_qmp::schema::json_type_name(v);
     if !prefix.is_empty() {
         shape.entry(prefix.to_string()).or_default().insert(ty);
     }

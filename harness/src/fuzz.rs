@@ -243,7 +243,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
                     return Err(aborted(format!("fuzzing aborted: {reason}")));
                 }
             };
-            let (ops, message) = minimize(init.pair(), ops, message, opts, start);
+            let (ops, message) = minimize(init.pair(), ops, message, opts);
             let first_line = message.lines().next().unwrap_or("").to_string();
             let scenario = Scenario {
                 purpose: format!(
@@ -319,9 +319,7 @@ fn minimize(
     mut ops: Vec<Op>,
     mut message: String,
     opts: &FuzzOptions,
-    start: Instant,
 ) -> (Vec<Op>, String) {
-    let _ = start;
     let deadline = Instant::now() + opts.max_shrink_time;
     let mut changed = true;
     while changed && Instant::now() < deadline {

@@ -309,6 +309,20 @@ pub struct MigrationCapabilityStatus {
     pub state: bool,
 }
 
+/// The JSON type of `v` as QAPI shape comparisons name it (`null`, `bool`, `number`,
+/// `string`, `array`, `object`).
+pub fn json_type_name(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

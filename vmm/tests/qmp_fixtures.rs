@@ -54,16 +54,7 @@ fn transcript(name: &str, dir: &Path) -> Vec<Value> {
 /// Keys whose string values legitimately differ (version strings).
 const VOLATILE_STRINGS: &[&str] = &["package"];
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
+use migtest_qmp::schema::json_type_name as kind;
 
 /// Structural comparison of one QEMU message with ours.
 fn compare(ctx: &str, path: &str, q: &Value, o: &Value, out: &mut Vec<String>) {
