@@ -6,6 +6,7 @@ use crate::diagnostics::Context as Diagnostics;
 use crate::pair::{
     no_progress, HoldMethod, MigrationFigures, Pair, PairSpec, Progress, Transport, STATUS_TIMEOUT,
 };
+use crate::vm::ReplyObserver;
 use anyhow::{bail, ensure, Context, Result};
 use migtest_qmp::schema::MigrationStatus;
 use serde_json::json;
@@ -23,6 +24,8 @@ pub struct CatalogConfig {
     pub passes: u64,
     /// Guest RAM in bytes.
     pub memory: u64,
+    /// Sees every QMP reply of the scenario's VMs (`migtest compare`).
+    pub observer: Option<Arc<dyn ReplyObserver>>,
 }
 
 impl CatalogConfig {
@@ -33,6 +36,7 @@ impl CatalogConfig {
             backend,
             passes: 3,
             memory: 128 << 20,
+            observer: None,
         }
     }
 
@@ -40,6 +44,7 @@ impl CatalogConfig {
         let mut spec = PairSpec::new(self.backend.clone());
         spec.dst_backend = self.dst_backend.clone();
         spec.memory = self.memory;
+        spec.observer = self.observer.clone();
         spec
     }
 }

@@ -4,6 +4,8 @@
 use crate::backend::Backend;
 use crate::catalog::{catalog, CatalogConfig, ScenarioOutcome};
 use crate::pair::{HoldMethod, Progress};
+/// Kept here for callers of `cli_run::wrap`; it lives in [`crate::text`].
+pub use crate::text::wrap;
 use migtest_qmp::schema::MigrationInfo;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -130,25 +132,6 @@ pub fn run(opts: &RunOptions) -> i32 {
         start.elapsed().as_secs_f64()
     );
     i32::from(failed > 0)
-}
-
-/// Splits `s` into lines of at most `width` characters at spaces.
-pub fn wrap(s: &str, width: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut cur = String::new();
-    for word in s.split_whitespace() {
-        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
-            lines.push(std::mem::take(&mut cur));
-        }
-        if !cur.is_empty() {
-            cur.push(' ');
-        }
-        cur.push_str(word);
-    }
-    if !cur.is_empty() {
-        lines.push(cur);
-    }
-    lines
 }
 
 fn print_table(rows: &[Row]) {

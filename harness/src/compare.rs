@@ -5,17 +5,17 @@
 //! (keys and JSON types) of the `query-migrate`, `query-migrate-parameters`
 //! and `query-status` replies seen during the run.
 //!
-//! Recording works through a thread-local recorder that [`crate::vm::Vm`]
-//! feeds with every reply while [`record`] runs; nothing is recorded
-//! otherwise.
+//! Recording works through a [`ReplyObserver`] that [`record`] hands to the
+//! run, which plugs it into its VMs ([`CatalogConfig::observer`]); VMs
+//! without it record nothing.
 
 use crate::catalog::{catalog, CatalogConfig, ScenarioOutcome};
 use crate::pair::no_progress;
-use crate::vm::Vm;
+use crate::vm::{ReplyObserver, Vm};
 use serde_json::Value;
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Commands whose reply shapes are recorded.
@@ -50,33 +50,31 @@ pub struct Recording {
     pub events: Vec<SeqEvent>,
 }
 
+#[derive(Debug)]
 struct VmEvents {
     label: String,
     events: Vec<crate::qmp_client::ReceivedEvent>,
 }
 
-struct Recorder {
-    start: Instant,
+#[derive(Debug, Default)]
+struct RecorderState {
     shapes: BTreeMap<String, Shape>,
     /// Per VMM pid.
     vms: BTreeMap<u32, VmEvents>,
     destinations: u32,
 }
 
-thread_local! {
-    static RECORDER: RefCell<Option<Recorder>> = const { RefCell::new(None) };
+/// The [`ReplyObserver`] [`record`] plugs into the VMs of a run.
+#[derive(Debug)]
+struct Recorder {
+    start: Instant,
+    state: Mutex<RecorderState>,
 }
 
-/// Whether a recording is running on this thread.
-pub fn recording() -> bool {
-    RECORDER.with(|r| r.borrow().is_some())
-}
-
-/// Called by [`Vm`] with every successful reply.
-pub(crate) fn observe(vm: &Vm, command: &str, reply: &Value) {
-    RECORDER.with(|r| {
-        let mut r = r.borrow_mut();
-        let Some(rec) = r.as_mut() else { return };
+impl ReplyObserver for Recorder {
+    fn observe(&self, vm: &Vm, command: &str, reply: &Value) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = &mut *guard;
         if SHAPED_COMMANDS.contains(&command) {
             shape_of(
                 reply,
@@ -107,7 +105,7 @@ pub(crate) fn observe(vm: &Vm, command: &str, reply: &Value) {
         if let Some(v) = rec.vms.get_mut(&pid) {
             v.events = vm.qmp().received_events();
         }
-    });
+    }
 }
 
 /// Adds the key paths and JSON types of `v` under `prefix` to `shape`.
@@ -136,21 +134,17 @@ pub fn shape_of(v: &Value, prefix: &str, shape: &mut Shape) {
     }
 }
 
-/// Runs `f` with a recorder installed on this thread; returns its result
-/// and what was recorded.
-pub fn record<T>(f: impl FnOnce() -> T) -> (T, Recording) {
-    RECORDER.with(|r| {
-        *r.borrow_mut() = Some(Recorder {
-            start: Instant::now(),
-            shapes: BTreeMap::new(),
-            vms: BTreeMap::new(),
-            destinations: 0,
-        })
+/// Runs `f` with a recorder it can plug into the VMs it launches (for
+/// the catalog: [`CatalogConfig::observer`]); returns its result and what
+/// was recorded.
+pub fn record<T>(f: impl FnOnce(Arc<dyn ReplyObserver>) -> T) -> (T, Recording) {
+    let recorder = Arc::new(Recorder {
+        start: Instant::now(),
+        state: Mutex::default(),
     });
-    let out = f();
-    let rec = RECORDER
-        .with(|r| r.borrow_mut().take())
-        .expect("recorder installed above");
+    let out = f(recorder.clone());
+    let start = recorder.start;
+    let rec = std::mem::take(&mut *recorder.state.lock().unwrap_or_else(|e| e.into_inner()));
     let mut events = Vec::new();
     for v in rec.vms.values() {
         for e in &v.events {
@@ -171,7 +165,7 @@ pub fn record<T>(f: impl FnOnce() -> T) -> (T, Recording) {
                 _ => String::new(),
             };
             events.push(SeqEvent {
-                ms: e.received.saturating_duration_since(rec.start).as_millis() as u64,
+                ms: e.received.saturating_duration_since(start).as_millis() as u64,
                 who: v.label.clone(),
                 event: e.event.event.clone(),
                 detail,
@@ -242,7 +236,11 @@ pub fn run_side(name: &str, scenario: &str, cfg: &CatalogConfig) -> anyhow::Resu
         .iter()
         .find(|s| s.name == scenario)
         .ok_or_else(|| anyhow::anyhow!("no scenario named '{scenario}' (see `migtest list`)"))?;
-    let (result, recording) = record(|| s.run(cfg, no_progress()));
+    let (result, recording) = record(|observer| {
+        let mut cfg = cfg.clone();
+        cfg.observer = Some(observer);
+        s.run(&cfg, no_progress())
+    });
     Ok(Side {
         name: name.to_string(),
         result: result.map_err(|e| format!("{e:#}")),
@@ -350,7 +348,7 @@ pub fn report(scenario: &str, a: &Side, b: &Side) -> String {
         if let Err(e) = &s.result {
             let _ = writeln!(out, "\n{} failed:", s.name);
             for l in e.lines() {
-                for w in crate::cli_run::wrap(l, 74) {
+                for w in crate::text::wrap(l, 74) {
                     let _ = writeln!(out, "    {w}");
                 }
             }
@@ -358,7 +356,7 @@ pub fn report(scenario: &str, a: &Side, b: &Side) -> String {
         if let Ok(o) = &s.result {
             for n in o.skipped.iter().chain(&o.notes) {
                 let _ = writeln!(out, "\n{} note:", s.name);
-                for w in crate::cli_run::wrap(n, 74) {
+                for w in crate::text::wrap(n, 74) {
                     let _ = writeln!(out, "    {w}");
                 }
             }
@@ -497,10 +495,9 @@ mod tests {
     }
 
     #[test]
-    fn nothing_recorded_outside_record() {
-        assert!(!recording());
-        let ((), rec) = record(|| assert!(recording()));
+    fn nothing_recorded_without_a_run() {
+        let ((), rec) = record(|_observer| {});
         assert!(rec.events.is_empty());
-        assert!(!recording());
+        assert!(rec.shapes.is_empty());
     }
 }

@@ -24,7 +24,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::process::ProcessProbe;
 use crate::qmp_client::Transcript;
-use crate::vm::Vm;
 
 /// Width lines are cut to in reports.
 pub const WIDTH: usize = 160;
@@ -34,6 +33,13 @@ pub const QMP_LINES: usize = 8;
 pub const STDERR_LINES: usize = 5;
 /// Serial bytes per VM in a report.
 pub const SERIAL_BYTES: usize = 64;
+
+/// Anything a report can show as a VM: [`crate::vm::Vm`] implements it, so
+/// this layer needs nothing of the VM handle above it.
+pub trait Diagnosable {
+    /// A diagnostics view that outlives the VM.
+    fn diag(&self) -> VmDiag;
+}
 
 /// What a report shows about one VM; outlives the VM.
 #[derive(Clone)]
@@ -134,7 +140,7 @@ impl Context {
     }
 
     /// Registers a VM for reports.
-    pub fn add_vm(&self, vm: &Vm) {
+    pub fn add_vm(&self, vm: &impl Diagnosable) {
         self.add(vm.diag());
     }
 

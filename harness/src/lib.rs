@@ -25,4 +25,5 @@ pub mod process;
 pub mod qmp_client;
 pub mod replay;
 pub mod scenario;
+pub mod text;
 pub mod vm;

@@ -5,7 +5,7 @@
 use crate::backend::{Backend, LaunchSpec};
 use crate::checks::{self, MemoryMismatch};
 use crate::diagnostics::Context as Diagnostics;
-use crate::vm::Vm;
+use crate::vm::{ReplyObserver, Vm};
 use anyhow::{bail, Context, Result};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus};
 use serde_json::json;
@@ -52,6 +52,8 @@ pub struct PairSpec {
     pub src_extra: Vec<String>,
     /// Extra destination options.
     pub dst_extra: Vec<String>,
+    /// Sees every QMP reply of the pair's VMs (`migtest compare`).
+    pub observer: Option<Arc<dyn ReplyObserver>>,
 }
 
 impl PairSpec {
@@ -67,6 +69,7 @@ impl PairSpec {
             dst_paused: true,
             src_extra: Vec::new(),
             dst_extra: Vec::new(),
+            observer: None,
         }
     }
 }
@@ -226,7 +229,7 @@ impl Pair {
     /// precopy as QEMU's qtests set it) and a destination waiting with
     /// `-incoming defer`.
     pub fn launch(spec: PairSpec) -> Result<Pair> {
-        let src = Vm::launch(
+        let mut src = Vm::launch(
             &spec.src_backend,
             &LaunchSpec {
                 name: "source".into(),
@@ -239,6 +242,7 @@ impl Pair {
             },
         )
         .context("launching the source")?;
+        src.set_observer(spec.observer.clone());
         src.set_capabilities(&[("events", true)])
             .context("enabling events on the source")?;
         src.set_parameters(json!({"max-bandwidth": 0}))
@@ -282,7 +286,7 @@ impl Pair {
     pub fn restart_destination(&mut self) -> Result<()> {
         self.dst = None;
         self.generation += 1;
-        let dst = Vm::launch(
+        let mut dst = Vm::launch(
             &self.spec.dst_backend,
             &LaunchSpec {
                 name: "destination".into(),
@@ -295,6 +299,7 @@ impl Pair {
             },
         )
         .context("launching the destination")?;
+        dst.set_observer(self.spec.observer.clone());
         dst.set_capabilities(&[("events", true)])
             .context("enabling events on the destination")?;
         let listen = match self.spec.transport {

@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::backend::{Backend, LaunchSpec};
 use crate::checks::digest;
-use crate::diagnostics::VmDiag;
+use crate::diagnostics::{Diagnosable, VmDiag};
 use crate::process::VmmProcess;
 use crate::qmp_client::{QmpClient, DEFAULT_TIMEOUT};
 
@@ -27,6 +27,14 @@ pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Poll interval of [`Vm::wait_for_status`].
 pub const STATUS_POLL: Duration = Duration::from_millis(5);
+
+/// Sees every successful QMP reply of the VMs it is plugged into (with
+/// [`Vm::set_observer`]); `migtest compare` records reply shapes and events
+/// this way. The VM handle knows nothing of what the observer does.
+pub trait ReplyObserver: Send + Sync + std::fmt::Debug {
+    /// Called after `command` on `vm` returned `reply`.
+    fn observe(&self, vm: &Vm, command: &str, reply: &Value);
+}
 
 /// A launched VM.
 pub struct Vm {
@@ -40,6 +48,19 @@ pub struct Vm {
     spec: LaunchSpec,
     serial_cursor: Mutex<u64>,
     dumps: AtomicU64,
+    observer: Option<Arc<dyn ReplyObserver>>,
+}
+
+impl Diagnosable for Vm {
+    fn diag(&self) -> VmDiag {
+        VmDiag {
+            role: self.role.clone(),
+            backend: self.backend.name().to_string(),
+            binary: self.binary.clone(),
+            process: self.process.probe(),
+            transcript: self.qmp.transcript(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Vm {
@@ -96,7 +117,13 @@ impl Vm {
             spec: spec.clone(),
             serial_cursor: Mutex::new(0),
             dumps: AtomicU64::new(0),
+            observer: None,
         })
+    }
+
+    /// Plugs in (or, with `None`, removes) the observer of this VM's replies.
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn ReplyObserver>>) {
+        self.observer = observer;
     }
 
     /// The role label.
@@ -159,17 +186,6 @@ impl Vm {
         self.process.kill()
     }
 
-    /// A diagnostics view that outlives the VM.
-    pub fn diag(&self) -> VmDiag {
-        VmDiag {
-            role: self.role.clone(),
-            backend: self.backend.name().to_string(),
-            binary: self.binary.clone(),
-            process: self.process.probe(),
-            transcript: self.qmp.transcript(),
-        }
-    }
-
     fn who(&self) -> String {
         format!("{} VMM (pid {})", self.role, self.process.pid())
     }
@@ -180,7 +196,9 @@ impl Vm {
             .qmp
             .execute(name, args)
             .map_err(|e| self.qmp_error(name, e))?;
-        crate::compare::observe(self, name, &reply);
+        if let Some(o) = &self.observer {
+            o.observe(self, name, &reply);
+        }
         Ok(reply)
     }
 
@@ -207,8 +225,8 @@ impl Vm {
         name: &str,
         args: Value,
     ) -> anyhow::Result<R> {
-        if crate::compare::recording() {
-            // `migtest compare` needs the raw reply to record its shape.
+        if self.observer.is_some() {
+            // The observer sees the raw reply.
             let reply = self.execute(name, args)?;
             return serde_json::from_value(reply)
                 .with_context(|| format!("{}: decoding the '{name}' reply", self.who()));
