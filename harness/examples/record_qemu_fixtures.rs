@@ -1068,7 +1068,7 @@ fn main() {
     );
     assert!(r.get("return").is_some(), "{r}");
     let mem = std::fs::read(&dump).unwrap();
-    let check = q::check_ab_invariant(&mem, 0, start, end)
+    let check = migtest::checks::check_guests_ram_detail(&mem[start as usize..], start, end)
         .unwrap_or_else(|e| panic!("A-B invariant broken after migration: {e}"));
     eprintln!("A-B invariant holds on the destination: {check:?}");
     dst.qmp.cmd("cont", Value::Null);
