@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use abcheck::{check_ab_invariant, AbSummary, AbViolation};
+pub use abcheck::{
+    check_ab_invariant, scan_ab_invariant, AbBadPage, AbScan, AbSummary, AbViolation,
+};
 pub use dirty::DirtyBitmap;
 pub use image::{GuestImage, GuestLayout, ImageError};
 pub use memory::{GuestRam, GuestRamError, WriteObserver, PAGE_SIZE};
