@@ -74,6 +74,10 @@ pub struct GuestRam {
     map: MmapMut,
     size: u64,
     dirty: DirtyBitmap,
+    /// Pages ever written (set before the data is stored, never cleared):
+    /// a page outside it is still the mapping's zero fill, so migration
+    /// neither reads it (no fault) nor writes it on the destination.
+    touched: Vec<AtomicU64>,
     observer: Option<Arc<dyn WriteObserver>>,
 }
 
@@ -113,10 +117,16 @@ impl GuestRam {
             size,
             message: e.to_string(),
         })?;
+        // As QEMU does for guest RAM (ram_block_add): transparent huge pages
+        // where the host has them, one fault per 2 MiB. Only advice.
+        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(GuestRam {
             map,
             size,
             dirty: DirtyBitmap::new(size / PAGE),
+            touched: (0..(size / PAGE).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             observer,
         })
     }
@@ -178,6 +188,27 @@ impl GuestRam {
         &self.words()[first..first + WORDS_PER_PAGE]
     }
 
+    /// Records that the pages of `[addr, addr + len)` (bounds-checked,
+    /// `len > 0`) are about to be written. Called before the store, so
+    /// whoever finds a page dirty (the mark comes after the store and a
+    /// fence, see [`crate::guest::dirty`]) also finds it touched.
+    #[inline]
+    fn touch(&self, addr: u64, len: u64) {
+        for page in addr / PAGE..=(addr + len - 1) / PAGE {
+            let word = &self.touched[(page / 64) as usize];
+            let bit = 1u64 << (page % 64);
+            if word.load(Ordering::Relaxed) & bit == 0 {
+                word.fetch_or(bit, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether page `page` (in range) was ever written.
+    #[inline]
+    fn is_touched(&self, page: u64) -> bool {
+        self.touched[(page / 64) as usize].load(Ordering::Relaxed) & (1u64 << (page % 64)) != 0
+    }
+
     /// Marks the pages of `[addr, addr + len)` (already bounds-checked,
     /// `len > 0`) dirty and notifies the observer.
     #[inline]
@@ -215,6 +246,7 @@ impl GuestRam {
     pub fn write_u64(&self, addr: u64, value: u64) -> Result<(), GuestRamError> {
         if addr.is_multiple_of(8) {
             self.check(addr, 8)?;
+            self.touch(addr, 8);
             self.words()[(addr / 8) as usize].store(value, Ordering::Relaxed);
             self.dirtied(addr, 8);
             Ok(())
@@ -232,6 +264,7 @@ impl GuestRam {
         if data.is_empty() {
             return Ok(());
         }
+        self.touch(addr, len);
         let mut pos = 0usize;
         while pos < data.len() {
             let a = addr + pos as u64;
@@ -257,6 +290,7 @@ impl GuestRam {
     /// returns the previous value.
     pub fn fetch_add_u8(&self, addr: u64, delta: u8) -> Result<u8, GuestRamError> {
         self.check(addr, 1)?;
+        self.touch(addr, 1);
         let word = &self.words()[(addr / 8) as usize];
         let offset = (addr % 8) as usize;
         let mut old = word.load(Ordering::Relaxed);
@@ -358,9 +392,13 @@ impl GuestRam {
     }
 
     /// Whether page `page` is all zeroes, or an error if it is out of range.
-    /// Eight words are OR-ed per branch, so this runs at memory speed.
+    /// A page never written is zero without being read; otherwise eight
+    /// words are OR-ed per branch, so this runs at memory speed.
     pub fn try_page_is_zero(&self, page: u64) -> Result<bool, GuestRamError> {
         self.check_page(page)?;
+        if !self.is_touched(page) {
+            return Ok(true);
+        }
         let words = self.page_words(page);
         let load = |i: usize| words[i].load(Ordering::Relaxed);
         for i in (0..WORDS_PER_PAGE).step_by(8) {
@@ -383,6 +421,7 @@ impl GuestRam {
     /// restarts with [`DirtyBitmap::set_all`] when a migration begins).
     pub fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), GuestRamError> {
         self.check_page(page)?;
+        self.touch(page * PAGE, PAGE);
         // SAFETY: the page is in the mapping (checked above); `data` is a
         // separate buffer.
         unsafe { copy_bytes(self.page_ptr(page), data.as_ptr(), PAGE_SIZE) };
@@ -543,6 +582,25 @@ mod tests {
         ram.zero_page(1).unwrap();
         assert!(ram.page_is_zero(1));
         assert_eq!(ram.dirty().count(), 0);
+    }
+
+    #[test]
+    fn untouched_pages_are_zero_and_stay_unread() {
+        let ram = GuestRam::new(4 * PAGE).unwrap();
+        assert!(!ram.is_touched(2));
+        assert!(ram.page_is_zero(2));
+        ram.zero_page(2).unwrap();
+        assert!(!ram.is_touched(2), "zeroing a zero page writes nothing");
+        ram.write_u8(2 * PAGE + 5, 0).unwrap();
+        assert!(ram.is_touched(2) && ram.page_is_zero(2));
+        let mut buf = [9u8; PAGE_SIZE];
+        assert!(!ram.copy_page_nonzero(3, &mut buf).unwrap());
+        ram.load_page(3, &[1; PAGE_SIZE]).unwrap();
+        assert!(ram.is_touched(3));
+        assert!(ram.copy_page_nonzero(3, &mut buf).unwrap());
+        assert_eq!(buf, [1; PAGE_SIZE]);
+        ram.zero_page(3).unwrap();
+        assert!(ram.page_is_zero(3));
     }
 
     #[test]
