@@ -1,6 +1,9 @@
 //! `migtest bench vs-qemu`: migtest-vmm and QEMU migrating the same guests
 //! back to back in one run, beside the unix-socket ceiling measured in the
-//! same run, plus release-to-`completed` against a cold migration.
+//! same run, plus release-to-`completed` against a cold migration. With
+//! `MIGTEST_BENCH_BASELINE_VMM=PATH` another `migtest-vmm` build (e.g. the
+//! one before a change) runs in the same rotation as row `baseline`;
+//! `MIGTEST_BENCH_NO_QEMU=1` leaves QEMU out.
 
 use crate::backend::Backend;
 use crate::pair::{Pair, PairSpec, STATUS_TIMEOUT};
@@ -140,12 +143,12 @@ fn spec(backend: &Backend, memory: u64, guest: Guest, fill: Option<&Path>) -> Pa
 
 /// One migration: launch, prepare the guest, migrate, the final figures.
 fn one_run(
-    backend: &Backend,
+    contender: &Contender,
     memory: u64,
     guest: Guest,
     fill: Option<&Path>,
 ) -> Result<MigrationInfo> {
-    let mut pair = Pair::launch(spec(backend, memory, guest, fill))?;
+    let mut pair = contender.launch(spec(&contender.backend, memory, guest, fill))?;
     let fill_wait = Duration::from_secs(60 + (memory >> 30) * 30);
     pair.src.wait_serial(b'B', fill_wait)?;
     if guest == Guest::Filled {
@@ -197,25 +200,51 @@ impl Samples {
     }
 }
 
-/// `runs` migrations of each backend, alternating (QEMU, then migtest-vmm)
-/// so that the machine's drift hits both alike.
+/// One column of the comparison: a backend, for the builtin one possibly a
+/// different `migtest-vmm` binary (the baseline build).
+struct Contender {
+    label: String,
+    backend: Backend,
+    vmm: Option<PathBuf>,
+}
+
+impl Contender {
+    /// A pair of this contender; a baseline binary is put in `MIGTEST_VMM`
+    /// only while the pair's processes are spawned (the bench is one thread).
+    fn launch(&self, spec: PairSpec) -> Result<Pair> {
+        let Some(vmm) = &self.vmm else {
+            return Pair::launch(spec);
+        };
+        let before = std::env::var_os("MIGTEST_VMM");
+        std::env::set_var("MIGTEST_VMM", vmm);
+        let pair = Pair::launch(spec);
+        match before {
+            Some(v) => std::env::set_var("MIGTEST_VMM", v),
+            None => std::env::remove_var("MIGTEST_VMM"),
+        }
+        pair
+    }
+}
+
+/// `runs` migrations of each contender, alternating (QEMU, then migtest-vmm)
+/// so that the machine's drift hits all alike.
 fn measure(
-    backends: &[Backend],
+    contenders: &[Contender],
     memory: u64,
     guest: Guest,
     fill: Option<&Path>,
     runs: usize,
 ) -> Result<Vec<Row>> {
-    let mut samples: Vec<Samples> = backends.iter().map(|_| Samples::default()).collect();
+    let mut samples: Vec<Samples> = contenders.iter().map(|_| Samples::default()).collect();
     for k in 1..=runs {
-        for (b, s) in backends.iter().zip(samples.iter_mut()) {
+        for (c, s) in contenders.iter().zip(samples.iter_mut()) {
             let what = format!(
                 "{} {} MiB {} run {k}/{runs}",
-                b.name(),
+                c.label,
                 memory >> 20,
                 guest.name()
             );
-            let info = one_run(b, memory, guest, fill).with_context(|| what.clone())?;
+            let info = one_run(c, memory, guest, fill).with_context(|| what.clone())?;
             let (t, d, x) = s.push(&info);
             eprintln!(
                 "  {what}: total {t} ms, downtime {d} ms, {:.0} MiB",
@@ -281,6 +310,26 @@ pub fn run(sizes: &[u64], runs: usize) -> Result<()> {
             }
         }
     };
+    let mut contenders: Vec<Contender> = qemu
+        .iter()
+        .map(|q| Contender {
+            label: "QEMU 7.2".into(),
+            backend: q.clone(),
+            vmm: None,
+        })
+        .collect();
+    if let Some(base) = std::env::var_os("MIGTEST_BENCH_BASELINE_VMM") {
+        contenders.push(Contender {
+            label: "baseline".into(),
+            backend: Backend::Builtin,
+            vmm: Some(PathBuf::from(base)),
+        });
+    }
+    contenders.push(Contender {
+        label: "migtest-vmm".into(),
+        backend: Backend::Builtin,
+        vmm: None,
+    });
     let ceilings: Vec<f64> = (0..3)
         .map(|_| socket_ceiling(false))
         .collect::<Result<_>>()?;
@@ -307,18 +356,12 @@ pub fn run(sizes: &[u64], runs: usize) -> Result<()> {
                 _ => None,
             };
             let fill_path = fill.as_ref().map(|f| f.0.as_path());
-            let mut backends: Vec<Backend> = qemu.iter().cloned().collect();
-            backends.push(Backend::Builtin);
-            let rows = measure(&backends, memory, guest, fill_path, runs)?;
-            let (ours, q) = match rows.as_slice() {
-                [q, ours] => (ours, Some(q)),
-                [ours] => (ours, None),
-                _ => unreachable!("one or two backends"),
-            };
-            if let Some(q) = q {
-                print_row(guest, memory, "QEMU 7.2", q, None, ceiling);
+            let rows = measure(&contenders, memory, guest, fill_path, runs)?;
+            let qemu_row = qemu.as_ref().map(|_| rows[0]);
+            for (c, r) in contenders.iter().zip(&rows) {
+                let versus = qemu_row.as_ref().filter(|_| !c.backend.is_qemu());
+                print_row(guest, memory, &c.label, r, versus, ceiling);
             }
-            print_row(guest, memory, "migtest-vmm", ours, q, ceiling);
         }
     }
     println!("multifd: not implemented in migtest-vmm yet (one channel only)");

@@ -117,9 +117,9 @@ impl GuestRam {
             size,
             message: e.to_string(),
         })?;
-        // As QEMU does for guest RAM (ram_block_add): transparent huge pages
-        // where the host has them, one fault per 2 MiB. Only advice.
-        let _ = map.advise(memmap2::Advice::HugePage);
+        // No MADV_HUGEPAGE (QEMU advises it): with this host's THP defrag
+        // policy `madvise`, advised faults compact memory synchronously and
+        // a filled 1 GiB destination loaded 2x slower (docs/performance.md).
         Ok(GuestRam {
             map,
             size,
