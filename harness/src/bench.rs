@@ -30,7 +30,12 @@ pub enum Bench {
     Limits,
     /// Everything above.
     All,
+    /// migtest-vmm beside QEMU: 128 MiB / 1 GiB / 4 GiB, A-B and filled
+    /// guests, the unix-socket ceiling, release vs cold (not part of `all`).
+    VsQemu,
 }
+
+mod vs_qemu;
 
 /// Spawns `program args` and measures the time until `qmp_capabilities`
 /// is answered on `socket`; the process is killed afterwards.
@@ -181,8 +186,10 @@ fn hold(memory: u64) -> Result<()> {
     Ok(())
 }
 
-fn release(memory: u64) -> Result<()> {
-    let mut pair = Pair::launch(spec(memory, "sweep"))?;
+/// Release-to-`completed` after 3 held passes, then a cold migration of a
+/// fresh pair of the same guest (`image`, `memory`).
+fn release_and_cold(memory: u64, image: &str) -> Result<(Duration, Duration)> {
+    let mut pair = Pair::launch(spec(memory, image))?;
     pair.src.wait_serial(b'B', Duration::from_secs(30))?;
     pair.src.set_parameters(json!({"switchover-hold": true}))?;
     pair.migrate()?;
@@ -192,12 +199,16 @@ fn release(memory: u64) -> Result<()> {
     pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
     let released = t.elapsed();
     drop(pair);
-    let mut pair = Pair::launch(spec(memory, "sweep"))?;
+    let mut pair = Pair::launch(spec(memory, image))?;
     pair.src.wait_serial(b'B', Duration::from_secs(30))?;
     let t = Instant::now();
     pair.migrate()?;
     pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
-    let cold = t.elapsed();
+    Ok((released, t.elapsed()))
+}
+
+fn release(memory: u64) -> Result<()> {
+    let (released, cold) = release_and_cold(memory, "sweep")?;
     println!(
         "{} MiB sweep guest: release-to-completed after pre-heat {}, cold migration {}",
         memory >> 20,
@@ -272,8 +283,14 @@ fn limits(memory: u64) -> Result<()> {
     Ok(())
 }
 
-/// Runs the chosen benchmarks, printing one line per figure.
-pub fn run(which: Bench, memory: u64, runs: usize) -> Result<()> {
+/// Runs the chosen benchmarks, printing one line per figure. `runs` is per
+/// start-up figure (default 10) or per `vs-qemu` case (default 5); `sizes`
+/// are the `vs-qemu` guest sizes.
+pub fn run(which: Bench, memory: u64, runs: Option<usize>, sizes: &[u64]) -> Result<()> {
+    if which == Bench::VsQemu {
+        return vs_qemu::run(sizes, runs.unwrap_or(5));
+    }
+    let runs = runs.unwrap_or(10);
     let all = which == Bench::All;
     if all || which == Bench::Startup {
         startup(runs)?;

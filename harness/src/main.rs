@@ -119,9 +119,12 @@ enum Command {
         /// Guest RAM for the pass/release/limits figures.
         #[arg(long, default_value = "128M", value_parser = parse_size)]
         memory: u64,
-        /// Runs per start-up figure (median reported).
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
+        /// Runs per start-up figure (default 10) or per vs-qemu case (default 5); medians reported.
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Guest sizes for vs-qemu.
+        #[arg(long, value_delimiter = ',', default_value = "128M,1G,4G", value_parser = parse_size)]
+        sizes: Vec<u64>,
     },
     /// Run the builtin VMM itself (QEMU-style options follow).
     #[command(disable_help_flag = true)]
@@ -293,7 +296,8 @@ fn main() -> ExitCode {
             which,
             memory,
             runs,
-        } => match migtest::bench::run(which, memory, runs) {
+            sizes,
+        } => match migtest::bench::run(which, memory, runs, &sizes) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("migtest bench: {e:#}");

@@ -19,6 +19,10 @@ impl MigrationRam for GuestRam {
         GuestRam::page_is_zero(self, page)
     }
 
+    fn copy_page_nonzero(&self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<bool, String> {
+        GuestRam::copy_page_nonzero(self, page, buf).map_err(|e| e.to_string())
+    }
+
     fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
         GuestRam::load_page(self, page, data).map_err(|e| e.to_string())
     }
@@ -33,6 +37,10 @@ impl MigrationRam for GuestRam {
 
     fn dirty_take(&self) -> Vec<u64> {
         self.dirty().take()
+    }
+
+    fn dirty_take_into(&self, into: &mut [u64]) -> u64 {
+        self.dirty().take_into(into)
     }
 
     fn dirty_count(&self) -> u64 {

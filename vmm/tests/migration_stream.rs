@@ -3,6 +3,7 @@
 
 use migtest_vmm::migration::stream::{
     self, tag, Expect, Header, NullSink, StreamErrorKind, StreamWriter, VecSink, MAX_DEVICE_STATE,
+    ZERO_ENTRY,
 };
 use migtest_vmm::migration::PAGE_SIZE;
 use proptest::prelude::*;
@@ -93,6 +94,33 @@ fn rec_page(i: u64, fill: u8) -> Vec<u8> {
     b
 }
 
+/// A PAGES record: `entries` as given, one data page per non-zero entry
+/// (filled with its index's low byte, then `fill`).
+fn rec_pages(entries: &[u64], fill: u8) -> Vec<u8> {
+    let mut b = vec![tag::PAGES];
+    b.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for e in entries {
+        b.extend_from_slice(&e.to_be_bytes());
+    }
+    for e in entries.iter().filter(|e| *e & ZERO_ENTRY == 0) {
+        let mut data = [fill; PAGE_SIZE];
+        data[0] = *e as u8;
+        b.extend_from_slice(&data);
+    }
+    b
+}
+
+/// Header, pass 1 as one batch (full, zero, zero, full), pass 2 with page 0.
+fn batch_body() -> Vec<u8> {
+    cat(&[
+        good_header(),
+        rec_u64(tag::PASS, 1),
+        rec_pages(&[0, 1 | ZERO_ENTRY, 2 | ZERO_ENTRY, 3], 0x55),
+        rec_u64(tag::PASS, 2),
+        rec_pages(&[0], 0xbb),
+    ])
+}
+
 fn rec_dev(json: &[u8]) -> Vec<u8> {
     let mut b = vec![tag::DEVICE];
     b.extend_from_slice(&(json.len() as u32).to_be_bytes());
@@ -162,7 +190,40 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("truncated-before-end.bin", g[..g.len() - 9].to_vec()),
         ("truncated-in-end.bin", g[..g.len() - 3].to_vec()),
         ("bad-magic.bin", bad_magic),
-        ("bad-version.bin", hdr_with(&|h| h.version = 2)),
+        ("bad-version.bin", hdr_with(&|h| h.version = 3)),
+        (
+            "good-batch.bin",
+            with_end(cat(&[batch_body(), rec_dev(DEV)])),
+        ),
+        (
+            "batch-empty.bin",
+            with_end(cat(&[body(), rec_pages(&[], 0), rec_dev(DEV)])),
+        ),
+        (
+            "batch-too-many-entries.bin",
+            with_end(cat(&[
+                body(),
+                vec![tag::PAGES],
+                u32::MAX.to_be_bytes().to_vec(),
+                rec_dev(DEV),
+            ])),
+        ),
+        (
+            "batch-too-many-full-pages.bin",
+            with_end(cat(&[body(), rec_pages(&[1; 257], 0), rec_dev(DEV)])),
+        ),
+        (
+            "batch-page-out-of-range.bin",
+            with_end(cat(&[
+                body(),
+                rec_pages(&[1, 4 | ZERO_ENTRY], 0),
+                rec_dev(DEV),
+            ])),
+        ),
+        ("truncated-in-batch.bin", {
+            let b = with_end(cat(&[batch_body(), rec_dev(DEV)]));
+            b[..40 + 9 + 5 + 32 + 5000].to_vec()
+        }),
         ("wrong-page-size.bin", hdr_with(&|h| h.page_size = 65536)),
         (
             "wrong-ram-size.bin",
@@ -339,6 +400,25 @@ fn good_stream_loads_into_an_image() {
 }
 
 #[test]
+fn batch_stream_loads_into_an_image() {
+    let g = with_end(cat(&[batch_body(), rec_dev(DEV)]));
+    let mut img = vec![0x77u8; PAGES as usize * PAGE_SIZE];
+    let s = stream::load(&g[..], expect(), &mut VecSink(&mut img)).unwrap();
+    assert_eq!((s.passes, s.pages, s.zero_pages), (2, 3, 2));
+    assert_eq!(img[1], 0xbb);
+    assert!(img[PAGE_SIZE..3 * PAGE_SIZE].iter().all(|b| *b == 0));
+    assert_eq!(img[3 * PAGE_SIZE], 3);
+    assert_eq!(img[3 * PAGE_SIZE + 1], 0x55);
+    for cut in 0..g.len() {
+        let e = decode(&g[..cut]).expect_err("a truncated stream must not load");
+        assert!(
+            matches!(e.kind, StreamErrorKind::Truncated { .. }),
+            "cut at {cut}: {e}"
+        );
+    }
+}
+
+#[test]
 fn error_kinds_are_specific() {
     let kind = |name: &str| {
         let (_, b) = damaged_cases()
@@ -400,6 +480,8 @@ enum Op {
     Pass,
     Zero(u64),
     Page(u64, u8),
+    /// A PAGES record: (page, zero?) entries, data filled with the byte.
+    Batch(Vec<(u64, bool)>, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -407,6 +489,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Pass),
         3 => any::<u64>().prop_map(Op::Zero),
         6 => (any::<u64>(), any::<u8>()).prop_map(|(p, b)| Op::Page(p, b)),
+        2 => (prop::collection::vec((any::<u64>(), any::<bool>()), 1..40), any::<u8>())
+            .prop_map(|(e, b)| Op::Batch(e, b)),
     ]
 }
 
@@ -436,6 +520,25 @@ proptest! {
                     d[7] = (p % 251) as u8;
                     w.page(p, &d).unwrap();
                     expected[p as usize * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(&d);
+                }
+                Op::Batch(ref entries, b) => {
+                    let mut wire = Vec::new();
+                    let mut data = Vec::new();
+                    for &(p, zero) in entries {
+                        let p = p % pages;
+                        let at = p as usize * PAGE_SIZE;
+                        if zero {
+                            wire.push(p | ZERO_ENTRY);
+                            expected[at..at + PAGE_SIZE].fill(0);
+                        } else {
+                            wire.push(p);
+                            let mut d = [b; PAGE_SIZE];
+                            d[9] = (p % 241) as u8;
+                            data.extend_from_slice(&d);
+                            expected[at..at + PAGE_SIZE].copy_from_slice(&d);
+                        }
+                    }
+                    w.pages(&wire, &data).unwrap();
                 }
             }
         }

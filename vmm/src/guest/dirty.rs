@@ -103,6 +103,24 @@ impl DirtyBitmap {
         snapshot
     }
 
+    /// Moves the dirty bits into `into` (OR-ed in, word by word) and
+    /// returns how many pages were newly set there. Same protocol as
+    /// [`take`](Self::take) without allocating; words that read as zero are
+    /// not written, so an idle guest's bitmap cache lines stay shared.
+    pub fn take_into(&self, into: &mut [u64]) -> u64 {
+        let mut newly = 0u64;
+        for (w, dst) in self.words.iter().zip(into.iter_mut()) {
+            if w.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let bits = w.swap(0, Ordering::SeqCst);
+            newly += u64::from((bits & !*dst).count_ones());
+            *dst |= bits;
+        }
+        fence(Ordering::SeqCst);
+        newly
+    }
+
     /// Number of dirty pages right now.
     pub fn count(&self) -> u64 {
         self.words
@@ -199,6 +217,20 @@ mod tests {
                 (0..pages).collect::<Vec<_>>()
             );
         }
+    }
+
+    #[test]
+    fn take_into_merges_and_counts_new_pages() {
+        let b = DirtyBitmap::new(130);
+        let mut into = vec![0u64; b.word_count()];
+        into[0] = 1; // page 0 already pending
+        b.mark(0);
+        b.mark(1);
+        b.mark(129);
+        assert_eq!(b.take_into(&mut into), 2);
+        assert_eq!(iter_pages(&into).collect::<Vec<_>>(), vec![0, 1, 129]);
+        assert_eq!(b.count(), 0);
+        assert_eq!(b.take_into(&mut into), 0);
     }
 
     #[test]

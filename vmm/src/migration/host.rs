@@ -29,6 +29,12 @@ pub trait MigrationRam: Send + Sync {
     fn read_page(&self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), String>;
     /// Whether page `page` holds only zero bytes.
     fn page_is_zero(&self, page: u64) -> bool;
+    /// Copies page `page` into `buf` and says whether any byte is non-zero
+    /// (zero detection and copy in one pass where the RAM can).
+    fn copy_page_nonzero(&self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<bool, String> {
+        self.read_page(page, buf)?;
+        Ok(buf.iter().any(|b| *b != 0))
+    }
     /// Overwrites page `page` (destination side).
     fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String>;
     /// Zero-fills page `page` (destination side).
@@ -37,6 +43,16 @@ pub trait MigrationRam: Send + Sync {
     fn dirty_set_all(&self);
     /// Takes and clears the dirty bitmap, one word at a time.
     fn dirty_take(&self) -> Vec<u64>;
+    /// Moves the dirty bits into `into` (OR-ed in, one word at a time,
+    /// without allocating) and returns how many were not set there yet.
+    fn dirty_take_into(&self, into: &mut [u64]) -> u64 {
+        let mut newly = 0;
+        for (dst, bits) in into.iter_mut().zip(self.dirty_take()) {
+            newly += u64::from((bits & !*dst).count_ones());
+            *dst |= bits;
+        }
+        newly
+    }
     /// Number of pages currently marked dirty.
     fn dirty_count(&self) -> u64;
 }

@@ -146,7 +146,9 @@ fn start(
     Ok(())
 }
 
-/// Writes validated pages into guest RAM.
+/// Writes validated pages into guest RAM (whole-page copies, see
+/// `GuestRam::load_page`; the destination's vCPUs stay parked until the
+/// load is over).
 struct RamSink<'a>(&'a dyn MigrationRam);
 
 impl StreamSink for RamSink<'_> {
@@ -157,6 +159,10 @@ impl StreamSink for RamSink<'_> {
         self.0.load_page(page, data)
     }
 }
+
+/// Read buffer of the incoming stream: small records come from it, page
+/// batch data (1 MiB) is read past it straight into the batch buffer.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Loads a stream from `r` into the host: every record validated before it
 /// is applied; the device state is loaded only after the end record and EOF
@@ -192,13 +198,20 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
                 MigrationStatus::Setup,
                 MigrationStatus::Active,
             );
-            load_into_host(host, conn).map_err(|e| e.to_string())
+            let handle = conn.try_clone();
+            let r = load_into_host(host, std::io::BufReader::with_capacity(READ_BUFFER, conn))
+                .map_err(|e| e.to_string());
+            (r, handle.ok())
         }
-        Err(e) => Err(format!(
-            "Failed to accept a migration connection: {}",
-            stream::os_error_text(&e)
-        )),
+        Err(e) => (
+            Err(format!(
+                "Failed to accept a migration connection: {}",
+                stream::os_error_text(&e)
+            )),
+            None,
+        ),
     };
+    let (result, conn) = result;
     match result {
         Ok((_, source_runstate)) => {
             // As QEMU: a source that was running lets the guest start here
@@ -218,6 +231,11 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
                 MigrationStatus::Active,
                 MigrationStatus::Completed,
             );
+            // Closing the channel tells the source the guest is ready here:
+            // its `downtime` ends when it sees this EOF.
+            if let Some(c) = conn {
+                c.shutdown();
+            }
         }
         Err(msg) => {
             lock(&shared.incoming).error = Some(msg.clone());

@@ -6,7 +6,10 @@
 
 use super::faults::{self, Fault};
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
-use super::stream::{os_error_text, DeviceRecord, Header, StreamWriter};
+use super::stream::{
+    os_error_text, DeviceRecord, Header, StreamWriter, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES,
+    ZERO_ENTRY,
+};
 use super::switchover::{self, Semaphore};
 use super::transport::{self, Conn, MigrationUri};
 use super::{lock, Shared};
@@ -18,8 +21,49 @@ use std::time::{Duration, Instant};
 
 /// QEMU's `BUFFER_DELAY`: the rate-limit and measurement window.
 pub const WINDOW: Duration = Duration::from_millis(100);
-/// Pages sent between two switchover decisions.
-const BATCH_PAGES: u64 = 64;
+/// Full pages per PAGES record (1 MiB: one `writev` per batch).
+const BATCH_DATA_PAGES: usize = MAX_BATCH_DATA_PAGES as usize;
+/// Entries (zero or full pages) per PAGES record.
+const BATCH_ENTRIES: usize = MAX_BATCH_ENTRIES as usize;
+/// Stream buffer for the small records; batches bigger than it bypass it.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// How long the source waits, after the end record, for the destination
+/// to close the channel (its guest is ready); `downtime` ends there.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PAGES record being built: entries and the copied full pages.
+struct Batch {
+    entries: Vec<u64>,
+    data: Vec<u8>,
+    full: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            entries: Vec::with_capacity(BATCH_ENTRIES),
+            data: vec![0; BATCH_DATA_PAGES * PAGE_SIZE],
+            full: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.full == BATCH_DATA_PAGES || self.entries.len() == BATCH_ENTRIES
+    }
+
+    /// Bytes the record will take on the wire.
+    fn wire_len(&self) -> u64 {
+        (5 + self.entries.len() * 9 + self.full * PAGE_SIZE) as u64
+    }
+
+    /// The slot the next full page is copied into.
+    fn slot(&mut self) -> &mut [u8; PAGE_SIZE] {
+        let s = self.full * PAGE_SIZE;
+        (&mut self.data[s..s + PAGE_SIZE])
+            .try_into()
+            .expect("slot is one page")
+    }
+}
 
 /// What `query-migrate` shows of an outgoing migration.
 #[derive(Debug, Clone)]
@@ -213,6 +257,7 @@ struct Engine<'a> {
     host: &'a dyn MigrationHost,
     ram: &'a dyn MigrationRam,
     w: StreamWriter<BufWriter<Conn>>,
+    batch: Batch,
     /// Pages still to send (the migration bitmap).
     bitmap: Vec<u64>,
     pending_pages: u64,
@@ -335,7 +380,8 @@ fn run_inner(
         out,
         host,
         ram,
-        w: StreamWriter::new(BufWriter::with_capacity(256 * 1024, conn)),
+        w: StreamWriter::new(BufWriter::with_capacity(WRITE_BUFFER, conn)),
+        batch: Batch::new(),
         bitmap: vec![0; words],
         pending_pages: 0,
         scan_word: 0,
@@ -441,20 +487,14 @@ impl Engine<'_> {
 
     /// Syncs the guest's dirty bitmap into the migration bitmap: one pass.
     fn sync_dirty(&mut self) -> Result<(), Abort> {
-        let taken = self.ram.dirty_take();
-        let mut newly = 0u64;
-        for (w, bits) in taken.iter().enumerate() {
-            if w >= self.bitmap.len() {
-                break;
+        let newly = self.ram.dirty_take_into(&mut self.bitmap);
+        if let Some(last) = self.bitmap.last_mut() {
+            // No page exists beyond the last one (a test RAM may set them).
+            if !self.page_count.is_multiple_of(64) {
+                *last &= (1u64 << (self.page_count % 64)) - 1;
             }
-            let mut bits = *bits;
-            if w == self.bitmap.len() - 1 && !self.page_count.is_multiple_of(64) {
-                bits &= (1u64 << (self.page_count % 64)) - 1;
-            }
-            newly += (bits & !self.bitmap[w]).count_ones() as u64;
-            self.bitmap[w] |= bits;
         }
-        self.pending_pages += newly;
+        self.pending_pages = self.bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
         self.sync_count += 1;
         // Dirty rate as QEMU computes it: pages newly dirtied over a period
         // of at least one second, updated at the sync that closes it.
@@ -501,41 +541,56 @@ impl Engine<'_> {
         None
     }
 
-    fn send_page(&mut self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), Abort> {
-        if faults::on(Fault::SkipOneDirtyPage) && self.skip_planted_page(page, buf)? {
+    /// Adds `page` to the batch: a zero entry, or its copy in the next slot.
+    fn add_page(&mut self, page: u64) -> Result<(), Abort> {
+        let slot = self.batch.slot();
+        let nonzero = self
+            .ram
+            .copy_page_nonzero(page, slot)
+            .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
+        if faults::on(Fault::SkipOneDirtyPage) && self.skip_planted_page(page)? {
             return Ok(());
         }
-        if self.ram.page_is_zero(page) {
-            self.w.zero_page(page).map_err(write_err)?;
-            lock(&self.out.info).stats.duplicate += 1;
-            self.record_sent(page, &[0u8; PAGE_SIZE]);
+        if nonzero {
+            self.batch.entries.push(page);
+            self.batch.full += 1;
         } else {
-            self.ram
-                .read_page(page, buf)
-                .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
-            self.w.page(page, buf).map_err(write_err)?;
-            self.record_sent(page, buf);
-            let mut i = lock(&self.out.info);
-            i.stats.normal += 1;
-            i.stats.normal_bytes += PAGE_SIZE as u64;
+            self.batch.entries.push(page | ZERO_ENTRY);
         }
-        self.window_pages += 1;
+        Ok(())
+    }
+
+    /// Writes the batch as one PAGES record (one vectored write) and counts it.
+    fn emit_batch(&mut self) -> Result<(), Abort> {
+        if self.batch.entries.is_empty() {
+            return Ok(());
+        }
+        let full = self.batch.full;
+        let zero = self.batch.entries.len() - full;
+        self.w
+            .pages(&self.batch.entries, &self.batch.data[..full * PAGE_SIZE])
+            .map_err(write_err)?;
+        self.window_pages += self.batch.entries.len() as u64;
+        self.batch.entries.clear();
+        self.batch.full = 0;
+        let mut i = lock(&self.out.info);
+        i.stats.duplicate += zero as u64;
+        i.stats.normal += full as u64;
+        i.stats.normal_bytes += (full * PAGE_SIZE) as u64;
         Ok(())
     }
 
     /// Planted bug `SkipOneDirtyPage`: in the stop-and-copy pass (guest stopped), drops the
-    /// first page whose destination copy is stale, so the loss always shows.
-    fn skip_planted_page(&mut self, page: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<bool, Abort> {
-        if !self.stopped_vm || self.skipped_page.is_some() {
-            return Ok(false);
-        }
-        self.ram
-            .read_page(page, buf)
-            .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
-        if self.sent_digest(page) != page_digest(buf) {
+    /// first page whose destination copy is stale, so the loss always shows. The page has
+    /// just been copied into the batch's next slot.
+    fn skip_planted_page(&mut self, page: u64) -> Result<bool, Abort> {
+        let digest = page_digest(self.batch.slot());
+        if self.stopped_vm && self.skipped_page.is_none() && self.sent_digest(page) != digest {
             self.skipped_page = Some(page);
             return Ok(true);
         }
+        self.sent_digest(page);
+        self.sent_digest[page as usize] = digest;
         Ok(false)
     }
 
@@ -547,14 +602,6 @@ impl Engine<'_> {
             self.sent_digest = vec![zero; self.page_count as usize];
         }
         self.sent_digest[page as usize]
-    }
-
-    /// `SkipOneDirtyPage`: records what was sent of `page`.
-    fn record_sent(&mut self, page: u64, content: &[u8; PAGE_SIZE]) {
-        if faults::on(Fault::SkipOneDirtyPage) {
-            self.sent_digest(page);
-            self.sent_digest[page as usize] = page_digest(content);
-        }
     }
 
     /// Bytes that may be written now under `max-bandwidth` (None =
@@ -585,25 +632,29 @@ impl Engine<'_> {
         Some(credit)
     }
 
-    /// Sends up to [`BATCH_PAGES`] pages within the rate limit; when the
-    /// budget is spent, flushes and sleeps until a page's worth is earned.
+    /// Sends one batch (up to 1 MiB of pages) within the rate limit; when
+    /// the budget is spent, flushes and sleeps until a page's worth is earned.
     fn send_batch(&mut self) -> Result<(), Abort> {
-        let mut buf = [0u8; PAGE_SIZE];
-        for _ in 0..BATCH_PAGES {
-            if let Some(credit) = self.budget() {
-                if credit < PAGE_SIZE as u64 + 16 {
-                    self.w.flush().map_err(write_err)?;
-                    let need = (PAGE_SIZE as u64 + 16 - credit) as f64;
-                    let wait = Duration::from_secs_f64(need / self.bucket_rate.max(1) as f64);
-                    std::thread::sleep(
-                        wait.clamp(Duration::from_micros(200), Duration::from_millis(10)),
-                    );
-                    break;
-                }
+        let budget = self.budget();
+        if let Some(credit) = budget {
+            if credit < PAGE_SIZE as u64 + 16 {
+                self.w.flush().map_err(write_err)?;
+                let need = (PAGE_SIZE as u64 + 16 - credit) as f64;
+                let wait = Duration::from_secs_f64(need / self.bucket_rate.max(1) as f64);
+                std::thread::sleep(
+                    wait.clamp(Duration::from_micros(200), Duration::from_millis(10)),
+                );
+                return Ok(());
+            }
+        }
+        while !self.batch.is_full() {
+            if budget.is_some_and(|c| self.batch.wire_len() + PAGE_SIZE as u64 + 9 > c) {
+                break;
             }
             let Some(page) = self.next_dirty() else { break };
-            self.send_page(page, &mut buf)?;
+            self.add_page(page)?;
         }
+        self.emit_batch()?;
         let mut i = lock(&self.out.info);
         i.stats.transferred = self.w.written();
         i.stats.precopy_bytes = self.w.written();
@@ -698,7 +749,12 @@ impl Engine<'_> {
             }
         })?;
         self.w.end().map_err(write_err)?;
-        self.w.get_mut().get_ref().shutdown_write();
+        let conn = self.w.get_mut().get_mut();
+        conn.shutdown_write();
+        // As QEMU, `downtime` runs from the stop until the destination is
+        // ready: it closes the channel once it has loaded the device state
+        // and started (or paused) the guest.
+        conn.wait_peer_close(READY_TIMEOUT);
         let downtime = self.stop_time.map(|t| ms(t.elapsed())).unwrap_or(0);
         {
             let mut i = lock(&self.out.info);
@@ -724,17 +780,21 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// The last sync and all remaining pages, without rate limit.
+    /// The last sync and all remaining pages, without rate limit: only
+    /// what is dirty is sent.
     fn final_pass(&mut self) -> Result<(), Abort> {
         if !faults::on(Fault::SkipLastDirtyPass) {
             self.sync_dirty()?;
         }
-        let mut buf = [0u8; PAGE_SIZE];
-        while let Some(page) = self.next_dirty() {
+        while self.pending_pages > 0 {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
             }
-            self.send_page(page, &mut buf)?;
+            while !self.batch.is_full() {
+                let Some(page) = self.next_dirty() else { break };
+                self.add_page(page)?;
+            }
+            self.emit_batch()?;
         }
         Ok(())
     }

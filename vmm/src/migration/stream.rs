@@ -1,6 +1,6 @@
 //! The migtest migration stream: encoder and validating decoder.
 //!
-//! Format (version 1, all integers big-endian; see `docs/migration-stream.md`):
+//! Format (version 2, all integers big-endian; see `docs/migration-stream.md`):
 //!
 //! ```text
 //! header  := magic[8]="MIGTSTRM" version:u32 page_size:u32 ram_size:u64
@@ -11,7 +11,10 @@
 //!   0x03 PAGE   page:u64 data[4096]
 //!   0x04 DEVICE len:u32 (1..=1 MiB) json[len]  {"runstate", "devices"}
 //!   0x05 END    digest:u64               (xxh3-64 of every byte before this tag)
-//! stream  := header PASS (PASS|ZERO|PAGE)* DEVICE END <eof>
+//!   0x06 PAGES  count:u32 (1..=4096) entry[count]:u64 data[n * 4096]
+//!               entry = page index, bit 63 set for a zero page (no data);
+//!               n = entries without bit 63, at most 256
+//! stream  := header PASS (PASS|ZERO|PAGE|PAGES)* DEVICE END <eof>
 //! ```
 //!
 //! The decoder trusts nothing: every field is checked before it is acted
@@ -20,17 +23,23 @@
 
 use super::host::PAGE_SIZE;
 use migtest_qmp::schema::RunState;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Stream magic.
 pub const MAGIC: [u8; 8] = *b"MIGTSTRM";
-/// Current (and only) stream version.
-pub const VERSION: u32 = 1;
+/// Current (and only) stream version (2 added the PAGES batch record).
+pub const VERSION: u32 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 40;
 /// Largest device-state record accepted.
 pub const MAX_DEVICE_STATE: u32 = 1 << 20;
+/// Most entries in one PAGES record.
+pub const MAX_BATCH_ENTRIES: u32 = 4096;
+/// Most full pages (data) in one PAGES record: 1 MiB.
+pub const MAX_BATCH_DATA_PAGES: u32 = 256;
+/// Bit 63 of a PAGES entry: a zero page, no data follows for it.
+pub const ZERO_ENTRY: u64 = 1 << 63;
 
 /// Record tags.
 pub mod tag {
@@ -44,6 +53,8 @@ pub mod tag {
     pub const DEVICE: u8 = 0x04;
     /// End of stream with digest.
     pub const END: u8 = 0x05;
+    /// A batch of zero and full pages.
+    pub const PAGES: u8 = 0x06;
 }
 
 /// The stream header.
@@ -117,6 +128,8 @@ pub enum Record {
     DeviceState(Vec<u8>),
     /// End marker with the digest of everything before it.
     End(u64),
+    /// A batch of this many entries; read them with [`StreamReader::batch`].
+    Pages(u32),
 }
 
 /// Why a stream was rejected.
@@ -207,6 +220,22 @@ pub enum StreamErrorKind {
     DeviceStateTooLarge {
         /// Length in the stream.
         len: u32,
+        /// Limit.
+        max: u32,
+    },
+    /// PAGES record with a count out of range.
+    #[error("page batch of {count} entries is outside 1..={max}")]
+    BatchCount {
+        /// Count in the stream.
+        count: u32,
+        /// Limit.
+        max: u32,
+    },
+    /// PAGES record with too many full pages.
+    #[error("page batch carries {pages} full pages, more than {max}")]
+    BatchData {
+        /// Full pages in the record.
+        pages: u32,
         /// Limit.
         max: u32,
     },
@@ -345,6 +374,28 @@ impl<W: Write> StreamWriter<W> {
         self.put(data)
     }
 
+    /// A PAGES record: `entries` (page indices, [`ZERO_ENTRY`] set for zero
+    /// pages) and the data of the full pages in entry order, written with
+    /// vectored I/O straight from `data`. The caller keeps within
+    /// [`MAX_BATCH_ENTRIES`] and [`MAX_BATCH_DATA_PAGES`].
+    pub fn pages(&mut self, entries: &[u64], data: &[u8]) -> io::Result<()> {
+        debug_assert!(!entries.is_empty() && entries.len() <= MAX_BATCH_ENTRIES as usize);
+        debug_assert!(data.len() <= MAX_BATCH_DATA_PAGES as usize * PAGE_SIZE);
+        let mut head = Vec::with_capacity(5 + entries.len() * 8);
+        head.push(tag::PAGES);
+        head.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        for e in entries {
+            head.extend_from_slice(&e.to_be_bytes());
+        }
+        self.hasher.update(&head);
+        self.hasher.update(data);
+        self.written += (head.len() + data.len()) as u64;
+        write_all_vectored(
+            &mut self.inner,
+            &mut [IoSlice::new(&head), IoSlice::new(data)],
+        )
+    }
+
     /// The device state; refuses empty or oversize states.
     pub fn device_state(&mut self, json: &[u8]) -> io::Result<()> {
         if json.is_empty() || json.len() > MAX_DEVICE_STATE as usize {
@@ -390,6 +441,20 @@ impl<W: Write> StreamWriter<W> {
     }
 }
 
+/// `Write::write_all_vectored` (not stable yet): loops over partial writes.
+fn write_all_vectored<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Header read, no pass marker yet.
@@ -410,6 +475,9 @@ pub struct StreamReader<R: Read> {
     expect: Expect,
     phase: Phase,
     last_pass: u64,
+    /// The last PAGES record: entries, then the full pages' data.
+    batch_entries: Vec<u64>,
+    batch_data: Vec<u8>,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -422,7 +490,15 @@ impl<R: Read> StreamReader<R> {
             expect,
             phase: Phase::BeforeFirstPass,
             last_pass: 0,
+            batch_entries: Vec::new(),
+            batch_data: Vec::new(),
         }
+    }
+
+    /// The entries and full-page data of the last [`Record::Pages`]: entry
+    /// `k` without [`ZERO_ENTRY`] owns the next 4096 bytes of data.
+    pub fn batch(&self) -> (&[u64], &[u8]) {
+        (&self.batch_entries, &self.batch_data)
     }
 
     /// Bytes consumed so far.
@@ -562,6 +638,63 @@ impl<R: Read> StreamReader<R> {
         Ok(page)
     }
 
+    /// The body of a PAGES record; every entry checked before the data is read.
+    fn read_batch(&mut self) -> Result<u32, StreamError> {
+        let count_at = self.offset;
+        let mut c = [0u8; 4];
+        self.fill(&mut c, "page batch count")?;
+        let count = u32::from_be_bytes(c);
+        if count == 0 || count > MAX_BATCH_ENTRIES {
+            return Err(self.err(
+                count_at,
+                StreamErrorKind::BatchCount {
+                    count,
+                    max: MAX_BATCH_ENTRIES,
+                },
+            ));
+        }
+        // Bounded by MAX_BATCH_ENTRIES above.
+        let mut raw = std::mem::take(&mut self.batch_data);
+        raw.resize(count as usize * 8, 0);
+        let entries_at = self.offset;
+        let filled = self.fill(&mut raw, "page batch entries");
+        self.batch_data = raw;
+        filled?;
+        self.batch_entries.clear();
+        let pages = self.expect.pages();
+        let mut full = 0u32;
+        for (k, e) in self.batch_data.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(e);
+            let entry = u64::from_be_bytes(b);
+            let page = entry & !ZERO_ENTRY;
+            if page >= pages {
+                let at = entries_at + k as u64 * 8;
+                return Err(self.err(at, StreamErrorKind::PageOutOfRange { page, pages }));
+            }
+            if entry & ZERO_ENTRY == 0 {
+                full += 1;
+            }
+            self.batch_entries.push(entry);
+        }
+        if full > MAX_BATCH_DATA_PAGES {
+            return Err(self.err(
+                count_at,
+                StreamErrorKind::BatchData {
+                    pages: full,
+                    max: MAX_BATCH_DATA_PAGES,
+                },
+            ));
+        }
+        // Bounded by MAX_BATCH_DATA_PAGES above.
+        let mut data = std::mem::take(&mut self.batch_data);
+        data.resize(full as usize * PAGE_SIZE, 0);
+        let filled = self.fill(&mut data, "page batch data");
+        self.batch_data = data;
+        filled?;
+        Ok(count)
+    }
+
     /// Checks that a page record may appear now.
     fn page_allowed(&self, at: u64, record: &'static str) -> Result<(), StreamError> {
         match self.phase {
@@ -622,6 +755,10 @@ impl<R: Read> StreamReader<R> {
                 let mut data = Box::new([0u8; PAGE_SIZE]);
                 self.fill(&mut data[..], "page data")?;
                 Ok(Record::Page(page, data))
+            }
+            tag::PAGES => {
+                self.page_allowed(at, "page batch")?;
+                self.read_batch().map(Record::Pages)
             }
             tag::DEVICE => {
                 match self.phase {
@@ -808,6 +945,27 @@ pub fn load<R: Read>(
                     kind: StreamErrorKind::Load { page: p, reason },
                 })?;
                 sum.pages += 1;
+            }
+            Record::Pages(_) => {
+                let (entries, data) = rd.batch();
+                let mut pages = data.chunks_exact(PAGE_SIZE);
+                for &e in entries {
+                    let p = e & !ZERO_ENTRY;
+                    let loaded = if e & ZERO_ENTRY != 0 {
+                        sum.zero_pages += 1;
+                        sink.zero_page(p)
+                    } else {
+                        sum.pages += 1;
+                        match pages.next().and_then(|d| d.try_into().ok()) {
+                            Some(d) => sink.page(p, d),
+                            None => Err("page batch data missing".to_string()),
+                        }
+                    };
+                    loaded.map_err(|reason| StreamError {
+                        offset: at,
+                        kind: StreamErrorKind::Load { page: p, reason },
+                    })?;
+                }
             }
             Record::DeviceState(json) => {
                 sum.device_state = json;

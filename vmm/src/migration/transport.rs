@@ -78,6 +78,40 @@ impl Conn {
         };
     }
 
+    /// After our write half is shut: waits up to `timeout` for the peer to
+    /// close its side (EOF or an error). Returns whether it did in time.
+    pub fn wait_peer_close(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 64];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let set = match self {
+                Conn::Unix(s) => s.set_read_timeout(Some(left)),
+                Conn::Tcp(s) => s.set_read_timeout(Some(left)),
+            };
+            if set.is_err() {
+                return false;
+            }
+            match self.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
     /// Shuts down the write half (the destination then sees EOF).
     pub fn shutdown_write(&self) {
         let _ = match self {

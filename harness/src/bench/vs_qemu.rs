@@ -1,0 +1,369 @@
+//! `migtest bench vs-qemu`: migtest-vmm and QEMU migrating the same guests
+//! back to back in one run, beside the unix-socket ceiling measured in the
+//! same run, plus release-to-`completed` against a cold migration. With
+//! `MIGTEST_BENCH_BASELINE_VMM=PATH` another `migtest-vmm` build (e.g. the
+//! one before a change) runs in the same rotation as row `baseline`;
+//! `MIGTEST_BENCH_NO_QEMU=1` leaves QEMU out.
+
+use crate::backend::Backend;
+use crate::pair::{Pair, PairSpec, STATUS_TIMEOUT};
+use anyhow::{Context, Result};
+use migtest_qmp::schema::{MigrationInfo, MigrationStatus};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The `downtime-limit` of every run (as in issue 10's comparison).
+const DOWNTIME_LIMIT_MS: u64 = 300;
+/// Bytes pushed through the socket per ceiling measurement.
+const CEILING_BYTES: usize = 1 << 30;
+/// Write size of the ceiling measurement (the data path's batch size).
+const CEILING_WRITE: usize = 1 << 20;
+
+/// What the guest's RAM holds while it migrates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    /// QEMU's A-B guest (builtin `sweep`): [1M, 100M) rewritten continuously, rest zero.
+    Ab,
+    /// Every page non-zero, guest stopped before `migrate`.
+    Filled,
+}
+
+impl Guest {
+    fn name(self) -> &'static str {
+        match self {
+            Guest::Ab => "A-B sweep",
+            Guest::Filled => "filled",
+        }
+    }
+}
+
+/// Medians of one VMM's runs of one case.
+#[derive(Debug, Clone, Copy, Default)]
+struct Row {
+    total_ms: f64,
+    downtime_ms: f64,
+    transferred: f64,
+    gbs: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One stream through a unix socket pair, large writes, a reader thread:
+/// the best a single channel can do on this machine now (GB/s). With
+/// `fresh`, the reader receives into freshly mapped memory (as a destination
+/// VM's RAM is), so the page faults of a first touch are part of it;
+/// otherwise it reuses one buffer.
+fn socket_ceiling(fresh: bool) -> Result<f64> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let mut buf = vec![0u8; if fresh { CEILING_BYTES } else { CEILING_WRITE }];
+        let mut got = 0;
+        loop {
+            let at = if fresh { got } else { 0 };
+            let end = (at + CEILING_WRITE).min(buf.len());
+            match b.read(&mut buf[at..end])? {
+                0 => return Ok(got),
+                n => got += n,
+            }
+        }
+    });
+    let buf = vec![0x5au8; CEILING_WRITE];
+    let t = Instant::now();
+    for _ in 0..CEILING_BYTES / CEILING_WRITE {
+        a.write_all(&buf)?;
+    }
+    a.shutdown(std::net::Shutdown::Write)?;
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("ceiling reader panicked"))??;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(got as f64 / 1e9 / secs)
+}
+
+/// A file of non-zero bytes for QEMU's `memory-backend-file` (the filled guest).
+struct FillFile(PathBuf);
+
+impl FillFile {
+    fn create(size: u64) -> Result<FillFile> {
+        let path = std::env::temp_dir().join(format!(
+            "migtest-bench-fill-{}-{}",
+            std::process::id(),
+            size >> 20
+        ));
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let chunk: Vec<u8> = (0..CEILING_WRITE).map(|i| (i % 251 + 1) as u8).collect();
+        for _ in 0..size / CEILING_WRITE as u64 {
+            f.write_all(&chunk)?;
+        }
+        Ok(FillFile(path))
+    }
+}
+
+impl Drop for FillFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn spec(backend: &Backend, memory: u64, guest: Guest, fill: Option<&Path>) -> PairSpec {
+    let mut s = PairSpec::new(backend.clone());
+    s.memory = memory;
+    s.image = match guest {
+        Guest::Ab => "sweep",
+        Guest::Filled => "bench-fill",
+    }
+    .into();
+    if let (Backend::Qemu { .. }, Some(file)) = (backend, fill) {
+        let size = memory >> 20;
+        s.src_extra = vec![
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=ram0,size={size}M,mem-path={},share=off",
+                file.display()
+            ),
+            "-machine".into(),
+            "memory-backend=ram0".into(),
+        ];
+        s.dst_extra = vec![
+            "-object".into(),
+            format!("memory-backend-ram,id=ram0,size={size}M"),
+            "-machine".into(),
+            "memory-backend=ram0".into(),
+        ];
+    }
+    s
+}
+
+/// One migration: launch, prepare the guest, migrate, the final figures.
+fn one_run(
+    contender: &Contender,
+    memory: u64,
+    guest: Guest,
+    fill: Option<&Path>,
+) -> Result<MigrationInfo> {
+    let mut pair = contender.launch(spec(&contender.backend, memory, guest, fill))?;
+    let fill_wait = Duration::from_secs(60 + (memory >> 30) * 30);
+    pair.src.wait_serial(b'B', fill_wait)?;
+    if guest == Guest::Filled {
+        pair.src.stop()?;
+    }
+    pair.src
+        .set_parameters(json!({ "downtime-limit": DOWNTIME_LIMIT_MS }))?;
+    pair.migrate()?;
+    let timeout = STATUS_TIMEOUT + Duration::from_secs((memory >> 30) * 30);
+    let mut info = pair.wait_src_status(MigrationStatus::Completed, timeout)?;
+    // QEMU 7.2 sets `completed` a moment before it stores total-time and
+    // downtime (migration_calculate_complete runs after the state change).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while info.total_time.unwrap_or(0) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        info = pair.src.query_migrate()?;
+    }
+    Ok(info)
+}
+
+/// Per-run figures of one VMM on one case.
+#[derive(Default)]
+struct Samples {
+    total: Vec<f64>,
+    down: Vec<f64>,
+    bytes: Vec<f64>,
+    gbs: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, info: &MigrationInfo) -> (f64, f64, f64) {
+        let t = info.total_time.unwrap_or(0) as f64;
+        let d = info.downtime.unwrap_or(0) as f64;
+        let x = info.ram.clone().unwrap_or_default().transferred as f64;
+        self.total.push(t);
+        self.down.push(d);
+        self.bytes.push(x);
+        self.gbs.push(if t > 0.0 { x / 1e6 / t } else { 0.0 });
+        (t, d, x)
+    }
+
+    fn row(self) -> Row {
+        Row {
+            total_ms: median(self.total),
+            downtime_ms: median(self.down),
+            transferred: median(self.bytes),
+            gbs: median(self.gbs),
+        }
+    }
+}
+
+/// One column of the comparison: a backend, for the builtin one possibly a
+/// different `migtest-vmm` binary (the baseline build).
+struct Contender {
+    label: String,
+    backend: Backend,
+    vmm: Option<PathBuf>,
+}
+
+impl Contender {
+    /// A pair of this contender; a baseline binary is put in `MIGTEST_VMM`
+    /// only while the pair's processes are spawned (the bench is one thread).
+    fn launch(&self, spec: PairSpec) -> Result<Pair> {
+        let Some(vmm) = &self.vmm else {
+            return Pair::launch(spec);
+        };
+        let before = std::env::var_os("MIGTEST_VMM");
+        std::env::set_var("MIGTEST_VMM", vmm);
+        let pair = Pair::launch(spec);
+        match before {
+            Some(v) => std::env::set_var("MIGTEST_VMM", v),
+            None => std::env::remove_var("MIGTEST_VMM"),
+        }
+        pair
+    }
+}
+
+/// `runs` migrations of each contender, alternating (QEMU, then migtest-vmm)
+/// so that the machine's drift hits all alike.
+fn measure(
+    contenders: &[Contender],
+    memory: u64,
+    guest: Guest,
+    fill: Option<&Path>,
+    runs: usize,
+) -> Result<Vec<Row>> {
+    let mut samples: Vec<Samples> = contenders.iter().map(|_| Samples::default()).collect();
+    for k in 1..=runs {
+        for (c, s) in contenders.iter().zip(samples.iter_mut()) {
+            let what = format!(
+                "{} {} MiB {} run {k}/{runs}",
+                c.label,
+                memory >> 20,
+                guest.name()
+            );
+            let info = one_run(c, memory, guest, fill).with_context(|| what.clone())?;
+            let (t, d, x) = s.push(&info);
+            eprintln!(
+                "  {what}: total {t} ms, downtime {d} ms, {:.0} MiB",
+                x / (1u64 << 20) as f64
+            );
+        }
+    }
+    Ok(samples.into_iter().map(Samples::row).collect())
+}
+
+fn print_row(guest: Guest, memory: u64, vmm: &str, r: &Row, qemu: Option<&Row>, ceiling: f64) {
+    let ratio = qemu
+        .filter(|q| q.total_ms > 0.0)
+        .map(|q| format!("{:.2}x", r.total_ms / q.total_ms))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "| {:<9} | {:>5} MiB | {:<11} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>8} | {:>5.0}% |",
+        guest.name(),
+        memory >> 20,
+        vmm,
+        r.total_ms,
+        r.downtime_ms,
+        r.transferred / (1u64 << 20) as f64,
+        r.gbs,
+        ratio,
+        r.gbs / ceiling * 100.0
+    );
+}
+
+/// Release-to-`completed` after held passes, against a cold migration, on a
+/// 1 GiB guest dirtying 10k pages/s (builtin only: QEMU 7.2 has no hold).
+fn release_vs_cold(runs: usize) -> Result<()> {
+    let memory = 1u64 << 30;
+    let (mut rel, mut cold) = (vec![], vec![]);
+    for k in 1..=runs {
+        let (r, c) = super::release_and_cold(memory, "rate-10k")?;
+        rel.push(r.as_secs_f64() * 1000.0);
+        cold.push(c.as_secs_f64() * 1000.0);
+        eprintln!(
+            "  release run {k}/{runs}: release {:.1} ms, cold {:.1} ms",
+            rel[k - 1],
+            cold[k - 1]
+        );
+    }
+    println!(
+        "1024 MiB guest dirtying 10k pages/s, median of {runs}: release-to-completed {:.1} ms, cold migration {:.1} ms",
+        median(rel),
+        median(cold)
+    );
+    Ok(())
+}
+
+/// Runs the comparison for `sizes` (bytes), `runs` migrations per case.
+pub fn run(sizes: &[u64], runs: usize) -> Result<()> {
+    let qemu = if std::env::var_os("MIGTEST_BENCH_NO_QEMU").is_some() {
+        None
+    } else {
+        match Backend::qemu_pair(&Default::default()) {
+            Ok((src, _)) => Some(src),
+            Err(e) => {
+                println!("QEMU not usable ({e:#}): migtest-vmm figures only");
+                None
+            }
+        }
+    };
+    let mut contenders: Vec<Contender> = qemu
+        .iter()
+        .map(|q| Contender {
+            label: "QEMU 7.2".into(),
+            backend: q.clone(),
+            vmm: None,
+        })
+        .collect();
+    if let Some(base) = std::env::var_os("MIGTEST_BENCH_BASELINE_VMM") {
+        contenders.push(Contender {
+            label: "baseline".into(),
+            backend: Backend::Builtin,
+            vmm: Some(PathBuf::from(base)),
+        });
+    }
+    contenders.push(Contender {
+        label: "migtest-vmm".into(),
+        backend: Backend::Builtin,
+        vmm: None,
+    });
+    let ceilings: Vec<f64> = (0..3)
+        .map(|_| socket_ceiling(false))
+        .collect::<Result<_>>()?;
+    let ceiling = median(ceilings);
+    let fresh: Vec<f64> = (0..3)
+        .map(|_| socket_ceiling(true))
+        .collect::<Result<_>>()?;
+    let fresh = median(fresh);
+    println!(
+        "unix-socket ceiling (one stream, {} KiB writes, median of 3): {ceiling:.2} GB/s; \
+         received into fresh memory (first-touch page faults included): {fresh:.2} GB/s",
+        CEILING_WRITE >> 10
+    );
+    println!(
+        "downtime-limit {DOWNTIME_LIMIT_MS} ms, unlimited bandwidth, unix socket, medians of {runs} runs; \
+         GB/s = transferred / total-time; ratio = total-time / QEMU's; share = of the socket ceiling"
+    );
+    println!("| guest     | size      | VMM         | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  |");
+    println!("|-----------|-----------|-------------|----------|----------|-----------|--------|----------|--------|");
+    for &memory in sizes {
+        for guest in [Guest::Ab, Guest::Filled] {
+            let fill = match (guest, &qemu) {
+                (Guest::Filled, Some(_)) => Some(FillFile::create(memory)?),
+                _ => None,
+            };
+            let fill_path = fill.as_ref().map(|f| f.0.as_path());
+            let rows = measure(&contenders, memory, guest, fill_path, runs)?;
+            let qemu_row = qemu.as_ref().map(|_| rows[0]);
+            for (c, r) in contenders.iter().zip(&rows) {
+                let versus = qemu_row.as_ref().filter(|_| !c.backend.is_qemu());
+                print_row(guest, memory, &c.label, r, versus, ceiling);
+            }
+        }
+    }
+    println!("multifd: not implemented in migtest-vmm yet (one channel only)");
+    release_vs_cold(runs)
+}
