@@ -9,9 +9,10 @@
 //!   switchover has begun the stream may already be whole, and then the
 //!   destination must instead complete and run the guest on;
 //! - destination killed: the source reports `failed` (or `completed` once
-//!   the switchover is done), its guest runs on (after `cont` from
-//!   `postmigrate`), and it migrates again to a fresh destination, which
-//!   then runs the guest with the A-B invariant intact.
+//!   the switchover is done, `cancelled` once it was cancelled), its guest
+//!   runs on (after `cont` from `postmigrate`), and it migrates again to a
+//!   fresh destination, which then runs the guest with the A-B invariant
+//!   intact.
 //!
 //! Each case then drops every VM and checks that nothing is left: every
 //! process it started is gone, and every log directory (with the QMP and
@@ -64,6 +65,11 @@ enum Point {
     Device,
     /// The source reports `completed`.
     Completed,
+    /// `migrate_cancel` on an active (throttled) migration, and the
+    /// source's `MIGRATION {status: cancelling}` event arrived.
+    Cancelling,
+    /// `migrate_cancel` on an active migration, source `cancelled`.
+    Cancelled,
 }
 
 impl Point {
@@ -71,6 +77,11 @@ impl Point {
     /// destination may complete, and the source may report `completed`.
     fn may_be_complete(self) -> bool {
         matches!(self, Point::Release | Point::Device | Point::Completed)
+    }
+
+    /// Whether the source's migration was cancelled before the kill.
+    fn cancelled(self) -> bool {
+        matches!(self, Point::Cancelling | Point::Cancelled)
     }
 }
 
@@ -165,7 +176,7 @@ fn case(point: Point, victim: Victim, diag: &Context, started: &mut Started) -> 
 fn reach(pair: &mut Pair, point: Point) -> Result<()> {
     let src = &pair.src;
     match point {
-        Point::Setup | Point::Active | Point::Hold => {
+        Point::Setup | Point::Active | Point::Hold | Point::Cancelling | Point::Cancelled => {
             src.set_parameters(json!({"max-bandwidth": SLOW_BANDWIDTH}))?;
         }
         Point::PassBoundary(_) | Point::Release => {
@@ -205,6 +216,16 @@ fn reach(pair: &mut Pair, point: Point) -> Result<()> {
         }
         Point::Completed => {
             pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
+        }
+        Point::Cancelling => {
+            wait_active_with_bytes(&pair.src)?;
+            pair.cancel()?;
+            pair.src.wait_migration_event("cancelling", REACT)?;
+        }
+        Point::Cancelled => {
+            wait_active_with_bytes(&pair.src)?;
+            pair.cancel()?;
+            pair.wait_src_status(MigrationStatus::Cancelled, REACT)?;
         }
     }
     Ok(())
@@ -290,6 +311,7 @@ fn source_survives(pair: &mut Pair, point: Point) -> Result<()> {
                 "failed source migration without error-desc"
             );
         }
+        Some(MigrationStatus::Cancelled) if point.cancelled() => {}
         Some(MigrationStatus::Completed) if point.may_be_complete() => {
             pair.src
                 .cont()
@@ -361,4 +383,8 @@ kill_cases! {
     kill_destination_in_device: Point::Device, Destination;
     kill_source_at_completed: Point::Completed, Source;
     kill_destination_at_completed: Point::Completed, Destination;
+    kill_source_while_cancelling: Point::Cancelling, Source;
+    kill_destination_while_cancelling: Point::Cancelling, Destination;
+    kill_source_at_cancelled: Point::Cancelled, Source;
+    kill_destination_at_cancelled: Point::Cancelled, Destination;
 }
