@@ -65,6 +65,80 @@ fn no_args(args: Option<Map<String, Value>>) -> Result<(), ErrorBody> {
     Args::new(args).finish()
 }
 
+/// QEMU's error for a command it does not have.
+pub fn command_not_found(name: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorClass::CommandNotFound,
+        format!("The command {name} has not been found"),
+    )
+}
+
+/// `qmp_capabilities {enable?}`: migtest-vmm offers no protocol
+/// capabilities (no `oob`), so any capability asked for is an error.
+pub fn qmp_capabilities(args: Option<Map<String, Value>>) -> Result<(), ErrorBody> {
+    let mut a = Args::new(args);
+    if let Some(v) = a.opt_value("enable") {
+        let Value::Array(list) = v else {
+            return Err(a.type_error("enable", "array"));
+        };
+        // No capability is offered, so the first entry decides the error.
+        if let Some(cap) = list.first() {
+            return Err(match cap.as_str() {
+                Some("oob") => ErrorBody::generic("Capability 'oob' not available"),
+                // QEMU 7.2 words this one with 'null' as the parameter name.
+                Some(other) => {
+                    ErrorBody::generic(format!("Parameter 'null' does not accept value '{other}'"))
+                }
+                None => a.type_error("enable[0]", "string"),
+            });
+        }
+    }
+    a.finish()
+}
+
+/// The arguments of `pmemsave {val, size, filename, cpu-index?}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PmemsaveArgs {
+    /// Guest-physical start address (`val`).
+    pub addr: i64,
+    /// Bytes to save.
+    pub size: i64,
+    /// The file to write.
+    pub filename: String,
+}
+
+impl PmemsaveArgs {
+    /// Reads the arguments strictly, as QEMU's visitor does.
+    pub fn parse(mut a: Args) -> Result<PmemsaveArgs, ErrorBody> {
+        let addr = a.i64("val")?;
+        let size = a.i64("size")?;
+        let filename = a.str("filename")?;
+        let _ = a.opt_i64("cpu-index")?;
+        a.finish()?;
+        Ok(PmemsaveArgs {
+            addr,
+            size,
+            filename,
+        })
+    }
+
+    /// The byte range to save from RAM of `ram_size` bytes, or QEMU-style
+    /// error when it does not lie inside RAM.
+    pub fn range(&self, ram_size: u64) -> Result<std::ops::Range<u64>, ErrorBody> {
+        let (addr, size) = (self.addr, self.size);
+        let end = (addr >= 0 && size >= 0)
+            .then(|| (addr as u64).checked_add(size as u64))
+            .flatten()
+            .filter(|end| *end <= ram_size);
+        match end {
+            Some(end) => Ok(addr as u64..end),
+            None => Err(ErrorBody::generic(format!(
+                "Invalid addr 0x{addr:016x}/size {size} specified (RAM is 0x{ram_size:x} bytes)"
+            ))),
+        }
+    }
+}
+
 impl Dispatcher {
     /// A dispatcher for `vm`.
     pub fn new(vm: Arc<Vm>, migration: Arc<Migration>) -> Dispatcher {
@@ -87,29 +161,6 @@ impl Dispatcher {
             qemu: QEMU_VERSION,
             package: format!("migtest-vmm {}", env!("CARGO_PKG_VERSION")),
         }
-    }
-
-    /// `qmp_capabilities {enable?}`: migtest-vmm offers no protocol
-    /// capabilities (no `oob`).
-    pub fn qmp_capabilities(&self, args: Option<Map<String, Value>>) -> Result<(), ErrorBody> {
-        let mut a = Args::new(args);
-        if let Some(v) = a.opt_value("enable") {
-            let Value::Array(list) = v else {
-                return Err(a.type_error("enable", "array"));
-            };
-            // No capability is offered, so the first entry decides the error.
-            if let Some(cap) = list.first() {
-                return Err(match cap.as_str() {
-                    Some("oob") => ErrorBody::generic("Capability 'oob' not available"),
-                    // QEMU 7.2 words this one with 'null' as the parameter name.
-                    Some(other) => ErrorBody::generic(format!(
-                        "Parameter 'null' does not accept value '{other}'"
-                    )),
-                    None => a.type_error("enable[0]", "string"),
-                });
-            }
-        }
-        a.finish()
     }
 
     /// Performs a `quit` once its reply is written: one `SHUTDOWN` event
@@ -200,12 +251,7 @@ impl Dispatcher {
                 no_args(args)?;
                 m.query_migrate()?
             }
-            other => {
-                return Err(ErrorBody::new(
-                    ErrorClass::CommandNotFound,
-                    format!("The command {other} has not been found"),
-                ))
-            }
+            other => return Err(command_not_found(other)),
         };
         Ok(Outcome::Reply(value))
     }
@@ -241,32 +287,18 @@ impl Dispatcher {
     }
 
     /// `pmemsave {val, size, filename}`: guest-physical RAM to a file.
-    fn pmemsave(&self, mut a: Args) -> Result<(), ErrorBody> {
-        let addr = a.i64("val")?;
-        let size = a.i64("size")?;
-        let filename = a.str("filename")?;
-        let _ = a.opt_i64("cpu-index")?;
-        a.finish()?;
+    fn pmemsave(&self, a: Args) -> Result<(), ErrorBody> {
+        let args = PmemsaveArgs::parse(a)?;
         let ram = self.vm.guest().ram();
-        let in_range = addr >= 0
-            && size >= 0
-            && (addr as u64)
-                .checked_add(size as u64)
-                .is_some_and(|end| end <= ram.size());
-        if !in_range {
-            return Err(ErrorBody::generic(format!(
-                "Invalid addr 0x{addr:016x}/size {size} specified (RAM is 0x{:x} bytes)",
-                ram.size()
-            )));
-        }
-        let mut file = std::fs::File::create(&filename).map_err(|e| {
+        let range = args.range(ram.size())?;
+        let filename = &args.filename;
+        let mut file = std::fs::File::create(filename).map_err(|e| {
             ErrorBody::generic(format!("Could not open '{filename}': {}", io_text(&e)))
         })?;
         let mut buf = vec![0u8; 1 << 16];
-        let mut pos = addr as u64;
-        let end = pos + size as u64;
-        while pos < end {
-            let n = ((end - pos) as usize).min(buf.len());
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = ((range.end - pos) as usize).min(buf.len());
             ram.read_bytes(pos, &mut buf[..n])
                 .map_err(|e| ErrorBody::generic(format!("pmemsave: {e}")))?;
             file.write_all(&buf[..n]).map_err(|e| {

@@ -1,10 +1,24 @@
 //! The VMM's real types seen through the migration traits.
 
-use crate::guest::{DeviceState, GuestRam};
+use crate::guest::{DeviceState, GuestConfig, GuestRam};
 use crate::migration::host::{GuestIdentity, MigrationHost, MigrationRam, PAGE_SIZE};
 use crate::vm::Vm;
 use migtest_qmp::schema::RunState;
 use serde_json::Value;
+
+/// The stream identity of a guest built from `config`: its vCPU count and
+/// the image's name and workload shape, hashed, so a stream from a
+/// differently built guest is refused before any page is loaded.
+pub(crate) fn guest_identity(config: &GuestConfig) -> GuestIdentity {
+    let shape = format!(
+        "{}|{:?}|{:?}",
+        config.image.name, config.image.workload, config.image.secondary
+    );
+    GuestIdentity {
+        vcpus: config.vcpus,
+        image_id: xxhash_rust::xxh3::xxh3_64(shape.as_bytes()),
+    }
+}
 
 impl MigrationRam for GuestRam {
     fn size(&self) -> u64 {
@@ -54,17 +68,7 @@ impl MigrationHost for Vm {
     }
 
     fn identity(&self) -> GuestIdentity {
-        let config = self.guest().config();
-        // The image's name and workload shape, hashed: a stream from a
-        // differently built guest is refused before any page is loaded.
-        let shape = format!(
-            "{}|{:?}|{:?}",
-            config.image.name, config.image.workload, config.image.secondary
-        );
-        GuestIdentity {
-            vcpus: config.vcpus,
-            image_id: xxhash_rust::xxh3::xxh3_64(shape.as_bytes()),
-        }
+        guest_identity(self.guest().config())
     }
 
     fn save_device_state(&self) -> Result<Value, String> {

@@ -9,10 +9,14 @@
 //! - [`migration`]: precopy migration (source engine, destination loader,
 //!   stream format, transports) with `switchover-hold`.
 //! - [`machine`]: wiring it all together for `main`.
+//! - `fuzzing` (hidden): the invariants the fuzz targets and their
+//!   regression tests check.
 
 pub mod cli;
 pub mod commands;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest;
 mod host_impl;
 pub mod machine;

@@ -90,59 +90,76 @@ fn handle_frame(
     dispatcher: &Dispatcher,
     frame: Frame,
 ) -> (Option<ServerMessage>, bool) {
-    let error = |error: ErrorBody, id: Option<serde_json::Value>| {
-        (Some(ServerMessage::Error { error, id }), false)
-    };
-    let text = match frame {
-        Frame::Value(text) => text,
-        Frame::Error(desc) => return error(ErrorBody::generic(desc), None),
-    };
-    let value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => return error(ErrorBody::generic(json_error_text(&text, &e)), None),
-    };
-    // QEMU rejects `exec-oob` like any unknown member unless the client
-    // enabled the `oob` capability, which migtest-vmm never offers.
-    if let serde_json::Value::Object(obj) = &value {
-        if obj.contains_key("exec-oob") {
-            let desc = "QMP input member 'exec-oob' is unexpected";
-            return error(ErrorBody::generic(desc), obj.get("id").cloned());
-        }
-    }
-    let cmd = match Command::from_value(value) {
+    let cmd = match parse_frame(frame) {
         Ok(c) => c,
-        Err(Rejected { error: e, id }) => return error(e, id),
+        Err(Rejected { error, id }) => return (Some(ServerMessage::Error { error, id }), false),
     };
     let id = cmd.id.clone();
     match negotiate_or_dispatch(session, dispatcher, cmd) {
         Ok(Outcome::Reply(value)) => (Some(ServerMessage::Return { value, id }), false),
         Ok(Outcome::Quit(value)) => (Some(ServerMessage::Return { value, id }), true),
-        Err(e) => error(e, id),
+        Err(error) => (Some(ServerMessage::Error { error, id }), false),
     }
 }
 
-fn negotiate_or_dispatch(
-    session: &mut Session,
-    dispatcher: &Dispatcher,
-    cmd: Command,
-) -> Result<Outcome, ErrorBody> {
+/// What the server makes of one input frame before any command runs: the
+/// command, or the QMP error (and the id to echo) for input that is not one.
+pub fn parse_frame(frame: Frame) -> Result<Command, Rejected> {
+    let rejected = |desc: String, id: Option<serde_json::Value>| Rejected {
+        error: ErrorBody::generic(desc),
+        id,
+    };
+    let text = match frame {
+        Frame::Value(text) => text,
+        Frame::Error(desc) => return Err(rejected(desc, None)),
+    };
+    let value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return Err(rejected(json_error_text(&text, &e), None)),
+    };
+    // QEMU rejects `exec-oob` like any unknown member unless the client
+    // enabled the `oob` capability, which migtest-vmm never offers.
+    if let serde_json::Value::Object(obj) = &value {
+        if obj.contains_key("exec-oob") {
+            let desc = "QMP input member 'exec-oob' is unexpected".to_string();
+            return Err(rejected(desc, obj.get("id").cloned()));
+        }
+    }
+    Command::from_value(value)
+}
+
+/// Capabilities negotiation, per connection: `Ok(true)` when `cmd` was an
+/// accepted `qmp_capabilities` (now `negotiated`), `Ok(false)` when `cmd`
+/// is to be dispatched, else QEMU's error for the connection's mode.
+pub fn negotiate(negotiated: &mut bool, cmd: &mut Command) -> Result<bool, ErrorBody> {
     if cmd.name == "qmp_capabilities" {
-        if session.negotiated {
+        if *negotiated {
             return Err(ErrorBody::new(
                 ErrorClass::CommandNotFound,
                 "Capabilities negotiation is already complete, command ignored",
             ));
         }
-        dispatcher.qmp_capabilities(cmd.arguments)?;
-        session.negotiated = true;
-        dispatcher.vm().events().subscribe(&session.writer);
-        return Ok(Outcome::Reply(serde_json::json!({})));
+        crate::commands::qmp_capabilities(cmd.arguments.take())?;
+        *negotiated = true;
+        return Ok(true);
     }
-    if !session.negotiated {
+    if !*negotiated {
         return Err(ErrorBody::new(
             ErrorClass::CommandNotFound,
             "Expecting capabilities negotiation with 'qmp_capabilities'",
         ));
+    }
+    Ok(false)
+}
+
+fn negotiate_or_dispatch(
+    session: &mut Session,
+    dispatcher: &Dispatcher,
+    mut cmd: Command,
+) -> Result<Outcome, ErrorBody> {
+    if negotiate(&mut session.negotiated, &mut cmd)? {
+        dispatcher.vm().events().subscribe(&session.writer);
+        return Ok(Outcome::Reply(serde_json::json!({})));
     }
     dispatcher.dispatch(&cmd.name, cmd.arguments)
 }

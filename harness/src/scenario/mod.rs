@@ -12,6 +12,7 @@
 
 pub mod arb;
 pub mod exec;
+pub mod file_check;
 pub mod op;
 pub mod size;
 

@@ -35,6 +35,8 @@ pub use params::{Capabilities, Parameters, SetParameters};
 pub use stream::{StreamError, StreamErrorKind};
 pub use transport::MigrationUri;
 
+pub(crate) use incoming::load_into_host;
+
 use migtest_qmp::args::Args;
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState};
 use migtest_qmp::ErrorBody;
