@@ -23,6 +23,8 @@ pub struct CatalogConfig {
     pub passes: u64,
     /// Guest RAM in bytes.
     pub memory: u64,
+    /// Extra source options (e.g. a planted `-x-fault` in test builds).
+    pub src_extra: Vec<String>,
 }
 
 impl CatalogConfig {
@@ -33,6 +35,7 @@ impl CatalogConfig {
             backend,
             passes: 3,
             memory: 128 << 20,
+            src_extra: Vec::new(),
         }
     }
 
@@ -40,6 +43,7 @@ impl CatalogConfig {
         let mut spec = PairSpec::new(self.backend.clone());
         spec.dst_backend = self.dst_backend.clone();
         spec.memory = self.memory;
+        spec.src_extra = self.src_extra.clone();
         spec
     }
 }
@@ -58,6 +62,9 @@ pub struct ScenarioOutcome {
     /// What the run adapted or tolerated, e.g. the legacy hold standing in
     /// for `switchover-hold`, or memory differences outside the test range.
     pub notes: Vec<String>,
+    /// Log directories left in place for the user (`MIGTEST_KEEP_LOGS`);
+    /// after a failure the error's report names them instead.
+    pub kept_logs: Vec<std::path::PathBuf>,
 }
 
 type RunFn = fn(&CatalogConfig, &mut Ctx) -> Result<()>;
@@ -176,6 +183,7 @@ impl Scenario {
             );
         }
         diagnostics.finish(result)?;
+        outcome.kept_logs = diagnostics.kept_log_dirs();
         Ok(outcome)
     }
 }

@@ -173,8 +173,25 @@ impl Context {
 
     /// Defers removal of the registered VMs' log directories to
     /// [`Context::finish`], so they survive the VMs when the test fails.
+    /// Held directories are not announced when their VMs drop: the failure
+    /// report names them, once.
     pub fn hold_logs(&self) {
-        self.keep_logs();
+        for v in lock(&self.vms).iter() {
+            v.process.hold_logs();
+        }
+    }
+
+    /// The registered VMs' log directories that exist and are kept (after a
+    /// failure, or with `MIGTEST_KEEP_LOGS`), each once, in registration order.
+    pub fn kept_log_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for v in lock(&self.vms).iter() {
+            let dir = v.process.log_dir();
+            if dir.exists() && v.process.keeps_logs() && !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+        dirs
     }
 
     /// Ends a test that held its logs: on success the log directories are
