@@ -6,6 +6,7 @@ use crate::diagnostics::Context as Diagnostics;
 use crate::pair::{
     no_progress, HoldMethod, MigrationFigures, Pair, PairSpec, Progress, Transport, STATUS_TIMEOUT,
 };
+use crate::telemetry::Recorder;
 use anyhow::{bail, ensure, Context, Result};
 use migtest_qmp::schema::MigrationStatus;
 use serde_json::json;
@@ -159,8 +160,20 @@ impl Scenario {
 
     /// Runs the scenario. A failure comes back with a one-screen report:
     /// the scenario, the step, each VMM's QMP transcript, stderr and serial
-    /// tails, and the log directories, which are then kept.
+    /// tails, and the log directories, which are then kept, with the
+    /// scenario's telemetry written into the source's (its path in the report).
     pub fn run(&self, cfg: &CatalogConfig, progress: Progress) -> Result<ScenarioOutcome> {
+        self.run_recorded(cfg, progress, &Recorder::new(&self.name))
+    }
+
+    /// [`Scenario::run`] recording into `telemetry` (which the caller can
+    /// then write into a report).
+    pub fn run_recorded(
+        &self,
+        cfg: &CatalogConfig,
+        progress: Progress,
+        telemetry: &Recorder,
+    ) -> Result<ScenarioOutcome> {
         let start = Instant::now();
         let diagnostics = Arc::new(Diagnostics::new(&self.name));
         let mut ctx = Ctx {
@@ -169,7 +182,9 @@ impl Scenario {
             diagnostics: diagnostics.clone(),
         };
         diagnostics.set_step("start");
+        let recording = telemetry.start();
         let result = (self.run)(cfg, &mut ctx);
+        drop(recording);
         let mut outcome = ctx.outcome;
         outcome.elapsed = start.elapsed();
         if outcome.hold == Some(HoldMethod::LegacyThrottle)
@@ -181,6 +196,16 @@ impl Scenario {
                  throttle (3 MB/s, 1 ms)"
                     .to_string(),
             );
+        }
+        match &result {
+            Ok(()) => telemetry.finish(Ok(outcome.skipped.is_none())),
+            Err(e) => {
+                telemetry.finish(Err(&format!("{e:#}")));
+                diagnostics.add_note(&match telemetry.write_into_log_dir() {
+                    Ok(path) => format!("telemetry: {}", path.display()),
+                    Err(e) => format!("telemetry: not written: {e}"),
+                });
+            }
         }
         diagnostics.finish(result)?;
         outcome.kept_logs = diagnostics.kept_log_dirs();

@@ -119,6 +119,7 @@ pub struct Context {
     name: String,
     vms: Mutex<Vec<VmDiag>>,
     steps: Mutex<Vec<String>>,
+    notes: Mutex<Vec<String>>,
     reported: AtomicBool,
 }
 
@@ -129,6 +130,7 @@ impl Context {
             name: name.to_string(),
             vms: Mutex::new(Vec::new()),
             steps: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
             reported: AtomicBool::new(false),
         }
     }
@@ -136,6 +138,12 @@ impl Context {
     /// Registers a VM for reports.
     pub fn add_vm(&self, vm: &Vm) {
         self.add(vm.diag());
+    }
+
+    /// Adds a line to the report, after the error (e.g. where the
+    /// telemetry was written).
+    pub fn add_note(&self, note: &str) {
+        lock(&self.notes).push(note.to_string());
     }
 
     /// Registers a VM view for reports.
@@ -234,6 +242,10 @@ impl Context {
                 out.push_str(&cut(&format!("error: {l}")));
                 out.push('\n');
             }
+        }
+        for n in lock(&self.notes).iter() {
+            out.push_str(&cut(n));
+            out.push('\n');
         }
         for v in lock(&self.vms).iter() {
             out.push_str(&v.report());

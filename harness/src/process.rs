@@ -46,6 +46,8 @@ use crate::qmp_client::QmpHandle;
 
 /// File name of the QMP socket inside the log directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
+/// File name of the second QMP socket, the telemetry sampler's monitor.
+pub const TELEMETRY_SOCKET: &str = "telemetry.sock";
 /// File name of the serial log inside the log directory.
 pub const SERIAL_LOG: &str = "serial.log";
 /// File name of the captured stderr inside the log directory.
