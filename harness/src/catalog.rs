@@ -6,6 +6,7 @@ use crate::diagnostics::Context as Diagnostics;
 use crate::pair::{
     no_progress, HoldMethod, MigrationFigures, Pair, PairSpec, Progress, Transport, STATUS_TIMEOUT,
 };
+use crate::telemetry::Recorder;
 use crate::vm::ReplyObserver;
 use anyhow::{bail, ensure, Context, Result};
 use migtest_qmp::schema::MigrationStatus;
@@ -26,6 +27,8 @@ pub struct CatalogConfig {
     pub memory: u64,
     /// Sees every QMP reply of the scenario's VMs (`migtest compare`).
     pub observer: Option<Arc<dyn ReplyObserver>>,
+    /// Extra source options (e.g. a planted `-x-fault` in test builds).
+    pub src_extra: Vec<String>,
 }
 
 impl CatalogConfig {
@@ -37,6 +40,7 @@ impl CatalogConfig {
             passes: 3,
             memory: 128 << 20,
             observer: None,
+            src_extra: Vec::new(),
         }
     }
 
@@ -45,6 +49,7 @@ impl CatalogConfig {
         spec.dst_backend = self.dst_backend.clone();
         spec.memory = self.memory;
         spec.observer = self.observer.clone();
+        spec.src_extra = self.src_extra.clone();
         spec
     }
 }
@@ -63,6 +68,9 @@ pub struct ScenarioOutcome {
     /// What the run adapted or tolerated, e.g. the legacy hold standing in
     /// for `switchover-hold`, or memory differences outside the test range.
     pub notes: Vec<String>,
+    /// Log directories left in place for the user (`MIGTEST_KEEP_LOGS`);
+    /// after a failure the error's report names them instead.
+    pub kept_logs: Vec<std::path::PathBuf>,
 }
 
 type RunFn = fn(&CatalogConfig, &mut Ctx) -> Result<()>;
@@ -157,8 +165,20 @@ impl Scenario {
 
     /// Runs the scenario. A failure comes back with a one-screen report:
     /// the scenario, the step, each VMM's QMP transcript, stderr and serial
-    /// tails, and the log directories, which are then kept.
+    /// tails, and the log directories, which are then kept, with the
+    /// scenario's telemetry written into the source's (its path in the report).
     pub fn run(&self, cfg: &CatalogConfig, progress: Progress) -> Result<ScenarioOutcome> {
+        self.run_recorded(cfg, progress, &Recorder::new(&self.name))
+    }
+
+    /// [`Scenario::run`] recording into `telemetry` (which the caller can
+    /// then write into a report).
+    pub fn run_recorded(
+        &self,
+        cfg: &CatalogConfig,
+        progress: Progress,
+        telemetry: &Recorder,
+    ) -> Result<ScenarioOutcome> {
         let start = Instant::now();
         let diagnostics = Arc::new(Diagnostics::new(&self.name));
         let mut ctx = Ctx {
@@ -167,7 +187,9 @@ impl Scenario {
             diagnostics: diagnostics.clone(),
         };
         diagnostics.set_step("start");
+        let recording = telemetry.start();
         let result = (self.run)(cfg, &mut ctx);
+        drop(recording);
         let mut outcome = ctx.outcome;
         outcome.elapsed = start.elapsed();
         if outcome.hold == Some(HoldMethod::LegacyThrottle)
@@ -180,7 +202,18 @@ impl Scenario {
                     .to_string(),
             );
         }
+        match &result {
+            Ok(()) => telemetry.finish(Ok(outcome.skipped.is_none())),
+            Err(e) => {
+                telemetry.finish(Err(&format!("{e:#}")));
+                diagnostics.add_note(&match telemetry.write_into_log_dir() {
+                    Ok(path) => format!("telemetry: {}", path.display()),
+                    Err(e) => format!("telemetry: not written: {e}"),
+                });
+            }
+        }
         diagnostics.finish(result)?;
+        outcome.kept_logs = diagnostics.kept_log_dirs();
         Ok(outcome)
     }
 }

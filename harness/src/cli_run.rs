@@ -111,6 +111,9 @@ pub fn run(opts: &RunOptions) -> i32 {
                         println!("       {l}");
                     }
                 }
+                for dir in &o.kept_logs {
+                    println!("       kept logs: {}", dir.display());
+                }
             }
         }
         rows.push(Row {

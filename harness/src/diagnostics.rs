@@ -125,6 +125,7 @@ pub struct Context {
     name: String,
     vms: Mutex<Vec<VmDiag>>,
     steps: Mutex<Vec<String>>,
+    notes: Mutex<Vec<String>>,
     reported: AtomicBool,
 }
 
@@ -135,6 +136,7 @@ impl Context {
             name: name.to_string(),
             vms: Mutex::new(Vec::new()),
             steps: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
             reported: AtomicBool::new(false),
         }
     }
@@ -142,6 +144,12 @@ impl Context {
     /// Registers a VM for reports.
     pub fn add_vm(&self, vm: &impl Diagnosable) {
         self.add(vm.diag());
+    }
+
+    /// Adds a line to the report, after the error (e.g. where the
+    /// telemetry was written).
+    pub fn add_note(&self, note: &str) {
+        lock(&self.notes).push(note.to_string());
     }
 
     /// Registers a VM view for reports.
@@ -179,8 +187,25 @@ impl Context {
 
     /// Defers removal of the registered VMs' log directories to
     /// [`Context::finish`], so they survive the VMs when the test fails.
+    /// Held directories are not announced when their VMs drop: the failure
+    /// report names them, once.
     pub fn hold_logs(&self) {
-        self.keep_logs();
+        for v in lock(&self.vms).iter() {
+            v.process.hold_logs();
+        }
+    }
+
+    /// The registered VMs' log directories that exist and are kept (after a
+    /// failure, or with `MIGTEST_KEEP_LOGS`), each once, in registration order.
+    pub fn kept_log_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for v in lock(&self.vms).iter() {
+            let dir = v.process.log_dir();
+            if dir.exists() && v.process.keeps_logs() && !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+        dirs
     }
 
     /// Ends a test that held its logs: on success the log directories are
@@ -223,6 +248,10 @@ impl Context {
                 out.push_str(&cut(&format!("error: {l}")));
                 out.push('\n');
             }
+        }
+        for n in lock(&self.notes).iter() {
+            out.push_str(&cut(n));
+            out.push('\n');
         }
         for v in lock(&self.vms).iter() {
             out.push_str(&v.report());

@@ -54,6 +54,9 @@ enum Command {
         /// Guest RAM (e.g. 128M, 1G).
         #[arg(long, default_value = "128M", value_parser = parse_size)]
         memory: u64,
+        /// Switch on a planted bug in the source migtest-vmm (test builds only).
+        #[arg(long = "x-fault", value_name = "NAME", hide = true)]
+        faults: Vec<String>,
     },
     /// List the catalog's scenarios.
     List,
@@ -179,6 +182,14 @@ fn compare(scenario: &str, qemu: &QemuBinaryArgs, passes: u64, memory: u64) -> a
     Ok(i32::from(a.result.is_err() || b.result.is_err()))
 }
 
+/// `-x-fault NAME` for each planted bug.
+fn fault_args(faults: &[String]) -> Vec<String> {
+    faults
+        .iter()
+        .flat_map(|f| ["-x-fault".to_string(), f.clone()])
+        .collect()
+}
+
 fn exec_options(
     args: &BackendArgs,
     faults: &[String],
@@ -186,9 +197,7 @@ fn exec_options(
 ) -> anyhow::Result<migtest::scenario::exec::ExecOptions> {
     let (src, dst) = backends(args)?;
     let mut opts = migtest::scenario::exec::ExecOptions::new(src, dst);
-    for f in faults {
-        opts.src_extra.extend(["-x-fault".to_string(), f.clone()]);
-    }
+    opts.src_extra = fault_args(faults);
     opts.wait_timeout = std::time::Duration::from_secs(wait_timeout);
     Ok(opts)
 }
@@ -206,12 +215,14 @@ fn main() -> ExitCode {
             filter,
             passes,
             memory,
+            faults,
         } => match backends(&backend) {
             Ok((src, dst)) => {
                 let mut config = CatalogConfig::new(src);
                 config.dst_backend = dst;
                 config.passes = passes;
                 config.memory = memory;
+                config.src_extra = fault_args(&faults);
                 migtest::cli_run::run(&migtest::cli_run::RunOptions { config, filter })
             }
             Err(e) => {

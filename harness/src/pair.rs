@@ -366,6 +366,7 @@ impl Pair {
             self.src.set_parameters(
                 json!({"max-bandwidth": LEGACY_HOLD_BANDWIDTH, "downtime-limit": 1}),
             )?;
+            crate::observe::mark("source", "hold-set", &json!({"method": "legacy"}));
             HoldMethod::LegacyThrottle
         };
         self.hold = Some(method);
@@ -376,9 +377,12 @@ impl Pair {
     /// `switchover-hold`, or sets QEMU's converge values (1 GB/s, 30 s).
     pub fn release_switchover(&mut self) -> Result<()> {
         match self.hold.take() {
-            Some(HoldMethod::LegacyThrottle) => self.src.set_parameters(
-                json!({"max-bandwidth": 1_000_000_000u64, "downtime-limit": 30_000}),
-            ),
+            Some(HoldMethod::LegacyThrottle) => {
+                crate::observe::mark("source", "hold-cleared", &json!({"method": "legacy"}));
+                self.src.set_parameters(
+                    json!({"max-bandwidth": 1_000_000_000u64, "downtime-limit": 30_000}),
+                )
+            }
             _ => self.src.set_parameters(json!({"switchover-hold": false})),
         }
     }

@@ -25,7 +25,9 @@
 //!
 //! The log directory is removed on drop unless logs are to be kept:
 //! [`VmmProcess::set_keep_logs`], the environment variable
-//! `MIGTEST_KEEP_LOGS=1`, or a panicking thread (then its path is printed).
+//! `MIGTEST_KEEP_LOGS=1`, or a panicking thread (then its path is printed),
+//! or it is held by a diagnostics context ([`ProcessProbe::hold_logs`]),
+//! which removes it when the test passes and reports it when it fails.
 //!
 //! [`QmpClient`]: crate::qmp_client::QmpClient
 
@@ -44,6 +46,8 @@ use crate::qmp_client::QmpHandle;
 
 /// File name of the QMP socket inside the log directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
+/// File name of the second QMP socket, the telemetry sampler's monitor.
+pub const TELEMETRY_SOCKET: &str = "telemetry.sock";
 /// File name of the serial log inside the log directory.
 pub const SERIAL_LOG: &str = "serial.log";
 /// File name of the captured stderr inside the log directory.
@@ -90,6 +94,7 @@ pub struct ProcessProbe {
     pid: u32,
     dir: PathBuf,
     keep_logs: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
     command_line: String,
 }
 
@@ -113,6 +118,13 @@ impl ProcessProbe {
     /// Marks the log directory to be kept when the process is dropped.
     pub fn keep_logs(&self) {
         self.keep_logs.store(true, Ordering::SeqCst);
+    }
+
+    /// Hands the log directory to a holder (a diagnostics context): drop
+    /// leaves it in place without a word, and the holder removes it or
+    /// reports it.
+    pub fn hold_logs(&self) {
+        self.held.store(true, Ordering::SeqCst);
     }
 
     /// Whether the log directory will be kept on drop (flag, environment
@@ -240,6 +252,7 @@ impl VmmProcess {
                 pid,
                 dir: path,
                 keep_logs: Arc::new(AtomicBool::new(false)),
+                held: Arc::new(AtomicBool::new(false)),
                 command_line,
             },
             dir: Some(dir),
@@ -406,11 +419,15 @@ impl Drop for VmmProcess {
     fn drop(&mut self) {
         self.shut_down();
         let panicking = std::thread::panicking();
-        let keep = panicking || self.probe.keep_logs.load(Ordering::SeqCst) || keep_logs_from_env();
+        let held = self.probe.held.load(Ordering::SeqCst);
+        let asked = self.probe.keep_logs.load(Ordering::SeqCst);
+        let keep = panicking || held || asked || keep_logs_from_env();
         if let Some(dir) = self.dir.take() {
             if keep {
                 let path = dir.keep();
-                if panicking || !keep_logs_from_env() {
+                // A held directory is the holder's to report (once, and only
+                // if it stays); with MIGTEST_KEEP_LOGS the user knows.
+                if panicking || (asked && !held && !keep_logs_from_env()) {
                     eprintln!(
                         "migtest: kept logs of {} VMM (pid {}) in {}",
                         self.label,

@@ -248,6 +248,7 @@ impl Inner {
     }
 
     fn execute(&self, name: &str, args: Value, timeout: Duration) -> Result<Value, QmpError> {
+        crate::observe::command(&self.label, name, &args);
         let args = match args {
             Value::Null => None,
             Value::Object(_) => Some(args),
@@ -697,6 +698,28 @@ impl QmpClient {
                     command: what(),
                     after: timeout,
                 });
+            }
+            st = self
+                .inner
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits up to `timeout` for the next queued event of any name and
+    /// consumes it (`None` on timeout or once disconnected).
+    pub fn next_event(&self, timeout: Duration) -> Option<ReceivedEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.inner.state);
+        loop {
+            if let Some(r) = st.events.pop_front() {
+                return Some(r);
+            }
+            let now = Instant::now();
+            if st.disconnected.is_some() || now >= deadline {
+                return None;
             }
             st = self
                 .inner

@@ -108,6 +108,13 @@ impl Vm {
             )
         })?;
         process.attach_qmp(qmp.handle());
+        crate::observe::vm_launched(&crate::observe::LaunchedVm {
+            role,
+            name: &spec.name,
+            backend: backend.name(),
+            pid: process.pid(),
+            log_dir: process.log_dir(),
+        });
         Ok(Vm {
             process,
             qmp,
@@ -183,6 +190,7 @@ impl Vm {
 
     /// SIGKILLs the VMM process now and reaps it.
     pub fn kill(&self) -> std::process::ExitStatus {
+        crate::observe::killed(&self.role, self.process.pid());
         self.process.kill()
     }
 

@@ -11,7 +11,7 @@ pub mod qemu;
 
 use std::path::{Path, PathBuf};
 
-use crate::process::{QMP_SOCKET, SERIAL_LOG};
+use crate::process::{QMP_SOCKET, SERIAL_LOG, TELEMETRY_SOCKET};
 
 /// Which VMM to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,11 +193,15 @@ impl Backend {
         }
         args.push("-serial".into());
         args.push(format!("file:{}", dir.join(SERIAL_LOG).to_string_lossy()));
-        args.push("-qmp".into());
-        args.push(format!(
-            "unix:{},server=on,wait=off",
-            dir.join(QMP_SOCKET).to_string_lossy()
-        ));
+        // A second monitor for the telemetry sampler (`crate::telemetry`),
+        // so its queries and events stay out of the test's connection.
+        for socket in [QMP_SOCKET, TELEMETRY_SOCKET] {
+            args.push("-qmp".into());
+            args.push(format!(
+                "unix:{},server=on,wait=off",
+                dir.join(socket).to_string_lossy()
+            ));
+        }
         if spec.paused {
             args.push("-S".into());
         }
@@ -358,7 +362,8 @@ mod tests {
             args.join(" "),
             "-name target -m 64M -smp 1 -machine none -nodefaults -display none -accel tcg \
              -serial file:/tmp/migtest-x/serial.log \
-             -qmp unix:/tmp/migtest-x/qmp.sock,server=on,wait=off -S \
+             -qmp unix:/tmp/migtest-x/qmp.sock,server=on,wait=off \
+             -qmp unix:/tmp/migtest-x/telemetry.sock,server=on,wait=off -S \
              -incoming unix:/tmp/migtest-x/mig.sock"
         );
     }
@@ -398,6 +403,6 @@ mod tests {
             line.starts_with("-name source -m 1G -smp 1 -kernel "),
             "{line}"
         );
-        assert!(line.contains("guest-images/sweep.toml -nodefaults -display none -accel tcg -serial file:/tmp/d/serial.log -qmp unix:/tmp/d/qmp.sock,server=on,wait=off -x"), "{line}");
+        assert!(line.contains("guest-images/sweep.toml -nodefaults -display none -accel tcg -serial file:/tmp/d/serial.log -qmp unix:/tmp/d/qmp.sock,server=on,wait=off -qmp unix:/tmp/d/telemetry.sock,server=on,wait=off -x"), "{line}");
     }
 }
