@@ -1,0 +1,551 @@
+//! The QEMU rules that move a world: what each [`Op`] does to it and which reply it
+//! expects, including the races a `wait-status` may resolve either way.
+
+use crate::scenario::{MigrationStatus, Op, PairSpec, Side};
+
+use super::super::expect::{
+    ExpectedReply, ERR_DOWNTIME_LIMIT, ERR_IN_PROGRESS, ERR_NOT_EXPECTED_STATE,
+};
+use super::super::types::MAX_DOWNTIME_LIMIT_MS;
+use super::{step, Dst, DstPhase, GuestRun, SrcPhase, Step, World};
+
+use MigrationStatus as S;
+
+impl World {
+    /// Applies `op` to this (settled) world.
+    pub fn apply(&self, op: &Op, pair: &PairSpec) -> Vec<Step> {
+        let mut w = self.clone();
+        let ok = ExpectedReply::Ok;
+        match op {
+            Op::SetParameters {
+                side,
+                downtime_limit,
+                max_bandwidth,
+                avail_switchover_bandwidth,
+                switchover_hold,
+            } => {
+                if !self.side_alive(*side) {
+                    return step(ExpectedReply::Dead, w);
+                }
+                if downtime_limit.is_some_and(|d| d > MAX_DOWNTIME_LIMIT_MS) {
+                    return step(ExpectedReply::error(ERR_DOWNTIME_LIMIT), w);
+                }
+                let p = match side {
+                    Side::Source => &mut w.src.params,
+                    Side::Destination => &mut w.dst.params,
+                };
+                if let Some(d) = downtime_limit {
+                    p.downtime_limit = *d;
+                }
+                if let Some(b) = max_bandwidth {
+                    p.max_bandwidth = *b;
+                }
+                if let Some(b) = avail_switchover_bandwidth {
+                    p.avail_switchover_bandwidth = *b;
+                }
+                if let Some(h) = switchover_hold {
+                    p.switchover_hold = *h;
+                    if *side == Side::Source {
+                        match (w.src.phase, h) {
+                            (SrcPhase::Converging, true) => w.src.phase = SrcPhase::Held,
+                            (SrcPhase::Held, false) => w.src.phase = SrcPhase::Converging,
+                            _ => {}
+                        }
+                    }
+                }
+                step(ok, w)
+            }
+            Op::Hold => self.apply(&Op::set_hold(Side::Source, true), pair),
+            Op::Release => self.apply(&Op::set_hold(Side::Source, false), pair),
+            Op::SetCapabilities {
+                side,
+                events,
+                pause_before_switchover,
+            } => {
+                if !self.side_alive(*side) {
+                    return step(ExpectedReply::Dead, w);
+                }
+                if *side == Side::Source && self.src_running_migration() {
+                    return step(ExpectedReply::error(ERR_IN_PROGRESS), w);
+                }
+                let c = match side {
+                    Side::Source => &mut w.src.caps,
+                    Side::Destination => &mut w.dst.caps,
+                };
+                if let Some(e) = events {
+                    c.events = *e;
+                }
+                if let Some(p) = pause_before_switchover {
+                    c.pause_before_switchover = *p;
+                }
+                step(ok, w)
+            }
+            Op::Migrate { .. } => {
+                if !self.src.alive {
+                    return step(ExpectedReply::Dead, w);
+                }
+                if self.src_running_migration() {
+                    return step(ExpectedReply::error(ERR_IN_PROGRESS), w);
+                }
+                // QEMU's migrate_prepare refuses a source still postmigrate.
+                if self.src.run == GuestRun::PostMigrate {
+                    return step(
+                        ExpectedReply::error(
+                            "Can't migrate the vm that was paused due to previous migration",
+                        ),
+                        w,
+                    );
+                }
+                w.migrations += 1;
+                w.passes_min = 0;
+                w.tainted = false;
+                w.src.resumed = false;
+                if self.dst.phase == DstPhase::Listening {
+                    w.dst.phase = DstPhase::Incoming;
+                    w.src.phase = if w.src.params.switchover_hold {
+                        SrcPhase::Held
+                    } else {
+                        SrcPhase::Converging
+                    };
+                } else {
+                    // Nothing listens at the destination's address: ok, then failed.
+                    w.src.phase = SrcPhase::Failing { from_device: false };
+                }
+                step(ok, w)
+            }
+            Op::WaitPasses { n } => {
+                if !self.src.alive {
+                    return step(ExpectedReply::Dead, w);
+                }
+                match self.src.phase {
+                    SrcPhase::Held | SrcPhase::Converging => {
+                        let slow = !self.src.params.passes_are_quick(self.memory);
+                        let stuck = w.clone();
+                        w.passes_min = w.passes_min.max(*n);
+                        let mut v = step(ok, w);
+                        if slow && *n > self.passes_min {
+                            // A pass over guest RAM may outlast the executor's timeout.
+                            v.extend(step(ExpectedReply::Timeout, stuck));
+                        }
+                        v
+                    }
+                    SrcPhase::Idle(s) => step(ExpectedReply::unreachable(s), w),
+                    SrcPhase::PreSwitchover { .. } => {
+                        step(ExpectedReply::unreachable(S::PreSwitchover), w)
+                    }
+                    SrcPhase::Finishing => step(
+                        ExpectedReply::Unreachable(
+                            [S::PreSwitchover, S::Device, S::Completed].into(),
+                        ),
+                        w,
+                    ),
+                    SrcPhase::SwitchingOver => {
+                        // The final pass may still reach `n`.
+                        let target = if self.pbs() {
+                            S::PreSwitchover
+                        } else {
+                            S::Completed
+                        };
+                        let mut v = step(ExpectedReply::unreachable(target), w.clone());
+                        v.extend(step(ok, w));
+                        v
+                    }
+                    SrcPhase::Cancelling => step(
+                        ExpectedReply::Unreachable([S::Cancelling, S::Cancelled].into()),
+                        w,
+                    ),
+                    SrcPhase::Failing { from_device: true } => {
+                        step(ExpectedReply::Unreachable([S::Device, S::Failed].into()), w)
+                    }
+                    SrcPhase::Failing { from_device: false } => {
+                        // The broken stream may be noticed only after a few more passes.
+                        let mut v = step(ExpectedReply::unreachable(S::Failed), w.clone());
+                        v.extend(step(ok, w));
+                        v
+                    }
+                }
+            }
+            Op::Cancel => {
+                if !self.src.alive {
+                    return step(ExpectedReply::Dead, w);
+                }
+                match self.src.phase {
+                    SrcPhase::Idle(_) | SrcPhase::Cancelling => step(ok, w),
+                    SrcPhase::Converging
+                    | SrcPhase::Held
+                    | SrcPhase::SwitchingOver
+                    | SrcPhase::PreSwitchover { .. }
+                    | SrcPhase::Finishing => {
+                        w.src.phase = SrcPhase::Cancelling;
+                        w.source_lost();
+                        step(ok, w)
+                    }
+                    SrcPhase::Failing { .. } => {
+                        let mut c = w.clone();
+                        c.src.phase = SrcPhase::Cancelling;
+                        let mut v = step(ok.clone(), w);
+                        v.extend(step(ok, c));
+                        v
+                    }
+                }
+            }
+            Op::Continue { state } => {
+                if !self.src.alive {
+                    return step(ExpectedReply::Dead, w);
+                }
+                if let SrcPhase::PreSwitchover { broken } = self.src.phase {
+                    if *state == S::PreSwitchover {
+                        w.src.phase = if broken {
+                            SrcPhase::Failing { from_device: true }
+                        } else {
+                            SrcPhase::Finishing
+                        };
+                        return step(ok, w);
+                    }
+                }
+                if let Some(cur) = self.src_settled_status() {
+                    return if cur == *state {
+                        step(ok, w)
+                    } else {
+                        step(
+                            ExpectedReply::error(format!("{ERR_NOT_EXPECTED_STATE}: {cur}")),
+                            w,
+                        )
+                    };
+                }
+                let mut v = step(ExpectedReply::error(ERR_NOT_EXPECTED_STATE), w.clone());
+                let transient = self.src_snapshots().iter().any(|s| {
+                    s.status == *state && !s.status.is_terminal() && s.status != S::PreSwitchover
+                });
+                if transient {
+                    v.extend(step(ok, w));
+                }
+                v
+            }
+            Op::Stop { side } => {
+                if !self.side_alive(*side) {
+                    return step(ExpectedReply::Dead, w);
+                }
+                match side {
+                    Side::Source => match self.src.phase {
+                        SrcPhase::PreSwitchover { .. }
+                        | SrcPhase::SwitchingOver
+                        | SrcPhase::Finishing => step(ok, w),
+                        SrcPhase::Cancelling | SrcPhase::Failing { .. }
+                            if self.src.run == GuestRun::Running =>
+                        {
+                            // Races with the guest being restarted after a stop for switchover.
+                            let kept = w.clone();
+                            w.src.run = GuestRun::Paused;
+                            let mut v = step(ok.clone(), w);
+                            v.extend(step(ok, kept));
+                            v
+                        }
+                        _ => {
+                            if w.src.run == GuestRun::Running {
+                                w.src.run = GuestRun::Paused;
+                            }
+                            step(ok, w)
+                        }
+                    },
+                    Side::Destination => {
+                        match w.dst.phase {
+                            DstPhase::Listening | DstPhase::Incoming | DstPhase::Dying => {
+                                w.dst.autostart = false
+                            }
+                            DstPhase::Completed(GuestRun::Running) => {
+                                w.dst.phase = DstPhase::Completed(GuestRun::Paused)
+                            }
+                            _ => {}
+                        }
+                        step(ok, w)
+                    }
+                }
+            }
+            Op::Cont { side } => {
+                if !self.side_alive(*side) {
+                    return step(ExpectedReply::Dead, w);
+                }
+                match side {
+                    Side::Source => {
+                        match self.src.phase {
+                            SrcPhase::PreSwitchover { .. }
+                            | SrcPhase::SwitchingOver
+                            | SrcPhase::Finishing => {
+                                w.tainted = true;
+                            }
+                            SrcPhase::Idle(S::Completed) if w.src.run != GuestRun::Running => {
+                                w.src.resumed = true;
+                            }
+                            _ => {}
+                        }
+                        w.src.run = GuestRun::Running;
+                        step(ok, w)
+                    }
+                    Side::Destination => {
+                        match w.dst.phase {
+                            DstPhase::Listening | DstPhase::Incoming | DstPhase::Dying => {
+                                w.dst.autostart = true
+                            }
+                            DstPhase::Completed(_) => {
+                                w.dst.phase = DstPhase::Completed(GuestRun::Running);
+                                w.dst.ran = true;
+                            }
+                            DstPhase::Dead => {}
+                        }
+                        step(ok, w)
+                    }
+                }
+            }
+            Op::WaitStatus { side, status } => self.wait_status(*side, *status),
+            Op::WaitCompleted => {
+                if !self.src.alive {
+                    return step(ExpectedReply::Dead, w);
+                }
+                match self.src.phase {
+                    SrcPhase::Idle(S::Completed) => {
+                        w.dst.settling = false;
+                        step(ok, w)
+                    }
+                    SrcPhase::Idle(s) => step(ExpectedReply::unreachable(s), w),
+                    SrcPhase::Converging if !self.pbs() => {
+                        let stuck = w.clone();
+                        w.complete_both();
+                        let mut v = step(ok, w);
+                        if !self.src.params.converges(self.memory) {
+                            v.extend(step(ExpectedReply::Timeout, stuck));
+                        }
+                        v
+                    }
+                    SrcPhase::Finishing => {
+                        w.complete_both();
+                        step(ok, w)
+                    }
+                    SrcPhase::SwitchingOver if !self.pbs() => {
+                        w.complete_both();
+                        step(ok, w)
+                    }
+                    SrcPhase::Converging
+                    | SrcPhase::SwitchingOver
+                    | SrcPhase::Held
+                    | SrcPhase::PreSwitchover { .. } => step(ExpectedReply::Timeout, w),
+                    SrcPhase::Cancelling => {
+                        w.src.phase = SrcPhase::Idle(S::Cancelled);
+                        step(ExpectedReply::unreachable(S::Cancelled), w)
+                    }
+                    SrcPhase::Failing { .. } => {
+                        w.src.phase = SrcPhase::Idle(S::Failed);
+                        step(ExpectedReply::unreachable(S::Failed), w)
+                    }
+                }
+            }
+            Op::Kill { side } => {
+                match side {
+                    Side::Source => {
+                        if self.src.alive && self.src_running_migration() {
+                            w.source_lost();
+                        }
+                        w.src.alive = false;
+                        w.src.phase = SrcPhase::Idle(S::None);
+                    }
+                    Side::Destination => {
+                        if self.dst.phase != DstPhase::Dead {
+                            w.destination_lost();
+                        }
+                        w.dst.phase = DstPhase::Dead;
+                    }
+                }
+                step(ok, w)
+            }
+            Op::RestartDestination => {
+                if self.dst.phase != DstPhase::Dead {
+                    w.destination_lost();
+                }
+                w.dst = Dst::fresh(pair);
+                step(ok, w)
+            }
+            Op::CheckMemory => match self.memory_must_match() {
+                Ok(()) => step(ok, w),
+                Err(reason) => step(ExpectedReply::refused(reason), w),
+            },
+            Op::CheckDestinationRuns => match self.dst.phase {
+                DstPhase::Completed(_) => {
+                    w.dst.phase = DstPhase::Completed(GuestRun::Running);
+                    w.dst.ran = true;
+                    w.dst.settling = false;
+                    step(ok, w)
+                }
+                _ => step(
+                    ExpectedReply::refused("the destination holds no completed migration"),
+                    w,
+                ),
+            },
+        }
+    }
+
+    fn wait_status(&self, side: Side, goal: MigrationStatus) -> Vec<Step> {
+        let mut w = self.clone();
+        let ok = ExpectedReply::Ok;
+        if !self.side_alive(side) {
+            return step(ExpectedReply::Dead, w);
+        }
+        if side == Side::Destination {
+            return match self.dst.phase {
+                DstPhase::Dead => step(ExpectedReply::Dead, w),
+                // The source completed; the destination may still be loading (active).
+                DstPhase::Completed(_) if self.dst.settling && goal == S::Active => {
+                    let mut v = step(ok, w.clone());
+                    w.dst.settling = false;
+                    v.extend(step(ExpectedReply::unreachable(S::Completed), w));
+                    v
+                }
+                DstPhase::Listening | DstPhase::Completed(_) => {
+                    w.dst.settling = false;
+                    let cur = if self.dst.phase == DstPhase::Listening {
+                        S::None
+                    } else {
+                        S::Completed
+                    };
+                    if cur == goal {
+                        step(ok, w)
+                    } else {
+                        step(ExpectedReply::unreachable(cur), w)
+                    }
+                }
+                DstPhase::Dying => {
+                    let mut v = step(ExpectedReply::Dead, w.clone());
+                    // Failed, or still showing setup/active until it notices.
+                    if matches!(goal, S::Failed | S::Setup | S::Active) {
+                        v.extend(step(ok, w.clone()));
+                    }
+                    if goal != S::Failed {
+                        v.extend(step(ExpectedReply::unreachable(S::Failed), w));
+                    }
+                    v
+                }
+                DstPhase::Incoming => {
+                    let completes = self
+                        .dst_snapshots()
+                        .iter()
+                        .any(|s| s.status == S::Completed);
+                    let mut v = Vec::new();
+                    if completes {
+                        let mut done = w.clone();
+                        done.complete_both();
+                        if goal == S::Completed {
+                            v.extend(step(ok.clone(), done));
+                        } else {
+                            v.extend(step(ExpectedReply::unreachable(S::Completed), done));
+                        }
+                        if !self.src.params.converges(self.memory)
+                            && self.src.phase == SrcPhase::Converging
+                        {
+                            v.extend(step(ExpectedReply::Timeout, w.clone()));
+                        }
+                    } else if !matches!(goal, S::Setup | S::Active) {
+                        v.extend(step(ExpectedReply::Timeout, w.clone()));
+                    }
+                    if matches!(goal, S::Setup | S::Active) {
+                        v.extend(step(ok, w));
+                    }
+                    v
+                }
+            };
+        }
+        // Source.
+        let conv_ok = self.src.params.converges(self.memory);
+        match self.src.phase {
+            _ if self.src_settled_status() == Some(goal) => step(ok, w),
+            SrcPhase::Idle(s) => step(ExpectedReply::unreachable(s), w),
+            SrcPhase::PreSwitchover { .. } => step(ExpectedReply::Timeout, w),
+            SrcPhase::Held => {
+                if matches!(goal, S::Setup | S::Active) {
+                    let mut v = step(ok, w.clone());
+                    if goal == S::Setup {
+                        v.extend(step(ExpectedReply::Timeout, w));
+                    }
+                    v
+                } else {
+                    step(ExpectedReply::Timeout, w)
+                }
+            }
+            SrcPhase::Converging | SrcPhase::SwitchingOver => {
+                let target = if self.pbs() {
+                    S::PreSwitchover
+                } else {
+                    S::Completed
+                };
+                let mut settled = w.clone();
+                settled.switch_over();
+                let transient = if self.src.phase == SrcPhase::Converging {
+                    matches!(goal, S::Setup | S::Active)
+                } else {
+                    goal == S::Active
+                };
+                let mut v = Vec::new();
+                if goal == target {
+                    v.extend(step(ok.clone(), settled));
+                } else if transient {
+                    v.extend(step(ok.clone(), w.clone()));
+                    if target == S::Completed {
+                        v.extend(step(ExpectedReply::unreachable(target), settled));
+                    } else {
+                        v.extend(step(ExpectedReply::Timeout, settled));
+                    }
+                } else if target == S::Completed {
+                    v.extend(step(ExpectedReply::unreachable(target), settled));
+                } else {
+                    v.extend(step(ExpectedReply::Timeout, settled));
+                }
+                if !conv_ok && self.src.phase == SrcPhase::Converging {
+                    v.extend(step(ExpectedReply::Timeout, w));
+                }
+                v
+            }
+            SrcPhase::Finishing => {
+                let mut done = w.clone();
+                done.complete();
+                match goal {
+                    S::Completed => step(ok, done),
+                    S::PreSwitchover | S::Device => {
+                        let mut v = step(ok, w);
+                        v.extend(step(ExpectedReply::unreachable(S::Completed), done));
+                        v
+                    }
+                    _ => step(ExpectedReply::unreachable(S::Completed), done),
+                }
+            }
+            SrcPhase::Cancelling => {
+                let mut done = w.clone();
+                done.src.phase = SrcPhase::Idle(S::Cancelled);
+                match goal {
+                    S::Cancelled => step(ok, done),
+                    S::Cancelling => {
+                        let mut v = step(ok, w);
+                        v.extend(step(ExpectedReply::unreachable(S::Cancelled), done));
+                        v
+                    }
+                    _ => step(ExpectedReply::unreachable(S::Cancelled), done),
+                }
+            }
+            SrcPhase::Failing { from_device } => {
+                let mut done = w.clone();
+                done.src.phase = SrcPhase::Idle(S::Failed);
+                let transient = if from_device {
+                    matches!(goal, S::Device)
+                } else {
+                    matches!(goal, S::Setup | S::Active)
+                };
+                if goal == S::Failed {
+                    step(ok, done)
+                } else if transient {
+                    let mut v = step(ok, w);
+                    v.extend(step(ExpectedReply::unreachable(S::Failed), done));
+                    v
+                } else {
+                    step(ExpectedReply::unreachable(S::Failed), done)
+                }
+            }
+        }
+    }
+}
