@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 /// longest matching prefix (`scenario::exec` is above `model`, the rest of
 /// `scenario` below it). Modules in one layer do not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["text", "checks"],
+    &["text", "checks", "observe"],
     &["qmp_client"],
     &["process"],
-    &["backend"],
+    &["backend", "telemetry"],
     &["diagnostics"],
     &["vm"],
     &["pair"],

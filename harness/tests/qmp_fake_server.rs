@@ -121,9 +121,11 @@ fn timed_out_command_then_late_reply_is_dropped() {
 
 #[test]
 fn replies_are_routed_by_id_across_threads() {
-    let fake = Fake::new(|mut p| {
+    let (first_received, first_seen) = std::sync::mpsc::channel();
+    let fake = Fake::new(move |mut p| {
         p.negotiate();
         let a = p.recv();
+        first_received.send(()).unwrap();
         let b = p.recv();
         // Answer in reverse order, with an event in between.
         p.reply(&b["id"], json!(b["execute"]));
@@ -133,8 +135,10 @@ fn replies_are_routed_by_id_across_threads() {
     let q = fake.connect().unwrap();
     std::thread::scope(|s| {
         let t1 = s.spawn(|| q.execute("first", Value::Null).unwrap());
-        // Make sure "first" is sent first.
-        std::thread::sleep(Duration::from_millis(50));
+        // "second" goes out only once the server has read "first".
+        first_seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the fake server never received 'first'");
         let t2 = s.spawn(|| q.execute("second", Value::Null).unwrap());
         assert_eq!(t1.join().unwrap(), json!("first"));
         assert_eq!(t2.join().unwrap(), json!("second"));
@@ -226,7 +230,8 @@ fn garbage_lines_go_to_the_raw_queue_and_the_client_survives() {
 fn bad_greeting_is_a_connect_error() {
     let fake = Fake::raw(|mut p| {
         p.send(json!({"return": {}}));
-        std::thread::sleep(Duration::from_millis(100));
+        // Keep the connection until the client gives up on it.
+        let _ = p.r.read_line(&mut String::new());
     });
     let err = fake.connect().unwrap_err();
     assert!(matches!(err, QmpError::Connect { .. }));

@@ -980,46 +980,6 @@ proptest! {
 }
 
 #[test]
-#[ignore]
-fn print_samples() {
-    use proptest::strategy::ValueTree;
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut hist = std::collections::BTreeMap::new();
-    for i in 0..2000 {
-        let (init, ops, _) = PairMachine::sequential_strategy(SEQUENCE_LEN)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
-        let mut g = Model::new(init.pair().clone());
-        for op in &ops {
-            g.apply(op);
-            *hist
-                .entry(format!(
-                    "~worlds without observations: {}",
-                    g.possibilities()
-                ))
-                .or_insert(0) += 1;
-        }
-        let mut m = Model::new(init.pair().clone());
-        for op in &ops {
-            let e = m.apply(op);
-            let o = m.canonical_observation(op);
-            m.observe(op, &o);
-            *hist
-                .entry(format!("{} -> {}", op.name(), e.outcomes[0].reply))
-                .or_insert(0) += 1;
-        }
-        if i < 12 {
-            let v: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
-            println!("{}", v.join(" ; "));
-        }
-    }
-    for (k, v) in hist {
-        println!("{v:6} {k}");
-    }
-}
-
-#[test]
 fn lint_flags_unbounded_and_impossible_ops() {
     let s = crate::scenario::Scenario {
         purpose: "x".into(),
@@ -1174,18 +1134,6 @@ fn events_off_means_no_event_checks() {
     assert!(obs.source.events.is_empty());
     let (_, obs) = run(&mut m, Op::WaitCompleted);
     assert!(obs.destination.events.is_empty());
-}
-
-#[test]
-#[ignore]
-fn print_toml() {
-    use proptest::strategy::{Strategy, ValueTree};
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let s = super::strategy::scenario()
-        .new_tree(&mut runner)
-        .unwrap()
-        .current();
-    println!("{}", s.to_toml_string().unwrap());
 }
 
 #[test]

@@ -109,7 +109,13 @@ pub fn assert_vmm_dies_with_aborted_parent(helper: &str, env: &str) {
     let tmp = tempfile::tempdir_in("/tmp").unwrap();
     let out = tmp.path().join("pid");
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([helper, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            helper,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(env, &out)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

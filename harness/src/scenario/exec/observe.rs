@@ -1,0 +1,97 @@
+//! Observing the pair after an op: `query-status`, `query-migrate` and the events up to that
+//! reply, per side, as the model's [`Observation`].
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::model::{Event, Observation, Reply, RunState, SideObservation};
+
+use super::super::MigrationStatus;
+use super::{Executor, SideVm};
+
+impl Executor {
+    /// Observes the destination, then the source.
+    pub(super) fn observe(&mut self, reply: Reply) -> anyhow::Result<Observation> {
+        let destination = observe_side(&mut self.dst)?;
+        let source = observe_side(&mut self.src)?;
+        Ok(Observation {
+            reply,
+            source,
+            destination,
+        })
+    }
+}
+
+fn run_state(name: &str) -> Option<RunState> {
+    Some(match name {
+        "prelaunch" => RunState::Prelaunch,
+        "running" => RunState::Running,
+        "paused" => RunState::Paused,
+        "inmigrate" => RunState::Inmigrate,
+        "postmigrate" => RunState::Postmigrate,
+        "finish-migrate" => RunState::FinishMigrate,
+        "shutdown" => RunState::Shutdown,
+        _ => return None,
+    })
+}
+
+fn event(e: &migtest_qmp::message::Event) -> Option<Event> {
+    let data = e.data.as_ref();
+    match e.event.as_str() {
+        "MIGRATION" => data
+            .and_then(|d| d.get("status"))
+            .and_then(Value::as_str)
+            .and_then(MigrationStatus::from_name)
+            .map(|status| Event::Migration { status }),
+        "MIGRATION_PASS" => data
+            .and_then(|d| d.get("pass"))
+            .and_then(Value::as_u64)
+            .map(|pass| Event::MigrationPass { pass }),
+        "STOP" => Some(Event::Stop),
+        "RESUME" => Some(Event::Resume),
+        _ => None,
+    }
+}
+
+/// `query-status`, then `query-migrate`, then the events that arrived up to that reply.
+fn observe_side(s: &mut SideVm) -> anyhow::Result<SideObservation> {
+    let vm = &s.vm;
+    let dead = |s: &mut SideVm| {
+        s.event_cursor = s.vm.qmp().events_seen().len();
+        Ok(SideObservation::dead())
+    };
+    if !vm.is_alive() {
+        return dead(s);
+    }
+    let st = match vm.query_status() {
+        Ok(st) => st,
+        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(s),
+        Err(e) => return Err(e),
+    };
+    let info = match vm.query_migrate() {
+        Ok(i) => i,
+        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(s),
+        Err(e) => return Err(e),
+    };
+    // Only the events written before the query-migrate reply (later ones belong to the
+    // next observation).
+    let upto = vm.qmp().events_seen_before_last_reply();
+    let seen = vm.qmp().events_seen();
+    vm.qmp().drain_events();
+    let upto = upto.min(seen.len());
+    let from = s.event_cursor.min(upto);
+    let events = seen[from..upto].iter().filter_map(event).collect();
+    s.event_cursor = upto;
+    Ok(SideObservation {
+        alive: true,
+        status: Some(
+            info.status
+                .and_then(|m| MigrationStatus::from_name(m.as_str()))
+                .unwrap_or(MigrationStatus::None),
+        ),
+        run_state: run_state(&st.status.as_str()),
+        dirty_sync_count: info.ram.as_ref().map(|r| r.dirty_sync_count),
+        events,
+    })
+}

@@ -1,0 +1,316 @@
+//! Performing one op on the live pair: the QMP commands behind each [`Op`], migrating over a
+//! transport, waits with deadlines, and the memory and destination checks.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+
+use crate::checks;
+use crate::model::{wait_gives_up, Reply};
+
+use super::super::{MigrationStatus, Op, Side, Transport};
+use super::{launch_destination, Executor, SideVm};
+
+impl Executor {
+    pub(super) fn perform(&mut self, op: &Op) -> anyhow::Result<Reply> {
+        match op {
+            Op::SetParameters {
+                side,
+                downtime_limit,
+                max_bandwidth,
+                avail_switchover_bandwidth,
+                switchover_hold,
+            } => {
+                let mut m = serde_json::Map::new();
+                if let Some(d) = downtime_limit {
+                    m.insert("downtime-limit".into(), json!(d));
+                }
+                if let Some(b) = max_bandwidth {
+                    m.insert("max-bandwidth".into(), json!(b.0));
+                }
+                if let Some(b) = avail_switchover_bandwidth {
+                    m.insert("avail-switchover-bandwidth".into(), json!(b.0));
+                }
+                if let Some(h) = switchover_hold {
+                    m.insert("switchover-hold".into(), json!(h));
+                }
+                self.qmp(*side, "migrate-set-parameters", Value::Object(m))
+            }
+            Op::Hold => self.perform(&Op::set_hold(Side::Source, true)),
+            Op::Release => self.perform(&Op::set_hold(Side::Source, false)),
+            Op::SetCapabilities {
+                side,
+                events,
+                pause_before_switchover,
+            } => {
+                let mut caps = Vec::new();
+                if let Some(e) = events {
+                    caps.push(json!({"capability": "events", "state": e}));
+                }
+                if let Some(p) = pause_before_switchover {
+                    caps.push(json!({"capability": "pause-before-switchover", "state": p}));
+                }
+                self.qmp(
+                    *side,
+                    "migrate-set-capabilities",
+                    json!({ "capabilities": caps }),
+                )
+            }
+            Op::Migrate { transport } => self.migrate(transport.unwrap_or(self.pair.transport)),
+            Op::WaitPasses { n } => self.wait(op, Side::Source, |s, count| {
+                if count >= *n {
+                    Some(Reply::Ok)
+                } else if wait_gives_up(op, s) {
+                    Some(Reply::Unreachable { status: s })
+                } else {
+                    None
+                }
+            }),
+            Op::Cancel => self.qmp(Side::Source, "migrate_cancel", Value::Null),
+            Op::Continue { state } => self.qmp(
+                Side::Source,
+                "migrate-continue",
+                json!({ "state": state.name() }),
+            ),
+            Op::Stop { side } => self.qmp(*side, "stop", Value::Null),
+            Op::Cont { side } => self.qmp(*side, "cont", Value::Null),
+            Op::WaitStatus { side, status } => self.wait(op, *side, |s, _| {
+                if s == *status {
+                    Some(Reply::Ok)
+                } else if wait_gives_up(op, s) {
+                    Some(Reply::Unreachable { status: s })
+                } else {
+                    None
+                }
+            }),
+            Op::WaitCompleted => {
+                let r = self.wait(op, Side::Source, |s, _| {
+                    if s == MigrationStatus::Completed {
+                        Some(Reply::Ok)
+                    } else if wait_gives_up(op, s) {
+                        Some(Reply::Unreachable { status: s })
+                    } else {
+                        None
+                    }
+                })?;
+                if r != Reply::Ok || !self.dst.vm.is_alive() || !self.dst_used {
+                    return Ok(r);
+                }
+                // Then the destination that took the stream (not a fresh one started after
+                // the migration): completed (or failed / gone).
+                let d = self.wait(op, Side::Destination, |s, _| {
+                    matches!(s, MigrationStatus::Completed | MigrationStatus::Failed)
+                        .then_some(Reply::Ok)
+                })?;
+                Ok(match d {
+                    Reply::Dead => Reply::Ok,
+                    other => other,
+                })
+            }
+            Op::Kill { side } => {
+                let vm = &self.side(*side).vm;
+                if vm.is_alive() {
+                    vm.kill();
+                }
+                Ok(Reply::Ok)
+            }
+            Op::RestartDestination => {
+                if self.dst.vm.is_alive() {
+                    self.dst.vm.kill();
+                }
+                self.generation += 1;
+                let vm = launch_destination(&self.pair, &self.opts, self.generation)
+                    .context("launching a fresh destination")?;
+                let cursor = vm.qmp().events_seen().len();
+                self.dst = SideVm {
+                    vm,
+                    event_cursor: cursor,
+                };
+                self.dst_used = false;
+                Ok(Reply::Ok)
+            }
+            Op::CheckMemory => Ok(match self.check_memory() {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::CheckFailed {
+                    reason: format!("{e:#}"),
+                },
+            }),
+            Op::CheckDestinationRuns => Ok(match self.check_destination_runs() {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::CheckFailed {
+                    reason: format!("{e:#}"),
+                },
+            }),
+        }
+    }
+
+    /// `migrate-incoming` on a fresh destination (unless the source is busy or postmigrate,
+    /// in which case `migrate` is refused anyway), then `migrate` on the source. A destination that is not
+    /// waiting for incoming leaves the source pointed at the last address, where nothing
+    /// listens.
+    fn migrate(&mut self, transport: Transport) -> anyhow::Result<Reply> {
+        if !self.src.vm.is_alive() {
+            return Ok(Reply::Dead);
+        }
+        let busy = self
+            .src
+            .vm
+            .query_migrate()
+            .ok()
+            .and_then(|i| i.status)
+            .and_then(|s| MigrationStatus::from_name(s.as_str()))
+            .is_some_and(|s| s.is_running())
+            // QEMU refuses `migrate` from a source still postmigrate.
+            || self
+                .src
+                .vm
+                .query_status()
+                .is_ok_and(|st| st.status.as_str() == "postmigrate");
+        if !busy && !self.dst_used && self.dst.vm.is_alive() {
+            self.dst_used = true;
+            let listen = match transport {
+                Transport::Unix => format!(
+                    "unix:{}",
+                    self.dst
+                        .vm
+                        .log_dir()
+                        .join(format!("migsocket-{}", self.generation))
+                        .display()
+                ),
+                Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
+            };
+            if self.qmp(
+                Side::Destination,
+                "migrate-incoming",
+                json!({ "uri": listen }),
+            )? == Reply::Ok
+            {
+                self.last_uri = self.dst.vm.incoming_uri().ok();
+            }
+        }
+        let uri = match &self.last_uri {
+            Some(u) => u.clone(),
+            None => match transport {
+                Transport::Unix => format!(
+                    "unix:{}",
+                    self.scratch.path().join("nobody-listens").display()
+                ),
+                Transport::Tcp => "tcp:127.0.0.1:1".to_string(),
+            },
+        };
+        self.qmp(Side::Source, "migrate", json!({ "uri": uri }))
+    }
+
+    /// Polls `side`'s `query-migrate` every 5 ms until `done` says how the wait ends, the
+    /// side dies (`Dead`) or the deadline passes (`Timeout`).
+    fn wait(
+        &self,
+        op: &Op,
+        side: Side,
+        done: impl Fn(MigrationStatus, u64) -> Option<Reply>,
+    ) -> anyhow::Result<Reply> {
+        let vm = &self.side(side).vm;
+        let deadline = Instant::now() + self.opts.wait_timeout;
+        loop {
+            if !vm.is_alive() {
+                return Ok(Reply::Dead);
+            }
+            let info = match vm.query_migrate() {
+                Ok(i) => i,
+                Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => {
+                    return Ok(Reply::Dead)
+                }
+                Err(e) => return Err(e.context(format!("{side}: waiting ({op})"))),
+            };
+            let status = info
+                .status
+                .and_then(|s| MigrationStatus::from_name(s.as_str()))
+                .unwrap_or(MigrationStatus::None);
+            let count = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
+            if let Some(r) = done(status, count) {
+                return Ok(r);
+            }
+            if Instant::now() >= deadline {
+                return Ok(Reply::Timeout);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Byte-compares all guest RAM of the source and the destination.
+    fn check_memory(&self) -> anyhow::Result<()> {
+        self.settle_destination()?;
+        // On QEMU's PC machines the first MiB holds BIOS/option-ROM shadows (PAM) that
+        // pmemsave reads differently on the two sides: compare from 1 MiB there.
+        let start = if self.opts.dst_backend.is_qemu() {
+            1 << 20
+        } else {
+            0
+        };
+        let size = self.pair.memory.0 - start;
+        let a = self
+            .src
+            .vm
+            .pmemsave(start, size)
+            .context("source pmemsave")?;
+        let b = self
+            .dst
+            .vm
+            .pmemsave(start, size)
+            .context("destination pmemsave")?;
+        checks::compare_memory(&a, &b, start).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Waits (bounded) until the destination's incoming migration has ended: the source
+    /// may report `completed` while the destination still loads.
+    fn settle_destination(&self) -> anyhow::Result<()> {
+        let r = self.wait(&Op::WaitCompleted, Side::Destination, |s, _| {
+            s.is_terminal().then_some(Reply::Ok)
+        })?;
+        anyhow::ensure!(
+            r == Reply::Ok,
+            "destination did not finish loading the migration: {r}"
+        );
+        Ok(())
+    }
+
+    /// As `Pair::assert_destination_runs`, leaving the destination running.
+    fn check_destination_runs(&self) -> anyhow::Result<()> {
+        self.settle_destination()?;
+        let dst = &self.dst.vm;
+        if !dst.query_status()?.running {
+            dst.cont().context("cont on the destination")?;
+        }
+        let status = dst.query_status()?;
+        anyhow::ensure!(
+            status.running,
+            "destination did not start running: {:?}",
+            status.status
+        );
+        let (start, end) = self
+            .opts
+            .dst_backend
+            .test_range(&self.pair.image, self.pair.memory.0)?;
+        if self.pair.image != "idle" {
+            dst.wait_serial(b'B', Duration::from_secs(20))
+                .context("destination serial output after migration")?;
+            let first = dst.memory_digest(start, end)?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while dst.memory_digest(start, end)? == first {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "destination memory did not change within 20 s after cont"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        dst.stop().context("stop on the destination")?;
+        if self.pair.image == "sweep" || self.opts.dst_backend.is_qemu() {
+            let bytes = dst.pmemsave(start, end - start)?;
+            checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        dst.cont().context("cont on the destination")?;
+        Ok(())
+    }
+}
