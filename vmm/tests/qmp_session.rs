@@ -275,8 +275,9 @@ fn pmemsave_contents_and_errors() {
     let vmm = Vmm::start();
     let mut q = vmm.qmp();
     let (start, end) = sweep_range();
-    // let the sweep run a few passes, then freeze it
-    std::thread::sleep(Duration::from_millis(300));
+    // let the sweep go round its range once (a fixed sleep was not enough
+    // under load: found by ci/soak), then freeze it
+    vmm.wait_serial(b'B', Duration::from_secs(30));
     q.ok("stop", None);
     let full = q.pmem(vmm.dir.path(), 0, RAM);
     assert_eq!(full.len() as u64, RAM);

@@ -180,6 +180,20 @@ impl Vmm {
         self.child.id()
     }
 
+    /// Waits until the guest's serial output holds `byte` (the sweep prints
+    /// `B` when it has been round its range); panics after `timeout`.
+    pub fn wait_serial(&self, byte: u8, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !std::fs::read(&self.serial).is_ok_and(|s| s.contains(&byte)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {:?} on the guest's serial within {timeout:?}",
+                byte as char
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Whether the process is still alive.
     pub fn alive(&mut self) -> bool {
         self.exited.is_none() && matches!(self.child.try_wait(), Ok(None))
