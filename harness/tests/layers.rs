@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["pair"],
     &["scenario"],
     &["model"],
-    &["scenario::exec"],
+    &["scenario::exec", "scenario::file_check"],
     &["catalog"],
     &["bench", "fuzz", "replay", "compare"],
     &["cli_run"],
