@@ -207,7 +207,11 @@ impl Scenario {
             Err(e) => {
                 telemetry.finish(Err(&format!("{e:#}")));
                 diagnostics.add_note(&match telemetry.write_into_log_dir() {
-                    Ok(path) => format!("telemetry: {}", path.display()),
+                    Ok(path) => {
+                        let qmp = path.with_file_name(crate::telemetry::TRANSCRIPT_FILE);
+                        let _ = std::fs::write(&qmp, diagnostics.transcripts());
+                        format!("telemetry: {}", path.display())
+                    }
                     Err(e) => format!("telemetry: not written: {e}"),
                 });
             }

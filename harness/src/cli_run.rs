@@ -4,6 +4,8 @@
 use crate::backend::Backend;
 use crate::catalog::{catalog, CatalogConfig, ScenarioOutcome};
 use crate::pair::{HoldMethod, Progress};
+use crate::report::{Entry, Report, Verdict};
+use crate::telemetry::{Recorder, TRANSCRIPT_FILE};
 /// Kept here for callers of `cli_run::wrap`; it lives in [`crate::text`].
 pub use crate::text::wrap;
 use migtest_qmp::schema::MigrationInfo;
@@ -18,6 +20,8 @@ pub struct RunOptions {
     pub config: CatalogConfig,
     /// Only scenarios whose name contains this.
     pub filter: Option<String>,
+    /// Write an HTML report with telemetry plots into this directory.
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// A progress sink printing a one-line live status, overwritten in place
@@ -60,6 +64,7 @@ fn truncate(s: &str, n: usize) -> String {
 struct Row {
     name: String,
     result: Result<ScenarioOutcome, String>,
+    telemetry: Recorder,
 }
 
 /// Runs the catalog; returns the process exit code (0 all passed, 1 otherwise).
@@ -90,8 +95,9 @@ pub fn run(opts: &RunOptions) -> i32 {
         if !tty {
             println!("  {} ...", s.name);
         }
+        let telemetry = Recorder::new(&s.name);
         let result = s
-            .run(&opts.config, live_line(&s.name, tty))
+            .run_recorded(&opts.config, live_line(&s.name, tty), &telemetry)
             .map_err(|e| format!("{e:#}"));
         let mark = match &result {
             Ok(o) if o.skipped.is_some() => "skip",
@@ -119,9 +125,25 @@ pub fn run(opts: &RunOptions) -> i32 {
         rows.push(Row {
             name: s.name.clone(),
             result,
+            telemetry,
         });
     }
     print_table(&rows);
+    if let Some(dir) = &opts.report {
+        let subtitle = format!(
+            "{} scenario(s) on {backend}, {} MiB, {} held passes",
+            rows.len(),
+            opts.config.memory >> 20,
+            opts.config.passes
+        );
+        match report(&rows, subtitle).write(dir) {
+            Ok(path) => println!("report: {}", path.display()),
+            Err(e) => {
+                eprintln!("migtest run: cannot write the report: {e:#}");
+                return 1;
+            }
+        }
+    }
     let failed = rows.iter().filter(|r| r.result.is_err()).count();
     let skipped = rows
         .iter()
@@ -137,47 +159,59 @@ pub fn run(opts: &RunOptions) -> i32 {
     i32::from(failed > 0)
 }
 
+const COLUMNS: [&str; 5] = ["hold", "passes", "time s", "downtime", "MB/s"];
+
+/// The result and the [`COLUMNS`] cells of a row.
+fn cells(r: &Row) -> (&'static str, [String; 5]) {
+    let hold = match r.result.as_ref().ok().and_then(|o| o.hold) {
+        Some(HoldMethod::SwitchoverHold) => "switch",
+        Some(HoldMethod::LegacyThrottle) => "legacy",
+        None => "-",
+    }
+    .to_string();
+    let dash = || "-".to_string();
+    match &r.result {
+        Ok(o) if o.skipped.is_some() => (
+            "skip",
+            [
+                hold,
+                dash(),
+                format!("{:.2}", o.elapsed.as_secs_f64()),
+                dash(),
+                dash(),
+            ],
+        ),
+        Ok(o) => {
+            let f = o.figures.clone().unwrap_or_default();
+            let has = o.figures.is_some();
+            (
+                "ok",
+                [
+                    hold,
+                    if has { f.passes.to_string() } else { dash() },
+                    format!("{:.2}", o.elapsed.as_secs_f64()),
+                    f.downtime_ms.map_or(dash(), |d| format!("{d} ms")),
+                    if has {
+                        format!("{:.0}", f.throughput_mbs)
+                    } else {
+                        dash()
+                    },
+                ],
+            )
+        }
+        Err(_) => ("FAIL", [hold, dash(), dash(), dash(), dash()]),
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!(
         "{:<28} {:<6} {:<6} {:>6} {:>8} {:>9} {:>9}",
-        "scenario", "result", "hold", "passes", "time s", "downtime", "MB/s"
+        "scenario", "result", COLUMNS[0], COLUMNS[1], COLUMNS[2], COLUMNS[3], COLUMNS[4]
     );
     println!("{}", "-".repeat(78));
     for r in rows {
-        let hold = match r.result.as_ref().ok().and_then(|o| o.hold) {
-            Some(HoldMethod::SwitchoverHold) => "switch",
-            Some(HoldMethod::LegacyThrottle) => "legacy",
-            None => "-",
-        };
-        let (res, passes, time, down, mbs) = match &r.result {
-            Ok(o) if o.skipped.is_some() => (
-                "skip",
-                "-".into(),
-                format!("{:.2}", o.elapsed.as_secs_f64()),
-                "-".into(),
-                "-".into(),
-            ),
-            Ok(o) => {
-                let f = o.figures.clone().unwrap_or_default();
-                (
-                    "ok",
-                    if o.figures.is_some() {
-                        f.passes.to_string()
-                    } else {
-                        "-".into()
-                    },
-                    format!("{:.2}", o.elapsed.as_secs_f64()),
-                    f.downtime_ms.map_or("-".into(), |d| format!("{d} ms")),
-                    if o.figures.is_some() {
-                        format!("{:.0}", f.throughput_mbs)
-                    } else {
-                        "-".into()
-                    },
-                )
-            }
-            Err(_) => ("FAIL", "-".into(), "-".into(), "-".into(), "-".into()),
-        };
+        let (res, [hold, passes, time, down, mbs]) = cells(r);
         println!(
             "{:<28} {:<6} {:<6} {:>6} {:>8} {:>9} {:>9}",
             truncate(&r.name, 28),
@@ -190,4 +224,53 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!();
+}
+
+/// The HTML report of a run: the table, each scenario's telemetry, and
+/// for failures the report text and the QMP transcripts kept beside the
+/// telemetry in the source's log directory.
+fn report(rows: &[Row], subtitle: String) -> Report {
+    let entries = rows
+        .iter()
+        .map(|r| {
+            let (res, cells) = cells(r);
+            let verdict = match res {
+                "ok" => Verdict::Pass,
+                "skip" => Verdict::Skip,
+                _ => Verdict::Fail,
+            };
+            let text = match &r.result {
+                Err(e) => Some(e.clone()),
+                Ok(o) => {
+                    let lines: Vec<&str> = o
+                        .skipped
+                        .iter()
+                        .chain(&o.notes)
+                        .map(String::as_str)
+                        .collect();
+                    (!lines.is_empty()).then(|| lines.join("\n"))
+                }
+            };
+            let transcript = r.result.is_err().then(|| {
+                r.telemetry
+                    .log_dirs()
+                    .first()
+                    .and_then(|d| std::fs::read_to_string(d.join(TRANSCRIPT_FILE)).ok())
+            });
+            Entry {
+                name: r.name.clone(),
+                verdict,
+                cells: cells.to_vec(),
+                text,
+                transcript: transcript.flatten(),
+                runs: vec![(r.name.clone(), r.telemetry.records())],
+            }
+        })
+        .collect();
+    Report {
+        title: "migtest run".into(),
+        subtitle,
+        columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
+        entries,
+    }
 }

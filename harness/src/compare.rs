@@ -227,6 +227,8 @@ pub struct Side {
     pub result: Result<ScenarioOutcome, String>,
     /// What was recorded.
     pub recording: Recording,
+    /// The run's telemetry (for `--report`).
+    pub telemetry: crate::telemetry::Recorder,
 }
 
 /// Runs `scenario` with `cfg`, recording it.
@@ -236,16 +238,58 @@ pub fn run_side(name: &str, scenario: &str, cfg: &CatalogConfig) -> anyhow::Resu
         .iter()
         .find(|s| s.name == scenario)
         .ok_or_else(|| anyhow::anyhow!("no scenario named '{scenario}' (see `migtest list`)"))?;
+    let telemetry = crate::telemetry::Recorder::new(scenario);
     let (result, recording) = record(|observer| {
         let mut cfg = cfg.clone();
         cfg.observer = Some(observer);
-        s.run(&cfg, no_progress())
+        s.run_recorded(&cfg, no_progress(), &telemetry)
     });
     Ok(Side {
         name: name.to_string(),
         result: result.map_err(|e| format!("{e:#}")),
         recording,
+        telemetry,
     })
+}
+
+/// The `--report` page of a comparison: one entry, both runs on one plot.
+pub fn html_report(scenario: &str, a: &Side, b: &Side) -> crate::report::Report {
+    use crate::report::{Entry, Report, Verdict};
+    let failed = a.result.is_err() || b.result.is_err();
+    let cell = |s: &Side| match &s.result {
+        Ok(o) => o.figures.as_ref().map_or("-".to_string(), |f| {
+            format!(
+                "{} passes, {} ms down, {:.0} MB/s",
+                f.passes,
+                f.downtime_ms.unwrap_or(0),
+                f.throughput_mbs
+            )
+        }),
+        Err(_) => "FAIL".to_string(),
+    };
+    let errors: Vec<String> = [a, b]
+        .iter()
+        .filter_map(|s| s.result.as_ref().err().map(|e| format!("{}: {e}", s.name)))
+        .collect();
+    Report {
+        title: format!("migtest compare {scenario}"),
+        subtitle: "builtin (solid) and QEMU (dashed) on one plot".into(),
+        columns: vec![a.name.clone(), b.name.clone()],
+        entries: vec![Entry {
+            name: scenario.to_string(),
+            verdict: if failed { Verdict::Fail } else { Verdict::Pass },
+            cells: vec![cell(a), cell(b)],
+            text: Some(report(scenario, a, b))
+                .into_iter()
+                .chain(errors)
+                .reduce(|x, y| x + "\n" + &y),
+            transcript: None,
+            runs: vec![
+                (a.name.clone(), a.telemetry.records()),
+                (b.name.clone(), b.telemetry.records()),
+            ],
+        }],
+    }
 }
 
 const COL: usize = 25;

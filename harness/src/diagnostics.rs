@@ -229,6 +229,22 @@ impl Context {
         }
     }
 
+    /// Every registered VM's QMP transcript (as kept: the last
+    /// [`crate::qmp_client::TRANSCRIPT_LINES`] lines), headed by role and pid.
+    pub fn transcripts(&self) -> String {
+        let mut out = String::new();
+        for v in lock(&self.vms).iter() {
+            out.push_str(&format!(
+                "==== [{}] {} pid {}\n",
+                v.role,
+                v.backend,
+                v.process.pid()
+            ));
+            out.push_str(&v.transcript.tail(usize::MAX));
+        }
+        out
+    }
+
     /// Keeps the log directories of all registered VMs.
     pub fn keep_logs(&self) {
         for v in lock(&self.vms).iter() {

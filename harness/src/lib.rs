@@ -25,6 +25,7 @@ pub mod pair;
 pub mod process;
 pub mod qmp_client;
 pub mod replay;
+pub mod report;
 pub mod scenario;
 pub mod telemetry;
 pub mod text;

@@ -57,6 +57,9 @@ enum Command {
         /// Switch on a planted bug in the source migtest-vmm (test builds only).
         #[arg(long = "x-fault", value_name = "NAME", hide = true)]
         faults: Vec<String>,
+        /// Write DIR/index.html: results and telemetry plots (self-contained).
+        #[arg(long, value_name = "DIR")]
+        report: Option<std::path::PathBuf>,
     },
     /// List the catalog's scenarios.
     List,
@@ -74,6 +77,9 @@ enum Command {
         /// the default is small).
         #[arg(long, default_value = "32M", value_parser = parse_size)]
         memory: u64,
+        /// Write DIR/index.html with both runs' curves on one plot.
+        #[arg(long, value_name = "DIR")]
+        report: Option<std::path::PathBuf>,
     },
     /// Run one scenario file, judged by the reference model. Exit 0 pass, 1 fail,
     /// 125 cannot test (for `git bisect run`).
@@ -151,7 +157,13 @@ fn backends(args: &BackendArgs) -> anyhow::Result<(Backend, Backend)> {
     }
 }
 
-fn compare(scenario: &str, qemu: &QemuBinaryArgs, passes: u64, memory: u64) -> anyhow::Result<i32> {
+fn compare(
+    scenario: &str,
+    qemu: &QemuBinaryArgs,
+    passes: u64,
+    memory: u64,
+    report_dir: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
     use migtest::compare::{report, run_side};
     let (qsrc, qdst) = Backend::qemu_pair(qemu)?;
     let cfg = |src: Backend, dst: Backend| {
@@ -179,6 +191,10 @@ fn compare(scenario: &str, qemu: &QemuBinaryArgs, passes: u64, memory: u64) -> a
     let b = run_side("qemu", scenario, &cfg(qsrc, qdst))?;
     println!();
     print!("{}", report(scenario, &a, &b));
+    if let Some(dir) = report_dir {
+        let path = migtest::compare::html_report(scenario, &a, &b).write(dir)?;
+        println!("report: {}", path.display());
+    }
     Ok(i32::from(a.result.is_err() || b.result.is_err()))
 }
 
@@ -216,6 +232,7 @@ fn main() -> ExitCode {
             passes,
             memory,
             faults,
+            report,
         } => match backends(&backend) {
             Ok((src, dst)) => {
                 let mut config = CatalogConfig::new(src);
@@ -223,7 +240,11 @@ fn main() -> ExitCode {
                 config.passes = passes;
                 config.memory = memory;
                 config.src_extra = fault_args(&faults);
-                migtest::cli_run::run(&migtest::cli_run::RunOptions { config, filter })
+                migtest::cli_run::run(&migtest::cli_run::RunOptions {
+                    config,
+                    filter,
+                    report,
+                })
             }
             Err(e) => {
                 eprintln!("migtest: {e:#}");
@@ -241,7 +262,8 @@ fn main() -> ExitCode {
             qemu,
             passes,
             memory,
-        } => match compare(&scenario, &qemu, passes, memory) {
+            report,
+        } => match compare(&scenario, &qemu, passes, memory, report.as_deref()) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("migtest: {e:#}");

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["qmp_client"],
     &["process"],
     &["backend", "telemetry"],
-    &["diagnostics"],
+    &["diagnostics", "report"],
     &["vm"],
     &["pair"],
     &["scenario"],

@@ -54,6 +54,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// File name of a scenario's telemetry in its kept log directory.
 pub const FILE_NAME: &str = "telemetry.jsonl";
 
+/// File name of a failing catalog scenario's QMP transcripts, next to
+/// [`FILE_NAME`].
+pub const TRANSCRIPT_FILE: &str = "qmp-transcript.txt";
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
