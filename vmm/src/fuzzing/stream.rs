@@ -331,6 +331,8 @@ enum Rec {
     Pass(u64),
     Zero(u64),
     Page(u64, Box<[u8; PAGE_SIZE]>),
+    /// A PAGES record: the next `n` records are its entries.
+    Batch(usize),
 }
 
 /// A sink keeping every record (bounded by the input: each page record
@@ -346,7 +348,7 @@ impl Recorder {
         self.records
             .iter()
             .filter_map(|r| match r {
-                Rec::Pass(_) => None,
+                Rec::Pass(_) | Rec::Batch(_) => None,
                 Rec::Zero(p) => Some((*p, None)),
                 Rec::Page(p, data) => Some((*p, Some(xxh3_64(&data[..])))),
             })
@@ -366,6 +368,9 @@ impl StreamSink for Recorder {
         self.records.push(Rec::Page(page, Box::new(*data)));
         Ok(())
     }
+    fn batch(&mut self, entries: usize) {
+        self.records.push(Rec::Batch(entries));
+    }
 }
 
 /// The canonical encoding of a decoded stream, written by the source's
@@ -375,17 +380,42 @@ fn reencode(sum: &LoadSummary, records: &[Rec]) -> Vec<u8> {
     let mut w = StreamWriter::new(Vec::new());
     let io = "writing to a Vec";
     w.header(&header).expect(io);
-    for r in records {
+    let mut rest = records;
+    while let Some((r, tail)) = rest.split_first() {
+        rest = tail;
         match r {
             Rec::Pass(n) => w.pass(*n),
             Rec::Zero(p) => w.zero_page(*p),
             Rec::Page(p, data) => w.page(*p, data),
+            Rec::Batch(n) => {
+                let (batch, tail) = rest.split_at((*n).min(rest.len()));
+                rest = tail;
+                let (entries, data) = batch_parts(batch);
+                w.pages(&entries, &data)
+            }
         }
         .expect(io);
     }
     w.device_state(&sum.device_state).expect(io);
     w.end().expect(io);
     w.into_inner()
+}
+
+/// The entries and full-page data of a PAGES record's recorded pages.
+fn batch_parts(batch: &[Rec]) -> (Vec<u64>, Vec<u8>) {
+    let mut entries = Vec::with_capacity(batch.len());
+    let mut data = Vec::new();
+    for r in batch {
+        match r {
+            Rec::Zero(p) => entries.push(p | stream::ZERO_ENTRY),
+            Rec::Page(p, d) => {
+                entries.push(*p);
+                data.extend_from_slice(&d[..]);
+            }
+            Rec::Pass(_) | Rec::Batch(_) => unreachable!("a PAGES record holds only pages"),
+        }
+    }
+    (entries, data)
 }
 
 /// The destination's RAM with a log of every page write the loader makes.

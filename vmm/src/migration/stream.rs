@@ -892,6 +892,9 @@ pub trait StreamSink {
     fn zero_page(&mut self, page: u64) -> Result<(), String>;
     /// A full page (index already range-checked).
     fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String>;
+    /// The start of a PAGES record of `entries` entries, whose pages follow
+    /// one by one through [`StreamSink::zero_page`] and [`StreamSink::page`].
+    fn batch(&mut self, _entries: usize) {}
 }
 
 /// Counters of a loaded stream.
@@ -948,6 +951,7 @@ pub fn load<R: Read>(
             }
             Record::Pages(_) => {
                 let (entries, data) = rd.batch();
+                sink.batch(entries.len());
                 let mut pages = data.chunks_exact(PAGE_SIZE);
                 for &e in entries {
                     let p = e & !ZERO_ENTRY;
