@@ -637,33 +637,9 @@ impl QmpClient {
     /// The next reply that did not answer one of [`QmpClient::execute`]'s
     /// commands (no id, or an id not issued by this client), as JSON.
     pub fn read_reply_raw(&self, timeout: Duration) -> Result<Value, QmpError> {
-        let deadline = Instant::now() + timeout;
         let what = || format!("a reply to raw input from {}", self.inner.label);
-        let mut st = lock(&self.inner.state);
-        loop {
-            if let Some(r) = st.raw.pop_front() {
-                return r.map_err(QmpError::Protocol);
-            }
-            if let Some(reason) = &st.disconnected {
-                return Err(QmpError::Disconnected {
-                    command: what(),
-                    reason: reason.clone(),
-                });
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(QmpError::Timeout {
-                    command: what(),
-                    after: timeout,
-                });
-            }
-            st = self
-                .inner
-                .cond
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_for(&what, timeout, |st| st.raw.pop_front())?
+            .map_err(QmpError::Protocol)
     }
 
     /// Waits for (and consumes) the first queued event named `name` that
@@ -674,17 +650,37 @@ impl QmpClient {
         pred: impl Fn(&Event) -> bool,
         timeout: Duration,
     ) -> Result<Event, QmpError> {
-        let deadline = Instant::now() + timeout;
         let what = || format!("event {name} from {}", self.inner.label);
-        let mut st = lock(&self.inner.state);
-        loop {
-            if let Some(pos) = st
+        self.wait_for(&what, timeout, |st| {
+            let pos = st
                 .events
                 .iter()
-                .position(|r| r.event.event == name && pred(&r.event))
-            {
-                let r = st.events.remove(pos).expect("position is valid");
-                return Ok(r.event);
+                .position(|r| r.event.event == name && pred(&r.event))?;
+            st.events.remove(pos).map(|r| r.event)
+        })
+    }
+
+    /// Waits up to `timeout` for the next queued event of any name and
+    /// consumes it (`None` on timeout or once disconnected).
+    pub fn next_event(&self, timeout: Duration) -> Option<ReceivedEvent> {
+        let what = || format!("the next event from {}", self.inner.label);
+        self.wait_for(&what, timeout, |st| st.events.pop_front())
+            .ok()
+    }
+
+    /// Waits until `take` finds what it wants in the received state, the
+    /// connection is gone or `timeout` passes; `what` names what was awaited.
+    fn wait_for<T>(
+        &self,
+        what: &dyn Fn() -> String,
+        timeout: Duration,
+        mut take: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<T, QmpError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.inner.state);
+        loop {
+            if let Some(found) = take(&mut st) {
+                return Ok(found);
             }
             if let Some(reason) = &st.disconnected {
                 return Err(QmpError::Disconnected {
@@ -698,28 +694,6 @@ impl QmpClient {
                     command: what(),
                     after: timeout,
                 });
-            }
-            st = self
-                .inner
-                .cond
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// Waits up to `timeout` for the next queued event of any name and
-    /// consumes it (`None` on timeout or once disconnected).
-    pub fn next_event(&self, timeout: Duration) -> Option<ReceivedEvent> {
-        let deadline = Instant::now() + timeout;
-        let mut st = lock(&self.inner.state);
-        loop {
-            if let Some(r) = st.events.pop_front() {
-                return Some(r);
-            }
-            let now = Instant::now();
-            if st.disconnected.is_some() || now >= deadline {
-                return None;
             }
             st = self
                 .inner
