@@ -1,0 +1,108 @@
+//! Stop-and-copy: the last dirty pages, the device state, `completed`.
+
+use super::*;
+
+impl Engine<'_> {
+    /// Stops the guest and sends everything that remains.
+    pub(super) fn complete(&mut self) -> Result<(), Abort> {
+        // QEMU's global_state_store(): the destination restores this.
+        self.runstate_before_stop = self.host.runstate();
+        self.vm_was_running = self.runstate_before_stop == RunState::Running;
+        self.stopped_vm = true;
+        self.host.vm_stop(RunState::FinishMigrate);
+        self.stop_time = Some(Instant::now());
+        let precopy = self.w.written();
+        if self.cancelled() {
+            return Err(Abort::Cancelled);
+        }
+        let mut state = MigrationStatus::Active;
+        if lock(&self.shared.caps).pause_before_switchover() {
+            if !self.out.set_status(
+                self.shared,
+                self.host,
+                MigrationStatus::Active,
+                MigrationStatus::PreSwitchover,
+            ) {
+                return Err(Abort::Cancelled);
+            }
+            self.w.flush().map_err(write_err)?;
+            self.out.pause_sem.wait();
+            if !self.out.set_status(
+                self.shared,
+                self.host,
+                MigrationStatus::PreSwitchover,
+                MigrationStatus::Device,
+            ) {
+                return Err(Abort::Cancelled);
+            }
+            state = MigrationStatus::Device;
+        }
+        self.final_pass()?;
+        let dev = self
+            .host
+            .save_device_state()
+            .map_err(|m| Abort::Failed(format!("cannot save device state: {m}")))?;
+        let bytes = DeviceRecord {
+            runstate: self.runstate_before_stop,
+            devices: dev,
+        }
+        .encode()
+        .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
+        self.w.device_state(&bytes).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidInput {
+                Abort::Failed(e.to_string())
+            } else {
+                write_err(e)
+            }
+        })?;
+        self.w.end().map_err(write_err)?;
+        let conn = self.w.get_mut().get_mut();
+        conn.shutdown_write();
+        // As QEMU, `downtime` runs from the stop until the destination is
+        // ready: it closes the channel once it has loaded the device state
+        // and started (or paused) the guest.
+        conn.wait_peer_close(READY_TIMEOUT);
+        let downtime = self.stop_time.map(|t| ms(t.elapsed())).unwrap_or(0);
+        {
+            let mut i = lock(&self.out.info);
+            i.downtime = Some(downtime);
+            i.stats.transferred = self.w.written();
+            i.stats.precopy_bytes = precopy;
+            i.stats.downtime_bytes = self.w.written() - precopy;
+            i.stats.remaining = 0;
+            // As QEMU at completion: throughput over the whole transfer.
+            let transfer_ms =
+                i.start.elapsed().as_secs_f64() * 1000.0 - i.setup_time.unwrap_or(0) as f64;
+            if transfer_ms > 0.0 {
+                i.stats.mbps = self.w.written() as f64 * 8.0 / transfer_ms / 1000.0;
+            }
+        }
+        if !self
+            .out
+            .set_status(self.shared, self.host, state, MigrationStatus::Completed)
+        {
+            return Err(Abort::Cancelled);
+        }
+        self.host.set_runstate(RunState::Postmigrate);
+        Ok(())
+    }
+
+    /// The last sync and all remaining pages, without rate limit: only
+    /// what is dirty is sent.
+    pub(super) fn final_pass(&mut self) -> Result<(), Abort> {
+        if !faults::on(Fault::SkipLastDirtyPass) {
+            self.sync_dirty()?;
+        }
+        while self.pending_pages > 0 {
+            if self.cancelled() {
+                return Err(Abort::Cancelled);
+            }
+            while !self.batch.is_full() {
+                let Some(page) = self.next_dirty() else { break };
+                self.add_page(page)?;
+            }
+            self.emit_batch()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! Pages onto the wire: the PAGES batch, the rate limit and the bandwidth window.
+
+use super::*;
+
+/// The PAGES record being built: entries and the copied full pages.
+pub(super) struct Batch {
+    entries: Vec<u64>,
+    data: Vec<u8>,
+    full: usize,
+}
+
+impl Batch {
+    pub(super) fn new() -> Batch {
+        Batch {
+            entries: Vec::with_capacity(BATCH_ENTRIES),
+            data: vec![0; BATCH_DATA_PAGES * PAGE_SIZE],
+            full: 0,
+        }
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.full == BATCH_DATA_PAGES || self.entries.len() == BATCH_ENTRIES
+    }
+
+    /// Bytes the record will take on the wire.
+    pub(super) fn wire_len(&self) -> u64 {
+        (5 + self.entries.len() * 9 + self.full * PAGE_SIZE) as u64
+    }
+
+    /// The slot the next full page is copied into.
+    pub(super) fn slot(&mut self) -> &mut [u8; PAGE_SIZE] {
+        let s = self.full * PAGE_SIZE;
+        (&mut self.data[s..s + PAGE_SIZE])
+            .try_into()
+            .expect("slot is one page")
+    }
+}
+
+impl Engine<'_> {
+    /// Takes the next page from the migration bitmap.
+    pub(super) fn next_dirty(&mut self) -> Option<u64> {
+        if self.pending_pages == 0 {
+            return None;
+        }
+        let n = self.bitmap.len();
+        for k in 0..n {
+            let w = (self.scan_word + k) % n;
+            let bits = self.bitmap[w];
+            if bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                self.bitmap[w] &= !(1u64 << b);
+                self.scan_word = w;
+                self.pending_pages -= 1;
+                return Some(w as u64 * 64 + b);
+            }
+        }
+        self.pending_pages = 0;
+        None
+    }
+
+    /// Adds `page` to the batch: a zero entry, or its copy in the next slot.
+    pub(super) fn add_page(&mut self, page: u64) -> Result<(), Abort> {
+        let slot = self.batch.slot();
+        let nonzero = self
+            .ram
+            .copy_page_nonzero(page, slot)
+            .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
+        if faults::on(Fault::SkipOneDirtyPage) && self.skip_planted_page(page)? {
+            return Ok(());
+        }
+        if nonzero {
+            self.batch.entries.push(page);
+            self.batch.full += 1;
+        } else {
+            self.batch.entries.push(page | ZERO_ENTRY);
+        }
+        Ok(())
+    }
+
+    /// Writes the batch as one PAGES record (one vectored write) and counts it.
+    pub(super) fn emit_batch(&mut self) -> Result<(), Abort> {
+        if self.batch.entries.is_empty() {
+            return Ok(());
+        }
+        let full = self.batch.full;
+        let zero = self.batch.entries.len() - full;
+        self.w
+            .pages(&self.batch.entries, &self.batch.data[..full * PAGE_SIZE])
+            .map_err(write_err)?;
+        self.window_pages += self.batch.entries.len() as u64;
+        self.batch.entries.clear();
+        self.batch.full = 0;
+        let mut i = lock(&self.out.info);
+        i.stats.duplicate += zero as u64;
+        i.stats.normal += full as u64;
+        i.stats.normal_bytes += (full * PAGE_SIZE) as u64;
+        Ok(())
+    }
+
+    /// Planted bug `SkipOneDirtyPage`: in the stop-and-copy pass (guest stopped), drops the
+    /// first page whose destination copy is stale, so the loss always shows. The page has
+    /// just been copied into the batch's next slot.
+    pub(super) fn skip_planted_page(&mut self, page: u64) -> Result<bool, Abort> {
+        let digest = page_digest(self.batch.slot());
+        if self.stopped_vm && self.skipped_page.is_none() && self.sent_digest(page) != digest {
+            self.skipped_page = Some(page);
+            return Ok(true);
+        }
+        self.sent_digest(page);
+        self.sent_digest[page as usize] = digest;
+        Ok(false)
+    }
+
+    /// `SkipOneDirtyPage`: the digest of what the destination holds of `page`.
+    pub(super) fn sent_digest(&mut self, page: u64) -> u64 {
+        if self.sent_digest.is_empty() {
+            // A page never sent is zero on the destination.
+            let zero = page_digest(&[0u8; PAGE_SIZE]);
+            self.sent_digest = vec![zero; self.page_count as usize];
+        }
+        self.sent_digest[page as usize]
+    }
+
+    /// Bytes that may be written now under `max-bandwidth` (None =
+    /// unlimited): a token bucket filling at the cap, holding at most one
+    /// [`WINDOW`]'s worth (QEMU's per-window budget) so an idle spell does
+    /// not turn into a burst.
+    pub(super) fn budget(&mut self) -> Option<u64> {
+        let bw = self.shared.params().max_bandwidth;
+        if bw == 0 {
+            return None;
+        }
+        let written = self.w.written();
+        let burst = (bw / 10).max(PAGE_SIZE as u64);
+        if bw != self.bucket_rate {
+            self.bucket_rate = bw;
+            self.bucket_start = Instant::now();
+            self.bucket_bytes_start = written;
+        }
+        let earned = (self.bucket_start.elapsed().as_secs_f64() * bw as f64) as u64;
+        let spent = written - self.bucket_bytes_start;
+        let credit = (earned + burst).saturating_sub(spent);
+        if credit > burst {
+            // Forget credit beyond one burst: restart the bucket full.
+            self.bucket_start = Instant::now();
+            self.bucket_bytes_start = written;
+            return Some(burst);
+        }
+        Some(credit)
+    }
+
+    /// Sends one batch (up to 1 MiB of pages) within the rate limit; when
+    /// the budget is spent, flushes and sleeps until a page's worth is earned.
+    pub(super) fn send_batch(&mut self) -> Result<(), Abort> {
+        let budget = self.budget();
+        if let Some(credit) = budget {
+            if credit < PAGE_SIZE as u64 + 16 {
+                self.w.flush().map_err(write_err)?;
+                let need = (PAGE_SIZE as u64 + 16 - credit) as f64;
+                let wait = Duration::from_secs_f64(need / self.bucket_rate.max(1) as f64);
+                std::thread::sleep(
+                    wait.clamp(Duration::from_micros(200), Duration::from_millis(10)),
+                );
+                return Ok(());
+            }
+        }
+        while !self.batch.is_full() {
+            if budget.is_some_and(|c| self.batch.wire_len() + PAGE_SIZE as u64 + 9 > c) {
+                break;
+            }
+            let Some(page) = self.next_dirty() else { break };
+            self.add_page(page)?;
+        }
+        self.emit_batch()?;
+        let mut i = lock(&self.out.info);
+        i.stats.transferred = self.w.written();
+        i.stats.precopy_bytes = self.w.written();
+        i.stats.remaining = self.pending_bytes();
+        Ok(())
+    }
+
+    /// QEMU's `migration_update_counters`, once per window.
+    pub(super) fn update_window(&mut self) {
+        let el = self.window_start.elapsed();
+        if el < WINDOW {
+            return;
+        }
+        let el_ms = el.as_secs_f64() * 1000.0;
+        let bytes = self.w.written() - self.window_bytes_start;
+        if bytes > 0 {
+            self.bandwidth = bytes as f64 / el_ms;
+        }
+        let p = self.shared.params();
+        self.threshold = switchover::threshold(
+            self.bandwidth,
+            p.downtime_limit,
+            p.avail_switchover_bandwidth,
+        );
+        {
+            let mut i = lock(&self.out.info);
+            i.stats.mbps = bytes as f64 * 8.0 / el_ms / 1000.0;
+            i.stats.pages_per_second = (self.window_pages as f64 * 1000.0 / el_ms) as u64;
+            i.expected_downtime = if self.bandwidth > 0.0 {
+                (self.pending_bytes() as f64 / self.bandwidth) as u64
+            } else {
+                0
+            };
+            i.stats.transferred = self.w.written();
+            i.stats.remaining = self.pending_bytes();
+        }
+        self.window_start = Instant::now();
+        self.window_bytes_start = self.w.written();
+        self.window_pages = 0;
+    }
+}
+
+/// FNV-1a of a page (planted bug `SkipOneDirtyPage` only).
+fn page_digest(page: &[u8; PAGE_SIZE]) -> u64 {
+    page.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}

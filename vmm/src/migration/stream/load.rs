@@ -1,0 +1,137 @@
+//! Loading a whole stream into a [`StreamSink`].
+
+use super::*;
+use std::io::Read;
+
+/// Where a validated stream's contents go.
+pub trait StreamSink {
+    /// A pass marker.
+    fn pass(&mut self, _n: u64) {}
+    /// A zero page (index already range-checked).
+    fn zero_page(&mut self, page: u64) -> Result<(), String>;
+    /// A full page (index already range-checked).
+    fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String>;
+    /// The start of a PAGES record of `entries` entries, whose pages follow
+    /// one by one through [`StreamSink::zero_page`] and [`StreamSink::page`].
+    fn batch(&mut self, _entries: usize) {}
+}
+
+/// Counters of a loaded stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadSummary {
+    /// The header.
+    pub header: Option<Header>,
+    /// Pass markers seen.
+    pub passes: u64,
+    /// Zero-page records.
+    pub zero_pages: u64,
+    /// Full-page records.
+    pub pages: u64,
+    /// Device record JSON (a valid [`DeviceRecord`], not yet loaded).
+    pub device_state: Vec<u8>,
+    /// Offset of the device state record.
+    pub device_state_offset: u64,
+    /// Total stream length.
+    pub bytes: u64,
+}
+
+/// Reads a whole stream into `sink`, validating every field, and checks for
+/// EOF after the end record. The device state is returned, not applied, so
+/// the caller can load it only once the stream has been fully verified.
+pub fn load<R: Read>(
+    r: R,
+    expect: Expect,
+    sink: &mut dyn StreamSink,
+) -> Result<LoadSummary, StreamError> {
+    let mut rd = StreamReader::new(r, expect);
+    let mut sum = LoadSummary::default();
+    let h = rd.header()?;
+    sum.header = Some(h);
+    loop {
+        let at = rd.offset();
+        match rd.next_record()? {
+            Record::Pass(n) => {
+                sum.passes += 1;
+                sink.pass(n);
+            }
+            Record::ZeroPage(p) => {
+                sink.zero_page(p).map_err(|reason| StreamError {
+                    offset: at,
+                    kind: StreamErrorKind::Load { page: p, reason },
+                })?;
+                sum.zero_pages += 1;
+            }
+            Record::Page(p, data) => {
+                sink.page(p, &data).map_err(|reason| StreamError {
+                    offset: at,
+                    kind: StreamErrorKind::Load { page: p, reason },
+                })?;
+                sum.pages += 1;
+            }
+            Record::Pages(_) => {
+                let (entries, data) = rd.batch();
+                sink.batch(entries.len());
+                let mut pages = data.chunks_exact(PAGE_SIZE);
+                for &e in entries {
+                    let p = e & !ZERO_ENTRY;
+                    let loaded = if e & ZERO_ENTRY != 0 {
+                        sum.zero_pages += 1;
+                        sink.zero_page(p)
+                    } else {
+                        sum.pages += 1;
+                        match pages.next().and_then(|d| d.try_into().ok()) {
+                            Some(d) => sink.page(p, d),
+                            None => Err("page batch data missing".to_string()),
+                        }
+                    };
+                    loaded.map_err(|reason| StreamError {
+                        offset: at,
+                        kind: StreamErrorKind::Load { page: p, reason },
+                    })?;
+                }
+            }
+            Record::DeviceState(json) => {
+                sum.device_state = json;
+                sum.device_state_offset = at;
+            }
+            Record::End(_) => break,
+        }
+    }
+    rd.finish()?;
+    sum.bytes = rd.offset();
+    Ok(sum)
+}
+
+/// A sink that discards everything (pure validation).
+pub struct NullSink;
+
+impl StreamSink for NullSink {
+    fn zero_page(&mut self, _page: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn page(&mut self, _page: u64, _data: &[u8; PAGE_SIZE]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A sink into a flat in-memory image (tests, tools).
+pub struct VecSink<'a>(pub &'a mut [u8]);
+
+impl StreamSink for VecSink<'_> {
+    fn zero_page(&mut self, page: u64) -> Result<(), String> {
+        let s = page as usize * PAGE_SIZE;
+        self.0
+            .get_mut(s..s + PAGE_SIZE)
+            .ok_or_else(|| "page beyond image".to_string())?
+            .fill(0);
+        Ok(())
+    }
+    fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
+        let s = page as usize * PAGE_SIZE;
+        self.0
+            .get_mut(s..s + PAGE_SIZE)
+            .ok_or_else(|| "page beyond image".to_string())?
+            .copy_from_slice(data);
+        Ok(())
+    }
+}

@@ -1,0 +1,401 @@
+//! The validating decoder: [`StreamReader`].
+
+use super::*;
+use std::io::{self, Read};
+use xxhash_rust::xxh3::Xxh3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Header read, no pass marker yet.
+    BeforeFirstPass,
+    /// Pages allowed.
+    Ram,
+    /// Device state seen, only END allowed.
+    AfterDevice,
+    /// END seen, only EOF allowed.
+    Ended,
+}
+
+/// Reads and validates a stream record by record.
+pub struct StreamReader<R: Read> {
+    inner: R,
+    hasher: Xxh3,
+    offset: u64,
+    expect: Expect,
+    phase: Phase,
+    last_pass: u64,
+    /// The last PAGES record: entries, then the full pages' data.
+    batch_entries: Vec<u64>,
+    batch_data: Vec<u8>,
+}
+
+impl<R: Read> StreamReader<R> {
+    /// A reader for a stream that must match `expect`.
+    pub fn new(inner: R, expect: Expect) -> StreamReader<R> {
+        StreamReader {
+            inner,
+            hasher: Xxh3::new(),
+            offset: 0,
+            expect,
+            phase: Phase::BeforeFirstPass,
+            last_pass: 0,
+            batch_entries: Vec::new(),
+            batch_data: Vec::new(),
+        }
+    }
+
+    /// The entries and full-page data of the last [`Record::Pages`]: entry
+    /// `k` without [`ZERO_ENTRY`] owns the next 4096 bytes of data.
+    pub fn batch(&self) -> (&[u64], &[u8]) {
+        (&self.batch_entries, &self.batch_data)
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn err(&self, offset: u64, kind: StreamErrorKind) -> StreamError {
+        StreamError { offset, kind }
+    }
+
+    /// Fills `buf` or fails with `Truncated { what }` at the field's offset.
+    fn fill(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), StreamError> {
+        let start = self.offset;
+        let mut got = 0;
+        while got < buf.len() {
+            match self.inner.read(&mut buf[got..]) {
+                Ok(0) => return Err(self.err(start, StreamErrorKind::Truncated { what })),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(self.err(
+                        start,
+                        StreamErrorKind::Io {
+                            what,
+                            reason: os_error_text(&e),
+                        },
+                    ))
+                }
+            }
+        }
+        self.hasher.update(buf);
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    fn u64_field(&mut self, what: &'static str) -> Result<u64, StreamError> {
+        let mut b = [0u8; 8];
+        self.fill(&mut b, what)?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    /// Reads and checks the header.
+    pub fn header(&mut self) -> Result<Header, StreamError> {
+        let mut b = [0u8; HEADER_LEN];
+        self.fill(&mut b[..8], "header magic")?;
+        if b[..8] != MAGIC {
+            let found = b[..8].escape_ascii().to_string();
+            return Err(self.err(
+                0,
+                StreamErrorKind::BadMagic {
+                    found: format!("\"{found}\""),
+                },
+            ));
+        }
+        self.fill(&mut b[8..HEADER_LEN], "header")?;
+        let be32 = |r: std::ops::Range<usize>| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[r]);
+            u32::from_be_bytes(a)
+        };
+        let be64 = |r: std::ops::Range<usize>| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[r]);
+            u64::from_be_bytes(a)
+        };
+        let h = Header {
+            version: be32(8..12),
+            page_size: be32(12..16),
+            ram_size: be64(16..24),
+            vcpus: be32(24..28),
+            image_id: be64(32..40),
+        };
+        let reserved = be32(28..32);
+        if h.version != VERSION {
+            return Err(self.err(
+                8,
+                StreamErrorKind::UnsupportedVersion {
+                    found: h.version,
+                    supported: VERSION,
+                },
+            ));
+        }
+        if h.page_size != PAGE_SIZE as u32 {
+            return Err(self.err(
+                12,
+                StreamErrorKind::PageSize {
+                    found: h.page_size,
+                    expected: PAGE_SIZE as u32,
+                },
+            ));
+        }
+        if h.ram_size != self.expect.ram_size {
+            return Err(self.err(
+                16,
+                StreamErrorKind::RamSize {
+                    stream: h.ram_size,
+                    local: self.expect.ram_size,
+                },
+            ));
+        }
+        if self.expect.vcpus != 0 && h.vcpus != self.expect.vcpus {
+            return Err(self.err(
+                24,
+                StreamErrorKind::Vcpus {
+                    stream: h.vcpus,
+                    local: self.expect.vcpus,
+                },
+            ));
+        }
+        if reserved != 0 {
+            return Err(self.err(28, StreamErrorKind::Reserved { found: reserved }));
+        }
+        if self.expect.image_id != 0 && h.image_id != self.expect.image_id {
+            return Err(self.err(
+                32,
+                StreamErrorKind::Image {
+                    stream: h.image_id,
+                    local: self.expect.image_id,
+                },
+            ));
+        }
+        Ok(h)
+    }
+
+    fn out_of_order(&self, at: u64, record: &'static str, why: &'static str) -> StreamError {
+        self.err(at, StreamErrorKind::OutOfOrder { record, why })
+    }
+
+    fn page_index(&mut self) -> Result<u64, StreamError> {
+        let at = self.offset;
+        let page = self.u64_field("page index")?;
+        let pages = self.expect.pages();
+        if page >= pages {
+            return Err(self.err(at, StreamErrorKind::PageOutOfRange { page, pages }));
+        }
+        Ok(page)
+    }
+
+    /// The body of a PAGES record; every entry checked before the data is read.
+    fn read_batch(&mut self) -> Result<u32, StreamError> {
+        let count_at = self.offset;
+        let mut c = [0u8; 4];
+        self.fill(&mut c, "page batch count")?;
+        let count = u32::from_be_bytes(c);
+        if count == 0 || count > MAX_BATCH_ENTRIES {
+            return Err(self.err(
+                count_at,
+                StreamErrorKind::BatchCount {
+                    count,
+                    max: MAX_BATCH_ENTRIES,
+                },
+            ));
+        }
+        // Bounded by MAX_BATCH_ENTRIES above.
+        let mut raw = std::mem::take(&mut self.batch_data);
+        raw.resize(count as usize * 8, 0);
+        let entries_at = self.offset;
+        let filled = self.fill(&mut raw, "page batch entries");
+        self.batch_data = raw;
+        filled?;
+        self.batch_entries.clear();
+        let pages = self.expect.pages();
+        let mut full = 0u32;
+        for (k, e) in self.batch_data.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(e);
+            let entry = u64::from_be_bytes(b);
+            let page = entry & !ZERO_ENTRY;
+            if page >= pages {
+                let at = entries_at + k as u64 * 8;
+                return Err(self.err(at, StreamErrorKind::PageOutOfRange { page, pages }));
+            }
+            if entry & ZERO_ENTRY == 0 {
+                full += 1;
+            }
+            self.batch_entries.push(entry);
+        }
+        if full > MAX_BATCH_DATA_PAGES {
+            return Err(self.err(
+                count_at,
+                StreamErrorKind::BatchData {
+                    pages: full,
+                    max: MAX_BATCH_DATA_PAGES,
+                },
+            ));
+        }
+        // Bounded by MAX_BATCH_DATA_PAGES above.
+        let mut data = std::mem::take(&mut self.batch_data);
+        data.resize(full as usize * PAGE_SIZE, 0);
+        let filled = self.fill(&mut data, "page batch data");
+        self.batch_data = data;
+        filled?;
+        Ok(count)
+    }
+
+    /// Checks that a page record may appear now.
+    fn page_allowed(&self, at: u64, record: &'static str) -> Result<(), StreamError> {
+        match self.phase {
+            Phase::BeforeFirstPass => {
+                Err(self.out_of_order(at, record, "before the first pass marker"))
+            }
+            Phase::Ram => Ok(()),
+            Phase::AfterDevice => Err(self.out_of_order(at, record, "after the device state")),
+            Phase::Ended => Err(self.err(at, StreamErrorKind::TrailingData)),
+        }
+    }
+
+    /// Reads the next record (the header must have been read). After
+    /// `Record::End` call [`StreamReader::finish`].
+    pub fn next_record(&mut self) -> Result<Record, StreamError> {
+        let at = self.offset;
+        let mut t = [0u8; 1];
+        let what = match self.phase {
+            Phase::BeforeFirstPass => "first record (expected a pass marker)",
+            Phase::Ram => "record type (expected a page, pass marker or device state)",
+            Phase::AfterDevice => "record type (expected the end record)",
+            Phase::Ended => "record type",
+        };
+        // The END tag is not part of the digest: remember it before reading.
+        let digest_before = self.hasher.digest();
+        self.fill(&mut t, what)?;
+        match t[0] {
+            tag::PASS => {
+                match self.phase {
+                    Phase::BeforeFirstPass | Phase::Ram => {}
+                    Phase::AfterDevice => {
+                        return Err(self.out_of_order(at, "pass marker", "after the device state"))
+                    }
+                    Phase::Ended => return Err(self.err(at, StreamErrorKind::TrailingData)),
+                }
+                let n = self.u64_field("pass marker")?;
+                if n <= self.last_pass {
+                    return Err(self.err(
+                        at + 1,
+                        StreamErrorKind::PassNotIncreasing {
+                            found: n,
+                            previous: self.last_pass,
+                        },
+                    ));
+                }
+                self.last_pass = n;
+                self.phase = Phase::Ram;
+                Ok(Record::Pass(n))
+            }
+            tag::ZERO => {
+                self.page_allowed(at, "zero page")?;
+                let page = self.page_index()?;
+                Ok(Record::ZeroPage(page))
+            }
+            tag::PAGE => {
+                self.page_allowed(at, "page")?;
+                let page = self.page_index()?;
+                let mut data = Box::new([0u8; PAGE_SIZE]);
+                self.fill(&mut data[..], "page data")?;
+                Ok(Record::Page(page, data))
+            }
+            tag::PAGES => {
+                self.page_allowed(at, "page batch")?;
+                self.read_batch().map(Record::Pages)
+            }
+            tag::DEVICE => {
+                match self.phase {
+                    Phase::BeforeFirstPass => {
+                        return Err(self.out_of_order(
+                            at,
+                            "device state",
+                            "before the first pass marker",
+                        ))
+                    }
+                    Phase::Ram => {}
+                    Phase::AfterDevice => {
+                        return Err(self.out_of_order(at, "device state", "appears a second time"))
+                    }
+                    Phase::Ended => return Err(self.err(at, StreamErrorKind::TrailingData)),
+                }
+                let mut l = [0u8; 4];
+                let len_at = self.offset;
+                self.fill(&mut l, "device state length")?;
+                let len = u32::from_be_bytes(l);
+                if len == 0 {
+                    return Err(self.err(len_at, StreamErrorKind::DeviceStateEmpty));
+                }
+                if len > MAX_DEVICE_STATE {
+                    return Err(self.err(
+                        len_at,
+                        StreamErrorKind::DeviceStateTooLarge {
+                            len,
+                            max: MAX_DEVICE_STATE,
+                        },
+                    ));
+                }
+                // Bounded by MAX_DEVICE_STATE above.
+                let mut json = vec![0u8; len as usize];
+                let json_at = self.offset;
+                self.fill(&mut json, "device state")?;
+                if let Err(reason) = DeviceRecord::decode(&json) {
+                    return Err(self.err(json_at, StreamErrorKind::DeviceStateInvalid { reason }));
+                }
+                self.phase = Phase::AfterDevice;
+                Ok(Record::DeviceState(json))
+            }
+            tag::END => {
+                match self.phase {
+                    Phase::AfterDevice => {}
+                    Phase::Ended => return Err(self.err(at, StreamErrorKind::TrailingData)),
+                    _ => return Err(self.out_of_order(at, "end", "before the device state")),
+                }
+                let d = self.u64_field("end record")?;
+                if d != digest_before {
+                    return Err(self.err(
+                        at,
+                        StreamErrorKind::Digest {
+                            stream: d,
+                            computed: digest_before,
+                        },
+                    ));
+                }
+                self.phase = Phase::Ended;
+                Ok(Record::End(d))
+            }
+            other => {
+                if self.phase == Phase::Ended {
+                    return Err(self.err(at, StreamErrorKind::TrailingData));
+                }
+                Err(self.err(at, StreamErrorKind::UnknownRecord { tag: other }))
+            }
+        }
+    }
+
+    /// After the end record: the stream must be at EOF.
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.inner.read(&mut b) {
+                Ok(0) => return Ok(()),
+                Ok(_) => return Err(self.err(self.offset, StreamErrorKind::TrailingData)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(self.err(
+                        self.offset,
+                        StreamErrorKind::Io {
+                            what: "end of stream",
+                            reason: os_error_text(&e),
+                        },
+                    ))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The encoder: [`StreamWriter`].
+
+use super::{tag, Header, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES, MAX_DEVICE_STATE, PAGE_SIZE};
+use std::io::{self, IoSlice, Write};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Writes a stream, counting bytes and hashing them for the end record.
+pub struct StreamWriter<W: Write> {
+    inner: W,
+    hasher: Xxh3,
+    written: u64,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// Wraps a writer (buffer it yourself).
+    pub fn new(inner: W) -> StreamWriter<W> {
+        StreamWriter {
+            inner,
+            hasher: Xxh3::new(),
+            written: 0,
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.inner.write_all(b)?;
+        self.hasher.update(b);
+        self.written += b.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The header.
+    pub fn header(&mut self, h: &Header) -> io::Result<()> {
+        self.put(&h.to_bytes())
+    }
+
+    /// A pass marker.
+    pub fn pass(&mut self, n: u64) -> io::Result<()> {
+        let mut b = [0u8; 9];
+        b[0] = tag::PASS;
+        b[1..].copy_from_slice(&n.to_be_bytes());
+        self.put(&b)
+    }
+
+    /// A zero page.
+    pub fn zero_page(&mut self, page: u64) -> io::Result<()> {
+        let mut b = [0u8; 9];
+        b[0] = tag::ZERO;
+        b[1..].copy_from_slice(&page.to_be_bytes());
+        self.put(&b)
+    }
+
+    /// A full page.
+    pub fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> io::Result<()> {
+        let mut b = [0u8; 9];
+        b[0] = tag::PAGE;
+        b[1..].copy_from_slice(&page.to_be_bytes());
+        self.put(&b)?;
+        self.put(data)
+    }
+
+    /// A PAGES record: `entries` (page indices, [`ZERO_ENTRY`] set for zero
+    /// pages) and the data of the full pages in entry order, written with
+    /// vectored I/O straight from `data`. The caller keeps within
+    /// [`MAX_BATCH_ENTRIES`] and [`MAX_BATCH_DATA_PAGES`].
+    pub fn pages(&mut self, entries: &[u64], data: &[u8]) -> io::Result<()> {
+        debug_assert!(!entries.is_empty() && entries.len() <= MAX_BATCH_ENTRIES as usize);
+        debug_assert!(data.len() <= MAX_BATCH_DATA_PAGES as usize * PAGE_SIZE);
+        let mut head = Vec::with_capacity(5 + entries.len() * 8);
+        head.push(tag::PAGES);
+        head.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        for e in entries {
+            head.extend_from_slice(&e.to_be_bytes());
+        }
+        self.hasher.update(&head);
+        self.hasher.update(data);
+        self.written += (head.len() + data.len()) as u64;
+        write_all_vectored(
+            &mut self.inner,
+            &mut [IoSlice::new(&head), IoSlice::new(data)],
+        )
+    }
+
+    /// The device state; refuses empty or oversize states.
+    pub fn device_state(&mut self, json: &[u8]) -> io::Result<()> {
+        if json.is_empty() || json.len() > MAX_DEVICE_STATE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "device state of {} bytes is outside 1..={} bytes",
+                    json.len(),
+                    MAX_DEVICE_STATE
+                ),
+            ));
+        }
+        let mut b = [0u8; 5];
+        b[0] = tag::DEVICE;
+        b[1..].copy_from_slice(&(json.len() as u32).to_be_bytes());
+        self.put(&b)?;
+        self.put(json)
+    }
+
+    /// The end record (digest of everything before it), then a flush.
+    pub fn end(&mut self) -> io::Result<()> {
+        let digest = self.hasher.digest();
+        let mut b = [0u8; 9];
+        b[0] = tag::END;
+        b[1..].copy_from_slice(&digest.to_be_bytes());
+        self.put(&b)?;
+        self.inner.flush()
+    }
+
+    /// Flushes the inner writer.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    /// The inner writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner writer.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+/// `Write::write_all_vectored` (not stable yet): loops over partial writes.
+fn write_all_vectored<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
