@@ -184,7 +184,7 @@ impl Migration {
                 // As QEMU: the migration was initialised (`setup`) before
                 // the URI was looked at, so it ends `failed`. Only address
                 // errors are kept as `error-desc`.
-                let keep = uri.starts_with("unix:") || uri.starts_with("tcp:");
+                let keep = e.desc != transport::UNKNOWN_PROTOCOL;
                 let desc = keep.then(|| e.desc.clone());
                 *slot = Some(outgoing::failed_at_start(&self.shared, host.as_ref(), desc));
                 Err(e)
