@@ -835,7 +835,7 @@ fn mutations(
                 _ => None,
             });
         if let Some(last) = last {
-            if let Some(bad) = S::ALL
+            if let Some(bad) = S::PRECOPY
                 .into_iter()
                 .find(|s| *s != S::None && !legal_transition(side, last, *s))
             {

@@ -7,46 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::scenario::{MigrationStatus, Size};
 
-/// QEMU `RunState` values the pair goes through (`query-status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunState {
-    /// Launched with `-S`, never started.
-    Prelaunch,
-    /// vCPUs run.
-    Running,
-    /// Stopped by `stop` (or a destination held with `-S` after the migration).
-    Paused,
-    /// Destination waiting for or loading the incoming stream.
-    Inmigrate,
-    /// Source after a completed migration.
-    Postmigrate,
-    /// Source stopped for switchover (final pass, `pre-switchover`, `device`).
-    FinishMigrate,
-    /// Guest shut down.
-    Shutdown,
-}
-
-impl RunState {
-    /// The QAPI name.
-    pub fn name(self) -> &'static str {
-        match self {
-            RunState::Prelaunch => "prelaunch",
-            RunState::Running => "running",
-            RunState::Paused => "paused",
-            RunState::Inmigrate => "inmigrate",
-            RunState::Postmigrate => "postmigrate",
-            RunState::FinishMigrate => "finish-migrate",
-            RunState::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for RunState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// QEMU's `RunState` (`query-status`), the QMP crate's type.
+pub use migtest_qmp::schema::RunState;
 
 /// QEMU's limit for `downtime-limit`: 2000 s in ms.
 pub const MAX_DOWNTIME_LIMIT_MS: u64 = 2_000_000;

@@ -215,7 +215,7 @@ impl World {
                 }
                 let mut v = step(ExpectedReply::error(ERR_NOT_EXPECTED_STATE), w.clone());
                 let transient = self.src_snapshots().iter().any(|s| {
-                    s.status == *state && !s.status.is_terminal() && s.status != S::PreSwitchover
+                    s.status == *state && !s.status.is_settled() && s.status != S::PreSwitchover
                 });
                 if transient {
                     v.extend(step(ok, w));
