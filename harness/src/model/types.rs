@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{MigrationStatus, Size};
+use crate::scenario::{MigrationStatus, Op, Size};
 
 /// QEMU's `RunState` (`query-status`), the QMP crate's type.
 pub use migtest_qmp::schema::RunState;
@@ -35,6 +35,27 @@ impl Default for Parameters {
             avail_switchover_bandwidth: Size(0),
             switchover_hold: false,
         }
+    }
+}
+
+impl Parameters {
+    /// What a `set-parameters` op sets: its present fields replace these (other ops change
+    /// nothing).
+    pub fn update(&mut self, op: &Op) {
+        let Op::SetParameters {
+            downtime_limit: d,
+            max_bandwidth: b,
+            avail_switchover_bandwidth: a,
+            switchover_hold: h,
+            ..
+        } = op
+        else {
+            return;
+        };
+        self.downtime_limit = d.unwrap_or(self.downtime_limit);
+        self.max_bandwidth = b.unwrap_or(self.max_bandwidth);
+        self.avail_switchover_bandwidth = a.unwrap_or(self.avail_switchover_bandwidth);
+        self.switchover_hold = h.unwrap_or(self.switchover_hold);
     }
 }
 
