@@ -27,6 +27,7 @@ pub mod qmp_client;
 pub mod replay;
 pub mod report;
 pub mod scenario;
+pub mod side;
 pub mod telemetry;
 pub mod text;
 pub mod vm;

@@ -12,11 +12,24 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How the migration stream travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How the migration stream travels (the pair's and the op language's).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Transport {
     /// A unix socket in the destination's log directory.
+    #[default]
     Unix,
     /// TCP on loopback, port picked by the destination.
     Tcp,
@@ -569,43 +582,17 @@ impl Pair {
         checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// After a completed migration: `cont` the destination if paused, then
-    /// check it runs on (serial keeps printing, memory keeps changing), stop
-    /// it, and check the A-B invariant, as QEMU's `migrate_end` does.
+    /// After a completed migration: [`destination_runs`], leaving the
+    /// destination stopped, as QEMU's `migrate_end` does.
     pub fn assert_destination_runs(&self) -> Result<()> {
-        let dst = self.dst()?;
-        let status = dst.query_status()?;
-        if !status.running {
-            dst.cont().context("cont on the destination")?;
-        }
-        let status = dst.query_status()?;
-        if !status.running {
-            bail!("destination did not start running: {:?}", status.status);
-        }
-        let (start, end) = self.test_range()?;
-        if self.spec.image != "idle" {
-            dst.wait_serial(b'B', Duration::from_secs(30))
-                .context("destination serial output after migration")?;
-            let first = dst.memory_digest(start, end)?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while dst.memory_digest(start, end)? == first {
-                if Instant::now() >= deadline {
-                    bail!("destination memory did not change within 30 s after cont");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        dst.stop().context("stop on the destination")?;
-        let a = dst.memory_digest(start, end)?;
-        std::thread::sleep(Duration::from_millis(200));
-        let b = dst.memory_digest(start, end)?;
-        if a != b {
-            bail!("destination memory changed while stopped");
-        }
-        if self.spec.image == "sweep" || self.spec.src_backend.is_qemu() {
-            self.check_guest_ram()?;
-        }
-        Ok(())
+        let check_ab = self.spec.image == "sweep" || self.spec.src_backend.is_qemu();
+        destination_runs(
+            self.dst()?,
+            &self.spec.image,
+            self.test_range()?,
+            check_ab,
+            Leave::Stopped,
+        )
     }
 
     /// Asserts the source guest runs (after a cancelled or failed migration).
@@ -726,4 +713,63 @@ mod tests {
         );
         assert!(legacy_pass_timeout(128 << 20, 3) > Duration::from_secs(260));
     }
+}
+
+/// How [`destination_runs`] leaves the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// Stopped (the end of a catalog scenario).
+    Stopped,
+    /// Running again (an executor op, more ops may follow).
+    Running,
+}
+
+/// The one destination check after a completed migration, used by
+/// [`Pair::assert_destination_runs`] and the executor's
+/// `check-destination-runs`: `cont` the destination if paused, check it runs
+/// on (serial keeps printing, memory keeps changing), stop it, check its
+/// memory holds still while stopped and, with `check_ab`, QEMU's
+/// `check_guests_ram` over the test range `[start, end)`.
+pub fn destination_runs(
+    dst: &Vm,
+    image: &str,
+    (start, end): (u64, u64),
+    check_ab: bool,
+    leave: Leave,
+) -> Result<()> {
+    if !dst.query_status()?.running {
+        dst.cont().context("cont on the destination")?;
+    }
+    let status = dst.query_status()?;
+    if !status.running {
+        bail!("destination did not start running: {:?}", status.status);
+    }
+    if image != "idle" {
+        dst.wait_serial(b'B', Duration::from_secs(30))
+            .context("destination serial output after migration")?;
+        let first = dst.memory_digest(start, end)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dst.memory_digest(start, end)? == first {
+            if Instant::now() >= deadline {
+                bail!("destination memory did not change within 30 s after cont");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    dst.stop().context("stop on the destination")?;
+    // A stopped guest must not write: two digests 200 ms apart (no
+    // condition to wait for: the check is that nothing happens).
+    let a = dst.memory_digest(start, end)?;
+    std::thread::sleep(Duration::from_millis(200));
+    if dst.memory_digest(start, end)? != a {
+        bail!("destination memory changed while stopped");
+    }
+    if check_ab {
+        let bytes = dst.pmemsave(start, end - start)?;
+        checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if leave == Leave::Running {
+        dst.cont().context("cont on the destination")?;
+    }
+    Ok(())
 }

@@ -103,6 +103,11 @@ impl MigrationStatus {
             MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled
         )
     }
+
+    /// A status that no longer changes without a new command: a final one, or `none`.
+    pub fn is_settled(&self) -> bool {
+        *self == MigrationStatus::None || self.is_terminal()
+    }
 }
 
 impl std::fmt::Display for MigrationStatus {
@@ -112,7 +117,7 @@ impl std::fmt::Display for MigrationStatus {
 }
 
 /// `RunState`, as reported by `query-status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
     /// Stopped by the debugger.
@@ -151,11 +156,36 @@ pub enum RunState {
 
 impl RunState {
     /// The wire name.
-    pub fn as_str(&self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunState::Debug => "debug",
+            RunState::Inmigrate => "inmigrate",
+            RunState::InternalError => "internal-error",
+            RunState::IoError => "io-error",
+            RunState::Paused => "paused",
+            RunState::Postmigrate => "postmigrate",
+            RunState::Prelaunch => "prelaunch",
+            RunState::FinishMigrate => "finish-migrate",
+            RunState::RestoreVm => "restore-vm",
+            RunState::Running => "running",
+            RunState::SaveVm => "save-vm",
+            RunState::Shutdown => "shutdown",
+            RunState::Suspended => "suspended",
+            RunState::Watchdog => "watchdog",
+            RunState::GuestPanicked => "guest-panicked",
+            RunState::Colo => "colo",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<RunState> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -4,6 +4,7 @@
 //! A bad option or value yields one line on stderr and exit status 1, like
 //! `qemu-system-x86_64`.
 
+use crate::migration::MigrationUri;
 use std::path::PathBuf;
 
 /// Where the serial port's output goes (`-serial`).
@@ -238,12 +239,8 @@ fn parse_serial(value: &str) -> Result<SerialTarget, CliError> {
 }
 
 fn check_incoming(value: &str) -> Result<String, CliError> {
-    let ok = value == "defer"
-        || value.strip_prefix("unix:").is_some_and(|p| !p.is_empty())
-        || value
-            .strip_prefix("tcp:")
-            .and_then(|hp| hp.rsplit_once(':'))
-            .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    // The same parser as `migrate-incoming` and `migrate` use.
+    let ok = value == "defer" || MigrationUri::parse(value).is_ok();
     if ok {
         Ok(value.to_string())
     } else {

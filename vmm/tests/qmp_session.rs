@@ -348,7 +348,8 @@ fn stop_freezes_memory_and_cont_resumes_it() {
     let vmm = Vmm::start();
     let mut q = vmm.qmp();
     let (start, end) = sweep_range();
-    std::thread::sleep(Duration::from_millis(100));
+    // The guest has written its test range once (first `B`), so `stop` freezes live memory.
+    vmm.wait_serial(b'B', Duration::from_secs(30));
     q.ok("stop", None);
     let a = q.pmem(vmm.dir.path(), start, end - start);
     std::thread::sleep(Duration::from_millis(200));

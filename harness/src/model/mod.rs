@@ -89,8 +89,8 @@ pub fn reachable(
     while i < seen.len() {
         let a = seen[i];
         i += 1;
-        for b in S::ALL {
-            let restart = a.is_terminal() && b == S::Setup;
+        for b in S::PRECOPY {
+            let restart = a.is_settled() && b == S::Setup;
             if seen.contains(&b) || !legal_transition(side, a, b) || (restart && !new_migration) {
                 continue;
             }
@@ -109,8 +109,8 @@ pub fn reachable(
 pub fn wait_gives_up(op: &Op, status: MigrationStatus) -> bool {
     match op {
         Op::WaitPasses { .. } => !matches!(status, S::Setup | S::Active),
-        Op::WaitStatus { status: goal, .. } => status != *goal && status.is_terminal(),
-        Op::WaitCompleted => status != S::Completed && status.is_terminal(),
+        Op::WaitStatus { status: goal, .. } => status != *goal && status.is_settled(),
+        Op::WaitCompleted => status != S::Completed && status.is_settled(),
         _ => false,
     }
 }
@@ -750,13 +750,13 @@ fn event_path(
             && !(side == Side::Source && b == S::PreSwitchover && !pbs)
             && !(side == Side::Source && a == S::Active && b == S::Completed && pbs)
     };
-    let mut prev: Vec<Option<MigrationStatus>> = vec![None; S::ALL.len()];
-    let idx = |s: MigrationStatus| S::ALL.iter().position(|x| *x == s).expect("status");
-    let mut seen = vec![false; S::ALL.len()];
+    let mut prev: Vec<Option<MigrationStatus>> = vec![None; S::PRECOPY.len()];
+    let idx = |s: MigrationStatus| S::PRECOPY.iter().position(|x| *x == s).expect("status");
+    let mut seen = vec![false; S::PRECOPY.len()];
     seen[idx(from)] = true;
     let mut q = VecDeque::from([from]);
     while let Some(a) = q.pop_front() {
-        for b in S::ALL {
+        for b in S::PRECOPY {
             if !seen[idx(b)] && allowed(a, b) {
                 seen[idx(b)] = true;
                 prev[idx(b)] = Some(a);

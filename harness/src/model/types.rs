@@ -5,48 +5,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{MigrationStatus, Size};
+use crate::scenario::{MigrationStatus, Op, Size};
 
-/// QEMU `RunState` values the pair goes through (`query-status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunState {
-    /// Launched with `-S`, never started.
-    Prelaunch,
-    /// vCPUs run.
-    Running,
-    /// Stopped by `stop` (or a destination held with `-S` after the migration).
-    Paused,
-    /// Destination waiting for or loading the incoming stream.
-    Inmigrate,
-    /// Source after a completed migration.
-    Postmigrate,
-    /// Source stopped for switchover (final pass, `pre-switchover`, `device`).
-    FinishMigrate,
-    /// Guest shut down.
-    Shutdown,
-}
-
-impl RunState {
-    /// The QAPI name.
-    pub fn name(self) -> &'static str {
-        match self {
-            RunState::Prelaunch => "prelaunch",
-            RunState::Running => "running",
-            RunState::Paused => "paused",
-            RunState::Inmigrate => "inmigrate",
-            RunState::Postmigrate => "postmigrate",
-            RunState::FinishMigrate => "finish-migrate",
-            RunState::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for RunState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// QEMU's `RunState` (`query-status`), the QMP crate's type.
+pub use migtest_qmp::schema::RunState;
 
 /// QEMU's limit for `downtime-limit`: 2000 s in ms.
 pub const MAX_DOWNTIME_LIMIT_MS: u64 = 2_000_000;
@@ -73,6 +35,27 @@ impl Default for Parameters {
             avail_switchover_bandwidth: Size(0),
             switchover_hold: false,
         }
+    }
+}
+
+impl Parameters {
+    /// What a `set-parameters` op sets: its present fields replace these (other ops change
+    /// nothing).
+    pub fn update(&mut self, op: &Op) {
+        let Op::SetParameters {
+            downtime_limit: d,
+            max_bandwidth: b,
+            avail_switchover_bandwidth: a,
+            switchover_hold: h,
+            ..
+        } = op
+        else {
+            return;
+        };
+        self.downtime_limit = d.unwrap_or(self.downtime_limit);
+        self.max_bandwidth = b.unwrap_or(self.max_bandwidth);
+        self.avail_switchover_bandwidth = a.unwrap_or(self.avail_switchover_bandwidth);
+        self.switchover_hold = h.unwrap_or(self.switchover_hold);
     }
 }
 

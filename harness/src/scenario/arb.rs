@@ -17,7 +17,7 @@ pub fn transport() -> impl Strategy<Value = Transport> {
 
 /// Any migration status.
 pub fn status() -> impl Strategy<Value = MigrationStatus> {
-    proptest::sample::select(MigrationStatus::ALL.to_vec())
+    proptest::sample::select(MigrationStatus::PRECOPY.to_vec())
 }
 
 /// Sizes: round units and odd byte counts.

@@ -10,138 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::size::Size;
 
-/// One VMM of the pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Side {
-    /// The VMM that runs the guest first and sends it.
-    Source,
-    /// The VMM launched to receive the guest (`-incoming`).
-    Destination,
-}
+pub use crate::side::Side;
 
-impl Side {
-    /// Both sides, source first.
-    pub const ALL: [Side; 2] = [Side::Source, Side::Destination];
+pub use crate::pair::Transport;
 
-    /// The kebab-case name used in files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// How the migration stream travels.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// A unix socket in the pair's temporary directory.
-    #[default]
-    Unix,
-    /// TCP on 127.0.0.1 with a port chosen by the destination.
-    Tcp,
-}
-
-/// QEMU's `MigrationStatus` values for precopy: the subset the op language and the model
-/// reason about, so their matches stay exhaustive without postcopy/COLO arms. The full wire
-/// enum is `migtest_qmp::schema::MigrationStatus`; names are the same (`from_name`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MigrationStatus {
-    /// No migration yet (`query-migrate` returns `{}`).
-    None,
-    /// Connecting and sending the first bitmap.
-    Setup,
-    /// Iterating over dirty pages.
-    Active,
-    /// Paused before device serialisation (`pause-before-switchover`).
-    PreSwitchover,
-    /// Serialising devices after `migrate-continue`.
-    Device,
-    /// Done: the destination holds the guest.
-    Completed,
-    /// Transport or stream error.
-    Failed,
-    /// `migrate_cancel` in progress.
-    Cancelling,
-    /// Cancelled; the source runs on.
-    Cancelled,
-}
-
-impl MigrationStatus {
-    /// Every status, in declaration order.
-    pub const ALL: [MigrationStatus; 9] = [
-        MigrationStatus::None,
-        MigrationStatus::Setup,
-        MigrationStatus::Active,
-        MigrationStatus::PreSwitchover,
-        MigrationStatus::Device,
-        MigrationStatus::Completed,
-        MigrationStatus::Failed,
-        MigrationStatus::Cancelling,
-        MigrationStatus::Cancelled,
-    ];
-
-    /// The QAPI name (`pre-switchover`).
-    pub fn name(self) -> &'static str {
-        match self {
-            MigrationStatus::None => "none",
-            MigrationStatus::Setup => "setup",
-            MigrationStatus::Active => "active",
-            MigrationStatus::PreSwitchover => "pre-switchover",
-            MigrationStatus::Device => "device",
-            MigrationStatus::Completed => "completed",
-            MigrationStatus::Failed => "failed",
-            MigrationStatus::Cancelling => "cancelling",
-            MigrationStatus::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses a QAPI name.
-    pub fn from_name(s: &str) -> Option<MigrationStatus> {
-        MigrationStatus::ALL.into_iter().find(|m| m.name() == s)
-    }
-
-    /// QEMU's `migration_is_running()`: an outgoing migration occupies the source
-    /// (a new `migrate` or `migrate-set-capabilities` is refused).
-    pub fn is_running(self) -> bool {
-        matches!(
-            self,
-            MigrationStatus::Setup
-                | MigrationStatus::Active
-                | MigrationStatus::PreSwitchover
-                | MigrationStatus::Device
-                | MigrationStatus::Cancelling
-        )
-    }
-
-    /// A status that no longer changes without a new command.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            MigrationStatus::None
-                | MigrationStatus::Completed
-                | MigrationStatus::Failed
-                | MigrationStatus::Cancelled
-        )
-    }
-}
-
-impl fmt::Display for MigrationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// QEMU's `MigrationStatus`, the QMP crate's type: the op language and the model use its
+/// precopy statuses (`MigrationStatus::PRECOPY`).
+pub use migtest_qmp::schema::MigrationStatus;
 
 /// One step of a scenario. Field names are kebab-case in files.
 ///
@@ -260,6 +135,35 @@ impl Op {
             avail_switchover_bandwidth: None,
             switchover_hold: Some(hold),
         }
+    }
+
+    /// The `migrate-set-parameters` arguments of a `set-parameters` op (QEMU's names, sizes
+    /// in bytes, absent fields not sent); an empty object for any other op.
+    pub fn parameter_arguments(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let mut m = serde_json::Map::new();
+        let Op::SetParameters {
+            downtime_limit: d,
+            max_bandwidth: b,
+            avail_switchover_bandwidth: a,
+            switchover_hold: h,
+            ..
+        } = self
+        else {
+            return m;
+        };
+        let fields = [
+            ("downtime-limit", d.map(|d| json!(d))),
+            ("max-bandwidth", b.map(|b| json!(b.0))),
+            ("avail-switchover-bandwidth", a.map(|a| json!(a.0))),
+            ("switchover-hold", h.map(|h| json!(h))),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value {
+                m.insert(name.into(), v);
+            }
+        }
+        m
     }
 
     /// Waits that can block (for the executor's time budget).

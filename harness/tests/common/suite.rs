@@ -39,9 +39,18 @@ pub fn stop_and_cont_emit_events(vm: &Vm) {
     vm.stop().unwrap();
     vm.wait_event("STOP", WAIT).unwrap();
     assert_eq!(vm.query_status().unwrap().status, RunState::Paused);
+    let resumes = vm.events_seen("RESUME");
     vm.cont().unwrap();
-    // The event may already be queued: events before the wait count.
-    std::thread::sleep(Duration::from_millis(50));
+    // An event already queued before the wait counts: wait (bounded) until RESUME has
+    // arrived, then ask for it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while vm.events_seen("RESUME") == resumes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no RESUME within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let ev = vm.wait_event("RESUME", WAIT).unwrap();
     assert!(ev.timestamp.seconds > 0);
     let seen: Vec<String> = vm

@@ -67,22 +67,6 @@ impl Incoming {
     }
 }
 
-fn set_status(
-    shared: &Shared,
-    host: &dyn MigrationHost,
-    from: MigrationStatus,
-    to: MigrationStatus,
-) -> bool {
-    shared.transition(host, to, || {
-        let mut i = lock(&shared.incoming);
-        if i.status != from {
-            return false;
-        }
-        i.status = to;
-        true
-    })
-}
-
 /// `-incoming defer|URI`.
 pub(crate) fn cmdline_start(
     shared: &Arc<Shared>,
@@ -132,12 +116,7 @@ fn start(
         i.mode = Mode::Started;
         i.socket_address = listener.socket_address().map(|a| vec![a]);
     }
-    set_status(
-        shared,
-        host.as_ref(),
-        MigrationStatus::None,
-        MigrationStatus::Setup,
-    );
+    shared.set_incoming(host.as_ref(), MigrationStatus::None, MigrationStatus::Setup);
     let sh = shared.clone();
     std::thread::Builder::new()
         .name("mig/dst/load".into())
@@ -192,12 +171,7 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
     let result = match listener.accept() {
         Ok(conn) => {
             drop(listener);
-            set_status(
-                shared,
-                host,
-                MigrationStatus::Setup,
-                MigrationStatus::Active,
-            );
+            shared.set_incoming(host, MigrationStatus::Setup, MigrationStatus::Active);
             let handle = conn.try_clone();
             let r = load_into_host(host, std::io::BufReader::with_capacity(READ_BUFFER, conn))
                 .map_err(|e| e.to_string());
@@ -225,12 +199,7 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
             } else {
                 host.set_runstate(source_runstate);
             }
-            set_status(
-                shared,
-                host,
-                MigrationStatus::Active,
-                MigrationStatus::Completed,
-            );
+            shared.set_incoming(host, MigrationStatus::Active, MigrationStatus::Completed);
             // Closing the channel tells the source the guest is ready here:
             // its `downtime` ends when it sees this EOF.
             if let Some(c) = conn {
@@ -240,7 +209,7 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
         Err(msg) => {
             lock(&shared.incoming).error = Some(msg.clone());
             let cur = lock(&shared.incoming).status;
-            set_status(shared, host, cur, MigrationStatus::Failed);
+            shared.set_incoming(host, cur, MigrationStatus::Failed);
             eprintln!("migtest-vmm: load of migration failed: {msg}");
             if exit_on_error {
                 host.exit_process(1);

@@ -72,23 +72,42 @@ impl Shared {
         lock(&self.caps).events()
     }
 
-    /// QEMU's `migrate_set_state` for either side: `cas` changes the status
-    /// if it is still the expected one; on success the `MIGRATION` event
-    /// goes out, in the same order as the changes.
-    pub(crate) fn transition(
+    /// QEMU's `migrate_set_state` for either side: under `state`'s lock, if
+    /// the status (`status_of`) is still `from` it becomes `to` and `then`
+    /// runs on the state; on success the `MIGRATION` event goes out, in the
+    /// same order as the changes.
+    pub(crate) fn transition<T>(
         &self,
         host: &dyn MigrationHost,
-        to: MigrationStatus,
-        cas: impl FnOnce() -> bool,
+        state: &Mutex<T>,
+        status_of: fn(&mut T) -> &mut MigrationStatus,
+        (from, to): (MigrationStatus, MigrationStatus),
+        then: impl FnOnce(&mut T),
     ) -> bool {
         let _order = lock(&self.event_order);
-        if !cas() {
-            return false;
+        {
+            let mut st = lock(state);
+            let status = status_of(&mut st);
+            if *status != from {
+                return false;
+            }
+            *status = to;
+            then(&mut st);
         }
         if self.events_on() {
             host.emit("MIGRATION", Some(json!({ "status": to.as_str() })));
         }
         true
+    }
+
+    /// [`Shared::transition`] of the incoming migration's status.
+    pub(crate) fn set_incoming(
+        &self,
+        host: &dyn MigrationHost,
+        from: MigrationStatus,
+        to: MigrationStatus,
+    ) -> bool {
+        self.transition(host, &self.incoming, |i| &mut i.status, (from, to), |_| {})
     }
 }
 
@@ -184,7 +203,7 @@ impl Migration {
                 // As QEMU: the migration was initialised (`setup`) before
                 // the URI was looked at, so it ends `failed`. Only address
                 // errors are kept as `error-desc`.
-                let keep = uri.starts_with("unix:") || uri.starts_with("tcp:");
+                let keep = e.desc != transport::UNKNOWN_PROTOCOL;
                 let desc = keep.then(|| e.desc.clone());
                 *slot = Some(outgoing::failed_at_start(&self.shared, host.as_ref(), desc));
                 Err(e)

@@ -46,11 +46,13 @@ impl MigrationUri {
                 port,
             });
         }
-        Err(ErrorBody::generic(
-            "Parameter 'uri' expects a valid migration protocol",
-        ))
+        Err(ErrorBody::generic(UNKNOWN_PROTOCOL))
     }
 }
+
+/// The error of [`MigrationUri::parse`] for a URI of no known protocol; any
+/// other error is an address error, which QEMU keeps as `error-desc`.
+pub const UNKNOWN_PROTOCOL: &str = "Parameter 'uri' expects a valid migration protocol";
 
 /// A connected migration channel.
 #[derive(Debug)]

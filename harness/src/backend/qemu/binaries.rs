@@ -79,8 +79,8 @@ pub fn resolve_binaries_with(
     env: &dyn Fn(&str) -> Option<OsString>,
     path_var: Option<&OsStr>,
 ) -> Result<QemuBinaries, QemuError> {
-    let src = resolve_side(Side::Src, args, env, path_var)?;
-    let dst = resolve_side(Side::Dst, args, env, path_var)?;
+    let src = resolve_side(Side::Source, args, env, path_var)?;
+    let dst = resolve_side(Side::Destination, args, env, path_var)?;
     Ok(QemuBinaries { src, dst })
 }
 
@@ -91,8 +91,8 @@ fn resolve_side(
     path_var: Option<&OsStr>,
 ) -> Result<PathBuf, QemuError> {
     let (side_arg, side_arg_name, side_env) = match side {
-        Side::Src => (&args.qemu_src, "--qemu-src", ENV_QTEST_QEMU_BINARY_SRC),
-        Side::Dst => (&args.qemu_dst, "--qemu-dst", ENV_QTEST_QEMU_BINARY_DST),
+        Side::Source => (&args.qemu_src, "--qemu-src", ENV_QTEST_QEMU_BINARY_SRC),
+        Side::Destination => (&args.qemu_dst, "--qemu-dst", ENV_QTEST_QEMU_BINARY_DST),
     };
     let nonempty = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
     let from_env = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -112,8 +112,8 @@ fn resolve_side(
     find_in_path(DEFAULT_QEMU_BINARY, path_var).ok_or(QemuError::NoBinary {
         side,
         side_upper: match side {
-            Side::Src => "SRC",
-            Side::Dst => "DST",
+            Side::Source => "SRC",
+            Side::Destination => "DST",
         },
         default: DEFAULT_QEMU_BINARY,
     })
@@ -261,7 +261,7 @@ mod tests {
             matches!(
                 err,
                 QemuError::NoBinary {
-                    side: Side::Src,
+                    side: Side::Source,
                     ..
                 }
             ),

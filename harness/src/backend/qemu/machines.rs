@@ -208,7 +208,7 @@ pub fn resolve_machine(
     family: MachineFamily,
 ) -> Result<String, QemuError> {
     if let Some(m) = override_.filter(|m| !m.is_empty()) {
-        for (side, list) in [(Side::Src, src), (Side::Dst, dst)] {
+        for (side, list) in [(Side::Source, src), (Side::Destination, dst)] {
             if !list.is_empty() && !has_machine(list, m) {
                 return Err(QemuError::MachineUnsupported {
                     machine: m.to_string(),
@@ -361,7 +361,7 @@ mod tests {
         assert!(matches!(
             err,
             QemuError::MachineUnsupported {
-                side: Side::Src,
+                side: Side::Source,
                 ..
             }
         ));

@@ -11,7 +11,6 @@
 //! unit-tested. Facts about QEMU 7.2 that shaped it are in
 //! `docs/qemu-backend.md`.
 
-use std::fmt;
 use std::path::PathBuf;
 
 pub mod accel;
@@ -33,9 +32,10 @@ pub use probes::*;
 pub enum QemuError {
     /// No QEMU binary was configured and none was found in `PATH`.
     #[error(
-        "no QEMU binary for the {side} side: pass --qemu PATH (or --qemu-{side}), \
+        "no QEMU binary for the {s} side: pass --qemu PATH (or --qemu-{s}), \
          or set MIGTEST_QEMU / QTEST_QEMU_BINARY (or QTEST_QEMU_BINARY_{side_upper}); \
-         `{default}` was not found in PATH either"
+         `{default}` was not found in PATH either",
+        s = .side.short()
     )]
     NoBinary {
         side: Side,
@@ -56,7 +56,7 @@ pub enum QemuError {
         dst: String,
     },
     /// `QTEST_QEMU_MACHINE_TYPE` names a machine one of the binaries lacks.
-    #[error("machine type '{machine}' (from QTEST_QEMU_MACHINE_TYPE) is not supported by the {side} binary")]
+    #[error("machine type '{machine}' (from QTEST_QEMU_MACHINE_TYPE) is not supported by the {s} binary", s = .side.short())]
     MachineUnsupported { machine: String, side: Side },
     /// Unknown machine family name.
     #[error("unknown machine family '{0}': expected pc, i440fx, q35 or a pc-i440fx-/pc-q35- type")]
@@ -82,20 +82,4 @@ pub enum QemuError {
     Io(#[from] std::io::Error),
 }
 
-/// Which end of a migration a VM is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The migration source.
-    Src,
-    /// The migration destination.
-    Dst,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Src => "src",
-            Side::Dst => "dst",
-        })
-    }
-}
+pub use crate::side::Side;

@@ -20,9 +20,8 @@ impl World {
             Op::SetParameters {
                 side,
                 downtime_limit,
-                max_bandwidth,
-                avail_switchover_bandwidth,
                 switchover_hold,
+                ..
             } => {
                 if !self.side_alive(*side) {
                     return step(ExpectedReply::Dead, w);
@@ -34,17 +33,8 @@ impl World {
                     Side::Source => &mut w.src.params,
                     Side::Destination => &mut w.dst.params,
                 };
-                if let Some(d) = downtime_limit {
-                    p.downtime_limit = *d;
-                }
-                if let Some(b) = max_bandwidth {
-                    p.max_bandwidth = *b;
-                }
-                if let Some(b) = avail_switchover_bandwidth {
-                    p.avail_switchover_bandwidth = *b;
-                }
+                p.update(op);
                 if let Some(h) = switchover_hold {
-                    p.switchover_hold = *h;
                     if *side == Side::Source {
                         match (w.src.phase, h) {
                             (SrcPhase::Converging, true) => w.src.phase = SrcPhase::Held,
@@ -215,7 +205,7 @@ impl World {
                 }
                 let mut v = step(ExpectedReply::error(ERR_NOT_EXPECTED_STATE), w.clone());
                 let transient = self.src_snapshots().iter().any(|s| {
-                    s.status == *state && !s.status.is_terminal() && s.status != S::PreSwitchover
+                    s.status == *state && !s.status.is_settled() && s.status != S::PreSwitchover
                 });
                 if transient {
                     v.extend(step(ok, w));

@@ -323,10 +323,7 @@ impl Executor {
         let vm = &self.src.vm;
         let snapshot = || -> Option<(MigrationStatus, u64)> {
             let info = vm.query_migrate().ok()?;
-            let status = info
-                .status
-                .and_then(|s| MigrationStatus::from_name(s.as_str()))
-                .unwrap_or(MigrationStatus::None);
+            let status = info.status.unwrap_or(MigrationStatus::None);
             Some((status, info.ram.as_ref().map_or(0, |r| r.dirty_sync_count)))
         };
         let Some(first) = snapshot() else { return };
@@ -468,8 +465,8 @@ pub fn describe_expectation(exp: &Expectation) -> String {
     let replies: Vec<String> = exp.replies().iter().map(|r| r.to_string()).collect();
     let mut s = format!("reply {}", replies.join(" | "));
     for side in Side::ALL {
-        let st: Vec<&str> = exp.statuses(side).iter().map(|m| m.name()).collect();
-        let rs: Vec<&str> = exp.run_states(side).iter().map(|r| r.name()).collect();
+        let st: Vec<&str> = exp.statuses(side).iter().map(|m| m.as_str()).collect();
+        let rs: Vec<&str> = exp.run_states(side).iter().map(|r| r.as_str()).collect();
         s.push_str(&format!(
             "; {side} status {{{}}} run-state {{{}}}",
             st.join(", "),

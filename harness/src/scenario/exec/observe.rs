@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::model::{Event, Observation, Reply, RunState, SideObservation};
+use crate::model::{Event, Observation, Reply, SideObservation};
 
 use super::super::MigrationStatus;
 use super::{Executor, SideVm};
@@ -23,26 +23,13 @@ impl Executor {
     }
 }
 
-fn run_state(name: &str) -> Option<RunState> {
-    Some(match name {
-        "prelaunch" => RunState::Prelaunch,
-        "running" => RunState::Running,
-        "paused" => RunState::Paused,
-        "inmigrate" => RunState::Inmigrate,
-        "postmigrate" => RunState::Postmigrate,
-        "finish-migrate" => RunState::FinishMigrate,
-        "shutdown" => RunState::Shutdown,
-        _ => return None,
-    })
-}
-
 fn event(e: &migtest_qmp::message::Event) -> Option<Event> {
     let data = e.data.as_ref();
     match e.event.as_str() {
         "MIGRATION" => data
             .and_then(|d| d.get("status"))
             .and_then(Value::as_str)
-            .and_then(MigrationStatus::from_name)
+            .and_then(MigrationStatus::parse)
             .map(|status| Event::Migration { status }),
         "MIGRATION_PASS" => data
             .and_then(|d| d.get("pass"))
@@ -85,12 +72,8 @@ fn observe_side(s: &mut SideVm) -> anyhow::Result<SideObservation> {
     s.event_cursor = upto;
     Ok(SideObservation {
         alive: true,
-        status: Some(
-            info.status
-                .and_then(|m| MigrationStatus::from_name(m.as_str()))
-                .unwrap_or(MigrationStatus::None),
-        ),
-        run_state: run_state(&st.status.as_str()),
+        status: Some(info.status.unwrap_or(MigrationStatus::None)),
+        run_state: Some(st.status),
         dirty_sync_count: info.ram.as_ref().map(|r| r.dirty_sync_count),
         events,
     })

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::checks;
 use crate::model::{wait_gives_up, Reply};
+use crate::pair::{self, Leave};
 
 use super::super::{MigrationStatus, Op, Side, Transport};
 use super::{launch_destination, Executor, SideVm};
@@ -15,27 +16,9 @@ use super::{launch_destination, Executor, SideVm};
 impl Executor {
     pub(super) fn perform(&mut self, op: &Op) -> anyhow::Result<Reply> {
         match op {
-            Op::SetParameters {
-                side,
-                downtime_limit,
-                max_bandwidth,
-                avail_switchover_bandwidth,
-                switchover_hold,
-            } => {
-                let mut m = serde_json::Map::new();
-                if let Some(d) = downtime_limit {
-                    m.insert("downtime-limit".into(), json!(d));
-                }
-                if let Some(b) = max_bandwidth {
-                    m.insert("max-bandwidth".into(), json!(b.0));
-                }
-                if let Some(b) = avail_switchover_bandwidth {
-                    m.insert("avail-switchover-bandwidth".into(), json!(b.0));
-                }
-                if let Some(h) = switchover_hold {
-                    m.insert("switchover-hold".into(), json!(h));
-                }
-                self.qmp(*side, "migrate-set-parameters", Value::Object(m))
+            Op::SetParameters { side, .. } => {
+                let args = Value::Object(op.parameter_arguments());
+                self.qmp(*side, "migrate-set-parameters", args)
             }
             Op::Hold => self.perform(&Op::set_hold(Side::Source, true)),
             Op::Release => self.perform(&Op::set_hold(Side::Source, false)),
@@ -71,7 +54,7 @@ impl Executor {
             Op::Continue { state } => self.qmp(
                 Side::Source,
                 "migrate-continue",
-                json!({ "state": state.name() }),
+                json!({ "state": state.as_str() }),
             ),
             Op::Stop { side } => self.qmp(*side, "stop", Value::Null),
             Op::Cont { side } => self.qmp(*side, "cont", Value::Null),
@@ -159,7 +142,6 @@ impl Executor {
             .query_migrate()
             .ok()
             .and_then(|i| i.status)
-            .and_then(|s| MigrationStatus::from_name(s.as_str()))
             .is_some_and(|s| s.is_running())
             // QEMU refuses `migrate` from a source still postmigrate.
             || self
@@ -223,10 +205,7 @@ impl Executor {
                 }
                 Err(e) => return Err(e.context(format!("{side}: waiting ({op})"))),
             };
-            let status = info
-                .status
-                .and_then(|s| MigrationStatus::from_name(s.as_str()))
-                .unwrap_or(MigrationStatus::None);
+            let status = info.status.unwrap_or(MigrationStatus::None);
             let count = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
             if let Some(r) = done(status, count) {
                 return Ok(r);
@@ -266,7 +245,7 @@ impl Executor {
     /// may report `completed` while the destination still loads.
     fn settle_destination(&self) -> anyhow::Result<()> {
         let r = self.wait(&Op::WaitCompleted, Side::Destination, |s, _| {
-            s.is_terminal().then_some(Reply::Ok)
+            s.is_settled().then_some(Reply::Ok)
         })?;
         anyhow::ensure!(
             r == Reply::Ok,
@@ -275,42 +254,21 @@ impl Executor {
         Ok(())
     }
 
-    /// As `Pair::assert_destination_runs`, leaving the destination running.
+    /// `pair::destination_runs` (the catalog's `Pair::assert_destination_runs`),
+    /// leaving the destination running.
     fn check_destination_runs(&self) -> anyhow::Result<()> {
         self.settle_destination()?;
-        let dst = &self.dst.vm;
-        if !dst.query_status()?.running {
-            dst.cont().context("cont on the destination")?;
-        }
-        let status = dst.query_status()?;
-        anyhow::ensure!(
-            status.running,
-            "destination did not start running: {:?}",
-            status.status
-        );
-        let (start, end) = self
+        let range = self
             .opts
             .dst_backend
             .test_range(&self.pair.image, self.pair.memory.0)?;
-        if self.pair.image != "idle" {
-            dst.wait_serial(b'B', Duration::from_secs(20))
-                .context("destination serial output after migration")?;
-            let first = dst.memory_digest(start, end)?;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while dst.memory_digest(start, end)? == first {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "destination memory did not change within 20 s after cont"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        dst.stop().context("stop on the destination")?;
-        if self.pair.image == "sweep" || self.opts.dst_backend.is_qemu() {
-            let bytes = dst.pmemsave(start, end - start)?;
-            checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        dst.cont().context("cont on the destination")?;
-        Ok(())
+        let check_ab = self.pair.image == "sweep" || self.opts.dst_backend.is_qemu();
+        pair::destination_runs(
+            &self.dst.vm,
+            &self.pair.image,
+            range,
+            check_ab,
+            Leave::Running,
+        )
     }
 }

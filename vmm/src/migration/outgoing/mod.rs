@@ -76,17 +76,17 @@ impl Outgoing {
         from: MigrationStatus,
         to: MigrationStatus,
     ) -> bool {
-        shared.transition(host, to, || {
-            let mut i = lock(&self.info);
-            if i.status != from {
-                return false;
-            }
-            i.status = to;
-            if to.is_terminal() {
-                i.total_time = Some(ms(i.start.elapsed()));
-            }
-            true
-        })
+        shared.transition(
+            host,
+            &self.info,
+            |i| &mut i.status,
+            (from, to),
+            |i| {
+                if to.is_terminal() {
+                    i.total_time = Some(ms(i.start.elapsed()));
+                }
+            },
+        )
     }
 
     /// `migrate_cancel` (QEMU's `migrate_fd_cancel`).
