@@ -33,8 +33,12 @@ pub enum Bench {
     /// migtest-vmm beside QEMU: 128 MiB / 1 GiB / 4 GiB, A-B and filled
     /// guests, the unix-socket ceiling, release vs cold (not part of `all`).
     VsQemu,
+    /// The builtin catalog with telemetry sampling on and off: wall times and
+    /// the overhead (not part of `all`).
+    Telemetry,
 }
 
+pub mod telemetry;
 mod vs_qemu;
 
 /// Spawns `program args` and measures the time until `qmp_capabilities`
@@ -284,11 +288,21 @@ fn limits(memory: u64) -> Result<()> {
 }
 
 /// Runs the chosen benchmarks, printing one line per figure. `runs` is per
-/// start-up figure (default 10) or per `vs-qemu` case (default 5); `sizes`
-/// are the `vs-qemu` guest sizes.
-pub fn run(which: Bench, memory: u64, runs: Option<usize>, sizes: &[u64]) -> Result<()> {
+/// start-up figure (default 10), per `vs-qemu` case (default 5) or per
+/// `telemetry` catalog run (default 3); `sizes` are the `vs-qemu` guest
+/// sizes; `filter` picks `telemetry`'s scenarios.
+pub fn run(
+    which: Bench,
+    memory: u64,
+    runs: Option<usize>,
+    sizes: &[u64],
+    filter: Option<&str>,
+) -> Result<()> {
     if which == Bench::VsQemu {
         return vs_qemu::run(sizes, runs.unwrap_or(5));
+    }
+    if which == Bench::Telemetry {
+        return telemetry::run(memory, runs.unwrap_or(3).max(1), filter);
     }
     let runs = runs.unwrap_or(10);
     let all = which == Bench::All;

@@ -1,5 +1,6 @@
 //! `migtest run`: the scenario catalog from a terminal, with a live progress
-//! line per scenario and a result table that fits 80 columns.
+//! display (an `indicatif` spinner line on a terminal, plain lines in a
+//! pipe or CI) and a result table that fits 80 columns.
 
 use crate::backend::Backend;
 use crate::catalog::{catalog, CatalogConfig, ScenarioOutcome};
@@ -8,10 +9,11 @@ use crate::report::{Entry, Report, Verdict};
 use crate::telemetry::{Recorder, TRANSCRIPT_FILE};
 /// Kept here for callers of `cli_run::wrap`; it lives in [`crate::text`].
 pub use crate::text::wrap;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use migtest_qmp::schema::MigrationInfo;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Options of `migtest run`.
 #[derive(Debug, Clone)]
@@ -24,29 +26,48 @@ pub struct RunOptions {
     pub report: Option<std::path::PathBuf>,
 }
 
-/// A progress sink printing a one-line live status, overwritten in place
-/// on a terminal at most ten times a second.
-fn live_line(name: &str, tty: bool) -> Progress {
+/// Least time between two plain progress lines that only report a new
+/// pass count (a status change is printed at once).
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// The terminal display of the scenario being run: an `indicatif` spinner
+/// line redrawn in place, with the scenario's number, name and elapsed time.
+fn spinner(index: usize, total: usize, name: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+    let style = ProgressStyle::with_template("{spinner} [{prefix}] {elapsed:>4} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_prefix(format!("{index}/{total} {}", truncate(name, 28)));
+    bar.set_message("starting");
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// The progress sink of one scenario: the migration status, the pass count
+/// (`dirty-sync-count`), the remaining RAM and the step, shown on `bar`
+/// (a terminal); without one (CI, a pipe) a plain line whenever the status
+/// changes, and at most every [`PLAIN_EVERY`] when only the pass count did.
+fn live_status(name: &str, bar: Option<ProgressBar>) -> Progress {
     let name = name.to_string();
-    let last = Mutex::new(Instant::now());
+    // (status, pass) of the last plain line, and when it was printed.
+    let last = Mutex::new((String::new(), 0u64, Instant::now()));
     Arc::new(move |what: &str, info: &MigrationInfo| {
-        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        if !tty || last.elapsed().as_millis() < 100 {
-            return;
-        }
-        *last = Instant::now();
         let ram = info.ram.clone().unwrap_or_default();
         let status = info.status.map(|s| s.as_str()).unwrap_or("none");
-        let line = format!(
-            "  {:<28} {:<14} pass {:>4} rem {:>7} KiB {}",
-            truncate(&name, 28),
-            status,
-            ram.dirty_sync_count,
-            ram.remaining / 1024,
-            what
-        );
-        print!("\r{:<79}", truncate(&line, 79));
-        let _ = std::io::stdout().flush();
+        let pass = ram.dirty_sync_count;
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "{status:<14} pass {pass:>4} rem {:>7} KiB  {what}",
+                ram.remaining / 1024
+            ));
+            return;
+        }
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let new_status = last.0 != status;
+        if new_status || (pass != last.1 && last.2.elapsed() >= PLAIN_EVERY) {
+            println!("    {name}: {status}, pass {pass} ({what})");
+            *last = (status.to_string(), pass, Instant::now());
+        }
     })
 }
 
@@ -91,20 +112,35 @@ pub fn run(opts: &RunOptions) -> i32 {
     let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
     let mut rows = Vec::new();
-    for s in &scenarios {
-        if !tty {
-            println!("  {} ...", s.name);
+    for (i, s) in scenarios.iter().enumerate() {
+        let bar = tty.then(|| spinner(i + 1, scenarios.len(), &s.name));
+        if bar.is_none() {
+            println!("  [{}/{}] {} ...", i + 1, scenarios.len(), s.name);
         }
         let telemetry = Recorder::new(&s.name);
         let result = s
-            .run_recorded(&opts.config, live_line(&s.name, tty), &telemetry)
+            .run_recorded(&opts.config, live_status(&s.name, bar.clone()), &telemetry)
             .map_err(|e| format!("{e:#}"));
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         let mark = match &result {
             Ok(o) if o.skipped.is_some() => "skip",
             Ok(_) => "ok  ",
             Err(_) => "FAIL",
         };
-        println!("\r{:<79}", truncate(&format!("  {mark} {}", s.name), 79));
+        let passes = match &result {
+            Ok(o) => o
+                .figures
+                .as_ref()
+                .map(|f| format!(" ({} passes)", f.passes)),
+            Err(_) => None,
+        };
+        println!(
+            "  {mark} {}{}",
+            truncate(&s.name, 60),
+            passes.unwrap_or_default()
+        );
         match &result {
             Err(e) => {
                 for line in e.lines() {

@@ -17,7 +17,9 @@ use proptest_state_machine::ReferenceStateMachine;
 
 use crate::backend::Backend;
 use crate::model::strategy::{sequence_is_executable, PairMachine, SEQUENCE_LEN};
-use crate::scenario::exec::{failures_dir, optional_parameters, ExecError, ExecOptions, Executor};
+use crate::scenario::exec::{
+    failures_dir, optional_parameters, report, ExecError, ExecOptions, Executor,
+};
 use crate::scenario::{Op, Scenario};
 
 /// Settings of one fuzz run.
@@ -343,4 +345,61 @@ fn minimize(
         }
     }
     (ops, message)
+}
+
+/// `migtest fuzz --report DIR`: writes `DIR/index.html`. After a failure the
+/// shrunk case is run once more with its telemetry recorded, and the page
+/// shows that run (result table, plot, failure report, QMP transcript
+/// tails) with the replay command; after a pass, one row with the count.
+pub fn write_report(
+    outcome: &Result<FuzzReport, Box<FuzzFailure>>,
+    opts: &FuzzOptions,
+    dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    use crate::report::{Entry, Verdict};
+    let summary = |verdict, elapsed: Duration, text: String| Entry {
+        name: format!("fuzz seed {}", opts.seed),
+        verdict,
+        cells: vec!["-".into(), format!("{:.2}", elapsed.as_secs_f64())],
+        text: Some(text),
+        transcript: None,
+        runs: Vec::new(),
+    };
+    let entry = match outcome {
+        Ok(r) => summary(
+            Verdict::Pass,
+            r.elapsed,
+            format!(
+                "{} cases passed ({} skipped, {} unreproducible failures)",
+                r.cases, r.skipped, r.flaky
+            ),
+        ),
+        Err(f) if f.replay_command.is_empty() => {
+            summary(Verdict::Skip, f.elapsed, f.message.clone())
+        }
+        Err(f) => {
+            let name = f
+                .path
+                .file_stem()
+                .map_or("case".into(), |s| s.to_string_lossy().into_owned());
+            let run = report::run_recorded(&f.scenario, &name, &opts.exec);
+            let mut e = run.entry(&name, f.scenario.ops.len());
+            let rerun = match e.verdict {
+                Verdict::Fail => e.text.take().unwrap_or_default(),
+                _ => format!(
+                    "(the recorded rerun of the shrunk case did not fail; the fuzzer's failure:)\n{}",
+                    f.message
+                ),
+            };
+            e.verdict = Verdict::Fail;
+            e.text = Some(format!(
+                "written to {}\nreplay: {}\n\n{rerun}",
+                f.path.display(),
+                f.replay_command
+            ));
+            e
+        }
+    };
+    let subtitle = format!("seed {}, {}", opts.seed, opts.exec.src_backend.describe());
+    report::write(dir, "migtest fuzz", subtitle, vec![entry])
 }

@@ -98,6 +98,9 @@ enum Command {
         /// two more passes or end (the fuzzer's timing-perturbed rerun uses 2500).
         #[arg(long, default_value_t = 0)]
         settle_ms: u64,
+        /// Write DIR/index.html: result table, telemetry plot, failure report (self-contained).
+        #[arg(long, value_name = "DIR")]
+        report: Option<std::path::PathBuf>,
     },
     /// Fuzz: generate op sequences from the reference model, run them against real VMMs,
     /// shrink and write out the first failure. Exit 0 pass, 1 fail, 125 cannot test.
@@ -119,6 +122,10 @@ enum Command {
         /// Deadline of every wait op, in seconds.
         #[arg(long, default_value_t = 20)]
         wait_timeout: u64,
+        /// Write DIR/index.html: the failing (shrunk) case's result, telemetry plot,
+        /// failure report and QMP transcript (self-contained).
+        #[arg(long, value_name = "DIR")]
+        report: Option<std::path::PathBuf>,
     },
     /// Print benchmark figures (builtin VMM; start-up also times QEMU).
     Bench {
@@ -128,12 +135,16 @@ enum Command {
         /// Guest RAM for the pass/release/limits figures.
         #[arg(long, default_value = "128M", value_parser = parse_size)]
         memory: u64,
-        /// Runs per start-up figure (default 10) or per vs-qemu case (default 5); medians reported.
+        /// Runs per start-up figure (default 10), per vs-qemu case (default 5) or per
+        /// telemetry catalog run (default 3); medians reported.
         #[arg(long)]
         runs: Option<usize>,
         /// Guest sizes for vs-qemu.
         #[arg(long, value_delimiter = ',', default_value = "128M,1G,4G", value_parser = parse_size)]
         sizes: Vec<u64>,
+        /// telemetry: only catalog scenarios whose name contains PATTERN.
+        #[arg(long, value_name = "PATTERN")]
+        filter: Option<String>,
     },
     /// Run the builtin VMM itself (QEMU-style options follow).
     #[command(disable_help_flag = true)]
@@ -276,10 +287,11 @@ fn main() -> ExitCode {
             faults,
             wait_timeout,
             settle_ms,
+            report,
         } => match exec_options(&backend, &faults, wait_timeout) {
             Ok(mut opts) => {
                 opts.op_delay = std::time::Duration::from_millis(settle_ms);
-                migtest::replay::replay(&file, &opts)
+                migtest::replay::replay_reported(&file, &opts, report.as_deref())
             }
             Err(e) => {
                 eprintln!("migtest replay: cannot test: {e:#}");
@@ -293,13 +305,20 @@ fn main() -> ExitCode {
             max_shrink_secs,
             faults,
             wait_timeout,
+            report,
         } => match exec_options(&backend, &faults, wait_timeout) {
             Ok(exec) => {
                 let mut opts = migtest::fuzz::FuzzOptions::new(seed);
                 opts.cases = cases;
                 opts.exec = exec;
                 opts.max_shrink_time = std::time::Duration::from_secs(max_shrink_secs);
-                match migtest::fuzz::fuzz(&opts) {
+                let outcome = migtest::fuzz::fuzz(&opts);
+                if let Some(dir) = &report {
+                    if let Err(e) = migtest::fuzz::write_report(&outcome, &opts, dir) {
+                        eprintln!("migtest fuzz: cannot write the report: {e:#}");
+                    }
+                }
+                match outcome {
                     Ok(r) => {
                         println!(
                             "fuzz: {} cases passed ({} skipped, {} unreproducible failures) in {:.1} s (seed {seed})",
@@ -330,7 +349,8 @@ fn main() -> ExitCode {
             memory,
             runs,
             sizes,
-        } => match migtest::bench::run(which, memory, runs, &sizes) {
+            filter,
+        } => match migtest::bench::run(which, memory, runs, &sizes, filter.as_deref()) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("migtest bench: {e:#}");

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::scenario::exec::report::run_recorded;
 use crate::scenario::exec::{run_scenario, ExecError, ExecOptions};
 use crate::scenario::Scenario;
 
@@ -28,6 +29,13 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
 
 /// Replays `path` with `opts`, printing the verdict; returns the exit code.
 pub fn replay(path: &Path, opts: &ExecOptions) -> i32 {
+    replay_reported(path, opts, None)
+}
+
+/// [`replay`]; with `report`, the run's telemetry is recorded and
+/// `report/index.html` written (the result table, the plot, the failure
+/// report and QMP transcript tails).
+pub fn replay_reported(path: &Path, opts: &ExecOptions, report: Option<&Path>) -> i32 {
     let scenario = match load(path) {
         Ok(s) => s,
         Err(e) => {
@@ -42,7 +50,18 @@ pub fn replay(path: &Path, opts: &ExecOptions) -> i32 {
         opts.src_backend.describe(),
         scenario.purpose
     );
-    match run_scenario(&scenario, opts) {
+    let name = path
+        .file_stem()
+        .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+    let (result, entry) = match report {
+        Some(_) => {
+            let run = run_recorded(&scenario, &name, opts);
+            let entry = run.entry(&name, scenario.ops.len());
+            (run.result, Some(entry))
+        }
+        None => (run_scenario(&scenario, opts), None),
+    };
+    let code = match result {
         Ok(summary) => {
             for h in &summary.history {
                 println!("  {h}");
@@ -58,5 +77,19 @@ pub fn replay(path: &Path, opts: &ExecOptions) -> i32 {
             println!("FAIL {f}");
             FAIL
         }
+    };
+    if let (Some(dir), Some(entry)) = (report, entry) {
+        let subtitle = format!(
+            "{} ({}): {}",
+            path.display(),
+            opts.src_backend.describe(),
+            scenario.purpose
+        );
+        if let Err(e) =
+            crate::scenario::exec::report::write(dir, "migtest replay", subtitle, vec![entry])
+        {
+            eprintln!("migtest replay: cannot write the report: {e:#}");
+        }
     }
+    code
 }

@@ -143,3 +143,57 @@ fn report_renders_in_headless_chromium() {
     );
     assert!(!dom.contains("plot failed"), "{dom:.3000}");
 }
+
+/// `migtest replay FILE --report DIR` (a planted fault makes it fail): the
+/// page has the one case's row, its plot, the failure report and QMP
+/// transcript it links, and the telemetry file; Chromium renders it.
+#[test]
+fn replay_report_has_the_case_plot_and_failure_links() {
+    if !migtest_vmm::FAULT_INJECTION {
+        println!("NOT RUN: needs migtest-vmm's fault-injection feature (ci/test builds with it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/mission-flow.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_migtest"))
+        .arg("replay")
+        .arg(&file)
+        .args(["--x-fault", "skip-one-dirty-page", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("report: "), "{text}");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert_eq!(
+        html.matches("<figure class=\"plot\"").count(),
+        1,
+        "{html:.3000}"
+    );
+    assert!(html.contains("class=\"fail\">FAIL<"), "{html:.3000}");
+    for link in [
+        "failures/mission-flow.txt",
+        "failures/mission-flow-qmp.txt",
+        "telemetry/mission-flow.jsonl",
+    ] {
+        assert!(
+            html.contains(&format!("href=\"{link}\"")),
+            "no link to {link}"
+        );
+        assert!(report.join(link).is_file(), "{link} not written");
+    }
+    let records = read_jsonl(&report.join("telemetry/mission-flow.jsonl")).unwrap();
+    assert!(matches!(records.last(), Some(Record::End { result, .. }) if result == "fail"));
+    if let Some(bin) = chromium() {
+        let profile = dir.path().join("profile");
+        let (dom, err) = headless(
+            &bin,
+            &profile,
+            &report.join("index.html"),
+            &["--dump-dom".to_string()],
+        );
+        assert_eq!(dom.matches("<svg").count(), 1, "{err}");
+    }
+}

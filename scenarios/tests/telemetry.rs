@@ -172,3 +172,61 @@ fn qemu_telemetry_reads_back() {
     assert!(has_event(&records, "source", "MIGRATION"));
     assert!(ops(&records).contains(&"migrate"));
 }
+
+/// What nextest shows of a failing catalog case: the catalog tests panic with
+/// `{e:?}` of [`catalog::run_named`]'s error, which nextest prints and puts
+/// into its JUnit output. It must name the telemetry file written into the
+/// kept source log directory, with the QMP transcripts beside it.
+#[test]
+fn failing_scenario_writes_telemetry_into_its_kept_log_dir() {
+    if !migtest_vmm::FAULT_INJECTION {
+        println!("NOT RUN: needs migtest-vmm's fault-injection feature (ci/test builds with it)");
+        return;
+    }
+    let mut cfg = CatalogConfig::new(Backend::Builtin);
+    cfg.memory = 32 << 20;
+    cfg.src_extra = vec!["-x-fault".into(), "skip-one-dirty-page".into()];
+    let name = "mission/tcp/smp1";
+    let err = migtest::catalog::run_named(name, &cfg)
+        .expect_err("the planted fault must fail the scenario");
+    let message = format!("{err:?}");
+    let lines: Vec<&str> = message
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("telemetry: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "one telemetry line in:\n{message}");
+    let path = Path::new(lines[0]);
+    let records = read_jsonl(path).unwrap_or_else(|e| panic!("{e:#}\n{message}"));
+    let dirs: Vec<String> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Vm { log_dir, .. } => Some(log_dir.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        path.parent().map(|p| p.display().to_string()).as_ref(),
+        dirs.first(),
+        "written into the source's log directory"
+    );
+    assert!(
+        matches!(&records[0], Record::Start { scenario, .. } if scenario == name),
+        "{:?}",
+        records[0]
+    );
+    assert!(
+        matches!(records.last(), Some(Record::End { result, error: Some(_), .. }) if result == "fail"),
+        "{:?}",
+        records.last()
+    );
+    assert!(samples(&records)
+        .iter()
+        .any(|s| s.pass.is_some_and(|p| p >= 1)));
+    assert!(ops(&records).contains(&"migrate"));
+    let transcript =
+        std::fs::read_to_string(path.with_file_name(migtest::telemetry::TRANSCRIPT_FILE)).unwrap();
+    assert!(transcript.contains("\"migrate\""), "{transcript:.2000}");
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

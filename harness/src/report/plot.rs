@@ -78,6 +78,13 @@ impl Series {
         if let (Some(t), Some(ms)) = (stop_at, downtime_ms) {
             s.downtime = Some((t, ms as f64 / 1000.0));
         }
+        // The curves end at the first sample after the last one of a running
+        // migration: what follows (memory checks, the destination running
+        // on) is flat and would squeeze the migration into the plot's left.
+        if let Some(end) = migration_end(records) {
+            s.remaining.retain(|p| p.0 <= end);
+            s.throughput.retain(|p| p.0 <= end);
+        }
         s
     }
 
@@ -95,6 +102,24 @@ impl Series {
             .chain(self.ops.iter().map(|o| o.0));
         pts.chain(marks).fold(0.0, f64::max)
     }
+}
+
+/// The time of the first sample after the last sample of a running
+/// migration (a status other than none, completed, failed, cancelled).
+fn migration_end(records: &[Record]) -> Option<f64> {
+    let samples: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Sample(x) => Some(x),
+            _ => None,
+        })
+        .collect();
+    let last = samples.iter().rposition(|x| {
+        x.status
+            .as_deref()
+            .is_some_and(|st| !matches!(st, "none" | "completed" | "failed" | "cancelled"))
+    })?;
+    samples.get(last + 1).or(samples.get(last)).map(|x| x.t)
 }
 
 const CURVES: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];

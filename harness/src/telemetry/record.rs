@@ -265,4 +265,33 @@ mod tests {
         let back: Record = serde_json::from_str(&line).unwrap();
         assert_eq!(back, Record::Sample(s));
     }
+
+    /// Scenario groups beyond precopy (auto-converge, multifd, postcopy)
+    /// make `query-migrate` carry more members and statuses: the sampler
+    /// keeps what it knows and ignores the rest, and a reader of a file
+    /// with members it does not know still reads it.
+    #[test]
+    fn extra_query_migrate_members_are_tolerated() {
+        let s = Sample::from_query_migrate(
+            2.0,
+            "MIGRATION",
+            &json!({"status": "postcopy-active", "cpu-throttle-percentage": 99,
+                "postcopy-blocktime": 12, "postcopy-vcpu-blocktime": [1, 2],
+                "blocked-reasons": ["x"], "xbzrle-cache": {"cache-size": 1},
+                "ram": {"dirty-sync-count": 4, "postcopy-requests": 9, "multifd-bytes": 5,
+                    "precopy-bytes": 6, "remaining": 4096, "mbps": 1.5, "new-field": {"a": 1}},
+                "vfio": {"transferred": 0}}),
+        );
+        assert_eq!(s.status.as_deref(), Some("postcopy-active"));
+        assert_eq!(s.throttle, Some(99));
+        assert_eq!((s.pass, s.remaining), (Some(4), Some(4096)));
+        // A malformed member is left out, not an error.
+        let odd = Sample::from_query_migrate(0.0, "interval", &json!({"ram": {"remaining": "x"}}));
+        assert_eq!(odd.remaining, None);
+        let line = r#"{"type":"sample","t":1.0,"trigger":"interval","status":"device","later":3}"#;
+        let back: Record = serde_json::from_str(line).unwrap();
+        assert!(
+            matches!(back, Record::Sample(Sample { status: Some(ref st), .. }) if st == "device")
+        );
+    }
 }

@@ -24,6 +24,7 @@ use super::{MigrationStatus, Op, PairSpec, Scenario, Side};
 
 mod observe;
 mod perform;
+pub mod report;
 
 /// How the executor runs scenarios.
 #[derive(Debug, Clone)]
