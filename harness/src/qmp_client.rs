@@ -428,7 +428,7 @@ impl QmpHandle {
         if lock(&inner.state).disconnected.is_some() {
             return false;
         }
-        match inner.execute("quit", Value::Null, timeout) {
+        match inner.execute("quit", Value::Null, timeout, None) {
             Ok(_) | Err(QmpError::Disconnected { .. }) | Err(QmpError::Timeout { .. }) => true,
             Err(_) => false,
         }
