@@ -297,6 +297,25 @@ impl Pair {
     /// Replaces the destination with a fresh one waiting for an incoming
     /// migration (`-incoming defer`, `events` on, then `migrate-incoming`).
     pub fn restart_destination(&mut self) -> Result<()> {
+        self.restart_destination_deferred()?;
+        let dst = self.dst()?;
+        let listen = match self.spec.transport {
+            Transport::Unix => format!(
+                "unix:{}",
+                dst.log_dir()
+                    .join(format!("migsocket-{}", self.generation))
+                    .display()
+            ),
+            Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
+        };
+        dst.migrate_incoming(&listen)
+            .context("starting the incoming migration")
+    }
+
+    /// Replaces the destination with a fresh one that waits with
+    /// `-incoming defer` (`events` on) for the caller's `migrate-incoming`
+    /// (e.g. on a `file:` or `fd:` channel).
+    pub fn restart_destination_deferred(&mut self) -> Result<()> {
         self.dst = None;
         self.generation += 1;
         let mut dst = Vm::launch(
@@ -315,17 +334,6 @@ impl Pair {
         dst.set_observer(self.spec.observer.clone());
         dst.set_capabilities(&[("events", true)])
             .context("enabling events on the destination")?;
-        let listen = match self.spec.transport {
-            Transport::Unix => format!(
-                "unix:{}",
-                dst.log_dir()
-                    .join(format!("migsocket-{}", self.generation))
-                    .display()
-            ),
-            Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
-        };
-        dst.migrate_incoming(&listen)
-            .context("starting the incoming migration")?;
         if let Some(diag) = &self.diagnostics {
             diag.add_vm(&dst);
             diag.hold_logs();

@@ -9,8 +9,10 @@
 //! [`QmpClient::read_reply_raw`], used with [`QmpClient::send_raw`] for
 //! bad-input tests.
 
+use migtest_vmm::monitor_fds::send_with_fd;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufReader, Write};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -223,10 +225,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn write_line(&self, line: &str, what: &str) -> Result<(), QmpError> {
+    /// Writes `line`; `fd` goes with its first bytes (SCM_RIGHTS, for `getfd`).
+    fn write_line(&self, line: &str, what: &str, fd: Option<RawFd>) -> Result<(), QmpError> {
         self.transcript.push(Direction::Sent, line);
         let mut w = lock(&self.writer);
-        w.write_all(line.as_bytes())
+        let sent = fd.map_or(Ok(0), |fd| send_with_fd(&w, line.as_bytes(), fd));
+        sent.and_then(|n| w.write_all(&line.as_bytes()[n..]))
             .and_then(|_| w.flush())
             .map_err(|e| {
                 let reason = format!("write failed: {e}");
@@ -247,7 +251,13 @@ impl Inner {
         self.cond.notify_all();
     }
 
-    fn execute(&self, name: &str, args: Value, timeout: Duration) -> Result<Value, QmpError> {
+    fn execute(
+        &self,
+        name: &str,
+        args: Value,
+        timeout: Duration,
+        fd: Option<RawFd>,
+    ) -> Result<Value, QmpError> {
         crate::observe::command(&self.label, name, &args);
         let args = match args {
             Value::Null => None,
@@ -275,7 +285,7 @@ impl Inner {
         let line = command_line(name, args.as_ref(), id);
         let what = format!("reply to '{name}' (id {id}) from {}", self.label);
         let deadline = Instant::now() + timeout;
-        if let Err(e) = self.write_line(&line, &what) {
+        if let Err(e) = self.write_line(&line, &what, fd) {
             let mut st = lock(&self.state);
             st.waiting.remove(&id);
             st.issued.remove(&id);
@@ -418,7 +428,7 @@ impl QmpHandle {
         if lock(&inner.state).disconnected.is_some() {
             return false;
         }
-        match inner.execute("quit", Value::Null, timeout) {
+        match inner.execute("quit", Value::Null, timeout, None) {
             Ok(_) | Err(QmpError::Disconnected { .. }) | Err(QmpError::Timeout { .. }) => true,
             Err(_) => false,
         }
@@ -587,7 +597,13 @@ impl QmpClient {
 
     /// Runs a command; `args` is an object or `Value::Null` (no arguments).
     pub fn execute(&self, name: &str, args: Value) -> Result<Value, QmpError> {
-        self.inner.execute(name, args, self.timeout)
+        self.inner.execute(name, args, self.timeout, None)
+    }
+
+    /// Runs a command with `fd` passed along (SCM_RIGHTS), as a management
+    /// layer passes a socket to `getfd`.
+    pub fn execute_with_fd(&self, name: &str, args: Value, fd: RawFd) -> Result<Value, QmpError> {
+        self.inner.execute(name, args, self.timeout, Some(fd))
     }
 
     /// Runs a command with an explicit deadline.
@@ -597,7 +613,7 @@ impl QmpClient {
         args: Value,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
-        self.inner.execute(name, args, timeout)
+        self.inner.execute(name, args, timeout, None)
     }
 
     /// Runs a command and deserializes its return value.

@@ -96,6 +96,8 @@ cases! {
     qemu_cancel_after_completed => "cancel/src/after/completed";
     qemu_cancel_after_cancelled => "cancel/src/after/cancelled";
     qemu_cancel_after_failed => "cancel/src/after/failed";
+    qemu_mission_file => "mission/file", skipped "Parameter 'uri' expects a valid migration protocol";
+    qemu_mission_fd => "mission/fd";
 }
 
 /// Every catalog scenario has a QEMU case here (a new scenario fails this

@@ -41,6 +41,8 @@ pub const COMMANDS: &[&str] = &[
     "cont",
     "quit",
     "pmemsave",
+    "getfd",
+    "closefd",
     "migrate",
     "migrate-incoming",
     "migrate_cancel",
@@ -228,6 +230,14 @@ impl Dispatcher {
             }
             "pmemsave" => {
                 self.pmemsave(Args::new(args))?;
+                json!({})
+            }
+            "getfd" => {
+                crate::monitor_fds::getfd(Args::new(args))?;
+                json!({})
+            }
+            "closefd" => {
+                crate::monitor_fds::closefd(Args::new(args))?;
                 json!({})
             }
             "migrate" => m.migrate(Args::new(args))?,

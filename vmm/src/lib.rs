@@ -5,7 +5,8 @@
 //! - [`guest`]: RAM with software dirty tracking, vCPU threads running
 //!   workloads from guest images, serial output.
 //! - [`vm`]: run state, autostart and events around the guest.
-//! - [`server`], [`commands`], [`events`]: the QMP monitor.
+//! - [`server`], [`commands`], [`events`], [`monitor_fds`]: the QMP monitor
+//!   (and the descriptors passed to it with `getfd`).
 //! - [`migration`]: precopy migration (source engine, destination loader,
 //!   stream format, transports) with `switchover-hold`.
 //! - [`machine`]: wiring it all together for `main`.
@@ -21,6 +22,7 @@ pub mod guest;
 mod host_impl;
 pub mod machine;
 pub mod migration;
+pub mod monitor_fds;
 pub mod server;
 pub mod vm;
 

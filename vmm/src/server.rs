@@ -7,7 +7,7 @@ use crate::events::MonitorWriter;
 use migtest_qmp::framing::{Frame, JsonSplitter};
 use migtest_qmp::message::{Command, Rejected};
 use migtest_qmp::{ErrorBody, ErrorClass, Greeting, ServerMessage};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -62,13 +62,19 @@ fn serve_connection(stream: UnixStream, dispatcher: Arc<Dispatcher>) {
     if !send(&session.writer, &ServerMessage::Greeting(greeting)) {
         return;
     }
-    let mut reader = stream;
+    crate::monitor_fds::enter_monitor();
+    let reader = stream;
     let mut splitter = JsonSplitter::default();
     let mut buf = [0u8; 8192];
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        // Descriptors passed with SCM_RIGHTS wait for a `getfd` on this
+        // thread, the one that runs this monitor's commands.
+        let n = match crate::monitor_fds::recv_with_fds(&reader, &mut buf) {
+            Ok((0, _)) | Err(_) => return,
+            Ok((n, fds)) => {
+                crate::monitor_fds::set_received(fds);
+                n
+            }
         };
         for frame in splitter.feed(&buf[..n]) {
             let (reply, quit) = handle_frame(&mut session, &dispatcher, frame);

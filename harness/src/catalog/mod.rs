@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod precopy;
+mod transports;
 
 use precopy::mission;
 
@@ -278,6 +279,7 @@ pub(super) fn wait_passes(ctx: &mut Ctx, pair: &mut Pair, n: u64) -> Result<()> 
 pub fn catalog() -> Vec<Scenario> {
     let mut v = Vec::new();
     precopy::add(&mut v);
+    transports::add(&mut v);
     v
 }
 

@@ -11,7 +11,7 @@
 //! - [`stream`]: the versioned wire format (`docs/migration-stream.md`).
 //! - [`params`]: parameters and capabilities with QEMU's texts.
 //! - [`switchover`]: the switchover decision and the `switchover-hold` semaphore.
-//! - [`transport`]: `unix:` / `tcp:` URIs.
+//! - [`transport`]: `unix:` / `tcp:` URIs; `channel`: `file:` / `fd:`.
 //! - [`host`]: the traits the engine needs from the VM and the guest
 //!   (implemented for `Vm`/`GuestRam` in `host_impl`).
 //! - [`testing`]: an in-memory guest and recording host for tests.
@@ -19,6 +19,7 @@
 //! Lock order: outgoing slot, then `event_order`, then the per-migration
 //! info / incoming state, then caps/params (held only briefly).
 
+mod channel;
 pub mod faults;
 pub mod host;
 pub mod params;
@@ -194,15 +195,21 @@ impl Migration {
             }
             _ => {}
         }
-        match MigrationUri::parse(&uri) {
-            Ok(uri) => {
-                *slot = Some(outgoing::start(self.shared.clone(), host, uri));
+        // `file:` and `fd:` channels are opened here, on the monitor's
+        // thread, as QEMU opens them in qmp_migrate.
+        let parsed = MigrationUri::parse(&uri).and_then(|u| {
+            let pre = channel::open_now(&u, true).map_err(ErrorBody::generic)?;
+            Ok((u, pre))
+        });
+        match parsed {
+            Ok((uri, pre)) => {
+                *slot = Some(outgoing::start(self.shared.clone(), host, uri, pre));
                 Ok(json!({}))
             }
             Err(e) => {
                 // As QEMU: the migration was initialised (`setup`) before
                 // the URI was looked at, so it ends `failed`. Only address
-                // errors are kept as `error-desc`.
+                // and channel errors are kept as `error-desc`.
                 let keep = e.desc != transport::UNKNOWN_PROTOCOL;
                 let desc = keep.then(|| e.desc.clone());
                 *slot = Some(outgoing::failed_at_start(&self.shared, host.as_ref(), desc));

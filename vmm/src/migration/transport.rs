@@ -1,5 +1,6 @@
 //! Migration transports: `unix:PATH` and `tcp:HOST:PORT` URIs, listening
-//! (destination) and connecting (source).
+//! (destination) and connecting (source); `file:` and `fd:` channels are
+//! opened by [`super::channel`].
 
 use super::stream::os_error_text;
 use migtest_qmp::schema::SocketAddress;
@@ -20,6 +21,15 @@ pub enum MigrationUri {
         /// Port (0 = any, for listening).
         port: u16,
     },
+    /// `file:PATH[,offset=N]`.
+    File {
+        /// File name.
+        path: String,
+        /// Where the stream starts in the file.
+        offset: u64,
+    },
+    /// `fd:NAME`: a `getfd` name, or an inherited descriptor number.
+    Fd(String),
 }
 
 impl MigrationUri {
@@ -46,6 +56,12 @@ impl MigrationUri {
                 port,
             });
         }
+        if let Some(spec) = uri.strip_prefix("file:") {
+            return super::channel::parse_file(spec);
+        }
+        if let Some(name) = uri.strip_prefix("fd:") {
+            return Ok(MigrationUri::Fd(name.to_string()));
+        }
         Err(ErrorBody::generic(UNKNOWN_PROTOCOL))
     }
 }
@@ -61,6 +77,8 @@ pub enum Conn {
     Unix(UnixStream),
     /// TCP socket.
     Tcp(TcpStream),
+    /// A `file:` channel.
+    File(std::fs::File),
 }
 
 impl Conn {
@@ -69,6 +87,7 @@ impl Conn {
         Ok(match self {
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::File(f) => Conn::File(f.try_clone()?),
         })
     }
 
@@ -77,6 +96,7 @@ impl Conn {
         let _ = match self {
             Conn::Unix(s) => s.shutdown(Shutdown::Both),
             Conn::Tcp(s) => s.shutdown(Shutdown::Both),
+            Conn::File(_) => Ok(()),
         };
     }
 
@@ -93,6 +113,8 @@ impl Conn {
             let set = match self {
                 Conn::Unix(s) => s.set_read_timeout(Some(left)),
                 Conn::Tcp(s) => s.set_read_timeout(Some(left)),
+                // Nobody reads a file while it is written.
+                Conn::File(_) => return true,
             };
             if set.is_err() {
                 return false;
@@ -119,6 +141,7 @@ impl Conn {
         let _ = match self {
             Conn::Unix(s) => s.shutdown(Shutdown::Write),
             Conn::Tcp(s) => s.shutdown(Shutdown::Write),
+            Conn::File(_) => Ok(()),
         };
     }
 }
@@ -128,6 +151,7 @@ impl Read for Conn {
         match self {
             Conn::Unix(s) => s.read(buf),
             Conn::Tcp(s) => s.read(buf),
+            Conn::File(f) => f.read(buf),
         }
     }
 }
@@ -137,6 +161,7 @@ impl Write for Conn {
         match self {
             Conn::Unix(s) => s.write(buf),
             Conn::Tcp(s) => s.write(buf),
+            Conn::File(f) => f.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -151,6 +176,8 @@ pub enum Listener {
     Unix(UnixListener, String),
     /// TCP socket.
     Tcp(TcpListener),
+    /// A `file:` or `fd:` channel, open already: "accepting" hands it out.
+    Ready(std::sync::Mutex<Option<Conn>>),
 }
 
 fn resolve(host: &str, port: u16, listen: bool) -> io::Result<Vec<SocketAddr>> {
@@ -172,6 +199,9 @@ fn resolve(host: &str, port: u16, listen: bool) -> io::Result<Vec<SocketAddr>> {
 impl Listener {
     /// Binds the address of `uri` (QEMU unlinks a stale unix socket first).
     pub fn bind(uri: &MigrationUri) -> Result<Listener, String> {
+        if let Some(conn) = super::channel::open_now(uri, false)? {
+            return Ok(Listener::Ready(std::sync::Mutex::new(Some(conn))));
+        }
         match uri {
             MigrationUri::Unix(path) => {
                 let _ = std::fs::remove_file(path);
@@ -185,6 +215,9 @@ impl Listener {
                 })
                 .map(Listener::Tcp)
             }
+            MigrationUri::File { .. } | MigrationUri::Fd(_) => {
+                Err("the channel was opened already".into())
+            }
         }
     }
 
@@ -196,6 +229,7 @@ impl Listener {
                 host: a.ip().to_string(),
                 port: a.port().to_string(),
             }),
+            Listener::Ready(_) => None,
         }
     }
 
@@ -207,11 +241,16 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Conn::Tcp(s)
             }),
+            Listener::Ready(c) => super::lock(c).take().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotConnected, "channel already taken")
+            }),
         }
     }
 }
 
 /// Connects to the destination of `uri`, with QEMU-like error texts.
+/// (`file:` and `fd:` channels are opened by `migrate` itself, see
+/// [`super::channel::open_now`].)
 pub fn connect(uri: &MigrationUri) -> Result<Conn, String> {
     match uri {
         MigrationUri::Unix(path) => UnixStream::connect(path)
@@ -223,6 +262,9 @@ pub fn connect(uri: &MigrationUri) -> Result<Conn, String> {
             })?;
             let _ = s.set_nodelay(true);
             Ok(Conn::Tcp(s))
+        }
+        MigrationUri::File { .. } | MigrationUri::Fd(_) => {
+            Err("the channel was opened already".into())
         }
     }
 }

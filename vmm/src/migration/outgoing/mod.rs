@@ -190,6 +190,7 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     host: Arc<dyn MigrationHost>,
     uri: MigrationUri,
+    pre_opened: Option<Conn>,
 ) -> Arc<Outgoing> {
     let out = new_outgoing(&shared, host.as_ref());
     out.set_status(
@@ -203,7 +204,15 @@ pub(crate) fn start(
     let hold_at_start = shared.params().switchover_hold;
     let spawned = std::thread::Builder::new()
         .name("live_migration".into())
-        .spawn(move || run(&shared, &o, host.as_ref(), &uri, hold_at_start));
+        .spawn(move || {
+            run(
+                &shared,
+                &o,
+                host.as_ref(),
+                (&uri, pre_opened),
+                hold_at_start,
+            )
+        });
     if let Err(e) = spawned {
         // Nothing started; report it like any other failure.
         let mut i = lock(&out.info);
@@ -268,7 +277,7 @@ fn run(
     shared: &Shared,
     out: &Outgoing,
     host: &dyn MigrationHost,
-    uri: &MigrationUri,
+    uri: (&MigrationUri, Option<Conn>),
     hold_at_start: bool,
 ) {
     let mut stopped = (false, false);
@@ -333,11 +342,14 @@ fn run_inner(
     shared: &Shared,
     out: &Outgoing,
     host: &dyn MigrationHost,
-    uri: &MigrationUri,
+    (uri, pre_opened): (&MigrationUri, Option<Conn>),
     stopped: &mut (bool, bool),
     hold_at_start: bool,
 ) -> Result<(), Abort> {
-    let conn = transport::connect(uri).map_err(Abort::Failed)?;
+    let conn = match pre_opened {
+        Some(c) => c,
+        None => transport::connect(uri).map_err(Abort::Failed)?,
+    };
     let handle = conn.try_clone().map_err(write_err)?;
     *lock(&out.conn) = Some(handle);
     if out.status() != MigrationStatus::Setup {
