@@ -112,6 +112,14 @@ impl Conn {
         }
     }
 
+    /// Sets (or clears) the read timeout.
+    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
     /// Shuts down the write half (the destination then sees EOF).
     pub fn shutdown_write(&self) {
         let _ = match self {
@@ -194,6 +202,38 @@ impl Listener {
                 host: a.ip().to_string(),
                 port: a.port().to_string(),
             }),
+        }
+    }
+
+    /// Waits up to `timeout` for a connection (`None` when none came).
+    pub fn accept_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<Conn>> {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            return self.accept().map(Some);
         }
     }
 
