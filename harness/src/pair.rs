@@ -54,6 +54,9 @@ pub struct PairSpec {
     pub dst_extra: Vec<String>,
     /// Sees every QMP reply of the pair's VMs (`migtest compare`).
     pub observer: Option<Arc<dyn ReplyObserver>>,
+    /// `Some(n)`: the `multifd` capability on both sides with
+    /// `multifd-channels` n, set before `migrate` / `migrate-incoming`.
+    pub multifd: Option<u8>,
 }
 
 impl PairSpec {
@@ -70,6 +73,7 @@ impl PairSpec {
             src_extra: Vec::new(),
             dst_extra: Vec::new(),
             observer: None,
+            multifd: None,
         }
     }
 }
@@ -224,6 +228,15 @@ pub struct Pair {
     diagnostics: Option<Arc<Diagnostics>>,
 }
 
+/// The `multifd` capability and `multifd-channels` (both sides use this).
+fn set_multifd(vm: &Vm, channels: Option<u8>) -> Result<()> {
+    if let Some(n) = channels {
+        vm.set_capabilities(&[("multifd", true)])?;
+        vm.set_parameters(json!({ "multifd-channels": n }))?;
+    }
+    Ok(())
+}
+
 impl Pair {
     /// Launches the source (running its workload, `events` on, full-speed
     /// precopy as QEMU's qtests set it) and a destination waiting with
@@ -247,6 +260,7 @@ impl Pair {
             .context("enabling events on the source")?;
         src.set_parameters(json!({"max-bandwidth": 0}))
             .context("setting full-speed precopy on the source")?;
+        set_multifd(&src, spec.multifd).context("enabling multifd on the source")?;
         let mut pair = Pair {
             spec,
             src,
@@ -302,6 +316,7 @@ impl Pair {
         dst.set_observer(self.spec.observer.clone());
         dst.set_capabilities(&[("events", true)])
             .context("enabling events on the destination")?;
+        set_multifd(&dst, self.spec.multifd).context("enabling multifd on the destination")?;
         let listen = match self.spec.transport {
             Transport::Unix => format!(
                 "unix:{}",

@@ -65,6 +65,10 @@ const NAMES: &[&str] = &[
     "cancel/src/after/completed",
     "cancel/src/after/cancelled",
     "cancel/src/after/failed",
+    "mission/multifd/unix",
+    "mission/multifd/tcp",
+    "multifd/cancel-during-pass",
+    "multifd/destination-killed",
 ];
 
 #[rstest]
@@ -93,6 +97,10 @@ const NAMES: &[&str] = &[
 #[case::cancel_after_completed(22)]
 #[case::cancel_after_cancelled(23)]
 #[case::cancel_after_failed(24)]
+#[case::mission_multifd_unix(25)]
+#[case::mission_multifd_tcp(26)]
+#[case::multifd_cancel_during_pass(27)]
+#[case::multifd_destination_killed(28)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

@@ -146,8 +146,8 @@ fn capability_and_parameter_follow_qemu() {
             json!(0),
             "Parameter 'multifd_channels' expects a value between 1 and 255",
         ),
-        (json!(256), "Parameter 'multifd-channels' expects uint8"),
-        (json!(-1), "Parameter 'multifd-channels' expects uint8"),
+        (json!(256), "Parameter 'multifd-channels' expects uint8_t"),
+        (json!(-1), "Parameter 'multifd-channels' expects uint8_t"),
         (json!("4"), "Parameter 'multifd-channels' expects uint64"),
         (json!(1.5), "Parameter 'multifd-channels' expects uint64"),
     ];

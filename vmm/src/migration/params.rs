@@ -81,13 +81,13 @@ fn qapi_uint64(args: &mut Args, name: &str) -> Result<Option<u64>, ErrorBody> {
 
 /// QEMU's input visitor for a `uint8` member (`visit_type_uintN`): the value
 /// is read as `uint64` (negatives wrap) and anything above 255 is
-/// "Parameter 'x' expects uint8".
+/// "Parameter 'x' expects uint8_t" (QEMU 7.2, checked against it).
 fn qapi_uint8(args: &mut Args, name: &str) -> Result<Option<u8>, ErrorBody> {
     match qapi_uint64(args, name)? {
         None => Ok(None),
         Some(v) => u8::try_from(v)
             .map(Some)
-            .map_err(|_| invalid(name, "uint8")),
+            .map_err(|_| invalid(name, "uint8_t")),
     }
 }
 

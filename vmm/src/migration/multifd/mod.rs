@@ -13,7 +13,7 @@
 //! - [`recv`]: the destination's accept/handshake, receive threads and
 //!   the per-pass barrier.
 
-pub(crate) mod recv;
+pub mod recv;
 pub(crate) mod send;
 
 /// Hello magic.

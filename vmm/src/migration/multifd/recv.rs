@@ -17,7 +17,9 @@ use super::{uuid_text, Hello, HELLO_LEN};
 use crate::migration::host::MigrationHost;
 use crate::migration::incoming::{apply_device_state, stream_load, RamSink, READ_BUFFER};
 use crate::migration::lock;
-use crate::migration::stream::{load_batch, os_error_text, Expect, Record, StreamReader};
+use crate::migration::stream::{
+    load_batch, os_error_text, Expect, Record, StreamError, StreamReader, StreamSink,
+};
 use crate::migration::transport::{Conn, Listener};
 use migtest_qmp::schema::RunState;
 use std::io::{self, BufReader, Read};
@@ -207,6 +209,61 @@ impl Coord {
     }
 }
 
+/// Why a page channel's body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The body is malformed (offsets count from the end of the hello).
+    Stream(StreamError),
+    /// The pass-marker hook refused (another channel failed, or the
+    /// channels disagree on the pass).
+    Stopped(String),
+}
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelError::Stream(e) => e.fmt(f),
+            ChannelError::Stopped(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Decodes the body of a page channel (what follows its hello):
+/// `PASS (PASS|PAGES)* END <eof>`, every record validated before its pages
+/// go to `sink`; each pass marker goes to `sink` and then to `on_pass`
+/// (the barrier). Returns the body's length.
+pub fn load_channel<R: Read>(
+    r: R,
+    expect: Expect,
+    sink: &mut dyn StreamSink,
+    mut on_pass: impl FnMut(u64) -> Result<(), String>,
+) -> Result<u64, ChannelError> {
+    let mut rd = StreamReader::channel(r, expect);
+    loop {
+        let at = rd.offset();
+        match rd.next_record().map_err(ChannelError::Stream)? {
+            Record::Pass(n) => {
+                sink.pass(n);
+                on_pass(n).map_err(ChannelError::Stopped)?;
+            }
+            Record::Pages(_) => {
+                let (entries, data) = rd.batch();
+                load_batch(entries, data, at, sink).map_err(ChannelError::Stream)?;
+            }
+            Record::End(_) => {
+                rd.finish().map_err(ChannelError::Stream)?;
+                return Ok(rd.offset());
+            }
+            // The reader refuses every other record on a channel.
+            other => {
+                return Err(ChannelError::Stopped(format!(
+                    "unexpected record {other:?}"
+                )))
+            }
+        }
+    }
+}
+
 /// One page channel: pass markers meet at the barrier, pages go to RAM.
 fn channel_load(
     conn: Conn,
@@ -214,24 +271,11 @@ fn channel_load(
     expect: Expect,
     coord: &Coord,
 ) -> Result<(), String> {
-    let mut rd = StreamReader::channel(BufReader::with_capacity(READ_BUFFER, conn), expect);
-    let mut sink = RamSink(host.ram());
-    loop {
-        let at = rd.offset();
-        match rd.next_record().map_err(|e| e.to_string())? {
-            Record::Pass(n) => coord.sync(n)?,
-            Record::Pages(_) => {
-                let (entries, data) = rd.batch();
-                load_batch(entries, data, at, &mut sink).map_err(|e| e.to_string())?;
-            }
-            Record::End(_) => {
-                rd.finish().map_err(|e| e.to_string())?;
-                coord.ended();
-                return Ok(());
-            }
-            other => return Err(format!("unexpected record {other:?}")),
-        }
-    }
+    let r = BufReader::with_capacity(READ_BUFFER, conn);
+    load_channel(r, expect, &mut RamSink(host.ram()), |n| coord.sync(n))
+        .map_err(|e| e.to_string())?;
+    coord.ended();
+    Ok(())
 }
 
 /// Loads a multifd migration: the main stream on this thread, each page
