@@ -67,6 +67,9 @@ pub struct PairSpec {
     pub dst_extra: Vec<String>,
     /// Sees every QMP reply of the pair's VMs (`migtest compare`).
     pub observer: Option<Arc<dyn ReplyObserver>>,
+    /// `Some(n)`: the `multifd` capability on both sides with
+    /// `multifd-channels` n, set before `migrate` / `migrate-incoming`.
+    pub multifd: Option<u8>,
 }
 
 impl PairSpec {
@@ -83,6 +86,7 @@ impl PairSpec {
             src_extra: Vec::new(),
             dst_extra: Vec::new(),
             observer: None,
+            multifd: None,
         }
     }
 }
@@ -237,6 +241,15 @@ pub struct Pair {
     diagnostics: Option<Arc<Diagnostics>>,
 }
 
+/// The `multifd` capability and `multifd-channels` (both sides use this).
+fn set_multifd(vm: &Vm, channels: Option<u8>) -> Result<()> {
+    if let Some(n) = channels {
+        vm.set_capabilities(&[("multifd", true)])?;
+        vm.set_parameters(json!({ "multifd-channels": n }))?;
+    }
+    Ok(())
+}
+
 impl Pair {
     /// Launches the source (running its workload, `events` on, full-speed
     /// precopy as QEMU's qtests set it) and a destination waiting with
@@ -260,6 +273,7 @@ impl Pair {
             .context("enabling events on the source")?;
         src.set_parameters(json!({"max-bandwidth": 0}))
             .context("setting full-speed precopy on the source")?;
+        set_multifd(&src, spec.multifd).context("enabling multifd on the source")?;
         let mut pair = Pair {
             spec,
             src,
@@ -334,6 +348,7 @@ impl Pair {
         dst.set_observer(self.spec.observer.clone());
         dst.set_capabilities(&[("events", true)])
             .context("enabling events on the destination")?;
+        set_multifd(&dst, self.spec.multifd).context("enabling multifd on the destination")?;
         if let Some(diag) = &self.diagnostics {
             diag.add_vm(&dst);
             diag.hold_logs();

@@ -328,6 +328,9 @@ pub struct MigrationParameters {
     /// The proposed hold on precopy switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover_hold: Option<bool>,
+    /// Page channels per migration with the `multifd` capability (1..=255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multifd_channels: Option<u8>,
 }
 
 /// One entry of `query-migrate-capabilities` / `migrate-set-capabilities`.

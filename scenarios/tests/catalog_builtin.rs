@@ -67,6 +67,10 @@ const NAMES: &[&str] = &[
     "cancel/src/after/failed",
     "mission/file",
     "mission/fd",
+    "mission/multifd/unix",
+    "mission/multifd/tcp",
+    "multifd/cancel-during-pass",
+    "multifd/destination-killed",
 ];
 
 #[rstest]
@@ -97,6 +101,10 @@ const NAMES: &[&str] = &[
 #[case::cancel_after_failed(24)]
 #[case::mission_file(25)]
 #[case::mission_fd(26)]
+#[case::mission_multifd_unix(27)]
+#[case::mission_multifd_tcp(28)]
+#[case::multifd_cancel_during_pass(29)]
+#[case::multifd_destination_killed(30)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

@@ -98,6 +98,10 @@ cases! {
     qemu_cancel_after_failed => "cancel/src/after/failed";
     qemu_mission_file => "mission/file", skipped "Parameter 'uri' expects a valid migration protocol";
     qemu_mission_fd => "mission/fd";
+    qemu_mission_multifd_unix => "mission/multifd/unix";
+    qemu_mission_multifd_tcp => "mission/multifd/tcp";
+    qemu_multifd_cancel_during_pass => "multifd/cancel-during-pass";
+    qemu_multifd_destination_killed => "multifd/destination-killed";
 }
 
 /// Every catalog scenario has a QEMU case here (a new scenario fails this

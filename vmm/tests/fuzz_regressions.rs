@@ -75,3 +75,50 @@ fn guest_image_shipped_images() {
     let n = replay(&dir, Some("toml"), migtest_vmm::fuzzing::check_guest_image);
     assert!(n >= 5, "only {n} images in guest-images");
 }
+
+#[test]
+fn multifd_channel_regressions() {
+    regressions(
+        "multifd_channel",
+        migtest_vmm::fuzzing::check_multifd_channel,
+    );
+}
+
+/// A valid page channel of the fixture geometry (4 pages, image 0x5eed).
+fn multifd_channel_sample() -> Vec<u8> {
+    use migtest_vmm::migration::multifd::Hello;
+    use migtest_vmm::migration::stream::{StreamWriter, ZERO_ENTRY};
+    let hello = Hello {
+        channel: 1,
+        channels: 2,
+        uuid: [3; 16],
+    };
+    let mut w = StreamWriter::new(hello.to_bytes().to_vec());
+    let page = |b: u8| vec![b; 4096];
+    w.pass(1).unwrap();
+    w.pages(&[0, 2 | ZERO_ENTRY], &page(7)).unwrap();
+    w.pass(2).unwrap();
+    w.pages(&[2, 3], &[page(1), page(2)].concat()).unwrap();
+    w.end().unwrap();
+    w.into_inner()
+}
+
+#[test]
+fn multifd_channel_sample_prefixes_and_flips() {
+    use migtest_vmm::fuzzing::check_multifd_channel as check;
+    let good = multifd_channel_sample();
+    check(&good);
+    // Every truncation, and a flipped byte in each field of the hello and
+    // the records' heads (the checks panic on a broken invariant).
+    for n in (0..good.len()).step_by(7) {
+        check(&good[..n]);
+    }
+    for i in (0..120).chain(good.len() - 20..good.len()) {
+        let mut bad = good.clone();
+        bad[i] ^= 0x41;
+        check(&bad);
+    }
+    let mut long = good.clone();
+    long.push(0);
+    check(&long);
+}

@@ -149,7 +149,8 @@ fn parameter_defaults_and_errors() {
     assert_eq!(
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 300, "max-bandwidth": 134217728,
-               "avail-switchover-bandwidth": 0, "switchover-hold": false})
+               "avail-switchover-bandwidth": 0, "switchover-hold": false,
+               "multifd-channels": 2})
     );
     let bad = [
         json!({"downtime-limit": 2_000_001}),
@@ -181,7 +182,8 @@ fn parameter_defaults_and_errors() {
     assert_eq!(
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 2_000_000, "max-bandwidth": u64::MAX,
-               "avail-switchover-bandwidth": 1, "switchover-hold": true})
+               "avail-switchover-bandwidth": 1, "switchover-hold": true,
+               "multifd-channels": 2})
     );
     m.set_parameters(args(json!({}))).unwrap();
     assert!(m.parameters().switchover_hold);

@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod multifd;
 mod precopy;
 mod transports;
 
@@ -280,6 +281,7 @@ pub fn catalog() -> Vec<Scenario> {
     let mut v = Vec::new();
     precopy::add(&mut v);
     transports::add(&mut v);
+    multifd::add(&mut v);
     v
 }
 

@@ -277,7 +277,12 @@ fn bad_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
 }
 
 fn destination_killed(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
-    let mut pair = ctx.launch(cfg.spec())?;
+    destination_killed_with(ctx, cfg.spec())
+}
+
+/// The destination killed mid-migration on a pair of the caller's choosing.
+pub(super) fn destination_killed_with(ctx: &mut Ctx, spec: PairSpec) -> Result<()> {
+    let mut pair = ctx.launch(spec)?;
     wait_first_pass(ctx, &pair)?;
     ctx.outcome.hold = Some(pair.hold_switchover()?);
     pair.migrate()?;

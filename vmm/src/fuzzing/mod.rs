@@ -8,9 +8,11 @@
 //! See `docs/reliability.md`.
 
 pub mod image;
+pub mod multifd;
 pub mod qmp;
 pub mod stream;
 
 pub use image::check_guest_image;
+pub use multifd::check_multifd_channel;
 pub use qmp::check_qmp_server_input;
 pub use stream::check_stream;

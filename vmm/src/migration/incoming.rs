@@ -1,8 +1,9 @@
 //! The destination: listening, loading and validating the stream.
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
+use super::multifd;
 use super::stream::{self, DeviceRecord, Expect, StreamError, StreamSink};
-use super::transport::{Listener, MigrationUri};
+use super::transport::{Conn, Listener, MigrationUri};
 use super::{lock, Shared};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
 use migtest_qmp::ErrorBody;
@@ -128,7 +129,7 @@ fn start(
 /// Writes validated pages into guest RAM (whole-page copies, see
 /// `GuestRam::load_page`; the destination's vCPUs stay parked until the
 /// load is over).
-struct RamSink<'a>(&'a dyn MigrationRam);
+pub(crate) struct RamSink<'a>(pub(crate) &'a dyn MigrationRam);
 
 impl StreamSink for RamSink<'_> {
     fn zero_page(&mut self, page: u64) -> Result<(), String> {
@@ -141,7 +142,41 @@ impl StreamSink for RamSink<'_> {
 
 /// Read buffer of the incoming stream: small records come from it, page
 /// batch data (1 MiB) is read past it straight into the batch buffer.
-const READ_BUFFER: usize = 64 * 1024;
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
+
+/// What the destination expects of a stream header.
+pub(crate) fn expect(host: &dyn MigrationHost) -> Expect {
+    let id = host.identity();
+    Expect {
+        ram_size: host.ram().size(),
+        vcpus: id.vcpus,
+        image_id: id.image_id,
+    }
+}
+
+/// Loads and validates a whole stream from `r`, pages into guest RAM; the
+/// device state is returned in the summary, not applied.
+pub(crate) fn stream_load<R: std::io::Read>(
+    host: &dyn MigrationHost,
+    r: R,
+) -> Result<stream::LoadSummary, StreamError> {
+    stream::load(r, expect(host), &mut RamSink(host.ram()))
+}
+
+/// Applies the device state of a fully verified stream; returns the
+/// source's run state.
+pub(crate) fn apply_device_state(
+    host: &dyn MigrationHost,
+    sum: &stream::LoadSummary,
+) -> Result<RunState, StreamError> {
+    let invalid = |reason| StreamError {
+        offset: sum.device_state_offset,
+        kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
+    };
+    let rec = DeviceRecord::decode(&sum.device_state).map_err(invalid)?;
+    host.load_device_state(rec.devices).map_err(invalid)?;
+    Ok(rec.runstate)
+}
 
 /// Loads a stream from `r` into the host: every record validated before it
 /// is applied; the device state is loaded only after the end record and EOF
@@ -150,32 +185,55 @@ pub(crate) fn load_into_host<R: std::io::Read>(
     host: &dyn MigrationHost,
     r: R,
 ) -> Result<(stream::LoadSummary, RunState), StreamError> {
-    let ram = host.ram();
-    let id = host.identity();
-    let expect = Expect {
-        ram_size: ram.size(),
-        vcpus: id.vcpus,
-        image_id: id.image_id,
-    };
-    let sum = stream::load(r, expect, &mut RamSink(ram))?;
-    let invalid = |reason| StreamError {
-        offset: sum.device_state_offset,
-        kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
-    };
-    let rec = DeviceRecord::decode(&sum.device_state).map_err(invalid)?;
-    host.load_device_state(rec.devices).map_err(invalid)?;
-    Ok((sum, rec.runstate))
+    let sum = stream_load(host, r)?;
+    let runstate = apply_device_state(host, &sum)?;
+    Ok((sum, runstate))
 }
 
-fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
-    let result = match listener.accept() {
+/// A single-channel load; a multifd hello there means the capability is
+/// on at the source only.
+fn load_single(host: &dyn MigrationHost, conn: Conn) -> Result<RunState, String> {
+    load_into_host(host, std::io::BufReader::with_capacity(READ_BUFFER, conn))
+        .map(|(_, rs)| rs)
+        .map_err(|e| match e.kind {
+            stream::StreamErrorKind::BadMagic { ref found }
+                if found.as_bytes().get(1..9) == Some(&multifd::HELLO_MAGIC[..]) =>
+            {
+                "multifd: a multifd channel arrived, but the multifd capability \
+                 is not enabled on the destination"
+                    .to_string()
+            }
+            _ => e.to_string(),
+        })
+}
+
+/// Accepts the migration's connection(s) and loads it; returns the source's
+/// run state and a handle on the main channel.
+fn accept_and_load(
+    shared: &Shared,
+    host: &dyn MigrationHost,
+    listener: Listener,
+) -> (Result<RunState, String>, Option<Conn>) {
+    let to_active = || {
+        shared.set_incoming(host, MigrationStatus::Setup, MigrationStatus::Active);
+    };
+    // As QEMU: the destination's own capability and channel count decide.
+    if lock(&shared.caps).multifd() {
+        let n = shared.params().multifd_channels;
+        let ch = match multifd::recv::accept_all(&listener, n, to_active) {
+            Ok(ch) => ch,
+            Err(e) => return (Err(e), None),
+        };
+        drop(listener);
+        let handle = ch.main.try_clone().ok();
+        return (multifd::recv::load(host, ch), handle);
+    }
+    match listener.accept() {
         Ok(conn) => {
             drop(listener);
-            shared.set_incoming(host, MigrationStatus::Setup, MigrationStatus::Active);
-            let handle = conn.try_clone();
-            let r = load_into_host(host, std::io::BufReader::with_capacity(READ_BUFFER, conn))
-                .map_err(|e| e.to_string());
-            (r, handle.ok())
+            to_active();
+            let handle = conn.try_clone().ok();
+            (load_single(host, conn), handle)
         }
         Err(e) => (
             Err(format!(
@@ -184,10 +242,13 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
             )),
             None,
         ),
-    };
-    let (result, conn) = result;
+    }
+}
+
+fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
+    let (result, conn) = accept_and_load(shared, host, listener);
     match result {
-        Ok((_, source_runstate)) => {
+        Ok(source_runstate) => {
             // As QEMU: a source that was running lets the guest start here
             // (unless -S); otherwise the source's run state is taken over.
             if source_runstate == RunState::Running {

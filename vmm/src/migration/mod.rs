@@ -12,6 +12,7 @@
 //! - [`params`]: parameters and capabilities with QEMU's texts.
 //! - [`switchover`]: the switchover decision and the `switchover-hold` semaphore.
 //! - [`transport`]: `unix:` / `tcp:` URIs; `channel`: `file:` / `fd:`.
+//! - [`multifd`]: the multifd channels (handshake, sender and receive threads).
 //! - [`host`]: the traits the engine needs from the VM and the guest
 //!   (implemented for `Vm`/`GuestRam` in `host_impl`).
 //! - [`testing`]: an in-memory guest and recording host for tests.
@@ -22,6 +23,7 @@
 mod channel;
 pub mod faults;
 pub mod host;
+pub mod multifd;
 pub mod params;
 pub mod stream;
 pub mod switchover;

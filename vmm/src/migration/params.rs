@@ -12,6 +12,8 @@ pub const MAX_DOWNTIME_SECONDS: u64 = 2000;
 pub const DEFAULT_DOWNTIME_LIMIT: u64 = 300;
 /// Default `max-bandwidth` (`MAX_THROTTLE`, 128 MiB/s).
 pub const DEFAULT_MAX_BANDWIDTH: u64 = 128 << 20;
+/// Default `multifd-channels` (`DEFAULT_MIGRATE_MULTIFD_CHANNELS`).
+pub const DEFAULT_MULTIFD_CHANNELS: u8 = 2;
 
 /// The parameters migtest-vmm implements (`MigrationParameters`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,8 @@ pub struct Parameters {
     pub avail_switchover_bandwidth: u64,
     /// `switchover-hold`: the source keeps iterating instead of switching over.
     pub switchover_hold: bool,
+    /// `multifd-channels`: extra connections per migration with `multifd` (1..=255).
+    pub multifd_channels: u8,
 }
 
 impl Default for Parameters {
@@ -33,6 +37,7 @@ impl Default for Parameters {
             max_bandwidth: DEFAULT_MAX_BANDWIDTH,
             avail_switchover_bandwidth: 0,
             switchover_hold: false,
+            multifd_channels: DEFAULT_MULTIFD_CHANNELS,
         }
     }
 }
@@ -48,6 +53,8 @@ pub struct SetParameters {
     pub avail_switchover_bandwidth: Option<u64>,
     /// New `switchover-hold`.
     pub switchover_hold: Option<bool>,
+    /// New `multifd-channels`.
+    pub multifd_channels: Option<u8>,
 }
 
 fn invalid(param: &str, expects: &str) -> ErrorBody {
@@ -72,6 +79,18 @@ fn qapi_uint64(args: &mut Args, name: &str) -> Result<Option<u64>, ErrorBody> {
     }
 }
 
+/// QEMU's input visitor for a `uint8` member (`visit_type_uintN`): the value
+/// is read as `uint64` (negatives wrap) and anything above 255 is
+/// "Parameter 'x' expects uint8_t" (QEMU 7.2, checked against it).
+fn qapi_uint8(args: &mut Args, name: &str) -> Result<Option<u8>, ErrorBody> {
+    match qapi_uint64(args, name)? {
+        None => Ok(None),
+        Some(v) => u8::try_from(v)
+            .map(Some)
+            .map_err(|_| invalid(name, "uint8_t")),
+    }
+}
+
 impl SetParameters {
     /// Reads the arguments strictly (types, unknown members).
     pub fn parse(mut args: Args) -> Result<SetParameters, ErrorBody> {
@@ -80,6 +99,7 @@ impl SetParameters {
             max_bandwidth: qapi_uint64(&mut args, "max-bandwidth")?,
             avail_switchover_bandwidth: qapi_uint64(&mut args, "avail-switchover-bandwidth")?,
             switchover_hold: args.opt_bool("switchover-hold")?,
+            multifd_channels: qapi_uint8(&mut args, "multifd-channels")?,
         };
         args.finish()?;
         Ok(p)
@@ -101,6 +121,9 @@ impl SetParameters {
         }
         if let Some(v) = self.switchover_hold {
             p.switchover_hold = v;
+        }
+        if let Some(v) = self.multifd_channels {
+            p.multifd_channels = v;
         }
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
@@ -124,6 +147,10 @@ impl SetParameters {
                 ),
             ));
         }
+        if self.multifd_channels.is_some() && p.multifd_channels < 1 {
+            // QEMU 7.2's migrate_params_check.
+            return Err(invalid("multifd_channels", "a value between 1 and 255"));
+        }
         if self.downtime_limit.is_some() && p.downtime_limit > MAX_DOWNTIME_SECONDS * 1000 {
             // QEMU 7.2 prints stringify(MAX_MIGRATE_DOWNTIME), the macro's
             // unexpanded text (recorded in fixtures/qemu-7.2/).
@@ -144,6 +171,7 @@ impl Parameters {
             "max-bandwidth": self.max_bandwidth,
             "avail-switchover-bandwidth": self.avail_switchover_bandwidth,
             "switchover-hold": self.switchover_hold,
+            "multifd-channels": self.multifd_channels,
         })
     }
 }
@@ -174,7 +202,7 @@ pub const CAPABILITY_NAMES: [&str; 21] = [
 ];
 
 /// Capabilities migtest-vmm implements; the others can only be set false.
-pub const SUPPORTED_CAPABILITIES: [&str; 2] = ["events", "pause-before-switchover"];
+pub const SUPPORTED_CAPABILITIES: [&str; 3] = ["events", "pause-before-switchover", "multifd"];
 
 /// Capability states, indexed like [`CAPABILITY_NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -200,6 +228,11 @@ impl Capabilities {
     /// `pause-before-switchover`.
     pub fn pause_before_switchover(&self) -> bool {
         self.get("pause-before-switchover")
+    }
+
+    /// `multifd`: pages over `multifd-channels` extra connections.
+    pub fn multifd(&self) -> bool {
+        self.get("multifd")
     }
 
     /// Parses a `migrate-set-capabilities` request and returns the states

@@ -136,6 +136,16 @@ impl Conn {
         }
     }
 
+    /// Sets (or clears) the read timeout.
+    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+            // A file never blocks for long.
+            Conn::File(_) => Ok(()),
+        }
+    }
+
     /// Shuts down the write half (the destination then sees EOF).
     pub fn shutdown_write(&self) {
         let _ = match self {
@@ -230,6 +240,42 @@ impl Listener {
                 port: a.port().to_string(),
             }),
             Listener::Ready(_) => None,
+        }
+    }
+
+    /// Waits up to `timeout` for a connection (`None` when none came).
+    pub fn accept_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<Conn>> {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+            // The one open channel, once; nothing else ever arrives.
+            Listener::Ready(c) => {
+                return Ok(c.lock().unwrap_or_else(|e| e.into_inner()).take());
+            }
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            return self.accept().map(Some);
         }
     }
 

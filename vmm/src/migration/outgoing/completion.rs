@@ -11,7 +11,7 @@ impl Engine<'_> {
         self.stopped_vm = true;
         self.host.vm_stop(RunState::FinishMigrate);
         self.stop_time = Some(Instant::now());
-        let precopy = self.w.written();
+        let precopy = self.written();
         if self.cancelled() {
             return Err(Abort::Cancelled);
         }
@@ -66,15 +66,15 @@ impl Engine<'_> {
         {
             let mut i = lock(&self.out.info);
             i.downtime = Some(downtime);
-            i.stats.transferred = self.w.written();
+            i.stats.transferred = self.written();
             i.stats.precopy_bytes = precopy;
-            i.stats.downtime_bytes = self.w.written() - precopy;
+            i.stats.downtime_bytes = self.written() - precopy;
             i.stats.remaining = 0;
             // As QEMU at completion: throughput over the whole transfer.
             let transfer_ms =
                 i.start.elapsed().as_secs_f64() * 1000.0 - i.setup_time.unwrap_or(0) as f64;
             if transfer_ms > 0.0 {
-                i.stats.mbps = self.w.written() as f64 * 8.0 / transfer_ms / 1000.0;
+                i.stats.mbps = self.written() as f64 * 8.0 / transfer_ms / 1000.0;
             }
         }
         if !self
@@ -97,12 +97,16 @@ impl Engine<'_> {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
             }
+            if self.mfd.is_some() {
+                self.send_job(usize::MAX)?;
+                continue;
+            }
             while !self.batch.is_full() {
                 let Some(page) = self.next_dirty() else { break };
                 self.add_page(page)?;
             }
             self.emit_batch()?;
         }
-        Ok(())
+        self.finish_channels()
     }
 }

@@ -20,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod completion;
+mod multifd;
 mod pages;
 mod passes;
 
+use super::multifd::send::Sender as MultifdSender;
 use pages::Batch;
 
 /// QEMU's `BUFFER_DELAY`: the rate-limit and measurement window.
@@ -57,6 +59,8 @@ pub(crate) struct Outgoing {
     pub pause_sem: Semaphore,
     /// A handle on the socket so cancel can shut it down.
     pub conn: Mutex<Option<Conn>>,
+    /// Handles on the multifd page channels, for the same reason.
+    pub channels: Mutex<Vec<Conn>>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -112,7 +116,15 @@ impl Outgoing {
             shared.hold_sem.post();
         }
         // Unblock a thread stuck writing to a full socket.
+        self.shutdown_all();
+    }
+
+    /// Shuts down the main channel and every multifd channel.
+    fn shutdown_all(&self) {
         if let Some(c) = lock(&self.conn).as_ref() {
+            c.shutdown();
+        }
+        for c in lock(&self.channels).iter() {
             c.shutdown();
         }
     }
@@ -182,6 +194,7 @@ fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
         }),
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
+        channels: Mutex::new(Vec::new()),
     })
 }
 
@@ -271,6 +284,8 @@ struct Engine<'a> {
     skipped_page: Option<u64>,
     /// `SkipOneDirtyPage`: a digest of what was last sent of each page.
     sent_digest: Vec<u64>,
+    /// The multifd sender threads (pages go there instead of `w`).
+    mfd: Option<MultifdSender>,
 }
 
 fn run(
@@ -333,9 +348,9 @@ fn run(
             }
         }
     }
-    if let Some(c) = lock(&out.conn).take() {
-        c.shutdown();
-    }
+    out.shutdown_all();
+    *lock(&out.conn) = None;
+    lock(&out.channels).clear();
 }
 
 fn run_inner(
@@ -346,12 +361,23 @@ fn run_inner(
     stopped: &mut (bool, bool),
     hold_at_start: bool,
 ) -> Result<(), Abort> {
-    let conn = match pre_opened {
+    let mut conn = match pre_opened {
         Some(c) => c,
         None => transport::connect(uri).map_err(Abort::Failed)?,
     };
     let handle = conn.try_clone().map_err(write_err)?;
     *lock(&out.conn) = Some(handle);
+    // As QEMU: the source's own capability and channel count decide.
+    let chans = if lock(&shared.caps).multifd() {
+        Some(multifd::connect_channels(
+            out,
+            &mut conn,
+            uri,
+            shared.params().multifd_channels,
+        )?)
+    } else {
+        None
+    };
     if out.status() != MigrationStatus::Setup {
         return Err(Abort::Cancelled);
     }
@@ -359,38 +385,56 @@ fn run_inner(
     let id = host.identity();
     let page_count = ram.page_count();
     let words = page_count.div_ceil(64) as usize;
-    let mut e = Engine {
-        shared,
-        out,
-        host,
-        ram,
-        w: StreamWriter::new(BufWriter::with_capacity(WRITE_BUFFER, conn)),
-        batch: Batch::new(),
-        bitmap: vec![0; words],
-        pending_pages: 0,
-        scan_word: 0,
-        page_count,
-        sync_count: 0,
-        last_sync: Instant::now(),
-        dirty_period_pages: 0,
-        window_start: Instant::now(),
-        window_bytes_start: 0,
-        bucket_start: Instant::now(),
-        bucket_bytes_start: 0,
-        bucket_rate: 0,
-        window_pages: 0,
-        bandwidth: 0.0,
-        threshold: 0,
-        stopped_vm: false,
-        vm_was_running: false,
-        runstate_before_stop: RunState::Running,
-        stop_time: None,
-        hold_at_start,
-        has_held: hold_at_start,
-        skipped_page: None,
-        sent_digest: Vec::new(),
+    let counts = |zero: u64, full: u64| {
+        let mut i = lock(&out.info);
+        i.stats.duplicate += zero;
+        i.stats.normal += full;
+        i.stats.normal_bytes += full * PAGE_SIZE as u64;
     };
-    let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
-    *stopped = (e.stopped_vm, e.vm_was_running);
-    r
+    std::thread::scope(|s| {
+        let mfd = match chans {
+            Some(c) => Some(MultifdSender::spawn(s, c, ram, &counts).map_err(Abort::Failed)?),
+            None => None,
+        };
+        let mut e = Engine {
+            shared,
+            out,
+            host,
+            ram,
+            w: StreamWriter::new(BufWriter::with_capacity(WRITE_BUFFER, conn)),
+            batch: Batch::new(),
+            bitmap: vec![0; words],
+            pending_pages: 0,
+            scan_word: 0,
+            page_count,
+            sync_count: 0,
+            last_sync: Instant::now(),
+            dirty_period_pages: 0,
+            window_start: Instant::now(),
+            window_bytes_start: 0,
+            bucket_start: Instant::now(),
+            bucket_bytes_start: 0,
+            bucket_rate: 0,
+            window_pages: 0,
+            bandwidth: 0.0,
+            threshold: 0,
+            stopped_vm: false,
+            vm_was_running: false,
+            runstate_before_stop: RunState::Running,
+            stop_time: None,
+            hold_at_start,
+            has_held: hold_at_start,
+            skipped_page: None,
+            sent_digest: Vec::new(),
+            mfd,
+        };
+        let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
+        if let (Err(_), Some(m)) = (&r, &e.mfd) {
+            // The sender threads must not stay blocked on a socket: the
+            // scope waits for them.
+            m.shutdown();
+        }
+        *stopped = (e.stopped_vm, e.vm_was_running);
+        r
+    })
 }

@@ -130,7 +130,7 @@ impl Engine<'_> {
         if bw == 0 {
             return None;
         }
-        let written = self.w.written();
+        let written = self.written();
         let burst = (bw / 10).max(PAGE_SIZE as u64);
         if bw != self.bucket_rate {
             self.bucket_rate = bw;
@@ -164,17 +164,22 @@ impl Engine<'_> {
                 return Ok(());
             }
         }
-        while !self.batch.is_full() {
-            if budget.is_some_and(|c| self.batch.wire_len() + PAGE_SIZE as u64 + 9 > c) {
-                break;
+        if self.mfd.is_some() {
+            let per_page = PAGE_SIZE as u64 + 8;
+            self.send_job(budget.map_or(usize::MAX, |c| (c / per_page) as usize))?;
+        } else {
+            while !self.batch.is_full() {
+                if budget.is_some_and(|c| self.batch.wire_len() + PAGE_SIZE as u64 + 9 > c) {
+                    break;
+                }
+                let Some(page) = self.next_dirty() else { break };
+                self.add_page(page)?;
             }
-            let Some(page) = self.next_dirty() else { break };
-            self.add_page(page)?;
+            self.emit_batch()?;
         }
-        self.emit_batch()?;
         let mut i = lock(&self.out.info);
-        i.stats.transferred = self.w.written();
-        i.stats.precopy_bytes = self.w.written();
+        i.stats.transferred = self.written();
+        i.stats.precopy_bytes = self.written();
         i.stats.remaining = self.pending_bytes();
         Ok(())
     }
@@ -186,7 +191,7 @@ impl Engine<'_> {
             return;
         }
         let el_ms = el.as_secs_f64() * 1000.0;
-        let bytes = self.w.written() - self.window_bytes_start;
+        let bytes = self.written() - self.window_bytes_start;
         if bytes > 0 {
             self.bandwidth = bytes as f64 / el_ms;
         }
@@ -205,11 +210,11 @@ impl Engine<'_> {
             } else {
                 0
             };
-            i.stats.transferred = self.w.written();
+            i.stats.transferred = self.written();
             i.stats.remaining = self.pending_bytes();
         }
         self.window_start = Instant::now();
-        self.window_bytes_start = self.w.written();
+        self.window_bytes_start = self.written();
         self.window_pages = 0;
     }
 }

@@ -51,6 +51,7 @@ impl Engine<'_> {
             // destination now (a holding migration keeps it up to date) and
             // a dead destination is noticed.
             self.w.flush().map_err(write_err)?;
+            self.check_channels()?;
             self.update_window();
         }
     }
@@ -108,6 +109,7 @@ impl Engine<'_> {
             self.host
                 .emit("MIGRATION_PASS", Some(json!({ "pass": self.sync_count })));
         }
-        self.w.pass(self.sync_count).map_err(write_err)
+        self.w.pass(self.sync_count).map_err(write_err)?;
+        self.sync_channels(self.sync_count)
     }
 }

@@ -70,25 +70,9 @@ pub fn load<R: Read>(
             }
             Record::Pages(_) => {
                 let (entries, data) = rd.batch();
-                sink.batch(entries.len());
-                let mut pages = data.chunks_exact(PAGE_SIZE);
-                for &e in entries {
-                    let p = e & !ZERO_ENTRY;
-                    let loaded = if e & ZERO_ENTRY != 0 {
-                        sum.zero_pages += 1;
-                        sink.zero_page(p)
-                    } else {
-                        sum.pages += 1;
-                        match pages.next().and_then(|d| d.try_into().ok()) {
-                            Some(d) => sink.page(p, d),
-                            None => Err("page batch data missing".to_string()),
-                        }
-                    };
-                    loaded.map_err(|reason| StreamError {
-                        offset: at,
-                        kind: StreamErrorKind::Load { page: p, reason },
-                    })?;
-                }
+                let (zero, full) = load_batch(entries, data, at, sink)?;
+                sum.zero_pages += zero;
+                sum.pages += full;
             }
             Record::DeviceState(json) => {
                 sum.device_state = json;
@@ -100,6 +84,38 @@ pub fn load<R: Read>(
     rd.finish()?;
     sum.bytes = rd.offset();
     Ok(sum)
+}
+
+/// Applies one PAGES record (entries and full-page data as
+/// [`StreamReader::batch`] returns them, read at offset `at`) to `sink`.
+/// Returns the number of zero and full pages.
+pub fn load_batch(
+    entries: &[u64],
+    data: &[u8],
+    at: u64,
+    sink: &mut dyn StreamSink,
+) -> Result<(u64, u64), StreamError> {
+    sink.batch(entries.len());
+    let mut pages = data.chunks_exact(PAGE_SIZE);
+    let (mut zero, mut full) = (0, 0);
+    for &e in entries {
+        let p = e & !ZERO_ENTRY;
+        let loaded = if e & ZERO_ENTRY != 0 {
+            zero += 1;
+            sink.zero_page(p)
+        } else {
+            full += 1;
+            match pages.next().and_then(|d| d.try_into().ok()) {
+                Some(d) => sink.page(p, d),
+                None => Err("page batch data missing".to_string()),
+            }
+        };
+        loaded.map_err(|reason| StreamError {
+            offset: at,
+            kind: StreamErrorKind::Load { page: p, reason },
+        })?;
+    }
+    Ok((zero, full))
 }
 
 /// A sink that discards everything (pure validation).

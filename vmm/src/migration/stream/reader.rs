@@ -27,6 +27,9 @@ pub struct StreamReader<R: Read> {
     /// The last PAGES record: entries, then the full pages' data.
     batch_entries: Vec<u64>,
     batch_data: Vec<u8>,
+    /// A multifd channel (`docs/migration-stream.md`): no header, only
+    /// pass markers (syncs) and PAGES, then END.
+    channel: bool,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -41,7 +44,25 @@ impl<R: Read> StreamReader<R> {
             last_pass: 0,
             batch_entries: Vec::new(),
             batch_data: Vec::new(),
+            channel: false,
         }
+    }
+
+    /// A reader for the body of a multifd channel (after its hello):
+    /// `PASS (PASS|PAGES)* END <eof>`, the END digest covering the body.
+    pub fn channel(inner: R, expect: Expect) -> StreamReader<R> {
+        StreamReader {
+            channel: true,
+            ..StreamReader::new(inner, expect)
+        }
+    }
+
+    /// On a multifd channel only pass markers, PAGES and END may appear.
+    fn main_only(&self, at: u64, record: &'static str) -> Result<(), StreamError> {
+        if self.channel {
+            return Err(self.out_of_order(at, record, "on a multifd channel"));
+        }
+        Ok(())
     }
 
     /// The entries and full-page data of the last [`Record::Pages`]: entry
@@ -294,11 +315,13 @@ impl<R: Read> StreamReader<R> {
                 Ok(Record::Pass(n))
             }
             tag::ZERO => {
+                self.main_only(at, "zero page")?;
                 self.page_allowed(at, "zero page")?;
                 let page = self.page_index()?;
                 Ok(Record::ZeroPage(page))
             }
             tag::PAGE => {
+                self.main_only(at, "page")?;
                 self.page_allowed(at, "page")?;
                 let page = self.page_index()?;
                 let mut data = Box::new([0u8; PAGE_SIZE]);
@@ -310,6 +333,7 @@ impl<R: Read> StreamReader<R> {
                 self.read_batch().map(Record::Pages)
             }
             tag::DEVICE => {
+                self.main_only(at, "device state")?;
                 match self.phase {
                     Phase::BeforeFirstPass => {
                         return Err(self.out_of_order(
@@ -351,9 +375,12 @@ impl<R: Read> StreamReader<R> {
                 Ok(Record::DeviceState(json))
             }
             tag::END => {
-                match self.phase {
-                    Phase::AfterDevice => {}
-                    Phase::Ended => return Err(self.err(at, StreamErrorKind::TrailingData)),
+                match (self.phase, self.channel) {
+                    (Phase::AfterDevice, false) | (Phase::Ram, true) => {}
+                    (Phase::Ended, _) => return Err(self.err(at, StreamErrorKind::TrailingData)),
+                    (_, true) => {
+                        return Err(self.out_of_order(at, "end", "before the first pass marker"))
+                    }
                     _ => return Err(self.out_of_order(at, "end", "before the device state")),
                 }
                 let d = self.u64_field("end record")?;

@@ -1,0 +1,69 @@
+//! The multifd scenarios: the mission flow with the `multifd` capability on
+//! both sides (unix and TCP), cancel during a multifd pass, and a
+//! destination killed during a multifd pass.
+
+use super::precopy::{destination_killed_with, mission};
+use super::*;
+
+/// Page channels the multifd scenarios use (QEMU's default).
+const CHANNELS: u8 = 2;
+
+fn multifd_spec(cfg: &CatalogConfig, transport: Transport) -> PairSpec {
+    let mut spec = cfg.spec();
+    spec.transport = transport;
+    spec.multifd = Some(CHANNELS);
+    spec
+}
+
+/// Held multifd migration cancelled mid-pass: the source ends `cancelled`
+/// with its guest running, the destination fails (or exits), and a new
+/// multifd migration to a fresh destination completes.
+fn cancel_during_pass(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut pair = ctx.launch(multifd_spec(cfg, Transport::Unix))?;
+    wait_first_pass(ctx, &pair)?;
+    ctx.outcome.hold = Some(pair.hold_switchover()?);
+    ctx.step("migrate with multifd");
+    pair.migrate()?;
+    wait_passes(ctx, &mut pair, 2)?;
+    ctx.step("cancel during a multifd pass");
+    pair.cancel()?;
+    pair.wait_src_status(MigrationStatus::Cancelled, STATUS_TIMEOUT)?;
+    pair.assert_source_runs()?;
+    ctx.step("the destination fails");
+    let dst_failed = pair.wait_dst_status(MigrationStatus::Failed, STATUS_TIMEOUT);
+    if dst_failed.is_err() && pair.dst()?.is_alive() {
+        dst_failed?;
+    }
+    ctx.step("a new multifd migration to a fresh destination completes");
+    pair.restart_destination()?;
+    pair.migrate()?;
+    wait_passes(ctx, &mut pair, 2)?;
+    pair.release_switchover()?;
+    let f = pair.wait_completed()?;
+    ctx.record(&pair, f);
+    ctx.memory_equal(&pair)?;
+    pair.assert_destination_runs()
+}
+
+pub(super) fn add(v: &mut Vec<Scenario>) {
+    for transport in [Transport::Unix, Transport::Tcp] {
+        v.push(Scenario::new(
+            format!("mission/multifd/{transport}"),
+            format!(
+                "mission flow with multifd ({CHANNELS} channels) over {transport}: \
+                 held passes, release, memory equal, destination runs"
+            ),
+            move |cfg, ctx| mission(cfg, ctx, multifd_spec(cfg, transport)),
+        ));
+    }
+    v.push(Scenario::new(
+        "multifd/cancel-during-pass",
+        "cancel a held multifd migration mid-pass: source cancelled and running; remigrate",
+        cancel_during_pass,
+    ));
+    v.push(Scenario::new(
+        "multifd/destination-killed",
+        "destination killed during a multifd pass: source fails, guest runs; remigrate",
+        |cfg, ctx| destination_killed_with(ctx, multifd_spec(cfg, Transport::Unix)),
+    ));
+}
