@@ -1,6 +1,7 @@
 //! The destination: listening, loading and validating the stream.
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
+use super::postcopy::incoming::{start_guest, PostcopyDest};
 use super::stream::{self, DeviceRecord, Expect, StreamError, StreamSink};
 use super::transport::{Listener, MigrationUri};
 use super::{lock, Shared};
@@ -27,6 +28,8 @@ pub(crate) struct Incoming {
     pub status: MigrationStatus,
     pub error: Option<String>,
     pub socket_address: Option<Vec<SocketAddress>>,
+    /// Whether this migration switched to postcopy.
+    pub postcopy: bool,
 }
 
 impl Default for Incoming {
@@ -36,6 +39,7 @@ impl Default for Incoming {
             status: MigrationStatus::None,
             error: None,
             socket_address: None,
+            postcopy: false,
         }
     }
 }
@@ -149,14 +153,42 @@ fn start(
 /// Writes validated pages into guest RAM (whole-page copies, see
 /// `GuestRam::load_page`; the destination's vCPUs stay parked until the
 /// load is over).
-struct RamSink<'a>(&'a dyn MigrationRam);
+/// In postcopy, pages go through the RAM's postcopy gate instead.
+struct RamSink<'a> {
+    ram: &'a dyn MigrationRam,
+    postcopy: Option<PostcopyDest<'a>>,
+}
+
+impl RamSink<'_> {
+    fn in_postcopy(&self) -> Option<&PostcopyDest<'_>> {
+        self.postcopy.as_ref().filter(|p| p.active)
+    }
+}
 
 impl StreamSink for RamSink<'_> {
     fn zero_page(&mut self, page: u64) -> Result<(), String> {
-        self.0.zero_page(page)
+        match self.in_postcopy() {
+            Some(p) => p.fill(page, None),
+            None => self.ram.zero_page(page),
+        }
     }
     fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
-        self.0.load_page(page, data)
+        match self.in_postcopy() {
+            Some(p) => p.fill(page, Some(data)),
+            None => self.ram.load_page(page, data),
+        }
+    }
+    fn postcopy(&mut self, bitmap: &[u64]) -> Result<(), String> {
+        match self.postcopy.as_mut() {
+            Some(p) => p.start(bitmap),
+            None => Err("postcopy is not possible on this destination".into()),
+        }
+    }
+    fn postcopy_device(&mut self, json: &[u8]) -> Result<(), String> {
+        match self.postcopy.as_mut() {
+            Some(p) => p.run_guest(json),
+            None => Err("postcopy is not possible on this destination".into()),
+        }
     }
 }
 
@@ -171,6 +203,17 @@ pub(crate) fn load_into_host<R: std::io::Read>(
     host: &dyn MigrationHost,
     r: R,
 ) -> Result<(stream::LoadSummary, RunState), StreamError> {
+    load_with_postcopy(host, r, None)
+}
+
+/// [`load_into_host`] for a live incoming migration: with `postcopy`, a
+/// POSTCOPY record runs the guest from the device state on and the pages
+/// after it fill the missing ones.
+fn load_with_postcopy<'a, R: std::io::Read>(
+    host: &'a dyn MigrationHost,
+    r: R,
+    postcopy: Option<PostcopyDest<'a>>,
+) -> Result<(stream::LoadSummary, RunState), StreamError> {
     let ram = host.ram();
     let id = host.identity();
     let expect = Expect {
@@ -178,7 +221,17 @@ pub(crate) fn load_into_host<R: std::io::Read>(
         vcpus: id.vcpus,
         image_id: id.image_id,
     };
-    let sum = stream::load(r, expect, &mut RamSink(ram))?;
+    let mut sink = RamSink { ram, postcopy };
+    let sum = stream::load(r, expect, &mut sink)?;
+    if sum.postcopy {
+        // The device state was loaded when it arrived; every page is here.
+        ram.postcopy_disarm();
+        let rec = DeviceRecord::decode(&sum.device_state).map_err(|reason| StreamError {
+            offset: sum.device_state_offset,
+            kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
+        })?;
+        return Ok((sum, rec.runstate));
+    }
     let invalid = |reason| StreamError {
         offset: sum.device_state_offset,
         kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
@@ -199,47 +252,60 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
                 MigrationStatus::Active,
             );
             let handle = conn.try_clone();
-            let r = load_into_host(host, std::io::BufReader::with_capacity(READ_BUFFER, conn))
-                .map_err(|e| e.to_string());
+            let pc = PostcopyDest::new(shared, host, conn.try_clone().ok());
+            let r = load_with_postcopy(
+                host,
+                std::io::BufReader::with_capacity(READ_BUFFER, conn),
+                Some(pc),
+            )
+            .map_err(|e| {
+                // A channel that broke (rather than a damaged stream).
+                let lost = matches!(
+                    e.kind,
+                    stream::StreamErrorKind::Truncated { .. } | stream::StreamErrorKind::Io { .. }
+                );
+                (e.to_string(), lost)
+            });
             (r, handle.ok())
         }
         Err(e) => (
-            Err(format!(
-                "Failed to accept a migration connection: {}",
-                stream::os_error_text(&e)
+            Err((
+                format!(
+                    "Failed to accept a migration connection: {}",
+                    stream::os_error_text(&e)
+                ),
+                false,
             )),
             None,
         ),
     };
     let (result, conn) = result;
     match result {
-        Ok((_, source_runstate)) => {
-            // As QEMU: a source that was running lets the guest start here
-            // (unless -S); otherwise the source's run state is taken over.
-            if source_runstate == RunState::Running {
-                if host.autostart() {
-                    host.vm_start();
-                } else {
-                    host.set_runstate(RunState::Paused);
-                }
+        Ok((sum, source_runstate)) => {
+            // In postcopy the guest was started when the device state came.
+            let from = if sum.postcopy {
+                MigrationStatus::PostcopyActive
             } else {
-                host.set_runstate(source_runstate);
-            }
-            set_status(
-                shared,
-                host,
-                MigrationStatus::Active,
-                MigrationStatus::Completed,
-            );
+                start_guest(host, source_runstate);
+                MigrationStatus::Active
+            };
+            set_status(shared, host, from, MigrationStatus::Completed);
             // Closing the channel tells the source the guest is ready here:
             // its `downtime` ends when it sees this EOF.
             if let Some(c) = conn {
                 c.shutdown();
             }
         }
-        Err(msg) => {
+        Err((msg, lost)) => {
             lock(&shared.incoming).error = Some(msg.clone());
             let cur = lock(&shared.incoming).status;
+            if lost && cur == MigrationStatus::PostcopyActive {
+                // As QEMU: the guest runs here and keeps what it has; the
+                // missing pages wait for a recovery. No exit.
+                set_status(shared, host, cur, MigrationStatus::PostcopyPaused);
+                eprintln!("migtest-vmm: postcopy paused: {msg}");
+                return;
+            }
             set_status(shared, host, cur, MigrationStatus::Failed);
             eprintln!("migtest-vmm: load of migration failed: {msg}");
             if exit_on_error {

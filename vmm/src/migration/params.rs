@@ -174,7 +174,12 @@ pub const CAPABILITY_NAMES: [&str; 21] = [
 ];
 
 /// Capabilities migtest-vmm implements; the others can only be set false.
-pub const SUPPORTED_CAPABILITIES: [&str; 2] = ["events", "pause-before-switchover"];
+pub const SUPPORTED_CAPABILITIES: [&str; 4] = [
+    "events",
+    "pause-before-switchover",
+    "postcopy-ram",
+    "postcopy-blocktime",
+];
 
 /// Capability states, indexed like [`CAPABILITY_NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

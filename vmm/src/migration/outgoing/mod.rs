@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 mod completion;
 mod pages;
 mod passes;
+mod postcopy;
 
 use pages::Batch;
 
@@ -57,6 +58,8 @@ pub(crate) struct Outgoing {
     pub pause_sem: Semaphore,
     /// A handle on the socket so cancel can shut it down.
     pub conn: Mutex<Option<Conn>>,
+    /// Set by `migrate-start-postcopy` (QEMU's `start_postcopy`).
+    pub start_postcopy: std::sync::atomic::AtomicBool,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -126,7 +129,13 @@ impl Outgoing {
         use MigrationStatus as S;
         match i.status {
             S::Setup => {}
-            S::Active | S::Cancelling | S::PreSwitchover | S::Device | S::Completed => {
+            S::Active
+            | S::Cancelling
+            | S::PreSwitchover
+            | S::Device
+            | S::PostcopyActive
+            | S::PostcopyPaused
+            | S::Completed => {
                 info.setup_time = Some(i.setup_time.unwrap_or(0));
                 if i.status == S::Completed {
                     info.total_time = i.total_time;
@@ -182,6 +191,7 @@ fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
         }),
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
+        start_postcopy: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -217,6 +227,9 @@ pub(crate) fn start(
 enum Abort {
     Cancelled,
     Failed(String),
+    /// The channel broke during postcopy: the guest stays stopped here
+    /// (its newest state is on the destination), status `postcopy-paused`.
+    PostcopyPaused(String),
 }
 
 fn write_err(e: io::Error) -> Abort {
@@ -305,6 +318,23 @@ fn run(
             // A cancel that raced with the end of a phase.
             let cur = out.status();
             out.set_status(shared, host, cur, MigrationStatus::Cancelled);
+        }
+        Err(Abort::PostcopyPaused(msg)) => {
+            // As QEMU: no restart of the source guest, whose memory is no
+            // longer the newest; a `migrate_cancel` is what restarts it.
+            lock(&out.info).error = Some(msg);
+            let cur = out.status();
+            if cur == MigrationStatus::PostcopyActive {
+                out.set_status(shared, host, cur, MigrationStatus::PostcopyPaused);
+            } else if cur == MigrationStatus::Cancelling {
+                restore_vm();
+                out.set_status(shared, host, cur, MigrationStatus::Cancelled);
+            }
+        }
+        Err(Abort::Failed(msg)) if out.status() == MigrationStatus::PostcopyActive => {
+            lock(&out.info).error = Some(msg);
+            let cur = MigrationStatus::PostcopyActive;
+            out.set_status(shared, host, cur, MigrationStatus::PostcopyPaused);
         }
         Err(Abort::Failed(msg)) => {
             restore_vm();
