@@ -229,11 +229,21 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "postcopy-page-before-device.bin",
-            with_end(cat(&[body(), rec_postcopy(1), rec_page(0, 1), rec_dev(DEV)])),
+            with_end(cat(&[
+                body(),
+                rec_postcopy(1),
+                rec_page(0, 1),
+                rec_dev(DEV),
+            ])),
         ),
         (
             "postcopy-twice.bin",
-            with_end(cat(&[body(), rec_postcopy(1), rec_postcopy(1), rec_dev(DEV)])),
+            with_end(cat(&[
+                body(),
+                rec_postcopy(1),
+                rec_postcopy(1),
+                rec_dev(DEV),
+            ])),
         ),
         (
             "good-batch.bin",

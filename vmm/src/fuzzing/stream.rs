@@ -259,7 +259,10 @@ fn check_load(
         (Err(p), Err(l))
             if matches!(l.kind, StreamErrorKind::Postcopy { .. })
                 && l.offset < p.offset
-                && decoded.records.iter().any(|r| matches!(r, Rec::Postcopy(_))) => {}
+                && decoded
+                    .records
+                    .iter()
+                    .any(|r| matches!(r, Rec::Postcopy(_))) => {}
         (Err(p), Err(l)) => assert_eq!(p, l, "decode and load disagree"),
         (Err(p), Ok(_)) => panic!("the load accepted what the decoder refused: {p}"),
         (Ok(sum), Err(l)) => assert!(
