@@ -65,6 +65,8 @@ const NAMES: &[&str] = &[
     "cancel/src/after/completed",
     "cancel/src/after/cancelled",
     "cancel/src/after/failed",
+    "mission/postcopy",
+    "postcopy/running-destination",
 ];
 
 #[rstest]
@@ -93,6 +95,8 @@ const NAMES: &[&str] = &[
 #[case::cancel_after_completed(22)]
 #[case::cancel_after_cancelled(23)]
 #[case::cancel_after_failed(24)]
+#[case::mission_postcopy(25)]
+#[case::postcopy_running_destination(26)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

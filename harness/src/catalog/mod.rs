@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod postcopy;
 mod precopy;
 
 use precopy::mission;
@@ -278,6 +279,7 @@ pub(super) fn wait_passes(ctx: &mut Ctx, pair: &mut Pair, n: u64) -> Result<()> 
 pub fn catalog() -> Vec<Scenario> {
     let mut v = Vec::new();
     precopy::add(&mut v);
+    postcopy::add(&mut v);
     v
 }
 
