@@ -20,9 +20,9 @@ pub enum MigrationStatus {
     Cancelled,
     /// Precopy in progress.
     Active,
-    /// Postcopy in progress (not implemented by migtest-vmm).
+    /// Postcopy in progress.
     PostcopyActive,
-    /// Postcopy paused (not implemented by migtest-vmm).
+    /// Postcopy paused (the channel broke during postcopy).
     PostcopyPaused,
     /// Postcopy recovery (not implemented by migtest-vmm).
     PostcopyRecover,
@@ -306,6 +306,10 @@ pub struct MigrationInfo {
     /// Addresses an incoming migration listens on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_address: Option<Vec<SocketAddress>>,
+    /// Total time vCPUs were blocked on postcopy page faults, ms
+    /// (destination, with the `postcopy-blocktime` capability).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy_blocktime: Option<u64>,
     /// Blockers (QEMU 7.2 sends an empty list flag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_reasons: Option<Vec<String>>,

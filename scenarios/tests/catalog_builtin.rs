@@ -71,6 +71,8 @@ const NAMES: &[&str] = &[
     "mission/multifd/tcp",
     "multifd/cancel-during-pass",
     "multifd/destination-killed",
+    "mission/postcopy",
+    "postcopy/running-destination",
 ];
 
 #[rstest]
@@ -105,6 +107,8 @@ const NAMES: &[&str] = &[
 #[case::mission_multifd_tcp(28)]
 #[case::multifd_cancel_during_pass(29)]
 #[case::multifd_destination_killed(30)]
+#[case::mission_postcopy(31)]
+#[case::postcopy_running_destination(32)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

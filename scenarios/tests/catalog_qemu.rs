@@ -73,6 +73,8 @@ macro_rules! cases {
 cases! {
     qemu_mission => "mission";
     qemu_mission_256m => "mission/256m";
+    qemu_mission_postcopy => "mission/postcopy";
+    qemu_postcopy_running_destination => "postcopy/running-destination";
     qemu_mission_tcp_smp1 => "mission/tcp/smp1";
     qemu_mission_unix_smp2 => "mission/unix/smp2";
     qemu_mission_tcp_smp2 => "mission/tcp/smp2";

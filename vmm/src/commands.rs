@@ -47,6 +47,7 @@ pub const COMMANDS: &[&str] = &[
     "migrate-incoming",
     "migrate_cancel",
     "migrate-continue",
+    "migrate-start-postcopy",
     "migrate-set-parameters",
     "query-migrate-parameters",
     "migrate-set-capabilities",
@@ -247,6 +248,10 @@ impl Dispatcher {
                 m.migrate_cancel()?
             }
             "migrate-continue" => m.migrate_continue(Args::new(args))?,
+            "migrate-start-postcopy" => {
+                no_args(args)?;
+                m.migrate_start_postcopy()?
+            }
             "migrate-set-parameters" => m.set_parameters(Args::new(args))?,
             "query-migrate-parameters" => {
                 no_args(args)?;

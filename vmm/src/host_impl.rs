@@ -1,7 +1,9 @@
 //! The VMM's real types seen through the migration traits.
 
 use crate::guest::{DeviceState, GuestConfig, GuestRam};
-use crate::migration::host::{GuestIdentity, MigrationHost, MigrationRam, PAGE_SIZE};
+use crate::migration::host::{
+    GuestIdentity, MigrationHost, MigrationRam, PageRequester, PAGE_SIZE,
+};
 use crate::vm::Vm;
 use migtest_qmp::schema::RunState;
 use serde_json::Value;
@@ -59,6 +61,31 @@ impl MigrationRam for GuestRam {
 
     fn dirty_count(&self) -> u64 {
         self.dirty().count()
+    }
+
+    fn postcopy_arm(
+        &self,
+        missing: &[u64],
+        requester: Box<dyn PageRequester>,
+    ) -> Result<(), String> {
+        self.postcopy_gate().arm(missing, requester);
+        Ok(())
+    }
+
+    fn postcopy_fill(&self, page: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), String> {
+        GuestRam::postcopy_fill(self, page, data)
+    }
+
+    fn postcopy_disarm(&self) {
+        self.postcopy_gate().disarm();
+    }
+
+    fn postcopy_missing(&self) -> u64 {
+        self.postcopy_gate().missing_count()
+    }
+
+    fn postcopy_blocktime_ms(&self) -> u64 {
+        self.postcopy_gate().blocktime_ms()
     }
 }
 

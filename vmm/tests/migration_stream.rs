@@ -154,6 +154,18 @@ fn body() -> Vec<u8> {
     ])
 }
 
+/// A POSTCOPY record with a one-word bitmap.
+fn rec_postcopy(bits: u64) -> Vec<u8> {
+    rec_u64(tag::POSTCOPY, bits)
+}
+
+/// `body()`, then postcopy of `bits`, the device state and `after`.
+fn postcopy_stream(bits: u64, after: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts = vec![body(), rec_postcopy(bits), rec_dev(DEV)];
+    parts.extend_from_slice(after);
+    with_end(cat(&parts))
+}
+
 fn good() -> Vec<u8> {
     with_end(cat(&[body(), rec_dev(DEV)]))
 }
@@ -190,7 +202,49 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("truncated-before-end.bin", g[..g.len() - 9].to_vec()),
         ("truncated-in-end.bin", g[..g.len() - 3].to_vec()),
         ("bad-magic.bin", bad_magic),
-        ("bad-version.bin", hdr_with(&|h| h.version = 3)),
+        ("bad-version.bin", hdr_with(&|h| h.version = 4)),
+        (
+            "good-postcopy.bin",
+            postcopy_stream(0b1001, &[rec_page(3, 0x77), rec_pages(&[0], 0x66)]),
+        ),
+        (
+            "postcopy-page-not-pending.bin",
+            postcopy_stream(0b0001, &[rec_pages(&[0, 1 | ZERO_ENTRY], 0x66)]),
+        ),
+        (
+            "postcopy-page-twice.bin",
+            postcopy_stream(0b0001, &[rec_page(0, 0x66), rec_page(0, 0x66)]),
+        ),
+        (
+            "postcopy-incomplete.bin",
+            postcopy_stream(0b1001, &[rec_page(0, 0x66)]),
+        ),
+        (
+            "postcopy-bitmap-beyond-ram.bin",
+            postcopy_stream(0b1_0001, &[rec_page(0, 0x66)]),
+        ),
+        (
+            "postcopy-pass-after-device.bin",
+            postcopy_stream(0b0001, &[rec_u64(tag::PASS, 3)]),
+        ),
+        (
+            "postcopy-page-before-device.bin",
+            with_end(cat(&[
+                body(),
+                rec_postcopy(1),
+                rec_page(0, 1),
+                rec_dev(DEV),
+            ])),
+        ),
+        (
+            "postcopy-twice.bin",
+            with_end(cat(&[
+                body(),
+                rec_postcopy(1),
+                rec_postcopy(1),
+                rec_dev(DEV),
+            ])),
+        ),
         (
             "good-batch.bin",
             with_end(cat(&[batch_body(), rec_dev(DEV)])),

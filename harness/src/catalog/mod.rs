@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod multifd;
+mod postcopy;
 mod precopy;
 mod transports;
 
@@ -282,6 +283,7 @@ pub fn catalog() -> Vec<Scenario> {
     precopy::add(&mut v);
     transports::add(&mut v);
     multifd::add(&mut v);
+    postcopy::add(&mut v);
     v
 }
 

@@ -18,6 +18,7 @@ use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::dirty::DirtyBitmap;
+use super::postcopy_gate::PostcopyGate;
 
 /// Guest page size in bytes.
 pub const PAGE_SIZE: usize = 4096;
@@ -78,6 +79,8 @@ pub struct GuestRam {
     /// a page outside it is still the mapping's zero fill, so migration
     /// neither reads it (no fault) nor writes it on the destination.
     touched: Vec<AtomicU64>,
+    /// Pages a postcopy destination has not received yet.
+    gate: PostcopyGate,
     observer: Option<Arc<dyn WriteObserver>>,
 }
 
@@ -127,6 +130,7 @@ impl GuestRam {
             touched: (0..(size / PAGE).div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            gate: PostcopyGate::new(size / PAGE),
             observer,
         })
     }
@@ -144,6 +148,35 @@ impl GuestRam {
     /// The dirty bitmap written by every guest write.
     pub fn dirty(&self) -> &DirtyBitmap {
         &self.dirty
+    }
+
+    /// The postcopy gate every guest access goes through.
+    pub fn postcopy_gate(&self) -> &PostcopyGate {
+        &self.gate
+    }
+
+    /// Postcopy loader: writes page `page` (`None`: zero) only if it is
+    /// still missing, then lets blocked vCPUs at it. A page that is present
+    /// is never overwritten (the destination guest may have newer data).
+    pub fn postcopy_fill(&self, page: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), String> {
+        self.check_page(page).map_err(|e| e.to_string())?;
+        if !self.gate.is_missing(page) {
+            return Err(format!("page {page} is not missing on the destination"));
+        }
+        match data {
+            Some(d) => self.load_page(page, d),
+            None => self.zero_page(page),
+        }
+        .map_err(|e| e.to_string())?;
+        self.gate.filled(page);
+        Ok(())
+    }
+
+    /// Blocks while a page of `[addr, addr + len)` (checked, `len > 0`)
+    /// has not arrived in postcopy.
+    #[inline]
+    fn present(&self, addr: u64, len: u64) {
+        self.gate.wait_present(addr / PAGE, (addr + len - 1) / PAGE);
     }
 
     /// The whole RAM as atomic words.
@@ -246,6 +279,7 @@ impl GuestRam {
     pub fn write_u64(&self, addr: u64, value: u64) -> Result<(), GuestRamError> {
         if addr.is_multiple_of(8) {
             self.check(addr, 8)?;
+            self.present(addr, 8);
             self.touch(addr, 8);
             self.words()[(addr / 8) as usize].store(value, Ordering::Relaxed);
             self.dirtied(addr, 8);
@@ -264,6 +298,7 @@ impl GuestRam {
         if data.is_empty() {
             return Ok(());
         }
+        self.present(addr, len);
         self.touch(addr, len);
         let mut pos = 0usize;
         while pos < data.len() {
@@ -290,6 +325,7 @@ impl GuestRam {
     /// returns the previous value.
     pub fn fetch_add_u8(&self, addr: u64, delta: u8) -> Result<u8, GuestRamError> {
         self.check(addr, 1)?;
+        self.present(addr, 1);
         self.touch(addr, 1);
         let word = &self.words()[(addr / 8) as usize];
         let offset = (addr % 8) as usize;
@@ -315,6 +351,7 @@ impl GuestRam {
     /// Reads one byte.
     pub fn read_u8(&self, addr: u64) -> Result<u8, GuestRamError> {
         self.check(addr, 1)?;
+        self.present(addr, 1);
         let word = self.words()[(addr / 8) as usize].load(Ordering::Relaxed);
         Ok(word.to_ne_bytes()[(addr % 8) as usize])
     }
@@ -323,6 +360,7 @@ impl GuestRam {
     pub fn read_u64(&self, addr: u64) -> Result<u64, GuestRamError> {
         if addr.is_multiple_of(8) {
             self.check(addr, 8)?;
+            self.present(addr, 8);
             Ok(self.words()[(addr / 8) as usize].load(Ordering::Relaxed))
         } else {
             let mut bytes = [0u8; 8];
@@ -334,6 +372,9 @@ impl GuestRam {
     /// Reads `buf.len()` bytes at `addr`.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), GuestRamError> {
         self.check(addr, buf.len() as u64)?;
+        if !buf.is_empty() {
+            self.present(addr, buf.len() as u64);
+        }
         let mut pos = 0usize;
         while pos < buf.len() {
             let a = addr + pos as u64;

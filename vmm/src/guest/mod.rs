@@ -8,6 +8,7 @@ pub mod abcheck;
 pub mod dirty;
 pub mod image;
 pub mod memory;
+pub mod postcopy_gate;
 pub mod serial;
 pub mod vcpu;
 pub mod workload;
@@ -23,6 +24,7 @@ pub use abcheck::{
 pub use dirty::DirtyBitmap;
 pub use image::{GuestImage, GuestLayout, ImageError};
 pub use memory::{GuestRam, GuestRamError, WriteObserver, PAGE_SIZE};
+pub use postcopy_gate::{PageRequester, PostcopyGate};
 pub use serial::{SerialConfig, SerialState};
 pub use workload::{VcpuState, WorkloadState};
 

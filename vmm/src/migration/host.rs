@@ -9,6 +9,8 @@
 use migtest_qmp::schema::RunState;
 use serde_json::Value;
 
+pub use crate::guest::PageRequester;
+
 /// Guest page size used by the stream (QEMU's `TARGET_PAGE_SIZE` on x86).
 pub const PAGE_SIZE: usize = 4096;
 
@@ -55,6 +57,33 @@ pub trait MigrationRam: Send + Sync {
     }
     /// Number of pages currently marked dirty.
     fn dirty_count(&self) -> u64;
+    /// Postcopy destination: the pages set in `missing` are not here yet;
+    /// guest accesses to them block and ask `requester` (see
+    /// `guest::PostcopyGate`).
+    fn postcopy_arm(
+        &self,
+        _missing: &[u64],
+        _requester: Box<dyn PageRequester>,
+    ) -> Result<(), String> {
+        Err("this RAM cannot run a guest in postcopy".to_string())
+    }
+    /// Postcopy destination: fills a page that is still missing (`None`:
+    /// zero); an error if it is not missing.
+    fn postcopy_fill(&self, page: u64, _data: Option<&[u8; PAGE_SIZE]>) -> Result<(), String> {
+        Err(format!(
+            "page {page}: this RAM cannot run a guest in postcopy"
+        ))
+    }
+    /// Postcopy destination: every page is here; accesses stop blocking.
+    fn postcopy_disarm(&self) {}
+    /// Postcopy destination: pages still missing.
+    fn postcopy_missing(&self) -> u64 {
+        0
+    }
+    /// Postcopy destination: total time vCPUs blocked on missing pages, ms.
+    fn postcopy_blocktime_ms(&self) -> u64 {
+        0
+    }
 }
 
 /// Identity of the guest image carried in the stream header; the destination

@@ -2,6 +2,7 @@
 
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
 use super::multifd;
+use super::postcopy::incoming::{start_guest, PostcopyDest};
 use super::stream::{self, DeviceRecord, Expect, StreamError, StreamSink};
 use super::transport::{Conn, Listener, MigrationUri};
 use super::{lock, Shared};
@@ -28,6 +29,8 @@ pub(crate) struct Incoming {
     pub status: MigrationStatus,
     pub error: Option<String>,
     pub socket_address: Option<Vec<SocketAddress>>,
+    /// Whether this migration switched to postcopy.
+    pub postcopy: bool,
 }
 
 impl Default for Incoming {
@@ -37,6 +40,7 @@ impl Default for Incoming {
             status: MigrationStatus::None,
             error: None,
             socket_address: None,
+            postcopy: false,
         }
     }
 }
@@ -129,14 +133,50 @@ fn start(
 /// Writes validated pages into guest RAM (whole-page copies, see
 /// `GuestRam::load_page`; the destination's vCPUs stay parked until the
 /// load is over).
-pub(crate) struct RamSink<'a>(pub(crate) &'a dyn MigrationRam);
+/// In postcopy, pages go through the RAM's postcopy gate instead.
+pub(crate) struct RamSink<'a> {
+    ram: &'a dyn MigrationRam,
+    postcopy: Option<PostcopyDest<'a>>,
+}
+
+impl<'a> RamSink<'a> {
+    /// A sink writing straight into `ram` (precopy, multifd page channels).
+    pub(crate) fn new(ram: &'a dyn MigrationRam) -> Self {
+        RamSink {
+            ram,
+            postcopy: None,
+        }
+    }
+
+    fn in_postcopy(&self) -> Option<&PostcopyDest<'_>> {
+        self.postcopy.as_ref().filter(|p| p.active)
+    }
+}
 
 impl StreamSink for RamSink<'_> {
     fn zero_page(&mut self, page: u64) -> Result<(), String> {
-        self.0.zero_page(page)
+        match self.in_postcopy() {
+            Some(p) => p.fill(page, None),
+            None => self.ram.zero_page(page),
+        }
     }
     fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
-        self.0.load_page(page, data)
+        match self.in_postcopy() {
+            Some(p) => p.fill(page, Some(data)),
+            None => self.ram.load_page(page, data),
+        }
+    }
+    fn postcopy(&mut self, bitmap: &[u64]) -> Result<(), String> {
+        match self.postcopy.as_mut() {
+            Some(p) => p.start(bitmap),
+            None => Err("postcopy is not possible on this destination".into()),
+        }
+    }
+    fn postcopy_device(&mut self, json: &[u8]) -> Result<(), String> {
+        match self.postcopy.as_mut() {
+            Some(p) => p.run_guest(json),
+            None => Err("postcopy is not possible on this destination".into()),
+        }
     }
 }
 
@@ -160,7 +200,7 @@ pub(crate) fn stream_load<R: std::io::Read>(
     host: &dyn MigrationHost,
     r: R,
 ) -> Result<stream::LoadSummary, StreamError> {
-    stream::load(r, expect(host), &mut RamSink(host.ram()))
+    stream::load(r, expect(host), &mut RamSink::new(host.ram()))
 }
 
 /// Applies the device state of a fully verified stream; returns the
@@ -185,35 +225,59 @@ pub(crate) fn load_into_host<R: std::io::Read>(
     host: &dyn MigrationHost,
     r: R,
 ) -> Result<(stream::LoadSummary, RunState), StreamError> {
-    let sum = stream_load(host, r)?;
+    load_with_postcopy(host, r, None)
+}
+
+/// [`load_into_host`] for a live incoming migration: with `postcopy`, a
+/// POSTCOPY record runs the guest from the device state on and the pages
+/// after it fill the missing ones.
+fn load_with_postcopy<'a, R: std::io::Read>(
+    host: &'a dyn MigrationHost,
+    r: R,
+    postcopy: Option<PostcopyDest<'a>>,
+) -> Result<(stream::LoadSummary, RunState), StreamError> {
+    let ram = host.ram();
+    let mut sink = RamSink { ram, postcopy };
+    let sum = stream::load(r, expect(host), &mut sink)?;
+    if sum.postcopy {
+        // The device state was loaded when it arrived; every page is here.
+        ram.postcopy_disarm();
+        let rec = DeviceRecord::decode(&sum.device_state).map_err(|reason| StreamError {
+            offset: sum.device_state_offset,
+            kind: stream::StreamErrorKind::DeviceStateInvalid { reason },
+        })?;
+        return Ok((sum, rec.runstate));
+    }
     let runstate = apply_device_state(host, &sum)?;
     Ok((sum, runstate))
 }
 
-/// A single-channel load; a multifd hello there means the capability is
-/// on at the source only.
-fn load_single(host: &dyn MigrationHost, conn: Conn) -> Result<RunState, String> {
-    load_into_host(host, std::io::BufReader::with_capacity(READ_BUFFER, conn))
-        .map(|(_, rs)| rs)
-        .map_err(|e| match e.kind {
-            stream::StreamErrorKind::BadMagic { ref found }
-                if found.as_bytes().get(1..9) == Some(&multifd::HELLO_MAGIC[..]) =>
-            {
-                "multifd: a multifd channel arrived, but the multifd capability \
-                 is not enabled on the destination"
-                    .to_string()
-            }
-            _ => e.to_string(),
-        })
+/// The error text of a single-channel load; a multifd hello there means
+/// the capability is on at the source only.
+fn single_channel_error(e: StreamError) -> String {
+    match e.kind {
+        stream::StreamErrorKind::BadMagic { ref found }
+            if found.as_bytes().get(1..9) == Some(&multifd::HELLO_MAGIC[..]) =>
+        {
+            "multifd: a multifd channel arrived, but the multifd capability \
+             is not enabled on the destination"
+                .to_string()
+        }
+        _ => e.to_string(),
+    }
 }
 
-/// Accepts the migration's connection(s) and loads it; returns the source's
-/// run state and a handle on the main channel.
+/// What [`accept_and_load`] gives: whether postcopy ran and the source's run
+/// state, or the error and whether it was the channel that broke; and a
+/// handle on the main channel.
+type AcceptResult = (Result<(bool, RunState), (String, bool)>, Option<Conn>);
+
+/// Accepts the migration's connection(s) and loads it.
 fn accept_and_load(
     shared: &Shared,
     host: &dyn MigrationHost,
     listener: Listener,
-) -> (Result<RunState, String>, Option<Conn>) {
+) -> AcceptResult {
     let to_active = || {
         shared.set_incoming(host, MigrationStatus::Setup, MigrationStatus::Active);
     };
@@ -222,23 +286,44 @@ fn accept_and_load(
         let n = shared.params().multifd_channels;
         let ch = match multifd::recv::accept_all(&listener, n, to_active) {
             Ok(ch) => ch,
-            Err(e) => return (Err(e), None),
+            Err(e) => return (Err((e, false)), None),
         };
         drop(listener);
         let handle = ch.main.try_clone().ok();
-        return (multifd::recv::load(host, ch), handle);
+        let r = multifd::recv::load(host, ch)
+            .map(|rs| (false, rs))
+            .map_err(|e| (e, false));
+        return (r, handle);
     }
     match listener.accept() {
         Ok(conn) => {
             drop(listener);
             to_active();
             let handle = conn.try_clone().ok();
-            (load_single(host, conn), handle)
+            let pc = PostcopyDest::new(shared, host, conn.try_clone().ok());
+            let r = load_with_postcopy(
+                host,
+                std::io::BufReader::with_capacity(READ_BUFFER, conn),
+                Some(pc),
+            )
+            .map(|(sum, rs)| (sum.postcopy, rs))
+            .map_err(|e| {
+                // A channel that broke (rather than a damaged stream).
+                let lost = matches!(
+                    e.kind,
+                    stream::StreamErrorKind::Truncated { .. } | stream::StreamErrorKind::Io { .. }
+                );
+                (single_channel_error(e), lost)
+            });
+            (r, handle)
         }
         Err(e) => (
-            Err(format!(
-                "Failed to accept a migration connection: {}",
-                stream::os_error_text(&e)
+            Err((
+                format!(
+                    "Failed to accept a migration connection: {}",
+                    stream::os_error_text(&e)
+                ),
+                false,
             )),
             None,
         ),
@@ -248,28 +333,31 @@ fn accept_and_load(
 fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
     let (result, conn) = accept_and_load(shared, host, listener);
     match result {
-        Ok(source_runstate) => {
-            // As QEMU: a source that was running lets the guest start here
-            // (unless -S); otherwise the source's run state is taken over.
-            if source_runstate == RunState::Running {
-                if host.autostart() {
-                    host.vm_start();
-                } else {
-                    host.set_runstate(RunState::Paused);
-                }
+        Ok((postcopy, source_runstate)) => {
+            // In postcopy the guest was started when the device state came.
+            let from = if postcopy {
+                MigrationStatus::PostcopyActive
             } else {
-                host.set_runstate(source_runstate);
-            }
-            shared.set_incoming(host, MigrationStatus::Active, MigrationStatus::Completed);
+                start_guest(host, source_runstate);
+                MigrationStatus::Active
+            };
+            shared.set_incoming(host, from, MigrationStatus::Completed);
             // Closing the channel tells the source the guest is ready here:
             // its `downtime` ends when it sees this EOF.
             if let Some(c) = conn {
                 c.shutdown();
             }
         }
-        Err(msg) => {
+        Err((msg, lost)) => {
             lock(&shared.incoming).error = Some(msg.clone());
             let cur = lock(&shared.incoming).status;
+            if lost && cur == MigrationStatus::PostcopyActive {
+                // As QEMU: the guest runs here and keeps what it has; the
+                // missing pages wait for a recovery. No exit.
+                shared.set_incoming(host, cur, MigrationStatus::PostcopyPaused);
+                eprintln!("migtest-vmm: postcopy paused: {msg}");
+                return;
+            }
             shared.set_incoming(host, cur, MigrationStatus::Failed);
             eprintln!("migtest-vmm: load of migration failed: {msg}");
             if exit_on_error {

@@ -25,6 +25,7 @@ pub mod faults;
 pub mod host;
 pub mod multifd;
 pub mod params;
+pub mod postcopy;
 pub mod stream;
 pub mod switchover;
 pub mod testing;
@@ -247,6 +248,29 @@ impl Migration {
         Ok(json!({}))
     }
 
+    /// `migrate-start-postcopy` (QEMU's `qmp_migrate_start_postcopy`): sets
+    /// the flag the migration thread looks at in each iteration, whether or
+    /// not `switchover-hold` is set. Not an error once the migration is over
+    /// (that would race with the command).
+    pub fn migrate_start_postcopy(&self) -> Result<Value, ErrorBody> {
+        if !lock(&self.shared.caps).get("postcopy-ram") {
+            return Err(ErrorBody::generic(
+                "Enable postcopy with migrate_set_capability before the start of migration",
+            ));
+        }
+        let slot = lock(&self.shared.outgoing);
+        match slot.as_ref() {
+            Some(o) if o.status() != MigrationStatus::None => {
+                o.start_postcopy
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(json!({}))
+            }
+            _ => Err(ErrorBody::generic(
+                "Postcopy must be started after migration has been started",
+            )),
+        }
+    }
+
     /// `migrate-set-parameters`: validates everything, then applies.
     pub fn set_parameters(&self, args: Args) -> Result<Value, ErrorBody> {
         let req = SetParameters::parse(args)?;
@@ -306,7 +330,18 @@ impl Migration {
     /// A running incoming migration is reported first; once it is over, an
     /// outgoing migration started since (the VM migrating on) takes over.
     pub fn info(&self) -> MigrationInfo {
-        let inc = lock(&self.shared.incoming).info();
+        let mut inc = lock(&self.shared.incoming).info();
+        if let (Some(i), Ok(host)) = (inc.as_mut(), self.host()) {
+            // As QEMU: the destination reports the vCPUs' postcopy
+            // blocktime when the postcopy-blocktime capability is on.
+            let pc = matches!(
+                i.status,
+                Some(MigrationStatus::PostcopyActive | MigrationStatus::PostcopyPaused)
+            ) || lock(&self.shared.incoming).postcopy;
+            if pc && lock(&self.shared.caps).get("postcopy-blocktime") {
+                i.postcopy_blocktime = Some(host.ram().postcopy_blocktime_ms());
+            }
+        }
         let out = lock(&self.shared.outgoing).as_ref().map(|o| o.info());
         match (inc, out) {
             (Some(i), Some(o)) if i.status.is_some_and(|s| s.is_terminal()) => o,

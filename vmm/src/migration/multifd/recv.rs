@@ -272,7 +272,7 @@ fn channel_load(
     coord: &Coord,
 ) -> Result<(), String> {
     let r = BufReader::with_capacity(READ_BUFFER, conn);
-    load_channel(r, expect, &mut RamSink(host.ram()), |n| coord.sync(n))
+    load_channel(r, expect, &mut RamSink::new(host.ram()), |n| coord.sync(n))
         .map_err(|e| e.to_string())?;
     coord.ended();
     Ok(())

@@ -5,12 +5,7 @@ use super::*;
 impl Engine<'_> {
     /// Stops the guest and sends everything that remains.
     pub(super) fn complete(&mut self) -> Result<(), Abort> {
-        // QEMU's global_state_store(): the destination restores this.
-        self.runstate_before_stop = self.host.runstate();
-        self.vm_was_running = self.runstate_before_stop == RunState::Running;
-        self.stopped_vm = true;
-        self.host.vm_stop(RunState::FinishMigrate);
-        self.stop_time = Some(Instant::now());
+        self.stop_guest();
         let precopy = self.written();
         if self.cancelled() {
             return Err(Abort::Cancelled);
@@ -38,23 +33,7 @@ impl Engine<'_> {
             state = MigrationStatus::Device;
         }
         self.final_pass()?;
-        let dev = self
-            .host
-            .save_device_state()
-            .map_err(|m| Abort::Failed(format!("cannot save device state: {m}")))?;
-        let bytes = DeviceRecord {
-            runstate: self.runstate_before_stop,
-            devices: dev,
-        }
-        .encode()
-        .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
-        self.w.device_state(&bytes).map_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidInput {
-                Abort::Failed(e.to_string())
-            } else {
-                write_err(e)
-            }
-        })?;
+        self.send_device_state()?;
         self.w.end().map_err(write_err)?;
         let conn = self.w.get_mut().get_mut();
         conn.shutdown_write();
@@ -84,6 +63,38 @@ impl Engine<'_> {
             return Err(Abort::Cancelled);
         }
         self.host.set_runstate(RunState::Postmigrate);
+        Ok(())
+    }
+
+    /// Stops the guest for switchover (QEMU's global_state_store(): the
+    /// run state before the stop is what the destination restores).
+    pub(super) fn stop_guest(&mut self) {
+        self.runstate_before_stop = self.host.runstate();
+        self.vm_was_running = self.runstate_before_stop == RunState::Running;
+        self.stopped_vm = true;
+        self.host.vm_stop(RunState::FinishMigrate);
+        self.stop_time = Some(Instant::now());
+    }
+
+    /// Saves and sends the DEVICE record.
+    pub(super) fn send_device_state(&mut self) -> Result<(), Abort> {
+        let dev = self
+            .host
+            .save_device_state()
+            .map_err(|m| Abort::Failed(format!("cannot save device state: {m}")))?;
+        let bytes = DeviceRecord {
+            runstate: self.runstate_before_stop,
+            devices: dev,
+        }
+        .encode()
+        .map_err(|e| Abort::Failed(format!("cannot encode device state: {e}")))?;
+        self.w.device_state(&bytes).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidInput {
+                Abort::Failed(e.to_string())
+            } else {
+                write_err(e)
+            }
+        })?;
         Ok(())
     }
 

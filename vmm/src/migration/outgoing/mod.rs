@@ -23,6 +23,7 @@ mod completion;
 mod multifd;
 mod pages;
 mod passes;
+mod postcopy;
 
 use super::multifd::send::Sender as MultifdSender;
 use pages::Batch;
@@ -61,6 +62,8 @@ pub(crate) struct Outgoing {
     pub conn: Mutex<Option<Conn>>,
     /// Handles on the multifd page channels, for the same reason.
     pub channels: Mutex<Vec<Conn>>,
+    /// Set by `migrate-start-postcopy` (QEMU's `start_postcopy`).
+    pub start_postcopy: std::sync::atomic::AtomicBool,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -138,7 +141,13 @@ impl Outgoing {
         use MigrationStatus as S;
         match i.status {
             S::Setup => {}
-            S::Active | S::Cancelling | S::PreSwitchover | S::Device | S::Completed => {
+            S::Active
+            | S::Cancelling
+            | S::PreSwitchover
+            | S::Device
+            | S::PostcopyActive
+            | S::PostcopyPaused
+            | S::Completed => {
                 info.setup_time = Some(i.setup_time.unwrap_or(0));
                 if i.status == S::Completed {
                     info.total_time = i.total_time;
@@ -195,6 +204,7 @@ fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
         channels: Mutex::new(Vec::new()),
+        start_postcopy: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -239,6 +249,9 @@ pub(crate) fn start(
 enum Abort {
     Cancelled,
     Failed(String),
+    /// The channel broke during postcopy: the guest stays stopped here
+    /// (its newest state is on the destination), status `postcopy-paused`.
+    PostcopyPaused(String),
 }
 
 fn write_err(e: io::Error) -> Abort {
@@ -329,6 +342,23 @@ fn run(
             // A cancel that raced with the end of a phase.
             let cur = out.status();
             out.set_status(shared, host, cur, MigrationStatus::Cancelled);
+        }
+        Err(Abort::PostcopyPaused(msg)) => {
+            // As QEMU: no restart of the source guest, whose memory is no
+            // longer the newest; a `migrate_cancel` is what restarts it.
+            lock(&out.info).error = Some(msg);
+            let cur = out.status();
+            if cur == MigrationStatus::PostcopyActive {
+                out.set_status(shared, host, cur, MigrationStatus::PostcopyPaused);
+            } else if cur == MigrationStatus::Cancelling {
+                restore_vm();
+                out.set_status(shared, host, cur, MigrationStatus::Cancelled);
+            }
+        }
+        Err(Abort::Failed(msg)) if out.status() == MigrationStatus::PostcopyActive => {
+            lock(&out.info).error = Some(msg);
+            let cur = MigrationStatus::PostcopyActive;
+            out.set_status(shared, host, cur, MigrationStatus::PostcopyPaused);
         }
         Err(Abort::Failed(msg)) => {
             restore_vm();

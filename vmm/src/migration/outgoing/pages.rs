@@ -18,6 +18,10 @@ impl Batch {
         }
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub(super) fn is_full(&self) -> bool {
         self.full == BATCH_DATA_PAGES || self.entries.len() == BATCH_ENTRIES
     }

@@ -41,6 +41,9 @@ impl Engine<'_> {
                 // which is why a one-pass migration reports 2 syncs.
                 self.sync_dirty()?;
             }
+            if self.should_start_postcopy() {
+                return self.postcopy();
+            }
             if self.decide_complete() {
                 return self.complete();
             }

@@ -71,6 +71,13 @@ pub enum StreamErrorKind {
         /// The OS error text.
         reason: String,
     },
+    /// A postcopy rule broken (bitmap, page not pending, pages missing at
+    /// the end, postcopy not enabled here, device state not loadable).
+    #[error("postcopy: {reason}")]
+    Postcopy {
+        /// What is wrong.
+        reason: String,
+    },
     /// Unknown record tag.
     #[error("unknown record type {tag:#04x}")]
     UnknownRecord {

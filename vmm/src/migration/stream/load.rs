@@ -14,6 +14,16 @@ pub trait StreamSink {
     /// The start of a PAGES record of `entries` entries, whose pages follow
     /// one by one through [`StreamSink::zero_page`] and [`StreamSink::page`].
     fn batch(&mut self, _entries: usize) {}
+    /// A POSTCOPY record: the pages still to come (each arrives later,
+    /// exactly once, through `zero_page`/`page`).
+    fn postcopy(&mut self, _bitmap: &[u64]) -> Result<(), String> {
+        Ok(())
+    }
+    /// The device state after a POSTCOPY record (already a valid
+    /// [`DeviceRecord`]): the destination may run the guest from here.
+    fn postcopy_device(&mut self, _json: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Counters of a loaded stream.
@@ -33,6 +43,9 @@ pub struct LoadSummary {
     pub device_state_offset: u64,
     /// Total stream length.
     pub bytes: u64,
+    /// Whether the stream switched to postcopy (the device state was then
+    /// handed to [`StreamSink::postcopy_device`] when it arrived).
+    pub postcopy: bool,
 }
 
 /// Reads a whole stream into `sink`, validating every field, and checks for
@@ -74,7 +87,20 @@ pub fn load<R: Read>(
                 sum.zero_pages += zero;
                 sum.pages += full;
             }
+            Record::Postcopy(bitmap) => {
+                sum.postcopy = true;
+                sink.postcopy(&bitmap).map_err(|reason| StreamError {
+                    offset: at,
+                    kind: StreamErrorKind::Postcopy { reason },
+                })?;
+            }
             Record::DeviceState(json) => {
+                if sum.postcopy {
+                    sink.postcopy_device(&json).map_err(|reason| StreamError {
+                        offset: at,
+                        kind: StreamErrorKind::Postcopy { reason },
+                    })?;
+                }
                 sum.device_state = json;
                 sum.device_state_offset = at;
             }

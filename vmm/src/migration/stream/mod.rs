@@ -1,6 +1,6 @@
 //! The migtest migration stream: encoder and validating decoder.
 //!
-//! Format (version 2, all integers big-endian; see `docs/migration-stream.md`):
+//! Format (version 3, all integers big-endian; see `docs/migration-stream.md`):
 //!
 //! ```text
 //! header  := magic[8]="MIGTSTRM" version:u32 page_size:u32 ram_size:u64
@@ -14,7 +14,13 @@
 //!   0x06 PAGES  count:u32 (1..=4096) entry[count]:u64 data[n * 4096]
 //!               entry = page index, bit 63 set for a zero page (no data);
 //!               n = entries without bit 63, at most 256
-//! stream  := header PASS (PASS|ZERO|PAGE|PAGES)* DEVICE END <eof>
+//!   0x07 POSTCOPY bitmap[ceil(pages / 64)]:u64
+//!               the pages still to come (bit i of word w = page 64w+i);
+//!               the guest runs on the destination from the DEVICE after it
+//! stream  := header PASS (PASS|ZERO|PAGE|PAGES)*
+//!            ( DEVICE END | POSTCOPY DEVICE (ZERO|PAGE|PAGES)* END ) <eof>
+//!            (after POSTCOPY, every page of the bitmap exactly once and
+//!            no other page)
 //! ```
 //!
 //! The decoder trusts nothing: every field is checked before it is acted
@@ -36,8 +42,9 @@ pub use writer::StreamWriter;
 
 /// Stream magic.
 pub const MAGIC: [u8; 8] = *b"MIGTSTRM";
-/// Current (and only) stream version (2 added the PAGES batch record).
-pub const VERSION: u32 = 2;
+/// Current (and only) stream version (2 added the PAGES batch record, 3
+/// the POSTCOPY record).
+pub const VERSION: u32 = 3;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 40;
 /// Largest device-state record accepted.
@@ -63,6 +70,8 @@ pub mod tag {
     pub const END: u8 = 0x05;
     /// A batch of zero and full pages.
     pub const PAGES: u8 = 0x06;
+    /// Switch to postcopy: the bitmap of pages still to come.
+    pub const POSTCOPY: u8 = 0x07;
 }
 
 /// The stream header.
@@ -121,6 +130,11 @@ impl Expect {
     fn pages(&self) -> u64 {
         self.ram_size / PAGE_SIZE as u64
     }
+
+    /// Words of a POSTCOPY bitmap for this RAM.
+    pub fn bitmap_words(&self) -> usize {
+        self.pages().div_ceil(64) as usize
+    }
 }
 
 /// One decoded record.
@@ -138,6 +152,8 @@ pub enum Record {
     End(u64),
     /// A batch of this many entries; read them with [`StreamReader::batch`].
     Pages(u32),
+    /// Postcopy starts: the bitmap of the pages still to come.
+    Postcopy(Vec<u64>),
 }
 
 /// The JSON carried by the DEVICE record.

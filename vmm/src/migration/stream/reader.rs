@@ -12,6 +12,10 @@ enum Phase {
     Ram,
     /// Device state seen, only END allowed.
     AfterDevice,
+    /// POSTCOPY seen, only DEVICE allowed.
+    PostcopyDevice,
+    /// Postcopy running: pending pages and END allowed.
+    Postcopy,
     /// END seen, only EOF allowed.
     Ended,
 }
@@ -30,6 +34,9 @@ pub struct StreamReader<R: Read> {
     /// A multifd channel (`docs/migration-stream.md`): no header, only
     /// pass markers (syncs) and PAGES, then END.
     channel: bool,
+    /// Postcopy: pages announced by POSTCOPY and not received yet.
+    pending: Vec<u64>,
+    pending_count: u64,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -45,6 +52,8 @@ impl<R: Read> StreamReader<R> {
             batch_entries: Vec::new(),
             batch_data: Vec::new(),
             channel: false,
+            pending: Vec::new(),
+            pending_count: 0,
         }
     }
 
@@ -205,7 +214,59 @@ impl<R: Read> StreamReader<R> {
         if page >= pages {
             return Err(self.err(at, StreamErrorKind::PageOutOfRange { page, pages }));
         }
+        self.take_pending(at, page)?;
         Ok(page)
+    }
+
+    /// In postcopy, a page may come only if it is pending, and only once.
+    fn take_pending(&mut self, at: u64, page: u64) -> Result<(), StreamError> {
+        if self.phase != Phase::Postcopy {
+            return Ok(());
+        }
+        let (w, bit) = ((page / 64) as usize, 1u64 << (page % 64));
+        if self.pending.get(w).is_some_and(|v| v & bit != 0) {
+            self.pending[w] &= !bit;
+            self.pending_count -= 1;
+            return Ok(());
+        }
+        Err(self.err(
+            at,
+            StreamErrorKind::Postcopy {
+                reason: format!("page {page} is not pending (sent twice or not announced)"),
+            },
+        ))
+    }
+
+    /// The body of a POSTCOPY record: the bitmap, checked against the RAM.
+    fn read_postcopy(&mut self) -> Result<Vec<u64>, StreamError> {
+        let words = self.expect.bitmap_words();
+        let pages = self.expect.pages();
+        // Bounded by the local RAM size, not by anything in the stream.
+        let mut raw = vec![0u8; words * 8];
+        let at = self.offset;
+        self.fill(&mut raw, "postcopy bitmap")?;
+        let bitmap: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        if !pages.is_multiple_of(64) {
+            if let Some(last) = bitmap.last() {
+                if last >> (pages % 64) != 0 {
+                    return Err(self.err(
+                        at + (words as u64 - 1) * 8,
+                        StreamErrorKind::Postcopy {
+                            reason: format!(
+                                "bitmap marks pages beyond the last page {}",
+                                pages - 1
+                            ),
+                        },
+                    ));
+                }
+            }
+        }
+        self.pending_count = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
+        self.pending = bitmap.clone();
+        Ok(bitmap)
     }
 
     /// The body of a PAGES record; every entry checked before the data is read.
@@ -238,14 +299,18 @@ impl<R: Read> StreamReader<R> {
             b.copy_from_slice(e);
             let entry = u64::from_be_bytes(b);
             let page = entry & !ZERO_ENTRY;
+            let at = entries_at + k as u64 * 8;
             if page >= pages {
-                let at = entries_at + k as u64 * 8;
                 return Err(self.err(at, StreamErrorKind::PageOutOfRange { page, pages }));
             }
             if entry & ZERO_ENTRY == 0 {
                 full += 1;
             }
             self.batch_entries.push(entry);
+        }
+        for k in 0..self.batch_entries.len() {
+            let page = self.batch_entries[k] & !ZERO_ENTRY;
+            self.take_pending(entries_at + k as u64 * 8, page)?;
         }
         if full > MAX_BATCH_DATA_PAGES {
             return Err(self.err(
@@ -271,8 +336,11 @@ impl<R: Read> StreamReader<R> {
             Phase::BeforeFirstPass => {
                 Err(self.out_of_order(at, record, "before the first pass marker"))
             }
-            Phase::Ram => Ok(()),
+            Phase::Ram | Phase::Postcopy => Ok(()),
             Phase::AfterDevice => Err(self.out_of_order(at, record, "after the device state")),
+            Phase::PostcopyDevice => {
+                Err(self.out_of_order(at, record, "between postcopy and the device state"))
+            }
             Phase::Ended => Err(self.err(at, StreamErrorKind::TrailingData)),
         }
     }
@@ -286,6 +354,8 @@ impl<R: Read> StreamReader<R> {
             Phase::BeforeFirstPass => "first record (expected a pass marker)",
             Phase::Ram => "record type (expected a page, pass marker or device state)",
             Phase::AfterDevice => "record type (expected the end record)",
+            Phase::PostcopyDevice => "record type (expected the device state)",
+            Phase::Postcopy => "record type (expected a page or the end record)",
             Phase::Ended => "record type",
         };
         // The END tag is not part of the digest: remember it before reading.
@@ -295,8 +365,11 @@ impl<R: Read> StreamReader<R> {
             tag::PASS => {
                 match self.phase {
                     Phase::BeforeFirstPass | Phase::Ram => {}
-                    Phase::AfterDevice => {
+                    Phase::AfterDevice | Phase::Postcopy => {
                         return Err(self.out_of_order(at, "pass marker", "after the device state"))
+                    }
+                    Phase::PostcopyDevice => {
+                        return Err(self.out_of_order(at, "pass marker", "after postcopy started"))
                     }
                     Phase::Ended => return Err(self.err(at, StreamErrorKind::TrailingData)),
                 }
@@ -342,8 +415,8 @@ impl<R: Read> StreamReader<R> {
                             "before the first pass marker",
                         ))
                     }
-                    Phase::Ram => {}
-                    Phase::AfterDevice => {
+                    Phase::Ram | Phase::PostcopyDevice => {}
+                    Phase::AfterDevice | Phase::Postcopy => {
                         return Err(self.out_of_order(at, "device state", "appears a second time"))
                     }
                     Phase::Ended => return Err(self.err(at, StreamErrorKind::TrailingData)),
@@ -371,12 +444,46 @@ impl<R: Read> StreamReader<R> {
                 if let Err(reason) = DeviceRecord::decode(&json) {
                     return Err(self.err(json_at, StreamErrorKind::DeviceStateInvalid { reason }));
                 }
-                self.phase = Phase::AfterDevice;
+                self.phase = if self.phase == Phase::PostcopyDevice {
+                    Phase::Postcopy
+                } else {
+                    Phase::AfterDevice
+                };
                 Ok(Record::DeviceState(json))
+            }
+            tag::POSTCOPY => {
+                self.main_only(at, "postcopy")?;
+                match self.phase {
+                    Phase::Ram => {}
+                    Phase::BeforeFirstPass => {
+                        return Err(self.out_of_order(
+                            at,
+                            "postcopy",
+                            "before the first pass marker",
+                        ))
+                    }
+                    Phase::Ended => return Err(self.err(at, StreamErrorKind::TrailingData)),
+                    _ => return Err(self.out_of_order(at, "postcopy", "appears a second time")),
+                }
+                let bitmap = self.read_postcopy()?;
+                self.phase = Phase::PostcopyDevice;
+                Ok(Record::Postcopy(bitmap))
             }
             tag::END => {
                 match (self.phase, self.channel) {
                     (Phase::AfterDevice, false) | (Phase::Ram, true) => {}
+                    (Phase::Postcopy, false) if self.pending_count > 0 => {
+                        return Err(self.err(
+                            at,
+                            StreamErrorKind::Postcopy {
+                                reason: format!(
+                                    "end of stream with {} pages never sent",
+                                    self.pending_count
+                                ),
+                            },
+                        ))
+                    }
+                    (Phase::Postcopy, false) => {}
                     (Phase::Ended, _) => return Err(self.err(at, StreamErrorKind::TrailingData)),
                     (_, true) => {
                         return Err(self.out_of_order(at, "end", "before the first pass marker"))

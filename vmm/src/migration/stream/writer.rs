@@ -104,6 +104,17 @@ impl<W: Write> StreamWriter<W> {
         self.put(json)
     }
 
+    /// The POSTCOPY record: the bitmap of the pages still to come (as
+    /// many words as the RAM has 64-page groups).
+    pub fn postcopy(&mut self, bitmap: &[u64]) -> io::Result<()> {
+        let mut b = Vec::with_capacity(1 + bitmap.len() * 8);
+        b.push(tag::POSTCOPY);
+        for w in bitmap {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        self.put(&b)
+    }
+
     /// The end record (digest of everything before it), then a flush.
     pub fn end(&mut self) -> io::Result<()> {
         let digest = self.hasher.digest();

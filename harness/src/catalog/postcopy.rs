@@ -1,0 +1,122 @@
+//! The postcopy scenarios: `migrate-start-postcopy` while `switchover-hold`
+//! holds precopy (the hold is for precopy only), and plain postcopy with a
+//! destination that runs the guest during postcopy.
+
+use super::*;
+use migtest_qmp::schema::MigrationInfo;
+
+/// Enables `postcopy-ram` on both sides. On QEMU that needs userfaultfd:
+/// QEMU refuses the capability on the destination when the host has none
+/// ("Postcopy is not supported"); that text is returned as the skip reason.
+fn enable_postcopy(pair: &Pair) -> Result<Option<String>> {
+    if let Err(e) = pair.dst()?.set_capabilities(&[("postcopy-ram", true)]) {
+        if pair.spec.dst_backend.is_qemu() {
+            return Ok(Some(format!(
+                "QEMU refuses postcopy-ram on the destination (userfaultfd not available?): {e:#}"
+            )));
+        }
+        return Err(e);
+    }
+    pair.src.set_capabilities(&[("postcopy-ram", true)])?;
+    Ok(None)
+}
+
+/// A pair with `postcopy-ram` on both sides, after the first pass; `None`
+/// (the scenario skipped with QEMU's reason) when the backend refuses it.
+fn launch_postcopy(ctx: &mut Ctx, spec: PairSpec) -> Result<Option<Pair>> {
+    let pair = ctx.launch(spec)?;
+    ctx.step("postcopy-ram on both sides");
+    if let Some(reason) = enable_postcopy(&pair)? {
+        ctx.skip(reason)?;
+        return Ok(None);
+    }
+    wait_first_pass(ctx, &pair)?;
+    Ok(Some(pair))
+}
+
+/// `migrate-start-postcopy`, then both sides `completed`; the source went
+/// through `postcopy-active`.
+fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<MigrationInfo> {
+    ctx.step("migrate-start-postcopy");
+    pair.src.execute("migrate-start-postcopy", json!({}))?;
+    ctx.step("MIGRATION postcopy-active on both sides");
+    pair.src
+        .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
+    pair.dst()?
+        .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
+    ctx.step("wait for completion");
+    let info = pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
+    pair.wait_dst_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
+    Ok(info)
+}
+
+/// `mission/postcopy`: a 256 MiB sweep guest held for N passes, then
+/// `migrate-start-postcopy` with the hold still set: completes, memory
+/// equal, the destination runs on.
+fn mission_postcopy(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut spec = cfg.spec();
+    spec.memory = spec.memory.max(256 << 20);
+    let Some(mut pair) = launch_postcopy(ctx, spec)? else {
+        return Ok(());
+    };
+    ctx.step("hold switchover");
+    let hold = pair.hold_switchover()?;
+    ctx.outcome.hold = Some(hold);
+    ctx.step("migrate");
+    pair.migrate()?;
+    ctx.step(&format!("wait for {} passes while held", cfg.passes));
+    wait_passes(ctx, &mut pair, cfg.passes)?;
+    let info = pair.src.query_migrate()?;
+    ensure!(
+        info.status == Some(MigrationStatus::Active),
+        "source status {:?} while held; expected active",
+        info.status
+    );
+    let info = start_postcopy_and_complete(ctx, &mut pair)?;
+    if hold == HoldMethod::SwitchoverHold {
+        ctx.step("the hold is still set");
+        ensure!(
+            pair.src.query_parameters_typed()?.switchover_hold == Some(true),
+            "switchover-hold was cleared by the postcopy switchover"
+        );
+    } else {
+        ctx.note(format!(
+            "held with the {hold} (no switchover-hold on this backend)"
+        ));
+    }
+    let figures = pair.final_figures(info)?;
+    ctx.record(&pair, figures);
+    ctx.memory_equal(&pair)?;
+    ctx.step("destination runs on");
+    pair.assert_destination_runs()
+}
+
+/// Plain postcopy with a destination that runs the guest as soon as
+/// postcopy starts: the destination shows guest progress, the A-B
+/// invariant holds on it afterwards.
+fn postcopy_running_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
+    let mut spec = cfg.spec();
+    spec.dst_paused = false;
+    let Some(mut pair) = launch_postcopy(ctx, spec)? else {
+        return Ok(());
+    };
+    ctx.step("migrate");
+    pair.migrate()?;
+    start_postcopy_and_complete(ctx, &mut pair)?;
+    ctx.step("destination runs and shows progress");
+    pair.assert_destination_runs()
+}
+
+pub(super) fn add(v: &mut Vec<Scenario>) {
+    v.push(Scenario::new(
+        "mission/postcopy",
+        "256 MiB sweep guest held for N passes, then migrate-start-postcopy while held: \
+         completes, memory equal, destination runs",
+        mission_postcopy,
+    ));
+    v.push(Scenario::new(
+        "postcopy/running-destination",
+        "plain postcopy after one pass; the destination runs the guest during postcopy",
+        postcopy_running_destination,
+    ));
+}
