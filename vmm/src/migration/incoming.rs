@@ -273,11 +273,7 @@ fn single_channel_error(e: StreamError) -> String {
 type AcceptResult = (Result<(bool, RunState), (String, bool)>, Option<Conn>);
 
 /// Accepts the migration's connection(s) and loads it.
-fn accept_and_load(
-    shared: &Shared,
-    host: &dyn MigrationHost,
-    listener: Listener,
-) -> AcceptResult {
+fn accept_and_load(shared: &Shared, host: &dyn MigrationHost, listener: Listener) -> AcceptResult {
     let to_active = || {
         shared.set_incoming(host, MigrationStatus::Setup, MigrationStatus::Active);
     };
