@@ -276,6 +276,19 @@ pub(super) fn wait_passes(ctx: &mut Ctx, pair: &mut Pair, n: u64) -> Result<()> 
     }
 }
 
+/// Migrates again, to a fresh destination: two held passes, release,
+/// completion, memory equal, the destination runs on.
+pub(super) fn remigrate_to_fresh_destination(ctx: &mut Ctx, pair: &mut Pair) -> Result<()> {
+    pair.restart_destination()?;
+    pair.migrate()?;
+    wait_passes(ctx, pair, 2)?;
+    pair.release_switchover()?;
+    let figures = pair.wait_completed()?;
+    ctx.record(pair, figures);
+    ctx.memory_equal(pair)?;
+    pair.assert_destination_runs()
+}
+
 /// Every scenario of the catalog, in a stable order. Each group of scenarios
 /// lives in its own module and adds itself here.
 pub fn catalog() -> Vec<Scenario> {

@@ -35,14 +35,7 @@ fn cancel_during_pass(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
         dst_failed?;
     }
     ctx.step("a new multifd migration to a fresh destination completes");
-    pair.restart_destination()?;
-    pair.migrate()?;
-    wait_passes(ctx, &mut pair, 2)?;
-    pair.release_switchover()?;
-    let f = pair.wait_completed()?;
-    ctx.record(&pair, f);
-    ctx.memory_equal(&pair)?;
-    pair.assert_destination_runs()
+    remigrate_to_fresh_destination(ctx, &mut pair)
 }
 
 pub(super) fn add(v: &mut Vec<Scenario>) {

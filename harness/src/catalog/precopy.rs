@@ -82,14 +82,7 @@ fn preheat_cancel_remigrate(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
             }
         })?;
     ctx.step("second migration to a fresh destination");
-    pair.restart_destination()?;
-    pair.migrate()?;
-    wait_passes(ctx, &mut pair, 2)?;
-    pair.release_switchover()?;
-    let figures = pair.wait_completed()?;
-    ctx.record(&pair, figures);
-    ctx.memory_equal(&pair)?;
-    pair.assert_destination_runs()
+    remigrate_to_fresh_destination(ctx, &mut pair)
 }
 
 fn hold_toggle(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
@@ -292,14 +285,7 @@ pub(super) fn destination_killed_with(ctx: &mut Ctx, spec: PairSpec) -> Result<(
     pair.wait_src_status(MigrationStatus::Failed, STATUS_TIMEOUT)?;
     pair.assert_source_runs()?;
     ctx.step("a new migration to a fresh destination completes");
-    pair.restart_destination()?;
-    pair.migrate()?;
-    wait_passes(ctx, &mut pair, 2)?;
-    pair.release_switchover()?;
-    let f = pair.wait_completed()?;
-    ctx.record(&pair, f);
-    ctx.memory_equal(&pair)?;
-    pair.assert_destination_runs()
+    remigrate_to_fresh_destination(ctx, &mut pair)
 }
 
 fn hold_on_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
