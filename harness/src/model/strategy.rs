@@ -81,6 +81,7 @@ pub fn executable(model: &Model, op: &Op) -> bool {
             side: Side::Destination,
             ..
         } if worlds.iter().any(|w| w.dst.phase != DstPhase::Listening) => return false,
+        _ if !super::postcopy_gen::executable(model, op) => return false,
         _ => {}
     }
     let exp = model.expect(op);
@@ -118,7 +119,10 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
     let converging = any(&|w| {
         matches!(
             w.src.phase,
-            SrcPhase::Converging | SrcPhase::SwitchingOver | SrcPhase::Finishing
+            SrcPhase::Converging
+                | SrcPhase::SwitchingOver
+                | SrcPhase::Finishing
+                | SrcPhase::Postcopy
         )
     });
     let pre = all(&|w| matches!(w.src.phase, SrcPhase::PreSwitchover { .. }));
@@ -241,6 +245,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(true),
+                postcopy_ram: None,
             },
         ),
         (
@@ -249,6 +254,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(false),
+                postcopy_ram: None,
             },
         ),
         (
@@ -257,6 +263,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Destination,
                 events: Some(true),
                 pause_before_switchover: None,
+                postcopy_ram: None,
             },
         ),
         (
@@ -265,6 +272,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(false),
                 pause_before_switchover: None,
+                postcopy_ram: None,
             },
         ),
         (
@@ -273,6 +281,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(true),
                 pause_before_switchover: None,
+                postcopy_ram: None,
             },
         ),
         (w(held, 2), Op::Stop { side: Side::Source }),
@@ -298,6 +307,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
         (1, Op::Kill { side: Side::Source }),
         (w(idle && !listening, 10), Op::RestartDestination),
     ];
+    v.extend(super::postcopy_gen::candidates(model));
     if held {
         for k in 1..=3 {
             v.push((10, Op::WaitPasses { n: min_passes + k }));

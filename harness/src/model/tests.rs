@@ -69,11 +69,15 @@ fn src_pbs(on: bool) -> Op {
         side: Side::Source,
         events: None,
         pause_before_switchover: Some(on),
+        postcopy_ram: None,
     }
 }
 
 /// The single QEMU rules, one test each.
 mod rules;
+
+/// Postcopy rules.
+mod postcopy;
 
 #[test]
 fn rejects_destination_completed_before_the_source_stopped() {
@@ -309,7 +313,7 @@ fn mutations(
                 _ => None,
             });
         if let Some(last) = last {
-            if let Some(bad) = S::PRECOPY
+            if let Some(bad) = crate::model::STATUSES
                 .into_iter()
                 .find(|s| *s != S::None && !legal_transition(side, last, *s))
             {

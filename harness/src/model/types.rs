@@ -98,6 +98,9 @@ pub struct Capabilities {
     pub events: bool,
     /// `pause-before-switchover`.
     pub pause_before_switchover: bool,
+    /// `postcopy-ram`.
+    #[serde(default)]
+    pub postcopy_ram: bool,
 }
 
 /// A QMP event the executor received from one VMM, in arrival order.

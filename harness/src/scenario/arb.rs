@@ -15,9 +15,9 @@ pub fn transport() -> impl Strategy<Value = Transport> {
     prop_oneof![Just(Transport::Unix), Just(Transport::Tcp)]
 }
 
-/// Any migration status.
+/// Any migration status the model knows (precopy's and postcopy-active/-paused).
 pub fn status() -> impl Strategy<Value = MigrationStatus> {
-    proptest::sample::select(MigrationStatus::PRECOPY.to_vec())
+    proptest::sample::select(crate::model::STATUSES.to_vec())
 }
 
 /// Sizes: round units and odd byte counts.
@@ -48,18 +48,21 @@ pub fn op() -> impl Strategy<Value = Op> {
         (
             side(),
             proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
             proptest::option::of(any::<bool>())
         )
-            .prop_map(|(side, events, pbs)| Op::SetCapabilities {
+            .prop_map(|(side, events, pbs, pc)| Op::SetCapabilities {
                 side,
                 events,
-                pause_before_switchover: pbs
+                pause_before_switchover: pbs,
+                postcopy_ram: pc,
             }),
         proptest::option::of(transport()).prop_map(|transport| Op::Migrate { transport }),
         (0..=i64::MAX as u64).prop_map(|n| Op::WaitPasses { n }),
         Just(Op::Hold),
         Just(Op::Release),
         Just(Op::Cancel),
+        Just(Op::StartPostcopy),
         status().prop_map(|state| Op::Continue { state }),
         side().prop_map(|side| Op::Stop { side }),
         side().prop_map(|side| Op::Cont { side }),

@@ -216,7 +216,8 @@ status = "completed"
             Op::SetCapabilities {
                 side: Side::Source,
                 events: None,
-                pause_before_switchover: Some(true)
+                pause_before_switchover: Some(true),
+                postcopy_ram: None,
             }
         );
         assert!(

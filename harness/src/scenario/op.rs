@@ -15,7 +15,8 @@ pub use crate::side::Side;
 pub use crate::pair::Transport;
 
 /// QEMU's `MigrationStatus`, the QMP crate's type: the op language and the model use its
-/// precopy statuses (`MigrationStatus::PRECOPY`).
+/// precopy statuses (`MigrationStatus::PRECOPY`) and `postcopy-active`/`postcopy-paused`
+/// ([`crate::model::STATUSES`]).
 pub use migtest_qmp::schema::MigrationStatus;
 
 /// One step of a scenario. Field names are kebab-case in files.
@@ -47,6 +48,8 @@ pub enum Op {
         events: Option<bool>,
         /// The `pause-before-switchover` capability.
         pause_before_switchover: Option<bool>,
+        /// The `postcopy-ram` capability (needed on both sides for postcopy).
+        postcopy_ram: Option<bool>,
     },
     /// Start a migration from the source to the current destination
     /// (`migrate-incoming` on a fresh destination first, then `migrate` on the source).
@@ -65,6 +68,8 @@ pub enum Op {
     Release,
     /// `migrate_cancel` on the source.
     Cancel,
+    /// `migrate-start-postcopy` on the source: a precopy migration switches to postcopy.
+    StartPostcopy,
     /// `migrate-continue {state}` on the source.
     Continue {
         /// The status the source must be in (normally `pre-switchover`).
@@ -114,6 +119,7 @@ impl Op {
             Op::Hold => "hold",
             Op::Release => "release",
             Op::Cancel => "cancel",
+            Op::StartPostcopy => "start-postcopy",
             Op::Continue { .. } => "continue",
             Op::Stop { .. } => "stop",
             Op::Cont { .. } => "cont",
@@ -217,6 +223,8 @@ mod repr {
             events: Option<bool>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pause_before_switchover: Option<bool>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            postcopy_ram: Option<bool>,
         },
         Migrate {
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +236,7 @@ mod repr {
         Hold {},
         Release {},
         Cancel {},
+        StartPostcopy {},
         Continue {
             state: MigrationStatus,
         },
@@ -270,16 +279,19 @@ mod repr {
                     side,
                     events,
                     pause_before_switchover,
+                    postcopy_ram,
                 } => Op::SetCapabilities {
                     side,
                     events,
                     pause_before_switchover,
+                    postcopy_ram,
                 },
                 OpRepr::Migrate { transport } => Op::Migrate { transport },
                 OpRepr::WaitPasses { n } => Op::WaitPasses { n },
                 OpRepr::Hold {} => Op::Hold,
                 OpRepr::Release {} => Op::Release,
                 OpRepr::Cancel {} => Op::Cancel,
+                OpRepr::StartPostcopy {} => Op::StartPostcopy,
                 OpRepr::Continue { state } => Op::Continue { state },
                 OpRepr::Stop { side } => Op::Stop { side },
                 OpRepr::Cont { side } => Op::Cont { side },
@@ -313,16 +325,19 @@ mod repr {
                     side,
                     events,
                     pause_before_switchover,
+                    postcopy_ram,
                 } => OpRepr::SetCapabilities {
                     side,
                     events,
                     pause_before_switchover,
+                    postcopy_ram,
                 },
                 Op::Migrate { transport } => OpRepr::Migrate { transport },
                 Op::WaitPasses { n } => OpRepr::WaitPasses { n },
                 Op::Hold => OpRepr::Hold {},
                 Op::Release => OpRepr::Release {},
                 Op::Cancel => OpRepr::Cancel {},
+                Op::StartPostcopy => OpRepr::StartPostcopy {},
                 Op::Continue { state } => OpRepr::Continue { state },
                 Op::Stop { side } => OpRepr::Stop { side },
                 Op::Cont { side } => OpRepr::Cont { side },

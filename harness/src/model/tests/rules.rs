@@ -89,6 +89,7 @@ fn set_capabilities_only_without_running_migration() {
             side: Side::Destination,
             events: Some(true),
             pause_before_switchover: None,
+            postcopy_ram: None,
         },
     );
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);

@@ -51,6 +51,7 @@ impl World {
                 side,
                 events,
                 pause_before_switchover,
+                postcopy_ram,
             } => {
                 if !self.side_alive(*side) {
                     return step(ExpectedReply::Dead, w);
@@ -67,6 +68,9 @@ impl World {
                 }
                 if let Some(p) = pause_before_switchover {
                     c.pause_before_switchover = *p;
+                }
+                if let Some(p) = postcopy_ram {
+                    c.postcopy_ram = *p;
                 }
                 step(ok, w)
             }
@@ -90,7 +94,15 @@ impl World {
                 w.passes_min = 0;
                 w.tainted = false;
                 w.src.resumed = false;
-                if self.dst.phase == DstPhase::Listening {
+                if self.dst.phase == DstPhase::Listening
+                    && self.src.caps.postcopy_ram
+                    && !self.dst.caps.postcopy_ram
+                {
+                    // QEMU's loadvm_postcopy_handle_advise: "RAM postcopy is disabled but
+                    // have 16 byte advise"; the destination fails and exits, the source fails.
+                    w.dst.phase = DstPhase::Dying;
+                    w.src.phase = SrcPhase::Failing { from_device: false };
+                } else if self.dst.phase == DstPhase::Listening {
                     w.dst.phase = DstPhase::Incoming;
                     w.src.phase = if w.src.params.switchover_hold {
                         SrcPhase::Held
@@ -153,8 +165,16 @@ impl World {
                         v.extend(step(ok, w));
                         v
                     }
+                    SrcPhase::Postcopy | SrcPhase::PostcopyPaused => {
+                        // The switch to postcopy syncs once more: `n` may be reached.
+                        let ended = [S::PostcopyActive, S::PostcopyPaused, S::Completed];
+                        let mut v = step(ExpectedReply::Unreachable(ended.into()), w.clone());
+                        v.extend(step(ok, w));
+                        v
+                    }
                 }
             }
+            Op::StartPostcopy => self.start_postcopy(),
             Op::Cancel => {
                 if !self.src.alive {
                     return step(ExpectedReply::Dead, w);
@@ -177,6 +197,10 @@ impl World {
                         v.extend(step(ok, c));
                         v
                     }
+                    SrcPhase::Postcopy | SrcPhase::PostcopyPaused => step(
+                        ExpectedReply::refused(super::postcopy::NO_POSTCOPY_CANCEL),
+                        w,
+                    ),
                 }
             }
             Op::Continue { state } => {
@@ -220,7 +244,9 @@ impl World {
                     Side::Source => match self.src.phase {
                         SrcPhase::PreSwitchover { .. }
                         | SrcPhase::SwitchingOver
-                        | SrcPhase::Finishing => step(ok, w),
+                        | SrcPhase::Finishing
+                        | SrcPhase::Postcopy
+                        | SrcPhase::PostcopyPaused => step(ok, w),
                         SrcPhase::Cancelling | SrcPhase::Failing { .. }
                             if self.src.run == GuestRun::Running =>
                         {
@@ -240,9 +266,10 @@ impl World {
                     },
                     Side::Destination => {
                         match w.dst.phase {
-                            DstPhase::Listening | DstPhase::Incoming | DstPhase::Dying => {
-                                w.dst.autostart = false
-                            }
+                            DstPhase::Listening
+                            | DstPhase::Incoming
+                            | DstPhase::Dying
+                            | DstPhase::PostcopyPaused => w.dst.autostart = false,
                             DstPhase::Completed(GuestRun::Running) => {
                                 w.dst.phase = DstPhase::Completed(GuestRun::Paused)
                             }
@@ -261,7 +288,9 @@ impl World {
                         match self.src.phase {
                             SrcPhase::PreSwitchover { .. }
                             | SrcPhase::SwitchingOver
-                            | SrcPhase::Finishing => {
+                            | SrcPhase::Finishing
+                            | SrcPhase::Postcopy
+                            | SrcPhase::PostcopyPaused => {
                                 w.tainted = true;
                             }
                             SrcPhase::Idle(S::Completed) if w.src.run != GuestRun::Running => {
@@ -274,8 +303,12 @@ impl World {
                     }
                     Side::Destination => {
                         match w.dst.phase {
-                            DstPhase::Listening | DstPhase::Incoming | DstPhase::Dying => {
-                                w.dst.autostart = true
+                            DstPhase::Listening
+                            | DstPhase::Incoming
+                            | DstPhase::Dying
+                            | DstPhase::PostcopyPaused => {
+                                w.dst.autostart = true;
+                                w.dst.ran |= w.dst_runs_in_postcopy();
                             }
                             DstPhase::Completed(_) => {
                                 w.dst.phase = DstPhase::Completed(GuestRun::Running);
@@ -307,10 +340,11 @@ impl World {
                         }
                         v
                     }
-                    SrcPhase::Finishing => {
+                    SrcPhase::Finishing | SrcPhase::Postcopy => {
                         w.complete_both();
                         step(ok, w)
                     }
+                    SrcPhase::PostcopyPaused => step(ExpectedReply::Timeout, w),
                     SrcPhase::SwitchingOver if !self.pbs() => {
                         w.complete_both();
                         step(ok, w)
@@ -329,31 +363,29 @@ impl World {
                     }
                 }
             }
-            Op::Kill { side } => {
-                match side {
-                    Side::Source => {
-                        if self.src.alive && self.src_running_migration() {
-                            w.source_lost();
-                        }
-                        w.src.alive = false;
-                        w.src.phase = SrcPhase::Idle(S::None);
-                    }
-                    Side::Destination => {
-                        if self.dst.phase != DstPhase::Dead {
-                            w.destination_lost();
-                        }
-                        w.dst.phase = DstPhase::Dead;
-                    }
-                }
-                step(ok, w)
-            }
-            Op::RestartDestination => {
-                if self.dst.phase != DstPhase::Dead {
-                    w.destination_lost();
-                }
-                w.dst = Dst::fresh(pair);
-                step(ok, w)
-            }
+            Op::Kill { side: Side::Source } => self
+                .lose_source()
+                .into_iter()
+                .flat_map(|w| step(ok.clone(), w))
+                .collect(),
+            Op::Kill {
+                side: Side::Destination,
+            } => self
+                .lose_destination()
+                .into_iter()
+                .flat_map(|mut w| {
+                    w.dst.phase = DstPhase::Dead;
+                    step(ok.clone(), w)
+                })
+                .collect(),
+            Op::RestartDestination => self
+                .lose_destination()
+                .into_iter()
+                .flat_map(|mut w| {
+                    w.dst = Dst::fresh(pair);
+                    step(ok.clone(), w)
+                })
+                .collect(),
             Op::CheckMemory => match self.memory_must_match() {
                 Ok(()) => step(ok, w),
                 Err(reason) => step(ExpectedReply::refused(reason), w),
@@ -402,6 +434,16 @@ impl World {
                         step(ExpectedReply::unreachable(cur), w)
                     }
                 }
+                // Stays postcopy-paused (no recovery op yet): only that goal comes.
+                DstPhase::PostcopyPaused => match goal {
+                    S::PostcopyPaused => step(ok, w),
+                    S::PostcopyActive => {
+                        let mut v = step(ok, w.clone());
+                        v.extend(step(ExpectedReply::Timeout, w));
+                        v
+                    }
+                    _ => step(ExpectedReply::Timeout, w),
+                },
                 DstPhase::Dying => {
                     let mut v = step(ExpectedReply::Dead, w.clone());
                     // Failed, or still showing setup/active until it notices.
@@ -419,6 +461,9 @@ impl World {
                         .iter()
                         .any(|s| s.status == S::Completed);
                     let mut v = Vec::new();
+                    let in_postcopy = self.src.phase == SrcPhase::Postcopy;
+                    let transient = matches!(goal, S::Setup | S::Active)
+                        || (in_postcopy && goal == S::PostcopyActive);
                     if completes {
                         let mut done = w.clone();
                         done.complete_both();
@@ -432,10 +477,10 @@ impl World {
                         {
                             v.extend(step(ExpectedReply::Timeout, w.clone()));
                         }
-                    } else if !matches!(goal, S::Setup | S::Active) {
+                    } else if !transient {
                         v.extend(step(ExpectedReply::Timeout, w.clone()));
                     }
-                    if matches!(goal, S::Setup | S::Active) {
+                    if transient {
                         v.extend(step(ok, w));
                     }
                     v
@@ -491,6 +536,25 @@ impl World {
                     v.extend(step(ExpectedReply::Timeout, w));
                 }
                 v
+            }
+            SrcPhase::PostcopyPaused if goal == S::PostcopyActive => {
+                let mut v = step(ok, w.clone());
+                v.extend(step(ExpectedReply::Timeout, w));
+                v
+            }
+            SrcPhase::PostcopyPaused => step(ExpectedReply::Timeout, w),
+            SrcPhase::Postcopy => {
+                let mut done = w.clone();
+                done.complete();
+                match goal {
+                    S::Completed => step(ok, done),
+                    S::Setup | S::Active | S::PostcopyActive => {
+                        let mut v = step(ok, w);
+                        v.extend(step(ExpectedReply::unreachable(S::Completed), done));
+                        v
+                    }
+                    _ => step(ExpectedReply::unreachable(S::Completed), done),
+                }
             }
             SrcPhase::Finishing => {
                 let mut done = w.clone();

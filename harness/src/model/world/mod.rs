@@ -12,6 +12,7 @@ use super::types::{Capabilities, Observation, Parameters, RunState};
 use MigrationStatus as S;
 
 mod apply;
+mod postcopy;
 
 /// Where the source guest stands when no migration stops it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,6 +55,12 @@ pub(crate) enum SrcPhase {
     Cancelling,
     /// Transport error on its way: then failed. `from_device`: failing after `continue`.
     Failing { from_device: bool },
+    /// After `migrate-start-postcopy`: postcopy-active (guest stopped here, running on the
+    /// destination), then completed by itself.
+    Postcopy,
+    /// The destination died during postcopy: postcopy-paused for good (no recovery op yet);
+    /// the guest stays stopped here.
+    PostcopyPaused,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +86,9 @@ pub(crate) enum DstPhase {
     Completed(GuestRun),
     /// The incoming migration broke: status failed, then the process exits (maybe alive still).
     Dying,
+    /// The source died during postcopy: postcopy-paused, the process stays, the guest keeps
+    /// its run state (running if autostart).
+    PostcopyPaused,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -122,6 +132,7 @@ impl World {
         let caps = Capabilities {
             events: pair.events,
             pause_before_switchover: false,
+            postcopy_ram: false,
         };
         World {
             src: Src {
@@ -165,6 +176,7 @@ impl World {
             SrcPhase::Idle(s) => Some(s),
             SrcPhase::PreSwitchover { .. } => Some(S::PreSwitchover),
             SrcPhase::Held if self.passes_min >= 2 => Some(S::Active),
+            SrcPhase::PostcopyPaused => Some(S::PostcopyPaused),
             _ => None,
         }
     }
@@ -187,7 +199,7 @@ impl World {
                 w.switch_over();
                 srcs.push(w);
             }
-            SrcPhase::Finishing if self.src.alive => {
+            SrcPhase::Finishing | SrcPhase::Postcopy if self.src.alive => {
                 let mut w = self.clone();
                 w.complete();
                 srcs.push(w);
@@ -229,6 +241,9 @@ impl World {
 
     /// The migration completes on both sides.
     fn complete(&mut self) {
+        if self.src.phase == SrcPhase::Postcopy {
+            return self.complete_postcopy();
+        }
         let at_switchover = self.src.run;
         self.src.phase = SrcPhase::Idle(S::Completed);
         self.src.run = GuestRun::PostMigrate;
@@ -263,7 +278,7 @@ impl World {
                 {
                     w.complete()
                 }
-                (SrcPhase::Finishing, Some(S::Completed)) => w.complete(),
+                (SrcPhase::Finishing | SrcPhase::Postcopy, Some(S::Completed)) => w.complete(),
                 (SrcPhase::Converging | SrcPhase::SwitchingOver, Some(S::PreSwitchover))
                     if w.pbs() =>
                 {
@@ -317,13 +332,16 @@ impl World {
             SrcPhase::PreSwitchover { .. } => {
                 self.src.phase = SrcPhase::PreSwitchover { broken: true }
             }
+            SrcPhase::Postcopy => self.src.phase = SrcPhase::PostcopyPaused,
             _ => {}
         }
     }
 
     /// The source is gone or gave up: an incoming destination fails and exits.
     fn source_lost(&mut self) {
-        if self.dst.phase == DstPhase::Incoming {
+        if self.dst.phase == DstPhase::Incoming && self.src.phase == SrcPhase::Postcopy {
+            self.dst.phase = DstPhase::PostcopyPaused;
+        } else if self.dst.phase == DstPhase::Incoming {
             self.dst.phase = DstPhase::Dying;
         }
     }
@@ -397,6 +415,7 @@ impl World {
                 snap(S::Active, fm),
                 snap(S::Failed, r),
             ],
+            SrcPhase::Postcopy | SrcPhase::PostcopyPaused => self.src_postcopy_snapshots(),
         };
         if self.tainted {
             // The test `cont`ed the source in the middle of switchover: it may run at any point.
@@ -440,8 +459,12 @@ impl World {
                     v.push(snap(S::Active, fin));
                     v.push(snap(S::Completed, fin));
                 }
+                if self.src.phase == SrcPhase::Postcopy {
+                    v.extend(self.dst_postcopy_snapshots());
+                }
                 v
             }
+            DstPhase::PostcopyPaused => self.dst_postcopy_snapshots(),
             DstPhase::Completed(run) if self.dst.settling => vec![
                 // The source may finish before the destination has even taken the stream.
                 snap(S::Setup, inm),
@@ -465,9 +488,14 @@ impl World {
             && self.src.run == GuestRun::Running
             && !matches!(
                 self.src.phase,
-                SrcPhase::PreSwitchover { .. } | SrcPhase::SwitchingOver | SrcPhase::Finishing
+                SrcPhase::PreSwitchover { .. }
+                    | SrcPhase::SwitchingOver
+                    | SrcPhase::Finishing
+                    | SrcPhase::Postcopy
+                    | SrcPhase::PostcopyPaused
             );
-        let dst = self.dst.phase == DstPhase::Completed(GuestRun::Running);
+        let dst =
+            self.dst.phase == DstPhase::Completed(GuestRun::Running) || self.dst_runs_in_postcopy();
         match (src, dst) {
             (true, true) => GuestOwner::Both,
             (true, false) => GuestOwner::Source,
@@ -536,6 +564,7 @@ impl Dst {
             caps: Capabilities {
                 events: pair.events,
                 pause_before_switchover: false,
+                postcopy_ram: false,
             },
         }
     }

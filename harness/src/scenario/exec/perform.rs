@@ -26,6 +26,7 @@ impl Executor {
                 side,
                 events,
                 pause_before_switchover,
+                postcopy_ram,
             } => {
                 let mut caps = Vec::new();
                 if let Some(e) = events {
@@ -33,6 +34,9 @@ impl Executor {
                 }
                 if let Some(p) = pause_before_switchover {
                     caps.push(json!({"capability": "pause-before-switchover", "state": p}));
+                }
+                if let Some(p) = postcopy_ram {
+                    caps.push(json!({"capability": "postcopy-ram", "state": p}));
                 }
                 self.qmp(
                     *side,
@@ -51,6 +55,7 @@ impl Executor {
                 }
             }),
             Op::Cancel => self.qmp(Side::Source, "migrate_cancel", Value::Null),
+            Op::StartPostcopy => self.qmp(Side::Source, "migrate-start-postcopy", Value::Null),
             Op::Continue { state } => self.qmp(
                 Side::Source,
                 "migrate-continue",

@@ -1,0 +1,78 @@
+//! Generation rules for postcopy ops (see [`super::strategy`]): the `postcopy-ram`
+//! capability, `migrate-start-postcopy`, and which postcopy sequences are not generated
+//! because migtest-vmm (on main) and QEMU 7.2 would not agree on them:
+//!
+//! - `migrate` with `postcopy-ram` on the source and off on the destination: QEMU fails the
+//!   migration at once ("RAM postcopy is disabled but have 16 byte advise"), migtest-vmm runs
+//!   precopy and fails only at `migrate-start-postcopy`;
+//! - `migrate-start-postcopy` while the source guest is not running: QEMU starts the
+//!   destination guest by autostart alone, migtest-vmm keeps the source's run state;
+//! - `stop`/`cont` on either side during postcopy (not checked against QEMU yet);
+//! - `migrate_cancel` during postcopy (the model refuses it: split guest state).
+
+use crate::scenario::{Op, Side};
+
+use super::world::{DstPhase, GuestRun, SrcPhase, World};
+use super::Model;
+
+/// Whether `op` may be generated as far as postcopy is concerned.
+pub(super) fn executable(model: &Model, op: &Op) -> bool {
+    let worlds = model.worlds();
+    let any = |f: &dyn Fn(&World) -> bool| worlds.iter().any(f);
+    let in_postcopy = any(&|w| {
+        matches!(w.src.phase, SrcPhase::Postcopy | SrcPhase::PostcopyPaused)
+            || w.dst.phase == DstPhase::PostcopyPaused
+    });
+    match op {
+        Op::Migrate { .. } => !any(&|w| {
+            w.src.caps.postcopy_ram
+                && !w.dst.caps.postcopy_ram
+                && w.dst.phase == DstPhase::Listening
+        }),
+        Op::StartPostcopy => !any(&|w| {
+            matches!(w.src.phase, SrcPhase::Held | SrcPhase::Converging)
+                && w.src.run != GuestRun::Running
+        }),
+        Op::Stop { .. } | Op::Cont { .. } => !in_postcopy,
+        _ => true,
+    }
+}
+
+/// Postcopy ops with their weights in `model`'s state: capabilities on both sides before a
+/// migration, `migrate-start-postcopy` while a migration is held or converging with the
+/// capability on (at low weight anywhere else, for the error paths), kills during postcopy.
+pub(super) fn candidates(model: &Model) -> Vec<(u32, Op)> {
+    let worlds = model.worlds();
+    let all = |f: &dyn Fn(&World) -> bool| worlds.iter().all(f);
+    let idle = all(&|w| matches!(w.src.phase, SrcPhase::Idle(_)));
+    let listening = all(&|w| w.dst.phase == DstPhase::Listening);
+    let ready = all(&|w| {
+        w.src.caps.postcopy_ram && matches!(w.src.phase, SrcPhase::Held | SrcPhase::Converging)
+    });
+    let postcopy = all(&|w| w.src.phase == SrcPhase::Postcopy);
+    let src_off = all(&|w| !w.src.caps.postcopy_ram);
+    let dst_off = all(&|w| !w.dst.caps.postcopy_ram);
+    let w = |cond: bool, hi: u32| if cond { hi } else { 1 };
+    let caps = |side, on| Op::SetCapabilities {
+        side,
+        events: None,
+        pause_before_switchover: None,
+        postcopy_ram: Some(on),
+    };
+    vec![
+        (
+            w(idle && listening && src_off, 40),
+            caps(Side::Source, true),
+        ),
+        (w(listening && dst_off, 40), caps(Side::Destination, true)),
+        (1, caps(Side::Source, false)),
+        (w(ready, 60), Op::StartPostcopy),
+        (
+            w(postcopy, 2),
+            Op::Kill {
+                side: Side::Destination,
+            },
+        ),
+        (w(postcopy, 2), Op::Kill { side: Side::Source }),
+    ]
+}
