@@ -24,6 +24,7 @@ mod multifd;
 mod pages;
 mod passes;
 mod postcopy;
+mod stale_fault;
 
 use super::multifd::send::Sender as MultifdSender;
 use pages::Batch;
@@ -297,6 +298,8 @@ struct Engine<'a> {
     skipped_page: Option<u64>,
     /// `SkipOneDirtyPage`: a digest of what was last sent of each page.
     sent_digest: Vec<u64>,
+    /// Planted bug `StalePostcopyPage`.
+    stale: stale_fault::StaleShadow,
     /// The multifd sender threads (pages go there instead of `w`).
     mfd: Option<MultifdSender>,
 }
@@ -456,6 +459,7 @@ fn run_inner(
             has_held: hold_at_start,
             skipped_page: None,
             sent_digest: Vec::new(),
+            stale: Default::default(),
             mfd,
         };
         let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));

@@ -32,6 +32,15 @@ impl Batch {
     }
 
     /// The slot the next full page is copied into.
+    /// The data of the last entry if it is `page` with data (planted bug `StalePostcopyPage`).
+    pub(super) fn last_full_slot(&mut self, page: u64) -> Option<&mut [u8]> {
+        if self.entries.last() != Some(&page) || self.full == 0 {
+            return None;
+        }
+        let s = (self.full - 1) * PAGE_SIZE;
+        Some(&mut self.data[s..s + PAGE_SIZE])
+    }
+
     pub(super) fn slot(&mut self) -> &mut [u8; PAGE_SIZE] {
         let s = self.full * PAGE_SIZE;
         (&mut self.data[s..s + PAGE_SIZE])
@@ -71,6 +80,10 @@ impl Engine<'_> {
             .map_err(|m| Abort::Failed(format!("cannot read guest page {page}: {m}")))?;
         if faults::on(Fault::SkipOneDirtyPage) && self.skip_planted_page(page)? {
             return Ok(());
+        }
+        if nonzero && faults::on(Fault::StalePostcopyPage) {
+            let copy = *self.batch.slot();
+            self.stale_record(page, &copy);
         }
         if nonzero {
             self.batch.entries.push(page);

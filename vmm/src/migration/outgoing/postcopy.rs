@@ -82,6 +82,7 @@ impl Engine<'_> {
             while let Some(page) = requests.pop() {
                 if self.take_page(page) {
                     self.add_page(page)?;
+                    self.stale_answer(page);
                     self.emit_batch()?;
                     served = true;
                 }
