@@ -36,6 +36,37 @@ fn fuzz_real_builtin() {
     }
 }
 
+/// Cases of the postcopy-focused run when `PROPTEST_CASES` is not set.
+pub const POSTCOPY_CASES: u32 = 40;
+
+/// The fuzz test with the postcopy flow weighted up
+/// (`model::postcopy_gen::PostcopyMachine`): `postcopy-ram`, `start-postcopy`, kills during
+/// postcopy, destinations that run the guest during postcopy.
+#[test]
+fn fuzz_real_builtin_postcopy() {
+    let mut opts = FuzzOptions::new(CI_SEED);
+    opts.cases = Some(POSTCOPY_CASES);
+    if let Some(n) = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.cases = Some(n);
+    }
+    opts.postcopy_focus = true;
+    opts.max_shrink_time = Duration::from_secs(60);
+    opts.exec.wait_timeout = Duration::from_secs(20);
+    opts.label = "fuzz-postcopy".into();
+    match fuzz(&opts) {
+        Ok(r) => println!(
+            "fuzz_real_builtin_postcopy: {} cases passed ({} unreproducible failures) in {:.1} s (seed {CI_SEED})",
+            r.cases,
+            r.flaky,
+            r.elapsed.as_secs_f64()
+        ),
+        Err(f) => panic!("{f}"),
+    }
+}
+
 /// Cases for QEMU (TCG is slow; cases that need `switchover-hold` are skipped there and do
 /// not count) when `PROPTEST_CASES` is not set.
 pub const QEMU_CASES: u32 = 64;

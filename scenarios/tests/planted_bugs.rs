@@ -92,6 +92,35 @@ fn planted_fuzz_real_cancel_leaves_guest_stopped() {
     planted("cancel-leaves-guest-stopped");
 }
 
+/// A page requested during postcopy answered with stale data. The fuzzer (postcopy-focused,
+/// seed 5, 120 cases) hits it but its failures do not survive the timing-perturbed rerun, so
+/// it does not shrink them yet; this test replays the 8-op scenario that shows it instead:
+/// the destination guest runs during postcopy (no `-S`) and requests pages, the sweep guest
+/// increments the stale counter, `check-destination-runs`' A-B check fails, 10 times out of
+/// 10, and the same file passes without the fault.
+#[test]
+fn planted_stale_postcopy_page_replay() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("postcopy-running-destination.toml");
+    let s = migtest::scenario::Scenario::from_toml_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap();
+    assert!(s.ops.len() <= MAX_OPS);
+    let fault = "stale-postcopy-page";
+    // 128 MiB: postcopy lasts long enough that the destination's vCPU surely requests
+    // pages before the background sender has sent them (at 32 MiB it did not, 1 run in 10).
+    let mut on = with_fault(fault);
+    on.wait_timeout = Duration::from_secs(20);
+    let fails = (0..10).filter(|_| replay(&path, &on) == FAIL).count();
+    assert_eq!(fails, 10, "replay with {fault} failed {fails}/10 times");
+    let mut off = ExecOptions::builtin();
+    off.wait_timeout = Duration::from_secs(20);
+    assert_eq!(
+        replay(&path, &off),
+        PASS,
+        "replay without the fault must pass"
+    );
+}
+
 /// (e): the catalog's mission flow names the page the source skipped.
 #[test]
 

@@ -19,7 +19,7 @@
 //! itself `cont`ed a post-migrate source.
 
 mod expect;
-mod postcopy_gen;
+pub mod postcopy_gen;
 mod status;
 pub mod strategy;
 mod types;
