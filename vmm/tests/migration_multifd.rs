@@ -155,6 +155,14 @@ fn capability_and_parameter_follow_qemu() {
         let e = err(m.set_parameters(args(json!({"multifd-channels": v, "downtime-limit": 1}))));
         assert_eq!(e, want, "{v}");
     }
+    // Both out of range: QEMU 7.2 checks downtime-limit first (checked against it).
+    let e = err(m.set_parameters(args(
+        json!({"multifd-channels": 0, "downtime-limit": 3_000_000}),
+    )));
+    assert_eq!(
+        e,
+        "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms"
+    );
     // Nothing of a refused request was applied.
     assert_eq!(m.parameters().downtime_limit, 300);
     m.set_parameters(args(json!({"multifd-channels": 255})))

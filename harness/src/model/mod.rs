@@ -19,6 +19,8 @@
 //! itself `cont`ed a post-migrate source.
 
 mod expect;
+mod lint;
+pub mod multifd;
 pub mod strategy;
 mod types;
 mod world;
@@ -34,6 +36,7 @@ pub use expect::{
     Alive, Expectation, ExpectedReply, GuestOwner, Outcome, SideExpect, Snapshot, Violation,
     ERR_DOWNTIME_LIMIT, ERR_IN_PROGRESS, ERR_NOT_EXPECTED_STATE, GENERIC_ERROR,
 };
+pub use lint::lint;
 pub use types::{
     Capabilities, Event, Observation, Parameters, Reply, RunState, SideObservation,
     ASSUMED_LINK_BANDWIDTH, MAX_DOWNTIME_LIMIT_MS,
@@ -110,7 +113,7 @@ pub fn wait_gives_up(op: &Op, status: MigrationStatus) -> bool {
     match op {
         Op::WaitPasses { .. } => !matches!(status, S::Setup | S::Active),
         Op::WaitStatus { status: goal, .. } => status != *goal && status.is_settled(),
-        Op::WaitCompleted => status != S::Completed && status.is_settled(),
+        Op::WaitCompleted {} => status != S::Completed && status.is_settled(),
         _ => false,
     }
 }
@@ -274,7 +277,7 @@ impl Model {
                 SrcPhase::Converging | SrcPhase::SwitchingOver | SrcPhase::Finishing
             )
         }) {
-            Op::WaitCompleted
+            Op::WaitCompleted {}
         } else {
             return None;
         };
@@ -465,7 +468,7 @@ impl Model {
             h.last_pass = 0;
             h.last_count = 0;
         }
-        if pending.op == Op::RestartDestination {
+        if pending.op == (Op::RestartDestination {}) {
             h.dst = Last::Fresh;
             h.dst_seen = None;
         }
@@ -654,7 +657,7 @@ impl Model {
             }
             let seen = match side {
                 Side::Source => self.history.src_seen,
-                Side::Destination if *op == Op::RestartDestination => None,
+                Side::Destination if *op == (Op::RestartDestination {}) => None,
                 Side::Destination => self.history.dst_seen,
             };
             let fits: Vec<Snapshot> = e
@@ -672,7 +675,7 @@ impl Model {
             let last = match side {
                 Side::Source => self.history.src,
                 Side::Destination => {
-                    if *op == Op::RestartDestination {
+                    if *op == (Op::RestartDestination {}) {
                         Last::Fresh
                     } else {
                         self.history.dst
@@ -775,26 +778,4 @@ fn event_path(
         }
     }
     vec![to]
-}
-
-/// Problems of a hand-written scenario found by running it on the model alone (canonical
-/// observations): ops that may wait until the executor's timeout, ops the executor would have
-/// to refuse. Empty when every op runs in bounded time whatever races happen.
-pub fn lint(scenario: &crate::scenario::Scenario) -> Vec<String> {
-    let mut m = Model::new(scenario.pair.clone());
-    let mut problems = Vec::new();
-    for (i, op) in scenario.ops.iter().enumerate() {
-        let exp = m.apply(op);
-        if exp.may_time_out() {
-            problems.push(format!("op {} `{op}` may wait until the timeout", i + 1));
-        }
-        if let Some(reason) = exp.refused() {
-            problems.push(format!("op {} `{op}` cannot run: {reason}", i + 1));
-        } else if exp.may_be_refused() {
-            problems.push(format!("op {} `{op}` may be refused after a race", i + 1));
-        }
-        let obs = m.canonical_observation(op);
-        m.observe(op, &obs);
-    }
-    problems
 }

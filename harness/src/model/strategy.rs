@@ -67,6 +67,7 @@ pub fn executable(model: &Model, op: &Op) -> bool {
             }
         }
         Op::Migrate { .. } if model.migrations() >= MAX_MIGRATIONS => return false,
+        Op::Migrate { .. } if super::multifd::migrate_stalls_qemu(worlds) => return false,
         Op::Cont { side: Side::Source }
             if worlds.iter().any(|w| {
                 matches!(
@@ -100,6 +101,7 @@ fn set_params(
         max_bandwidth,
         avail_switchover_bandwidth: avail,
         switchover_hold: hold,
+        multifd_channels: None,
     }
 }
 
@@ -147,10 +149,10 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
         ),
         (
             w(idle && listening, 12) + w(converging, 10) + w(slow, 40),
-            Op::Hold,
+            Op::Hold {},
         ),
-        (w(held, 14), Op::Release),
-        (w(held || pre, 8), Op::Cancel),
+        (w(held, 14), Op::Release {}),
+        (w(held || pre, 8), Op::Cancel {}),
         (
             w(pre, 12),
             Op::Continue {
@@ -158,7 +160,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
             },
         ),
         (1, Op::Continue { state: S::Active }),
-        (w(converging, 12), Op::WaitCompleted),
+        (w(converging, 12), Op::WaitCompleted {}),
         (
             w(ending, 5),
             Op::WaitStatus {
@@ -208,8 +210,8 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 status: S::Active,
             },
         ),
-        (w(completed, 14), Op::CheckMemory),
-        (w(dst_done, 5), Op::CheckDestinationRuns),
+        (w(completed, 14), Op::CheckMemory {}),
+        (w(dst_done, 5), Op::CheckDestinationRuns {}),
         (
             w(idle || held, 4) + w(slow, 6) + w(held_throttled, 40),
             set_params(Side::Source, Some(30_000), Some(Size(0)), None, None),
@@ -241,6 +243,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(true),
+                multifd: None,
             },
         ),
         (
@@ -249,6 +252,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(false),
+                multifd: None,
             },
         ),
         (
@@ -257,6 +261,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Destination,
                 events: Some(true),
                 pause_before_switchover: None,
+                multifd: None,
             },
         ),
         (
@@ -265,6 +270,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(false),
                 pause_before_switchover: None,
+                multifd: None,
             },
         ),
         (
@@ -273,6 +279,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(true),
                 pause_before_switchover: None,
+                multifd: None,
             },
         ),
         (w(held, 2), Op::Stop { side: Side::Source }),
@@ -296,8 +303,9 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
             },
         ),
         (1, Op::Kill { side: Side::Source }),
-        (w(idle && !listening, 10), Op::RestartDestination),
+        (w(idle && !listening, 10), Op::RestartDestination {}),
     ];
+    v.extend(super::multifd::candidates(idle, listening));
     if held {
         for k in 1..=3 {
             v.push((10, Op::WaitPasses { n: min_passes + k }));
@@ -314,7 +322,7 @@ pub fn next_op(model: &Model) -> BoxedStrategy<Op> {
         .map(|(w, op)| (w, Just(op).boxed()))
         .collect();
     if options.is_empty() {
-        return Just(Op::Cancel).boxed();
+        return Just(Op::Cancel {}).boxed();
     }
     Union::new_weighted(options).boxed()
 }

@@ -69,11 +69,15 @@ fn src_pbs(on: bool) -> Op {
         side: Side::Source,
         events: None,
         pause_before_switchover: Some(on),
+        multifd: None,
     }
 }
 
 /// The single QEMU rules, one test each.
 mod rules;
+
+/// The multifd rules.
+mod multifd;
 
 #[test]
 fn rejects_destination_completed_before_the_source_stopped() {
@@ -113,7 +117,7 @@ fn legal_transitions_follow_qemu() {
 
 fn held_model() -> Model {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 3 }]);
+    run_all(&mut m, &[Op::Hold {}, migrate(), Op::WaitPasses { n: 3 }]);
     m
 }
 
@@ -186,7 +190,7 @@ fn rejects_status_that_disagrees_with_events() {
 fn rejects_both_sides_running() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    let op = Op::WaitCompleted;
+    let op = Op::WaitCompleted {};
     m.apply(&op);
     let mut obs = m.canonical_observation(&op);
     obs.source.run_state = Some(RunState::Running);
@@ -198,10 +202,10 @@ fn rejects_both_sides_running() {
 #[test]
 fn rejects_dead_source_after_cancel() {
     let mut m = held_model();
-    m.apply(&Op::Cancel);
-    let mut obs = m.canonical_observation(&Op::Cancel);
+    m.apply(&Op::Cancel {});
+    let mut obs = m.canonical_observation(&Op::Cancel {});
     obs.source = SideObservation::dead();
-    let v = m.check(&Op::Cancel, &obs).unwrap_err();
+    let v = m.check(&Op::Cancel {}, &obs).unwrap_err();
     assert!(v.message.contains("source alive"), "{v}");
 }
 
@@ -227,7 +231,7 @@ fn rejects_wrong_error_text_and_unexpected_errors() {
 fn observation_narrows_races() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    let op = Op::Cancel;
+    let op = Op::Cancel {};
     m.apply(&op);
     assert!(m.possibilities() > 1);
     let mut obs = m.canonical_observation(&op);
@@ -256,7 +260,7 @@ fn observation_narrows_races() {
         ],
     };
     m.step(&op, &obs).unwrap();
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
 }
 
@@ -300,10 +304,10 @@ fn mutations(
             })
             .or(match (side, m.history.src, m.history.dst) {
                 // A restarted destination starts over from `none`.
-                (Side::Destination, _, _) if *op == Op::RestartDestination => Some(S::None),
+                (Side::Destination, _, _) if *op == (Op::RestartDestination {}) => Some(S::None),
                 (Side::Source, Last::At(s), _) | (Side::Destination, _, Last::At(s)) => Some(s),
                 (Side::Source, Last::Fresh, _) => Some(S::None),
-                (Side::Destination, _, Last::Fresh) if *op != Op::RestartDestination => {
+                (Side::Destination, _, Last::Fresh) if *op != (Op::RestartDestination {}) => {
                     Some(S::None)
                 }
                 _ => None,
@@ -332,7 +336,7 @@ fn mutations(
         o.source.status = Some(S::Setup);
         out.push(("source status back to setup".into(), o));
     }
-    if *op == Op::Cancel && obs.reply == Reply::Ok {
+    if *op == (Op::Cancel {}) && obs.reply == Reply::Ok {
         let mut o = obs.clone();
         o.source = SideObservation::dead();
         out.push(("source dead after cancel".into(), o));
@@ -458,7 +462,12 @@ fn lint_flags_unbounded_and_impossible_ops() {
     let s = crate::scenario::Scenario {
         purpose: "x".into(),
         pair: pair(),
-        ops: vec![Op::CheckMemory, Op::Hold, migrate(), Op::WaitCompleted],
+        ops: vec![
+            Op::CheckMemory {},
+            Op::Hold {},
+            migrate(),
+            Op::WaitCompleted {},
+        ],
     };
     let p = lint(&s);
     assert_eq!(p.len(), 2, "{p:?}");
@@ -468,13 +477,13 @@ fn lint_flags_unbounded_and_impossible_ops() {
         purpose: "hold, passes, release, converge".into(),
         pair: pair(),
         ops: vec![
-            Op::Hold,
+            Op::Hold {},
             migrate(),
             Op::WaitPasses { n: 3 },
-            Op::Release,
-            Op::WaitCompleted,
-            Op::CheckMemory,
-            Op::CheckDestinationRuns,
+            Op::Release {},
+            Op::WaitCompleted {},
+            Op::CheckMemory {},
+            Op::CheckDestinationRuns {},
         ],
     };
     assert_eq!(lint(&good), Vec::<String>::new());
@@ -520,7 +529,7 @@ fn cancel_after_failed_keeps_failed() {
             wait_src(S::Failed),
         ],
     );
-    let (e, _) = run(&mut m, Op::Cancel);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(e.statuses(Side::Source), set(&[S::Failed]));
     assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Source);
@@ -533,7 +542,7 @@ fn cancel_in_pre_switchover_resumes_the_source() {
         &mut m,
         &[src_pbs(true), migrate(), wait_src(S::PreSwitchover)],
     );
-    let (e, _) = run(&mut m, Op::Cancel);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert!(e.statuses(Side::Source).contains(&S::Cancelling));
     let (e, _) = run(&mut m, wait_src(S::Cancelled));
     assert_eq!(e.run_states(Side::Source), [RunState::Running].into());
@@ -546,25 +555,25 @@ fn released_hold_with_pause_before_switchover_completes_after_continue() {
         &mut m,
         &[
             src_pbs(true),
-            Op::Hold,
+            Op::Hold {},
             migrate(),
             Op::WaitPasses { n: 2 },
-            Op::Release,
+            Op::Release {},
             wait_src(S::PreSwitchover),
             Op::Continue {
                 state: S::PreSwitchover,
             },
         ],
     );
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    run(&mut m, Op::CheckMemory);
+    run(&mut m, Op::CheckMemory {});
 }
 
 #[test]
 fn cont_on_a_paused_destination_after_completion_runs_it() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
+    run_all(&mut m, &[migrate(), Op::WaitCompleted {}]);
     let (e, _) = run(
         &mut m,
         Op::Cont {
@@ -580,7 +589,7 @@ fn cont_on_a_paused_destination_after_completion_runs_it() {
         },
     );
     assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
-    assert!(m.expect(&Op::CheckMemory).refused().is_some(), "it ran");
+    assert!(m.expect(&Op::CheckMemory {}).refused().is_some(), "it ran");
 }
 
 #[test]
@@ -606,7 +615,7 @@ fn events_off_means_no_event_checks() {
     });
     let (_, obs) = run(&mut m, migrate());
     assert!(obs.source.events.is_empty());
-    let (_, obs) = run(&mut m, Op::WaitCompleted);
+    let (_, obs) = run(&mut m, Op::WaitCompleted {});
     assert!(obs.destination.events.is_empty());
 }
 
@@ -614,11 +623,11 @@ fn events_off_means_no_event_checks() {
 fn violation_messages_are_one_readable_line() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    m.apply(&Op::Cancel);
-    let mut obs = m.canonical_observation(&Op::Cancel);
+    m.apply(&Op::Cancel {});
+    let mut obs = m.canonical_observation(&Op::Cancel {});
     obs.source.status = Some(S::Failed);
     obs.source.events = vec![Event::Migration { status: S::Failed }];
-    let v = m.check(&Op::Cancel, &obs).unwrap_err();
+    let v = m.check(&Op::Cancel {}, &obs).unwrap_err();
     let line = v.to_string();
     assert!(!line.contains('\n'));
     assert!(line.starts_with("after `cancel`: "), "{line}");
@@ -641,15 +650,16 @@ fn slow_passes_may_time_out() {
                 max_bandwidth: Some(Size(3_000_000)),
                 avail_switchover_bandwidth: None,
                 switchover_hold: None,
+                multifd_channels: None,
             },
-            Op::Hold,
+            Op::Hold {},
             migrate(),
         ],
     );
     assert!(m.expect(&Op::WaitPasses { n: 2 }).may_time_out());
-    run(&mut m, Op::Release);
+    run(&mut m, Op::Release {});
     assert!(
-        m.expect(&Op::WaitCompleted).may_time_out(),
+        m.expect(&Op::WaitCompleted {}).may_time_out(),
         "3 MB/s over 128 MiB is not bounded, however long the downtime"
     );
 }
@@ -657,7 +667,7 @@ fn slow_passes_may_time_out() {
 #[test]
 fn expectations_serialize_for_transcripts() {
     let mut m = Model::new(pair());
-    run(&mut m, Op::Hold);
+    run(&mut m, Op::Hold {});
     let e = m.apply(&migrate());
     let v = serde_json::to_value(&e).unwrap();
     let o = &v["outcomes"][0];
@@ -680,7 +690,7 @@ fn hold_racing_the_switchover_allows_a_stopping_source() {
     // the status still active; the migration completes anyway.
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    let op = Op::Hold;
+    let op = Op::Hold {};
     m.apply(&op);
     let mut obs = m.canonical_observation(&op);
     obs.source.status = Some(S::Active);
@@ -689,7 +699,7 @@ fn hold_racing_the_switchover_allows_a_stopping_source() {
     obs.source.dirty_sync_count = Some(1);
     obs.source.events.push(Event::MigrationPass { pass: 1 });
     m.step(&op, &obs).unwrap();
-    let e = m.apply(&Op::WaitCompleted);
+    let e = m.apply(&Op::WaitCompleted {});
     assert!(
         e.replies().contains(&&ExpectedReply::Ok),
         "{:?}",
@@ -731,9 +741,9 @@ fn destination_still_loading_after_the_source_completed() {
     obs.destination.events = vec![Event::Migration { status: S::Active }];
     m.step(&op, &obs).unwrap();
     // Not yet comparable: the destination may still be loading.
-    assert!(m.expect(&Op::CheckMemory).refused().is_some());
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert!(m.expect(&Op::CheckMemory {}).refused().is_some());
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
 }

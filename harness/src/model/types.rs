@@ -25,6 +25,8 @@ pub struct Parameters {
     pub avail_switchover_bandwidth: Size,
     /// default false.
     pub switchover_hold: bool,
+    /// `multifd-channels`: 1..=255, default 2.
+    pub multifd_channels: u8,
 }
 
 impl Default for Parameters {
@@ -34,6 +36,7 @@ impl Default for Parameters {
             max_bandwidth: Size(134_217_728),
             avail_switchover_bandwidth: Size(0),
             switchover_hold: false,
+            multifd_channels: super::multifd::DEFAULT_CHANNELS,
         }
     }
 }
@@ -47,6 +50,7 @@ impl Parameters {
             max_bandwidth: b,
             avail_switchover_bandwidth: a,
             switchover_hold: h,
+            multifd_channels: c,
             ..
         } = op
         else {
@@ -56,6 +60,10 @@ impl Parameters {
         self.max_bandwidth = b.unwrap_or(self.max_bandwidth);
         self.avail_switchover_bandwidth = a.unwrap_or(self.avail_switchover_bandwidth);
         self.switchover_hold = h.unwrap_or(self.switchover_hold);
+        // Only a valid count is ever applied (see `multifd::channels_error`).
+        if let Some(c) = c.and_then(|c| u8::try_from(c).ok()) {
+            self.multifd_channels = c;
+        }
     }
 }
 
@@ -98,6 +106,8 @@ pub struct Capabilities {
     pub events: bool,
     /// `pause-before-switchover`.
     pub pause_before_switchover: bool,
+    /// `multifd`: pages over `multifd-channels` extra connections.
+    pub multifd: bool,
 }
 
 /// A QMP event the executor received from one VMM, in arrival order.

@@ -36,39 +36,43 @@ pub fn op() -> impl Strategy<Value = Op> {
             proptest::option::of(0..=i64::MAX as u64),
             proptest::option::of(size()),
             proptest::option::of(size()),
-            proptest::option::of(any::<bool>())
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(prop_oneof![0..=300u64, 0..=i64::MAX as u64]),
         )
-            .prop_map(|(side, d, b, a, h)| Op::SetParameters {
+            .prop_map(|(side, d, b, a, h, c)| Op::SetParameters {
                 side,
                 downtime_limit: d,
                 max_bandwidth: b,
                 avail_switchover_bandwidth: a,
-                switchover_hold: h
+                switchover_hold: h,
+                multifd_channels: c,
             }),
         (
             side(),
             proptest::option::of(any::<bool>()),
-            proptest::option::of(any::<bool>())
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
         )
-            .prop_map(|(side, events, pbs)| Op::SetCapabilities {
+            .prop_map(|(side, events, pbs, multifd)| Op::SetCapabilities {
                 side,
                 events,
-                pause_before_switchover: pbs
+                pause_before_switchover: pbs,
+                multifd,
             }),
         proptest::option::of(transport()).prop_map(|transport| Op::Migrate { transport }),
         (0..=i64::MAX as u64).prop_map(|n| Op::WaitPasses { n }),
-        Just(Op::Hold),
-        Just(Op::Release),
-        Just(Op::Cancel),
+        Just(Op::Hold {}),
+        Just(Op::Release {}),
+        Just(Op::Cancel {}),
         status().prop_map(|state| Op::Continue { state }),
         side().prop_map(|side| Op::Stop { side }),
         side().prop_map(|side| Op::Cont { side }),
         (side(), status()).prop_map(|(side, status)| Op::WaitStatus { side, status }),
-        Just(Op::WaitCompleted),
+        Just(Op::WaitCompleted {}),
         side().prop_map(|side| Op::Kill { side }),
-        Just(Op::RestartDestination),
-        Just(Op::CheckMemory),
-        Just(Op::CheckDestinationRuns),
+        Just(Op::RestartDestination {}),
+        Just(Op::CheckMemory {}),
+        Just(Op::CheckDestinationRuns {}),
     ]
 }
 

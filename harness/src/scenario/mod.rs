@@ -154,11 +154,12 @@ status = "completed"
                 downtime_limit: Some(30000),
                 max_bandwidth: Some(Size(1 << 30)),
                 avail_switchover_bandwidth: None,
-                switchover_hold: None
+                switchover_hold: None,
+                multifd_channels: None,
             }
         );
         assert_eq!(s.ops[1], Op::Migrate { transport: None });
-        assert_eq!(s.ops[2], Op::Hold);
+        assert_eq!(s.ops[2], Op::Hold {});
         assert_eq!(s.ops[3], Op::WaitPasses { n: 3 });
         assert_eq!(
             s.ops[7],
@@ -216,7 +217,8 @@ status = "completed"
             Op::SetCapabilities {
                 side: Side::Source,
                 events: None,
-                pause_before_switchover: Some(true)
+                pause_before_switchover: Some(true),
+                multifd: None,
             }
         );
         assert!(
@@ -226,7 +228,7 @@ status = "completed"
 
     #[test]
     fn op_display_is_one_line() {
-        assert_eq!(Op::Hold.to_string(), "hold");
+        assert_eq!(Op::Hold {}.to_string(), "hold");
         assert_eq!(
             Op::WaitPasses { n: 3 }.to_string(),
             r#"wait-passes {"n":3}"#

@@ -147,10 +147,6 @@ impl SetParameters {
                 ),
             ));
         }
-        if self.multifd_channels.is_some() && p.multifd_channels < 1 {
-            // QEMU 7.2's migrate_params_check.
-            return Err(invalid("multifd_channels", "a value between 1 and 255"));
-        }
         if self.downtime_limit.is_some() && p.downtime_limit > MAX_DOWNTIME_SECONDS * 1000 {
             // QEMU 7.2 prints stringify(MAX_MIGRATE_DOWNTIME), the macro's
             // unexpanded text (recorded in fixtures/qemu-7.2/).
@@ -158,6 +154,11 @@ impl SetParameters {
                 "downtime_limit",
                 "an integer in the range of 0 to (2000 * 1000) ms",
             ));
+        }
+        if self.multifd_channels.is_some() && p.multifd_channels < 1 {
+            // QEMU 7.2's migrate_params_check, after downtime-limit's
+            // (checked against it: both bad, downtime-limit's error wins).
+            return Err(invalid("multifd_channels", "a value between 1 and 255"));
         }
         Ok(p)
     }

@@ -6,6 +6,7 @@ use crate::scenario::{MigrationStatus, Op, PairSpec, Side};
 use super::super::expect::{
     ExpectedReply, ERR_DOWNTIME_LIMIT, ERR_IN_PROGRESS, ERR_NOT_EXPECTED_STATE,
 };
+use super::super::multifd;
 use super::super::types::MAX_DOWNTIME_LIMIT_MS;
 use super::{step, Dst, DstPhase, GuestRun, SrcPhase, Step, World};
 
@@ -21,13 +22,20 @@ impl World {
                 side,
                 downtime_limit,
                 switchover_hold,
+                multifd_channels,
                 ..
             } => {
                 if !self.side_alive(*side) {
                     return step(ExpectedReply::Dead, w);
                 }
+                if let Some(e) = multifd::channels_parse_error(*multifd_channels) {
+                    return step(ExpectedReply::error(e), w);
+                }
                 if downtime_limit.is_some_and(|d| d > MAX_DOWNTIME_LIMIT_MS) {
                     return step(ExpectedReply::error(ERR_DOWNTIME_LIMIT), w);
+                }
+                if let Some(e) = multifd::channels_range_error(*multifd_channels) {
+                    return step(ExpectedReply::error(e), w);
                 }
                 let p = match side {
                     Side::Source => &mut w.src.params,
@@ -45,12 +53,13 @@ impl World {
                 }
                 step(ok, w)
             }
-            Op::Hold => self.apply(&Op::set_hold(Side::Source, true), pair),
-            Op::Release => self.apply(&Op::set_hold(Side::Source, false), pair),
+            Op::Hold {} => self.apply(&Op::set_hold(Side::Source, true), pair),
+            Op::Release {} => self.apply(&Op::set_hold(Side::Source, false), pair),
             Op::SetCapabilities {
                 side,
                 events,
                 pause_before_switchover,
+                multifd,
             } => {
                 if !self.side_alive(*side) {
                     return step(ExpectedReply::Dead, w);
@@ -67,6 +76,9 @@ impl World {
                 }
                 if let Some(p) = pause_before_switchover {
                     c.pause_before_switchover = *p;
+                }
+                if let Some(m) = multifd {
+                    c.multifd = *m;
                 }
                 step(ok, w)
             }
@@ -90,7 +102,15 @@ impl World {
                 w.passes_min = 0;
                 w.tainted = false;
                 w.src.resumed = false;
-                if self.dst.phase == DstPhase::Listening {
+                let disagree = multifd::mismatch(
+                    (&self.src.caps, &self.src.params),
+                    (&self.dst.caps, &self.dst.params),
+                );
+                if self.dst.phase == DstPhase::Listening && disagree.is_some() {
+                    // The destination refuses the connections and exits; the source fails.
+                    w.dst.phase = DstPhase::Dying;
+                    w.src.phase = SrcPhase::Failing { from_device: false };
+                } else if self.dst.phase == DstPhase::Listening {
                     w.dst.phase = DstPhase::Incoming;
                     w.src.phase = if w.src.params.switchover_hold {
                         SrcPhase::Held
@@ -155,7 +175,7 @@ impl World {
                     }
                 }
             }
-            Op::Cancel => {
+            Op::Cancel {} => {
                 if !self.src.alive {
                     return step(ExpectedReply::Dead, w);
                 }
@@ -288,7 +308,7 @@ impl World {
                 }
             }
             Op::WaitStatus { side, status } => self.wait_status(*side, *status),
-            Op::WaitCompleted => {
+            Op::WaitCompleted {} => {
                 if !self.src.alive {
                     return step(ExpectedReply::Dead, w);
                 }
@@ -347,18 +367,18 @@ impl World {
                 }
                 step(ok, w)
             }
-            Op::RestartDestination => {
+            Op::RestartDestination {} => {
                 if self.dst.phase != DstPhase::Dead {
                     w.destination_lost();
                 }
                 w.dst = Dst::fresh(pair);
                 step(ok, w)
             }
-            Op::CheckMemory => match self.memory_must_match() {
+            Op::CheckMemory {} => match self.memory_must_match() {
                 Ok(()) => step(ok, w),
                 Err(reason) => step(ExpectedReply::refused(reason), w),
             },
-            Op::CheckDestinationRuns => match self.dst.phase {
+            Op::CheckDestinationRuns {} => match self.dst.phase {
                 DstPhase::Completed(_) => {
                     w.dst.phase = DstPhase::Completed(GuestRun::Running);
                     w.dst.ran = true;

@@ -121,7 +121,7 @@ impl World {
     pub fn initial(pair: &PairSpec) -> World {
         let caps = Capabilities {
             events: pair.events,
-            pause_before_switchover: false,
+            ..Capabilities::default()
         };
         World {
             src: Src {
@@ -535,7 +535,7 @@ impl Dst {
             params: Parameters::default(),
             caps: Capabilities {
                 events: pair.events,
-                pause_before_switchover: false,
+                ..Capabilities::default()
             },
         }
     }

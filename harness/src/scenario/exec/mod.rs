@@ -147,7 +147,7 @@ pub fn optional_parameters(s: &Scenario) -> Vec<(Side, &'static str)> {
     };
     for op in &s.ops {
         match op {
-            Op::Hold | Op::Release => add(Side::Source, "switchover-hold"),
+            Op::Hold {} | Op::Release {} => add(Side::Source, "switchover-hold"),
             Op::SetParameters {
                 side,
                 switchover_hold,

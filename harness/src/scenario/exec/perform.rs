@@ -20,26 +20,13 @@ impl Executor {
                 let args = Value::Object(op.parameter_arguments());
                 self.qmp(*side, "migrate-set-parameters", args)
             }
-            Op::Hold => self.perform(&Op::set_hold(Side::Source, true)),
-            Op::Release => self.perform(&Op::set_hold(Side::Source, false)),
-            Op::SetCapabilities {
-                side,
-                events,
-                pause_before_switchover,
-            } => {
-                let mut caps = Vec::new();
-                if let Some(e) = events {
-                    caps.push(json!({"capability": "events", "state": e}));
-                }
-                if let Some(p) = pause_before_switchover {
-                    caps.push(json!({"capability": "pause-before-switchover", "state": p}));
-                }
-                self.qmp(
-                    *side,
-                    "migrate-set-capabilities",
-                    json!({ "capabilities": caps }),
-                )
-            }
+            Op::Hold {} => self.perform(&Op::set_hold(Side::Source, true)),
+            Op::Release {} => self.perform(&Op::set_hold(Side::Source, false)),
+            Op::SetCapabilities { side, .. } => self.qmp(
+                *side,
+                "migrate-set-capabilities",
+                json!({ "capabilities": op.capability_list() }),
+            ),
             Op::Migrate { transport } => self.migrate(transport.unwrap_or(self.pair.transport)),
             Op::WaitPasses { n } => self.wait(op, Side::Source, |s, count| {
                 if count >= *n {
@@ -50,7 +37,7 @@ impl Executor {
                     None
                 }
             }),
-            Op::Cancel => self.qmp(Side::Source, "migrate_cancel", Value::Null),
+            Op::Cancel {} => self.qmp(Side::Source, "migrate_cancel", Value::Null),
             Op::Continue { state } => self.qmp(
                 Side::Source,
                 "migrate-continue",
@@ -67,7 +54,7 @@ impl Executor {
                     None
                 }
             }),
-            Op::WaitCompleted => {
+            Op::WaitCompleted {} => {
                 let r = self.wait(op, Side::Source, |s, _| {
                     if s == MigrationStatus::Completed {
                         Some(Reply::Ok)
@@ -98,7 +85,7 @@ impl Executor {
                 }
                 Ok(Reply::Ok)
             }
-            Op::RestartDestination => {
+            Op::RestartDestination {} => {
                 if self.dst.vm.is_alive() {
                     self.dst.vm.kill();
                 }
@@ -113,13 +100,13 @@ impl Executor {
                 self.dst_used = false;
                 Ok(Reply::Ok)
             }
-            Op::CheckMemory => Ok(match self.check_memory() {
+            Op::CheckMemory {} => Ok(match self.check_memory() {
                 Ok(()) => Reply::Ok,
                 Err(e) => Reply::CheckFailed {
                     reason: format!("{e:#}"),
                 },
             }),
-            Op::CheckDestinationRuns => Ok(match self.check_destination_runs() {
+            Op::CheckDestinationRuns {} => Ok(match self.check_destination_runs() {
                 Ok(()) => Reply::Ok,
                 Err(e) => Reply::CheckFailed {
                     reason: format!("{e:#}"),
@@ -244,7 +231,7 @@ impl Executor {
     /// Waits (bounded) until the destination's incoming migration has ended: the source
     /// may report `completed` while the destination still loads.
     fn settle_destination(&self) -> anyhow::Result<()> {
-        let r = self.wait(&Op::WaitCompleted, Side::Destination, |s, _| {
+        let r = self.wait(&Op::WaitCompleted {}, Side::Destination, |s, _| {
             s.is_settled().then_some(Reply::Ok)
         })?;
         anyhow::ensure!(
