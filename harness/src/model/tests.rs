@@ -73,6 +73,46 @@ fn src_pbs(on: bool) -> Op {
     }
 }
 
+/// Applies `op` and returns its canonical observation (to be altered and checked).
+fn planned(m: &mut Model, op: &Op) -> Observation {
+    m.apply(op);
+    m.canonical_observation(op)
+}
+
+/// An un-held migration started, then `stop` on the destination applied: the model, the op
+/// and its canonical observation.
+fn stop_destination_after_migrate() -> (Model, Op, Observation) {
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let op = Op::Stop {
+        side: Side::Destination,
+    };
+    let obs = planned(&mut m, &op);
+    (m, op, obs)
+}
+
+/// `side` shows a migration that went active, then completed, and the guest in `run`.
+fn shows_completed(side: &mut SideObservation, run: RunState) {
+    side.status = Some(S::Completed);
+    side.run_state = Some(run);
+    side.events = vec![
+        Event::Migration { status: S::Active },
+        Event::Migration {
+            status: S::Completed,
+        },
+    ];
+}
+
+/// pause-before-switchover on, held migration, two passes: release it next.
+fn pbs_held_two_passes() -> Vec<Op> {
+    vec![
+        src_pbs(true),
+        Op::Hold {},
+        migrate(),
+        Op::WaitPasses { n: 2 },
+    ]
+}
+
 /// The single QEMU rules, one test each.
 mod rules;
 
@@ -83,8 +123,7 @@ mod multifd;
 fn rejects_destination_completed_before_the_source_stopped() {
     let mut m = Model::new(pair());
     let op = migrate();
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.destination.status = Some(S::Completed);
     obs.destination.run_state = Some(RunState::Paused);
     obs.destination.events = vec![
@@ -125,8 +164,7 @@ fn held_model() -> Model {
 fn rejects_completion_while_held() {
     let mut m = held_model();
     let op = Op::WaitPasses { n: 4 };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.status = Some(S::Completed);
     obs.source.run_state = Some(RunState::Postmigrate);
     let v = m.check(&op, &obs).unwrap_err();
@@ -144,8 +182,7 @@ fn rejects_completion_while_held() {
 fn rejects_decreasing_pass_count() {
     let mut m = held_model();
     let op = Op::WaitPasses { n: 4 };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.dirty_sync_count = Some(2);
     obs.source.events.clear();
     let v = m.check(&op, &obs).unwrap_err();
@@ -160,8 +197,7 @@ fn rejects_decreasing_pass_count() {
 fn rejects_illegal_event_order() {
     let mut m = Model::new(pair());
     let op = migrate();
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.events = vec![
         Event::Migration { status: S::Setup },
         Event::Migration {
@@ -178,8 +214,7 @@ fn rejects_illegal_event_order() {
 fn rejects_status_that_disagrees_with_events() {
     let mut m = Model::new(pair());
     let op = migrate();
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.events.clear();
     obs.source.status = Some(S::Active);
     let v = m.check(&op, &obs).unwrap_err();
@@ -191,8 +226,7 @@ fn rejects_both_sides_running() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
     let op = Op::WaitCompleted {};
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.run_state = Some(RunState::Running);
     obs.destination.run_state = Some(RunState::Running);
     let v = m.check(&op, &obs).unwrap_err();
@@ -236,14 +270,7 @@ fn observation_narrows_races() {
     assert!(m.possibilities() > 1);
     let mut obs = m.canonical_observation(&op);
     // Completed just before the cancel: the cancel is a no-op.
-    obs.source.status = Some(S::Completed);
-    obs.source.run_state = Some(RunState::Postmigrate);
-    obs.source.events = vec![
-        Event::Migration { status: S::Active },
-        Event::Migration {
-            status: S::Completed,
-        },
-    ];
+    shows_completed(&mut obs.source, RunState::Postmigrate);
     obs.source.dirty_sync_count = Some(2);
     obs.source.events.push(Event::MigrationPass { pass: 1 });
     obs.source.events.push(Event::MigrationPass { pass: 2 });
@@ -492,21 +519,8 @@ fn lint_flags_unbounded_and_impossible_ops() {
 #[test]
 fn run_state_and_status_are_read_one_after_the_other() {
     // query-status first, then query-migrate: the status may be newer than the run state.
-    let mut m = Model::new(pair());
-    run(&mut m, migrate());
-    let op = Op::Stop {
-        side: Side::Destination,
-    };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
-    obs.source.run_state = Some(RunState::Running);
-    obs.source.status = Some(S::Completed);
-    obs.source.events = vec![
-        Event::Migration { status: S::Active },
-        Event::Migration {
-            status: S::Completed,
-        },
-    ];
+    let (m, op, mut obs) = stop_destination_after_migrate();
+    shows_completed(&mut obs.source, RunState::Running);
     m.check(&op, &obs).unwrap();
     // The other way round is not possible.
     obs.source.run_state = Some(RunState::Postmigrate);
@@ -551,13 +565,10 @@ fn cancel_in_pre_switchover_resumes_the_source() {
 #[test]
 fn released_hold_with_pause_before_switchover_completes_after_continue() {
     let mut m = Model::new(pair());
+    run_all(&mut m, &pbs_held_two_passes());
     run_all(
         &mut m,
         &[
-            src_pbs(true),
-            Op::Hold {},
-            migrate(),
-            Op::WaitPasses { n: 2 },
             Op::Release {},
             wait_src(S::PreSwitchover),
             Op::Continue {
@@ -596,8 +607,7 @@ fn cont_on_a_paused_destination_after_completion_runs_it() {
 fn rejects_stop_while_held_and_resume_of_a_held_destination() {
     let mut m = held_model();
     let op = Op::WaitPasses { n: 4 };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.events.push(Event::Stop);
     let v = m.check(&op, &obs).unwrap_err();
     assert!(v.message.contains("STOP"), "{v}");
@@ -691,8 +701,7 @@ fn hold_racing_the_switchover_allows_a_stopping_source() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
     let op = Op::Hold {};
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.status = Some(S::Active);
     obs.source.run_state = Some(RunState::FinishMigrate);
     obs.source.events = vec![Event::Migration { status: S::Active }];
@@ -727,16 +736,8 @@ fn destination_still_loading_after_the_source_completed() {
     let op = Op::Stop {
         side: Side::Destination,
     };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
-    obs.source.status = Some(S::Completed);
-    obs.source.run_state = Some(RunState::Postmigrate);
-    obs.source.events = vec![
-        Event::Migration { status: S::Active },
-        Event::Migration {
-            status: S::Completed,
-        },
-    ];
+    let mut obs = planned(&mut m, &op);
+    shows_completed(&mut obs.source, RunState::Postmigrate);
     obs.destination.status = Some(S::Active);
     obs.destination.events = vec![Event::Migration { status: S::Active }];
     m.step(&op, &obs).unwrap();

@@ -43,26 +43,26 @@ impl Default for Parameters {
 
 impl Parameters {
     /// What a `set-parameters` op sets: its present fields replace these (other ops change
-    /// nothing).
+    /// nothing). Read from the op's QMP arguments, so each parameter is named in one place.
     pub fn update(&mut self, op: &Op) {
-        let Op::SetParameters {
-            downtime_limit: d,
-            max_bandwidth: b,
-            avail_switchover_bandwidth: a,
-            switchover_hold: h,
-            multifd_channels: c,
-            ..
-        } = op
-        else {
-            return;
-        };
-        self.downtime_limit = d.unwrap_or(self.downtime_limit);
-        self.max_bandwidth = b.unwrap_or(self.max_bandwidth);
-        self.avail_switchover_bandwidth = a.unwrap_or(self.avail_switchover_bandwidth);
-        self.switchover_hold = h.unwrap_or(self.switchover_hold);
-        // Only a valid count is ever applied (see `multifd::channels_error`).
-        if let Some(c) = c.and_then(|c| u8::try_from(c).ok()) {
-            self.multifd_channels = c;
+        for (name, v) in op.parameter_arguments() {
+            match (name.as_str(), v.as_u64()) {
+                ("downtime-limit", Some(n)) => self.downtime_limit = n,
+                ("max-bandwidth", Some(n)) => self.max_bandwidth = Size(n),
+                ("avail-switchover-bandwidth", Some(n)) => {
+                    self.avail_switchover_bandwidth = Size(n)
+                }
+                // Only a valid count is ever applied (see `multifd::channels_parse_error`).
+                ("multifd-channels", Some(n)) => {
+                    if let Ok(c) = u8::try_from(n) {
+                        self.multifd_channels = c;
+                    }
+                }
+                ("switchover-hold", _) => {
+                    self.switchover_hold = v.as_bool().unwrap_or(self.switchover_hold)
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -76,7 +76,11 @@ fn channel_count_errors_are_qemus_in_qemus_order() {
 
 #[test]
 fn channel_count_is_applied_on_its_side_only() {
-    for (n, side) in [(1u64, Side::Source), (255, Side::Destination), (7, Side::Source)] {
+    for (n, side) in [
+        (1u64, Side::Source),
+        (255, Side::Destination),
+        (7, Side::Source),
+    ] {
         let mut m = Model::new(pair());
         let (e, _) = run(&mut m, params(side, n, Some(500)));
         assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -229,7 +233,10 @@ fn a_mismatch_fails_both_sides() {
 #[test]
 fn a_fresh_destination_forgets_multifd() {
     let mut m = configured(Some(2), Some(2));
-    run_all(&mut m, &[migrate(), Op::WaitCompleted {}, Op::RestartDestination {}]);
+    run_all(
+        &mut m,
+        &[migrate(), Op::WaitCompleted {}, Op::RestartDestination {}],
+    );
     assert!(!m.capabilities(Side::Destination).unwrap().multifd);
     assert_eq!(
         m.parameters(Side::Destination).unwrap().multifd_channels,
@@ -253,11 +260,7 @@ fn the_generator_avoids_migrations_qemu_stalls_on() {
         (None, None, false),
     ] {
         let m = configured(src, dst);
-        assert_eq!(
-            executable(&m, &migrate()),
-            !stalls,
-            "{src:?} -> {dst:?}"
-        );
+        assert_eq!(executable(&m, &migrate()), !stalls, "{src:?} -> {dst:?}");
     }
 }
 

@@ -213,15 +213,7 @@ fn pause_before_switchover_then_continue_completes() {
 #[test]
 fn hold_released_with_pause_before_switchover_reaches_pre_switchover() {
     let mut m = Model::new(pair());
-    run_all(
-        &mut m,
-        &[
-            src_pbs(true),
-            Op::Hold {},
-            migrate(),
-            Op::WaitPasses { n: 2 },
-        ],
-    );
+    run_all(&mut m, &pbs_held_two_passes());
     assert!(m.expect(&wait_src(S::PreSwitchover)).may_time_out());
     run(&mut m, Op::Release {});
     let (e, _) = run(&mut m, wait_src(S::PreSwitchover));

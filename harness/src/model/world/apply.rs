@@ -259,15 +259,7 @@ impl World {
                         }
                     },
                     Side::Destination => {
-                        match w.dst.phase {
-                            DstPhase::Listening | DstPhase::Incoming | DstPhase::Dying => {
-                                w.dst.autostart = false
-                            }
-                            DstPhase::Completed(GuestRun::Running) => {
-                                w.dst.phase = DstPhase::Completed(GuestRun::Paused)
-                            }
-                            _ => {}
-                        }
+                        w.dst.set_running(false);
                         step(ok, w)
                     }
                 }
@@ -293,16 +285,7 @@ impl World {
                         step(ok, w)
                     }
                     Side::Destination => {
-                        match w.dst.phase {
-                            DstPhase::Listening | DstPhase::Incoming | DstPhase::Dying => {
-                                w.dst.autostart = true
-                            }
-                            DstPhase::Completed(_) => {
-                                w.dst.phase = DstPhase::Completed(GuestRun::Running);
-                                w.dst.ran = true;
-                            }
-                            DstPhase::Dead => {}
-                        }
+                        w.dst.set_running(true);
                         step(ok, w)
                     }
                 }
@@ -556,6 +539,25 @@ impl World {
                     step(ExpectedReply::unreachable(S::Failed), done)
                 }
             }
+        }
+    }
+}
+
+impl Dst {
+    /// `stop` (`run` false) or `cont` (`run` true) on the destination: before completion it sets
+    /// autostart (the guest runs after the incoming migration, or not); after, it pauses or
+    /// runs the guest (a guest that ran has diverged from the source).
+    fn set_running(&mut self, run: bool) {
+        match self.phase {
+            DstPhase::Listening | DstPhase::Incoming | DstPhase::Dying => self.autostart = run,
+            DstPhase::Completed(_) if run => {
+                self.phase = DstPhase::Completed(GuestRun::Running);
+                self.ran = true;
+            }
+            DstPhase::Completed(GuestRun::Running) => {
+                self.phase = DstPhase::Completed(GuestRun::Paused)
+            }
+            DstPhase::Completed(_) | DstPhase::Dead => {}
         }
     }
 }
