@@ -58,39 +58,27 @@ pub struct StreamGuest {
 /// (sweep needs its 1M start below the quarter reserved for `[secondary]`).
 pub const STREAM_GUEST_RAM: u64 = 1400 << 10;
 
+/// A [`StreamGuest`] of `guest-images/<image>.toml` with `vcpus` vCPUs and
+/// [`STREAM_GUEST_RAM`].
+macro_rules! stream_guest {
+    ($image:literal, $vcpus:expr) => {
+        StreamGuest {
+            image: $image,
+            text: include_str!(concat!("../../../guest-images/", $image, ".toml")),
+            ram_size: STREAM_GUEST_RAM,
+            vcpus: $vcpus,
+        }
+    };
+}
+
 /// The destinations of recorded streams (the seeding tool records one or
 /// more streams from a source of each).
 pub const STREAM_GUESTS: [StreamGuest; 5] = [
-    StreamGuest {
-        image: "idle",
-        text: include_str!("../../../guest-images/idle.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 1,
-    },
-    StreamGuest {
-        image: "sweep",
-        text: include_str!("../../../guest-images/sweep.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 2,
-    },
-    StreamGuest {
-        image: "hotset",
-        text: include_str!("../../../guest-images/hotset.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 1,
-    },
-    StreamGuest {
-        image: "rate",
-        text: include_str!("../../../guest-images/rate.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 2,
-    },
-    StreamGuest {
-        image: "random",
-        text: include_str!("../../../guest-images/random.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 2,
-    },
+    stream_guest!("idle", 1),
+    stream_guest!("sweep", 2),
+    stream_guest!("hotset", 1),
+    stream_guest!("rate", 2),
+    stream_guest!("random", 2),
 ];
 
 /// Pages of the fallback destination (the geometry of `fixtures/streams/`).

@@ -17,14 +17,7 @@ impl Engine<'_> {
             let mut i = lock(&self.out.info);
             i.setup_time = Some(ms(i.start.elapsed()));
         }
-        if !self.out.set_status(
-            self.shared,
-            self.host,
-            MigrationStatus::Setup,
-            MigrationStatus::Active,
-        ) {
-            return Err(Abort::Cancelled);
-        }
+        self.advance(MigrationStatus::Setup, MigrationStatus::Active)?;
         self.window_start = Instant::now();
         loop {
             if self.cancelled() {

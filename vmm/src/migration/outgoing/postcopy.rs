@@ -33,14 +33,7 @@ impl Engine<'_> {
         if self.cancelled() {
             return Err(Abort::Cancelled);
         }
-        if !self.out.set_status(
-            self.shared,
-            self.host,
-            MigrationStatus::Active,
-            MigrationStatus::PostcopyActive,
-        ) {
-            return Err(Abort::Cancelled);
-        }
+        self.advance(MigrationStatus::Active, MigrationStatus::PostcopyActive)?;
         let precopy = self.w.written();
         self.sync_dirty()?;
         self.w.postcopy(&self.bitmap).map_err(write_err)?;
@@ -116,21 +109,10 @@ impl Engine<'_> {
         {
             let mut i = lock(&self.out.info);
             i.stats.postcopy_requests = count.load(Ordering::Relaxed);
-            i.stats.transferred = self.w.written();
-            i.stats.precopy_bytes = precopy;
-            i.stats.postcopy_bytes = self.w.written() - precopy;
-            i.stats.remaining = 0;
+            i.stats.postcopy_bytes =
+                super::completion::record_totals(&mut i, self.w.written(), precopy);
         }
-        if !self.out.set_status(
-            self.shared,
-            self.host,
-            MigrationStatus::PostcopyActive,
-            MigrationStatus::Completed,
-        ) {
-            return Err(Abort::Cancelled);
-        }
-        self.host.set_runstate(RunState::Postmigrate);
-        Ok(())
+        self.finish(MigrationStatus::PostcopyActive)
     }
 
     /// Takes `page` out of the bitmap if it is still to be sent.
