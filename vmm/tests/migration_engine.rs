@@ -15,6 +15,7 @@ mod common;
 
 use common::inproc::{
     args, err, events_on, info, new_destination, passes, wait_status, wait_until, workload, Pair,
+    SOURCE_COMPLETED_TRACE,
 };
 
 /// A source and a destination over a unix socket, events on both.
@@ -256,15 +257,7 @@ fn live_migration_with_hold_ends_byte_identical() {
     // Memory and device state arrive intact.
     p.release_and_check(&quit, w);
     assert_eq!(p.src.state(), RunState::Postmigrate);
-    assert_eq!(
-        p.src.event_trace(),
-        [
-            "MIGRATION:setup",
-            "MIGRATION:active",
-            "STOP",
-            "MIGRATION:completed"
-        ]
-    );
+    assert_eq!(p.src.event_trace(), SOURCE_COMPLETED_TRACE);
     assert_eq!(
         p.dst.event_trace(),
         [

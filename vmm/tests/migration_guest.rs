@@ -13,7 +13,9 @@ const MIB: u64 = 1 << 20;
 
 mod common;
 
-use common::inproc::{args, status, sweep_vm, wait_until};
+use common::inproc::{
+    args, device_states_match_then_destination_runs, status, sweep_vm, wait_until,
+};
 
 fn vm(initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<Migration>) {
     sweep_vm(16 * MIB, initial, autostart)
@@ -59,13 +61,5 @@ fn sweep_guest_migrates_with_hold_and_stays_consistent() {
     let (start, end) = dst.guest().config().image.test_range(16 * MIB);
     let ab = check_ab_invariant(d.page_first_bytes(start, end)).expect("A-B invariant");
     assert!(ab.pages > 0);
-    assert_eq!(
-        serde_json::to_value(src.guest().save_state().unwrap()).unwrap(),
-        serde_json::to_value(dst.guest().save_state().unwrap()).unwrap()
-    );
-    // The destination guest runs on after `cont`-like start.
-    dst.vm_start();
-    assert_eq!(dst.runstate(), RunState::Running);
-    src.guest().pause();
-    dst.guest().pause();
+    device_states_match_then_destination_runs(&src, &dst);
 }

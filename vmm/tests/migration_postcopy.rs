@@ -15,7 +15,9 @@ const RAM: u64 = 16 * MIB;
 
 mod common;
 
-use common::inproc::{args, status, sweep_vm, wait_until};
+use common::inproc::{
+    args, device_states_match_then_destination_runs, status, sweep_vm, wait_until,
+};
 
 fn vm(initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<Migration>) {
     sweep_vm(RAM, initial, autostart)
@@ -84,14 +86,7 @@ fn postcopy_under_hold_with_a_paused_destination_is_byte_equal() {
         ram.postcopy_bytes > 0,
         "pages were sent in postcopy: {ram:?}"
     );
-    assert_eq!(
-        serde_json::to_value(src.guest().save_state().unwrap()).unwrap(),
-        serde_json::to_value(dst.guest().save_state().unwrap()).unwrap()
-    );
-    dst.vm_start();
-    assert_eq!(dst.runstate(), RunState::Running);
-    src.guest().pause();
-    dst.guest().pause();
+    device_states_match_then_destination_runs(&src, &dst);
 }
 
 #[test]

@@ -205,3 +205,24 @@ pub fn sweep_vm(ram: u64, initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<M
 pub fn status(m: &Migration) -> Option<MigrationStatus> {
     m.info().status
 }
+
+/// The source's events of a precopy migration that completed.
+pub const SOURCE_COMPLETED_TRACE: [&str; 4] = [
+    "MIGRATION:setup",
+    "MIGRATION:active",
+    "STOP",
+    "MIGRATION:completed",
+];
+
+/// After a completed migration between two real VMs: the device states match, then the
+/// destination guest starts and runs; both guests are paused at the end.
+pub fn device_states_match_then_destination_runs(src: &Vm, dst: &Vm) {
+    assert_eq!(
+        serde_json::to_value(src.guest().save_state().unwrap()).unwrap(),
+        serde_json::to_value(dst.guest().save_state().unwrap()).unwrap()
+    );
+    dst.vm_start();
+    assert_eq!(dst.runstate(), RunState::Running);
+    src.guest().pause();
+    dst.guest().pause();
+}
