@@ -40,6 +40,9 @@ pub enum Bench {
 
 pub mod telemetry;
 mod vs_qemu;
+mod vs_qemu_multifd;
+
+pub use vs_qemu::VsQemuSizes;
 
 /// Spawns `program args` and measures the time until `qmp_capabilities`
 /// is answered on `socket`; the process is killed afterwards.
@@ -290,12 +293,13 @@ fn limits(memory: u64) -> Result<()> {
 /// Runs the chosen benchmarks, printing one line per figure. `runs` is per
 /// start-up figure (default 10), per `vs-qemu` case (default 5) or per
 /// `telemetry` catalog run (default 3); `sizes` are the `vs-qemu` guest
-/// sizes; `filter` picks `telemetry`'s scenarios.
+/// sizes (one channel, and the multifd section's); `filter` picks
+/// `telemetry`'s scenarios.
 pub fn run(
     which: Bench,
     memory: u64,
     runs: Option<usize>,
-    sizes: &[u64],
+    sizes: &VsQemuSizes,
     filter: Option<&str>,
 ) -> Result<()> {
     if which == Bench::VsQemu {

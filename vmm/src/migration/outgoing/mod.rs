@@ -30,8 +30,12 @@ use pages::Batch;
 
 /// QEMU's `BUFFER_DELAY`: the rate-limit and measurement window.
 pub const WINDOW: Duration = Duration::from_millis(100);
-/// Full pages per PAGES record (1 MiB: one `writev` per batch).
-const BATCH_DATA_PAGES: usize = MAX_BATCH_DATA_PAGES as usize;
+/// Full pages per PAGES record the single channel sends (256 KiB, a
+/// quarter of the format's maximum: one `writev` per batch, and the batch
+/// stays in cache between the copy, the digest and the socket write, and on
+/// the destination between the read, the digest and the copy into RAM;
+/// docs/performance.md has the before/after).
+const BATCH_DATA_PAGES: usize = MAX_BATCH_DATA_PAGES as usize / 4;
 /// Entries (zero or full pages) per PAGES record.
 const BATCH_ENTRIES: usize = MAX_BATCH_ENTRIES as usize;
 /// Stream buffer for the small records; batches bigger than it bypass it.
