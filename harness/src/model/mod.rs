@@ -18,6 +18,7 @@
 //! `completed` while the hold is set, never both sides running the guest unless the test
 //! itself `cont`ed a post-migrate source.
 
+pub mod auto_converge;
 mod expect;
 pub mod strategy;
 mod types;
@@ -26,9 +27,8 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-
 use crate::scenario::{MigrationStatus, Op, PairSpec, Side};
+use std::collections::VecDeque;
 
 pub use expect::{
     Alive, Expectation, ExpectedReply, GuestOwner, Outcome, SideExpect, Snapshot, Violation,
@@ -40,7 +40,6 @@ pub use types::{
 };
 
 use world::World;
-
 use MigrationStatus as S;
 
 /// Whether a MIGRATION event `to` may follow `from` on `side` (`from` = `none` for a fresh
@@ -108,7 +107,7 @@ pub fn reachable(
 /// completed, failed, cancelled) other than the goal. Other waits end with a timeout.
 pub fn wait_gives_up(op: &Op, status: MigrationStatus) -> bool {
     match op {
-        Op::WaitPasses { .. } => !matches!(status, S::Setup | S::Active),
+        Op::WaitPasses { .. } | Op::WaitThrottled => !matches!(status, S::Setup | S::Active),
         Op::WaitStatus { status: goal, .. } => status != *goal && status.is_settled(),
         Op::WaitCompleted => status != S::Completed && status.is_settled(),
         _ => false,
@@ -376,6 +375,7 @@ impl Model {
             ));
         }
         self.advance_history(pending, obs).map_err(violation)?;
+        auto_converge::check(&self.worlds, obs).map_err(violation)?;
         let running = |o: &SideObservation| o.alive && o.run_state == Some(RunState::Running);
         if running(&obs.source) && running(&obs.destination) && !exp.allows_both_running() {
             let owner = exp.outcomes[0].guest_owner;
@@ -710,6 +710,7 @@ impl Model {
                 status: Some(snap.status),
                 run_state: Some(snap.run_state),
                 dirty_sync_count: count,
+                cpu_throttle: None,
                 events,
             }
         };
@@ -777,9 +778,8 @@ fn event_path(
     vec![to]
 }
 
-/// Problems of a hand-written scenario found by running it on the model alone (canonical
-/// observations): ops that may wait until the executor's timeout, ops the executor would have
-/// to refuse. Empty when every op runs in bounded time whatever races happen.
+/// Problems of a hand-written scenario run on the model alone (canonical observations): ops
+/// that may wait until the executor's timeout or that it would have to refuse; empty if none.
 pub fn lint(scenario: &crate::scenario::Scenario) -> Vec<String> {
     let mut m = Model::new(scenario.pair.clone());
     let mut problems = Vec::new();

@@ -73,6 +73,7 @@ fn src_pbs(on: bool) -> Op {
 }
 
 /// The single QEMU rules, one test each.
+mod auto_converge;
 mod rules;
 
 #[test]
@@ -248,6 +249,7 @@ fn observation_narrows_races() {
         status: Some(S::Completed),
         run_state: Some(RunState::Paused),
         dirty_sync_count: None,
+        cpu_throttle: None,
         events: vec![
             Event::Migration { status: S::Active },
             Event::Migration {

@@ -25,6 +25,9 @@ pub struct Parameters {
     pub avail_switchover_bandwidth: Size,
     /// default false.
     pub switchover_hold: bool,
+    /// auto-converge's throttle parameters.
+    #[serde(default)]
+    pub throttle: super::auto_converge::Throttle,
 }
 
 impl Default for Parameters {
@@ -34,6 +37,7 @@ impl Default for Parameters {
             max_bandwidth: Size(134_217_728),
             avail_switchover_bandwidth: Size(0),
             switchover_hold: false,
+            throttle: Default::default(),
         }
     }
 }
@@ -98,6 +102,9 @@ pub struct Capabilities {
     pub events: bool,
     /// `pause-before-switchover`.
     pub pause_before_switchover: bool,
+    /// `auto-converge`: the source throttles its vCPUs when the guest outruns the migration.
+    #[serde(default)]
+    pub auto_converge: bool,
 }
 
 /// A QMP event the executor received from one VMM, in arrival order.
@@ -133,6 +140,9 @@ pub struct SideObservation {
     pub run_state: Option<RunState>,
     /// `ram.dirty-sync-count` when `query-migrate` had `ram`.
     pub dirty_sync_count: Option<u64>,
+    /// `cpu-throttle-percentage` of `query-migrate` (auto-converge), when shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle: Option<u64>,
     /// Events received since the previous observation, in order.
     pub events: Vec<Event>,
 }

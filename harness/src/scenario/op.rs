@@ -101,6 +101,30 @@ pub enum Op {
     /// `cont` the destination if paused; its serial keeps printing and its memory keeps changing;
     /// `stop` it, check the A-B invariant, `cont` it again (it is left running).
     CheckDestinationRuns,
+    /// `migrate-set-capabilities` with only `auto-converge` on `side`.
+    SetAutoConverge {
+        /// Which VMM.
+        side: Side,
+        /// The capability's state.
+        state: bool,
+    },
+    /// `migrate-set-parameters` with auto-converge's throttle parameters on `side` (absent
+    /// fields are not sent; QEMU range-checks the result).
+    SetThrottle {
+        /// Which VMM.
+        side: Side,
+        /// `cpu-throttle-initial`, % (1..=99).
+        cpu_throttle_initial: Option<u8>,
+        /// `cpu-throttle-increment`, % (1..=99).
+        cpu_throttle_increment: Option<u8>,
+        /// `cpu-throttle-tailslow`.
+        cpu_throttle_tailslow: Option<bool>,
+        /// `max-cpu-throttle`, % (`cpu-throttle-initial`..=99).
+        max_cpu_throttle: Option<u8>,
+    },
+    /// Wait until the source's `query-migrate` shows `cpu-throttle-percentage` (ends early when
+    /// the migration ends).
+    WaitThrottled,
 }
 
 impl Op {
@@ -123,6 +147,9 @@ impl Op {
             Op::RestartDestination => "restart-destination",
             Op::CheckMemory => "check-memory",
             Op::CheckDestinationRuns => "check-destination-runs",
+            Op::SetAutoConverge { .. } => "set-auto-converge",
+            Op::SetThrottle { .. } => "set-throttle",
+            Op::WaitThrottled => "wait-throttled",
         }
     }
 
@@ -170,7 +197,7 @@ impl Op {
     pub fn is_wait(&self) -> bool {
         matches!(
             self,
-            Op::WaitPasses { .. } | Op::WaitStatus { .. } | Op::WaitCompleted
+            Op::WaitPasses { .. } | Op::WaitStatus { .. } | Op::WaitCompleted | Op::WaitThrottled
         )
     }
 }
@@ -248,6 +275,23 @@ mod repr {
         RestartDestination {},
         CheckMemory {},
         CheckDestinationRuns {},
+        SetAutoConverge {
+            side: Side,
+            state: bool,
+        },
+        #[serde(rename_all = "kebab-case")]
+        SetThrottle {
+            side: Side,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            cpu_throttle_initial: Option<u8>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            cpu_throttle_increment: Option<u8>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            cpu_throttle_tailslow: Option<bool>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            max_cpu_throttle: Option<u8>,
+        },
+        WaitThrottled {},
     }
 
     impl From<OpRepr> for Op {
@@ -289,6 +333,21 @@ mod repr {
                 OpRepr::RestartDestination {} => Op::RestartDestination,
                 OpRepr::CheckMemory {} => Op::CheckMemory,
                 OpRepr::CheckDestinationRuns {} => Op::CheckDestinationRuns,
+                OpRepr::SetAutoConverge { side, state } => Op::SetAutoConverge { side, state },
+                OpRepr::SetThrottle {
+                    side,
+                    cpu_throttle_initial,
+                    cpu_throttle_increment,
+                    cpu_throttle_tailslow,
+                    max_cpu_throttle,
+                } => Op::SetThrottle {
+                    side,
+                    cpu_throttle_initial,
+                    cpu_throttle_increment,
+                    cpu_throttle_tailslow,
+                    max_cpu_throttle,
+                },
+                OpRepr::WaitThrottled {} => Op::WaitThrottled,
             }
         }
     }
@@ -332,6 +391,21 @@ mod repr {
                 Op::RestartDestination => OpRepr::RestartDestination {},
                 Op::CheckMemory => OpRepr::CheckMemory {},
                 Op::CheckDestinationRuns => OpRepr::CheckDestinationRuns {},
+                Op::SetAutoConverge { side, state } => OpRepr::SetAutoConverge { side, state },
+                Op::SetThrottle {
+                    side,
+                    cpu_throttle_initial,
+                    cpu_throttle_increment,
+                    cpu_throttle_tailslow,
+                    max_cpu_throttle,
+                } => OpRepr::SetThrottle {
+                    side,
+                    cpu_throttle_initial,
+                    cpu_throttle_increment,
+                    cpu_throttle_tailslow,
+                    max_cpu_throttle,
+                },
+                Op::WaitThrottled => OpRepr::WaitThrottled {},
             }
         }
     }

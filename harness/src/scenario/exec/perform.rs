@@ -50,6 +50,9 @@ impl Executor {
                     None
                 }
             }),
+            Op::SetAutoConverge { .. } | Op::SetThrottle { .. } | Op::WaitThrottled => {
+                self.perform_auto_converge(op)
+            }
             Op::Cancel => self.qmp(Side::Source, "migrate_cancel", Value::Null),
             Op::Continue { state } => self.qmp(
                 Side::Source,
@@ -184,13 +187,26 @@ impl Executor {
         self.qmp(Side::Source, "migrate", json!({ "uri": uri }))
     }
 
-    /// Polls `side`'s `query-migrate` every 5 ms until `done` says how the wait ends, the
-    /// side dies (`Dead`) or the deadline passes (`Timeout`).
+    /// Polls `side`'s `query-migrate` every 5 ms until `done` says how the wait ends (from the
+    /// status and `dirty-sync-count`), the side dies (`Dead`) or the deadline passes (`Timeout`).
     fn wait(
         &self,
         op: &Op,
         side: Side,
         done: impl Fn(MigrationStatus, u64) -> Option<Reply>,
+    ) -> anyhow::Result<Reply> {
+        self.wait_info(op, side, |info| {
+            let status = info.status.unwrap_or(MigrationStatus::None);
+            done(status, info.ram.as_ref().map_or(0, |r| r.dirty_sync_count))
+        })
+    }
+
+    /// [`Executor::wait`] judging the whole `query-migrate` reply.
+    pub(super) fn wait_info(
+        &self,
+        op: &Op,
+        side: Side,
+        done: impl Fn(&migtest_qmp::schema::MigrationInfo) -> Option<Reply>,
     ) -> anyhow::Result<Reply> {
         let vm = &self.side(side).vm;
         let deadline = Instant::now() + self.opts.wait_timeout;
@@ -205,9 +221,7 @@ impl Executor {
                 }
                 Err(e) => return Err(e.context(format!("{side}: waiting ({op})"))),
             };
-            let status = info.status.unwrap_or(MigrationStatus::None);
-            let count = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
-            if let Some(r) = done(status, count) {
+            if let Some(r) = done(&info) {
                 return Ok(r);
             }
             if Instant::now() >= deadline {
