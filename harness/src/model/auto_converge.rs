@@ -121,7 +121,8 @@ pub fn set_throttle(
 
 /// The fuzzer's auto-converge ops with their weights in `model`'s state: the capability
 /// (often on before a migration, sometimes during one: refused), the parameters (QEMU's
-/// test values and out-of-range ones), and `wait-throttled` while a held migration throttles.
+/// test values and out-of-range ones), a hold before migrating with it on, and
+/// `wait-throttled` while a held migration throttles.
 pub fn candidates(model: &super::Model) -> Vec<(u32, Op)> {
     use super::world::{DstPhase, SrcPhase};
     use crate::scenario::Side;
@@ -133,10 +134,12 @@ pub fn candidates(model: &super::Model) -> Vec<(u32, Op)> {
     let throttling = worlds
         .iter()
         .all(|w| w.src_is_held() && w.throttles(model.pair()));
+    let off = worlds.iter().all(|w| !w.src.caps.auto_converge);
+    let hold = worlds.iter().all(|w| w.src.params.switchover_hold);
     let w = |cond: bool, hi: u32| if cond { hi } else { 1 };
     let mut v = vec![
         (
-            w(idle && listening, 8),
+            w(idle && listening && off, 40),
             Op::SetAutoConverge {
                 side: Side::Source,
                 state: true,
@@ -167,7 +170,16 @@ pub fn candidates(model: &super::Model) -> Vec<(u32, Op)> {
                 max_cpu_throttle: Some(95),
             },
         ),
-        (w(throttling, 16), Op::WaitThrottled),
+        (w(throttling, 40), Op::WaitThrottled),
+        // Ending a throttled migration: the throttle must go with it.
+        (w(throttling, 20), Op::Cancel),
+        (w(throttling, 20), Op::Release),
+        // A held migration is where a throttle can be waited for.
+        (w(idle && listening && !off && !hold, 40), Op::Hold),
+        (
+            w(idle && listening && !off && hold, 60),
+            Op::Migrate { transport: None },
+        ),
     ];
     if listening {
         v.push((
