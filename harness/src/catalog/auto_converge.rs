@@ -31,8 +31,8 @@ pub struct Setup {
 impl Setup {
     /// migtest-vmm: the `rate` guest dirties 64 MiB/s walking [1M, 100M),
     /// twice the cap, so every pass re-sends the whole range. Its pacing
-    /// catches up after short sleeps, so only a throttle above 91 % slows
-    /// it: 60 % first, then 99 % (60 + 50, capped).
+    /// catches up after short sleeps, so a throttle slows it less than the
+    /// percentage says: 60 % first, then 99 % (60 + 50, capped).
     /// QEMU 7.2 (TCG): the A-B guest sweeps the range far faster than the
     /// cap, so every pass re-sends all 99 MiB, above the 67 MiB the cap
     /// and the 700 ms downtime limit allow; at 99 % it runs 10 ms a second
