@@ -11,6 +11,9 @@ use super::*;
 use crate::vm::Vm;
 use migtest_qmp::schema::MigrationInfo;
 
+/// Guest RAM at least (the guests dirty [1M, 100M)).
+pub const MEMORY: u64 = 128 << 20;
+
 /// Passes the unthrottled migration must make without completing.
 pub const PASSES_WITHOUT: u64 = 4;
 
@@ -164,6 +167,9 @@ fn mission_auto_converge(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let setup = Setup::for_backend(&cfg.backend);
     let mut spec = cfg.spec();
     spec.image = setup.image.into();
+    // The limits are set for a guest dirtying [1M, 100M): at least 128 MiB
+    // (the QEMU suite's 32 MiB default would converge unthrottled).
+    spec.memory = spec.memory.max(MEMORY);
     let mut pair = ctx.launch(spec)?;
     wait_first_pass(ctx, &pair)?;
     ctx.step("max-bandwidth cap, downtime limit and throttle parameters");
