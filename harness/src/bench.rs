@@ -36,8 +36,12 @@ pub enum Bench {
     /// The builtin catalog with telemetry sampling on and off: wall times and
     /// the overhead (not part of `all`).
     Telemetry,
+    /// Time to converge with and without auto-converge, migtest-vmm beside
+    /// QEMU (not part of `all`).
+    AutoConverge,
 }
 
+mod auto_converge;
 pub mod telemetry;
 mod vs_qemu;
 mod vs_qemu_multifd;
@@ -304,6 +308,9 @@ pub fn run(
 ) -> Result<()> {
     if which == Bench::VsQemu {
         return vs_qemu::run(sizes, runs.unwrap_or(5));
+    }
+    if which == Bench::AutoConverge {
+        return auto_converge::run(memory);
     }
     if which == Bench::Telemetry {
         return telemetry::run(memory, runs.unwrap_or(3).max(1), filter);

@@ -313,6 +313,9 @@ pub struct MigrationInfo {
     /// Blockers (QEMU 7.2 sends an empty list flag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_reasons: Option<Vec<String>>,
+    /// auto-converge's vCPU throttle, %, while the source is throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_percentage: Option<u64>,
 }
 
 /// The reply of `query-migrate-parameters` (the subset migtest uses; other
@@ -335,6 +338,18 @@ pub struct MigrationParameters {
     /// Page channels per migration with the `multifd` capability (1..=255).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multifd_channels: Option<u8>,
+    /// auto-converge's first throttle, %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_initial: Option<u8>,
+    /// auto-converge's throttle step, %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_increment: Option<u8>,
+    /// auto-converge: smaller steps near the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_tailslow: Option<bool>,
+    /// auto-converge's ceiling, %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_throttle: Option<u8>,
 }
 
 /// One entry of `query-migrate-capabilities` / `migrate-set-capabilities`.

@@ -125,6 +125,14 @@ impl MigrationHost for Vm {
         Vm::vm_start(self)
     }
 
+    fn set_cpu_throttle(&self, pct: u8) {
+        self.guest().set_cpu_throttle(pct);
+    }
+
+    fn cpu_throttle(&self) -> u8 {
+        self.guest().cpu_throttle()
+    }
+
     fn autostart(&self) -> bool {
         Vm::autostart(self)
     }

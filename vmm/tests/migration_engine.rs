@@ -43,7 +43,9 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 300, "max-bandwidth": 134217728,
                "avail-switchover-bandwidth": 0, "switchover-hold": false,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "cpu-throttle-initial": 20,
+               "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
+               "max-cpu-throttle": 99})
     );
     let bad = [
         json!({"downtime-limit": 2_000_001}),
@@ -76,7 +78,9 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 2_000_000, "max-bandwidth": u64::MAX,
                "avail-switchover-bandwidth": 1, "switchover-hold": true,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "cpu-throttle-initial": 20,
+               "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
+               "max-cpu-throttle": 99})
     );
     m.set_parameters(args(json!({}))).unwrap();
     assert!(m.parameters().switchover_hold);

@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod auto_converge;
 mod multifd;
 mod postcopy;
 mod precopy;
@@ -317,6 +318,7 @@ pub fn catalog() -> Vec<Scenario> {
     transports::add(&mut v);
     multifd::add(&mut v);
     postcopy::add(&mut v);
+    auto_converge::add(&mut v);
     v
 }
 

@@ -87,13 +87,15 @@ pub fn mismatch(
     }
 }
 
-/// Whether a `migrate` now would stall on QEMU 7.2 in some world (see [`Mismatch::stalls_qemu`]):
-/// the fuzzer does not generate it.
+/// Whether a `migrate` now would meet a multifd mismatch in some world: the fuzzer does not
+/// generate it. QEMU 7.2's outcome is a race there: besides the stall of
+/// [`Mismatch::stalls_qemu`], with more source channels its destination sometimes fails and
+/// sometimes stays `active`, and its source may keep the migration's yank instance registered,
+/// so that every later `migrate` fails with "duplicate yank instance".
 pub(super) fn migrate_stalls_qemu(worlds: &[super::world::World]) -> bool {
     worlds.iter().any(|w| {
         w.dst.phase == super::world::DstPhase::Listening
-            && mismatch((&w.src.caps, &w.src.params), (&w.dst.caps, &w.dst.params))
-                .is_some_and(Mismatch::stalls_qemu)
+            && mismatch((&w.src.caps, &w.src.params), (&w.dst.caps, &w.dst.params)).is_some()
     })
 }
 

@@ -311,6 +311,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
             v.push((10, Op::WaitPasses { n: min_passes + k }));
         }
     }
+    v.extend(super::auto_converge::candidates(model));
     v
 }
 

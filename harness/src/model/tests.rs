@@ -114,6 +114,7 @@ fn pbs_held_two_passes() -> Vec<Op> {
 }
 
 /// The single QEMU rules, one test each.
+mod auto_converge;
 mod rules;
 
 /// The multifd rules.
@@ -279,6 +280,7 @@ fn observation_narrows_races() {
         status: Some(S::Completed),
         run_state: Some(RunState::Paused),
         dirty_sync_count: None,
+        cpu_throttle: None,
         events: vec![
             Event::Migration { status: S::Active },
             Event::Migration {

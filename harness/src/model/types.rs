@@ -27,6 +27,9 @@ pub struct Parameters {
     pub switchover_hold: bool,
     /// `multifd-channels`: 1..=255, default 2.
     pub multifd_channels: u8,
+    /// auto-converge's throttle parameters.
+    #[serde(default)]
+    pub throttle: super::auto_converge::Throttle,
 }
 
 impl Default for Parameters {
@@ -37,6 +40,7 @@ impl Default for Parameters {
             avail_switchover_bandwidth: Size(0),
             switchover_hold: false,
             multifd_channels: super::multifd::DEFAULT_CHANNELS,
+            throttle: Default::default(),
         }
     }
 }
@@ -108,6 +112,9 @@ pub struct Capabilities {
     pub pause_before_switchover: bool,
     /// `multifd`: pages over `multifd-channels` extra connections.
     pub multifd: bool,
+    /// `auto-converge`: the source throttles its vCPUs when the guest outruns the migration.
+    #[serde(default)]
+    pub auto_converge: bool,
 }
 
 /// A QMP event the executor received from one VMM, in arrival order.
@@ -143,6 +150,9 @@ pub struct SideObservation {
     pub run_state: Option<RunState>,
     /// `ram.dirty-sync-count` when `query-migrate` had `ram`.
     pub dirty_sync_count: Option<u64>,
+    /// `cpu-throttle-percentage` of `query-migrate` (auto-converge), when shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle: Option<u64>,
     /// Events received since the previous observation, in order.
     pub events: Vec<Event>,
 }

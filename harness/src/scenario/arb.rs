@@ -73,6 +73,22 @@ pub fn op() -> impl Strategy<Value = Op> {
         Just(Op::RestartDestination {}),
         Just(Op::CheckMemory {}),
         Just(Op::CheckDestinationRuns {}),
+        (side(), any::<bool>()).prop_map(|(side, state)| Op::SetAutoConverge { side, state }),
+        (
+            side(),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<u8>())
+        )
+            .prop_map(|(side, i, inc, t, m)| Op::SetThrottle {
+                side,
+                cpu_throttle_initial: i,
+                cpu_throttle_increment: inc,
+                cpu_throttle_tailslow: t,
+                max_cpu_throttle: m
+            }),
+        Just(Op::WaitThrottled {}),
     ]
 }
 

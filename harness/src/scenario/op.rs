@@ -117,6 +117,35 @@ pub enum Op {
     /// `cont` the destination if paused; its serial keeps printing and its memory keeps changing;
     /// `stop` it, check the A-B invariant, `cont` it again (it is left running).
     CheckDestinationRuns {},
+    /// `migrate-set-capabilities` with only `auto-converge` on `side`.
+    SetAutoConverge {
+        /// Which VMM.
+        side: Side,
+        /// The capability's state.
+        state: bool,
+    },
+    /// `migrate-set-parameters` with auto-converge's throttle parameters on `side` (absent
+    /// fields are not sent; QEMU range-checks the result).
+    #[serde(rename_all = "kebab-case")]
+    SetThrottle {
+        /// Which VMM.
+        side: Side,
+        /// `cpu-throttle-initial`, % (1..=99).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_throttle_initial: Option<u8>,
+        /// `cpu-throttle-increment`, % (1..=99).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_throttle_increment: Option<u8>,
+        /// `cpu-throttle-tailslow`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_throttle_tailslow: Option<bool>,
+        /// `max-cpu-throttle`, % (`cpu-throttle-initial`..=99).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_cpu_throttle: Option<u8>,
+    },
+    /// Wait until the source's `query-migrate` shows `cpu-throttle-percentage` (ends early when
+    /// the migration ends).
+    WaitThrottled {},
 }
 
 impl Op {
@@ -139,6 +168,9 @@ impl Op {
             Op::RestartDestination {} => "restart-destination",
             Op::CheckMemory {} => "check-memory",
             Op::CheckDestinationRuns {} => "check-destination-runs",
+            Op::SetAutoConverge { .. } => "set-auto-converge",
+            Op::SetThrottle { .. } => "set-throttle",
+            Op::WaitThrottled {} => "wait-throttled",
         }
     }
 
@@ -213,7 +245,10 @@ impl Op {
     pub fn is_wait(&self) -> bool {
         matches!(
             self,
-            Op::WaitPasses { .. } | Op::WaitStatus { .. } | Op::WaitCompleted {}
+            Op::WaitPasses { .. }
+                | Op::WaitStatus { .. }
+                | Op::WaitCompleted {}
+                | Op::WaitThrottled {}
         )
     }
 }

@@ -20,6 +20,7 @@
 //! Lock order: outgoing slot, then `event_order`, then the per-migration
 //! info / incoming state, then caps/params (held only briefly).
 
+pub mod auto_converge;
 mod channel;
 pub mod faults;
 pub mod host;
@@ -342,7 +343,15 @@ impl Migration {
                 i.postcopy_blocktime = Some(host.ram().postcopy_blocktime_ms());
             }
         }
-        let out = lock(&self.shared.outgoing).as_ref().map(|o| o.info());
+        let mut out = lock(&self.shared.outgoing).as_ref().map(|o| o.info());
+        if let (Some(o), Ok(host)) = (out.as_mut(), self.host()) {
+            // As QEMU's populate_ram_info: shown with the RAM figures
+            // whenever the vCPUs are throttled.
+            let pct = host.cpu_throttle();
+            if o.ram.is_some() && pct > 0 {
+                o.cpu_throttle_percentage = Some(u64::from(pct));
+            }
+        }
         match (inc, out) {
             (Some(i), Some(o)) if i.status.is_some_and(|s| s.is_terminal()) => o,
             (Some(i), _) => i,

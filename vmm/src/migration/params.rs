@@ -1,6 +1,7 @@
 //! Migration parameters and capabilities with QEMU's names, defaults, range
 //! checks and error texts.
 
+use super::auto_converge;
 use migtest_qmp::args::Args;
 use migtest_qmp::schema::MigrationCapabilityStatus;
 use migtest_qmp::ErrorBody;
@@ -28,6 +29,14 @@ pub struct Parameters {
     pub switchover_hold: bool,
     /// `multifd-channels`: extra connections per migration with `multifd` (1..=255).
     pub multifd_channels: u8,
+    /// `cpu-throttle-initial`: auto-converge's first throttle, % (1..=99).
+    pub cpu_throttle_initial: u8,
+    /// `cpu-throttle-increment`: auto-converge's step, % (1..=99).
+    pub cpu_throttle_increment: u8,
+    /// `cpu-throttle-tailslow`: smaller steps close to the target.
+    pub cpu_throttle_tailslow: bool,
+    /// `max-cpu-throttle`: auto-converge's ceiling, % (initial..=99).
+    pub max_cpu_throttle: u8,
 }
 
 impl Default for Parameters {
@@ -38,6 +47,10 @@ impl Default for Parameters {
             avail_switchover_bandwidth: 0,
             switchover_hold: false,
             multifd_channels: DEFAULT_MULTIFD_CHANNELS,
+            cpu_throttle_initial: auto_converge::DEFAULT_INITIAL,
+            cpu_throttle_increment: auto_converge::DEFAULT_INCREMENT,
+            cpu_throttle_tailslow: false,
+            max_cpu_throttle: auto_converge::DEFAULT_MAX,
         }
     }
 }
@@ -55,6 +68,14 @@ pub struct SetParameters {
     pub switchover_hold: Option<bool>,
     /// New `multifd-channels`.
     pub multifd_channels: Option<u8>,
+    /// New `cpu-throttle-initial`.
+    pub cpu_throttle_initial: Option<u8>,
+    /// New `cpu-throttle-increment`.
+    pub cpu_throttle_increment: Option<u8>,
+    /// New `cpu-throttle-tailslow`.
+    pub cpu_throttle_tailslow: Option<bool>,
+    /// New `max-cpu-throttle`.
+    pub max_cpu_throttle: Option<u8>,
 }
 
 fn invalid(param: &str, expects: &str) -> ErrorBody {
@@ -100,6 +121,10 @@ impl SetParameters {
             avail_switchover_bandwidth: qapi_uint64(&mut args, "avail-switchover-bandwidth")?,
             switchover_hold: args.opt_bool("switchover-hold")?,
             multifd_channels: qapi_uint8(&mut args, "multifd-channels")?,
+            cpu_throttle_initial: qapi_uint8(&mut args, "cpu-throttle-initial")?,
+            cpu_throttle_increment: qapi_uint8(&mut args, "cpu-throttle-increment")?,
+            cpu_throttle_tailslow: args.opt_bool("cpu-throttle-tailslow")?,
+            max_cpu_throttle: qapi_uint8(&mut args, "max-cpu-throttle")?,
         };
         args.finish()?;
         Ok(p)
@@ -125,6 +150,20 @@ impl SetParameters {
         if let Some(v) = self.multifd_channels {
             p.multifd_channels = v;
         }
+        if let Some(v) = self.cpu_throttle_initial {
+            p.cpu_throttle_initial = v;
+        }
+        if let Some(v) = self.cpu_throttle_increment {
+            p.cpu_throttle_increment = v;
+        }
+        if let Some(v) = self.cpu_throttle_tailslow {
+            p.cpu_throttle_tailslow = v;
+        }
+        if let Some(v) = self.max_cpu_throttle {
+            p.max_cpu_throttle = v;
+        }
+        // QEMU 7.2 checks the whole result, in this order.
+        auto_converge::check_rates(&p)?;
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
         if self.max_bandwidth.is_some() && p.max_bandwidth > usize::MAX as u64 {
@@ -160,6 +199,7 @@ impl SetParameters {
             // (checked against it: both bad, downtime-limit's error wins).
             return Err(invalid("multifd_channels", "a value between 1 and 255"));
         }
+        auto_converge::check_max(&p)?;
         Ok(p)
     }
 }
@@ -173,6 +213,10 @@ impl Parameters {
             "avail-switchover-bandwidth": self.avail_switchover_bandwidth,
             "switchover-hold": self.switchover_hold,
             "multifd-channels": self.multifd_channels,
+            "cpu-throttle-initial": self.cpu_throttle_initial,
+            "cpu-throttle-increment": self.cpu_throttle_increment,
+            "cpu-throttle-tailslow": self.cpu_throttle_tailslow,
+            "max-cpu-throttle": self.max_cpu_throttle,
         })
     }
 }
@@ -203,7 +247,8 @@ pub const CAPABILITY_NAMES: [&str; 21] = [
 ];
 
 /// Capabilities migtest-vmm implements; the others can only be set false.
-pub const SUPPORTED_CAPABILITIES: [&str; 5] = [
+pub const SUPPORTED_CAPABILITIES: [&str; 6] = [
+    "auto-converge",
     "events",
     "pause-before-switchover",
     "multifd",
@@ -235,6 +280,12 @@ impl Capabilities {
     /// `pause-before-switchover`.
     pub fn pause_before_switchover(&self) -> bool {
         self.get("pause-before-switchover")
+    }
+
+    /// `auto-converge`: throttle the source's vCPUs when the guest dirties
+    /// memory faster than it is sent.
+    pub fn auto_converge(&self) -> bool {
+        self.get("auto-converge")
     }
 
     /// `multifd`: pages over `multifd-channels` extra connections.

@@ -18,6 +18,9 @@ impl World {
         let mut w = self.clone();
         let ok = ExpectedReply::Ok;
         match op {
+            Op::SetAutoConverge { .. } | Op::SetThrottle { .. } | Op::WaitThrottled {} => {
+                self.apply_auto_converge(op, pair)
+            }
             Op::SetParameters {
                 side,
                 downtime_limit,

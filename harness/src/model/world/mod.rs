@@ -12,6 +12,7 @@ use super::types::{Capabilities, Observation, Parameters, RunState};
 use MigrationStatus as S;
 
 mod apply;
+mod auto_converge;
 
 /// Where the source guest stands when no migration stops it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -22,6 +22,7 @@ use crate::vm::Vm;
 
 use super::{MigrationStatus, Op, PairSpec, Scenario, Side};
 
+mod auto_converge;
 mod observe;
 mod perform;
 pub mod report;

@@ -37,6 +37,9 @@ impl Executor {
                     None
                 }
             }),
+            Op::SetAutoConverge { .. } | Op::SetThrottle { .. } | Op::WaitThrottled {} => {
+                self.perform_auto_converge(op)
+            }
             Op::Cancel {} => self.qmp(Side::Source, "migrate_cancel", Value::Null),
             Op::Continue { state } => self.qmp(
                 Side::Source,
@@ -168,16 +171,32 @@ impl Executor {
                 Transport::Tcp => "tcp:127.0.0.1:1".to_string(),
             },
         };
+        self.src
+            .vm
+            .await_migration_cleanup(self.opts.wait_timeout)?;
         self.qmp(Side::Source, "migrate", json!({ "uri": uri }))
     }
 
-    /// Polls `side`'s `query-migrate` every 5 ms until `done` says how the wait ends, the
-    /// side dies (`Dead`) or the deadline passes (`Timeout`).
+    /// Polls `side`'s `query-migrate` every 5 ms until `done` says how the wait ends (from the
+    /// status and `dirty-sync-count`), the side dies (`Dead`) or the deadline passes (`Timeout`).
     fn wait(
         &self,
         op: &Op,
         side: Side,
         done: impl Fn(MigrationStatus, u64) -> Option<Reply>,
+    ) -> anyhow::Result<Reply> {
+        self.wait_info(op, side, |info| {
+            let status = info.status.unwrap_or(MigrationStatus::None);
+            done(status, info.ram.as_ref().map_or(0, |r| r.dirty_sync_count))
+        })
+    }
+
+    /// [`Executor::wait`] judging the whole `query-migrate` reply.
+    pub(super) fn wait_info(
+        &self,
+        op: &Op,
+        side: Side,
+        done: impl Fn(&migtest_qmp::schema::MigrationInfo) -> Option<Reply>,
     ) -> anyhow::Result<Reply> {
         let vm = &self.side(side).vm;
         let deadline = Instant::now() + self.opts.wait_timeout;
@@ -192,9 +211,7 @@ impl Executor {
                 }
                 Err(e) => return Err(e.context(format!("{side}: waiting ({op})"))),
             };
-            let status = info.status.unwrap_or(MigrationStatus::None);
-            let count = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
-            if let Some(r) = done(status, count) {
+            if let Some(r) = done(&info) {
                 return Ok(r);
             }
             if Instant::now() >= deadline {

@@ -24,6 +24,7 @@ mod multifd;
 mod pages;
 mod passes;
 mod postcopy;
+mod throttle;
 
 use super::multifd::send::Sender as MultifdSender;
 use pages::Batch;
@@ -87,6 +88,7 @@ impl Outgoing {
         from: MigrationStatus,
         to: MigrationStatus,
     ) -> bool {
+        throttle::on_status(host, to);
         shared.transition(
             host,
             &self.info,
@@ -303,6 +305,8 @@ struct Engine<'a> {
     sent_digest: Vec<u64>,
     /// The multifd sender threads (pages go there instead of `w`).
     mfd: Option<MultifdSender>,
+    /// auto-converge's trigger state.
+    throttle: super::auto_converge::Trigger,
 }
 
 fn run(
@@ -461,6 +465,7 @@ fn run_inner(
             skipped_page: None,
             sent_digest: Vec::new(),
             mfd,
+            throttle: Default::default(),
         };
         let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
         if let (Err(_), Some(m)) = (&r, &e.mfd) {
