@@ -18,6 +18,8 @@ pub mod size;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
+
 pub use op::{MigrationStatus, Op, Side, Transport};
 pub use size::{Size, SizeError};
 
@@ -48,6 +50,28 @@ impl Default for PairSpec {
             transport: Transport::Unix,
             dst_paused: true,
             events: true,
+        }
+    }
+}
+
+impl PairSpec {
+    /// The pair driver's spec ([`crate::pair::PairSpec`]) of this pair with the source on
+    /// `src_backend` and destinations on `dst_backend`, no extra options, no observer, no
+    /// multifd: the one definition of what a pair is; this table is its file form.
+    pub fn on_backends(&self, src_backend: Backend, dst_backend: Backend) -> crate::pair::PairSpec {
+        crate::pair::PairSpec {
+            src_backend,
+            dst_backend,
+            memory: self.memory.bytes(),
+            vcpus: self.vcpus,
+            image: self.image.clone(),
+            transport: self.transport,
+            dst_paused: self.dst_paused,
+            events: self.events,
+            src_extra: Vec::new(),
+            dst_extra: Vec::new(),
+            observer: None,
+            multifd: None,
         }
     }
 }
