@@ -335,6 +335,9 @@ pub struct MigrationParameters {
     /// Page channels per migration with the `multifd` capability (1..=255).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multifd_channels: Option<u8>,
+    /// Bandwidth cap of postcopy's background pages in bytes/s; 0 is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_postcopy_bandwidth: Option<u64>,
 }
 
 /// One entry of `query-migrate-capabilities` / `migrate-set-capabilities`.

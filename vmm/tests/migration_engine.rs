@@ -150,7 +150,7 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 300, "max-bandwidth": 134217728,
                "avail-switchover-bandwidth": 0, "switchover-hold": false,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "max-postcopy-bandwidth": 0})
     );
     let bad = [
         json!({"downtime-limit": 2_000_001}),
@@ -183,7 +183,7 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 2_000_000, "max-bandwidth": u64::MAX,
                "avail-switchover-bandwidth": 1, "switchover-hold": true,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "max-postcopy-bandwidth": 0})
     );
     m.set_parameters(args(json!({}))).unwrap();
     assert!(m.parameters().switchover_hold);

@@ -28,6 +28,9 @@ pub struct Parameters {
     pub switchover_hold: bool,
     /// `multifd-channels`: extra connections per migration with `multifd` (1..=255).
     pub multifd_channels: u8,
+    /// `max-postcopy-bandwidth`, bytes/s for the background pages of
+    /// postcopy, 0 = unlimited (QEMU's default).
+    pub max_postcopy_bandwidth: u64,
 }
 
 impl Default for Parameters {
@@ -38,6 +41,7 @@ impl Default for Parameters {
             avail_switchover_bandwidth: 0,
             switchover_hold: false,
             multifd_channels: DEFAULT_MULTIFD_CHANNELS,
+            max_postcopy_bandwidth: 0,
         }
     }
 }
@@ -55,6 +59,8 @@ pub struct SetParameters {
     pub switchover_hold: Option<bool>,
     /// New `multifd-channels`.
     pub multifd_channels: Option<u8>,
+    /// New `max-postcopy-bandwidth`.
+    pub max_postcopy_bandwidth: Option<u64>,
 }
 
 fn invalid(param: &str, expects: &str) -> ErrorBody {
@@ -100,6 +106,7 @@ impl SetParameters {
             avail_switchover_bandwidth: qapi_uint64(&mut args, "avail-switchover-bandwidth")?,
             switchover_hold: args.opt_bool("switchover-hold")?,
             multifd_channels: qapi_uint8(&mut args, "multifd-channels")?,
+            max_postcopy_bandwidth: qapi_uint64(&mut args, "max-postcopy-bandwidth")?,
         };
         args.finish()?;
         Ok(p)
@@ -124,6 +131,10 @@ impl SetParameters {
         }
         if let Some(v) = self.multifd_channels {
             p.multifd_channels = v;
+        }
+        // No range check in QEMU 7.2 (a `size`, any uint64).
+        if let Some(v) = self.max_postcopy_bandwidth {
+            p.max_postcopy_bandwidth = v;
         }
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
@@ -172,6 +183,7 @@ impl Parameters {
             "avail-switchover-bandwidth": self.avail_switchover_bandwidth,
             "switchover-hold": self.switchover_hold,
             "multifd-channels": self.multifd_channels,
+            "max-postcopy-bandwidth": self.max_postcopy_bandwidth,
         })
     }
 }
