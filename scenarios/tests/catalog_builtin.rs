@@ -73,6 +73,9 @@ const NAMES: &[&str] = &[
     "multifd/destination-killed",
     "mission/postcopy",
     "postcopy/running-destination",
+    "postcopy/destination-killed",
+    "postcopy/network-cut-recover",
+    "postcopy/migrate-pause-recover",
 ];
 
 #[rstest]
@@ -109,6 +112,9 @@ const NAMES: &[&str] = &[
 #[case::multifd_destination_killed(30)]
 #[case::mission_postcopy(31)]
 #[case::postcopy_running_destination(32)]
+#[case::postcopy_destination_killed(33)]
+#[case::postcopy_network_cut_recover(34)]
+#[case::postcopy_migrate_pause_recover(35)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

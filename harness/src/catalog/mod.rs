@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 mod multifd;
 mod postcopy;
+mod postcopy_recovery;
 mod precopy;
 mod transports;
 
@@ -297,6 +298,7 @@ pub fn catalog() -> Vec<Scenario> {
     transports::add(&mut v);
     multifd::add(&mut v);
     postcopy::add(&mut v);
+    postcopy_recovery::add(&mut v);
     v
 }
 
