@@ -12,6 +12,7 @@ use super::postcopy::launch_postcopy;
 use super::transports::expect_error;
 use super::*;
 use crate::proxy::CutProxy;
+use migtest_qmp::schema::RunState;
 
 /// `max-postcopy-bandwidth` while a cut is prepared (QEMU's qtest value).
 const SLOW_POSTCOPY: u64 = 4096;
@@ -34,7 +35,22 @@ fn start_slow_postcopy(ctx: &mut Ctx, pair: &mut Pair, uri: Option<&str>) -> Res
         .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
     pair.dst()?
         .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
-    Ok(())
+    // QEMU's destination is postcopy-active from LISTEN on, before it has
+    // loaded the device state; a cut before that fails it instead of
+    // pausing it. Its run state leaves `inmigrate` once loaded.
+    ctx.step("the destination has loaded the device state");
+    let deadline = Instant::now() + STATUS_TIMEOUT;
+    loop {
+        let st = pair.dst()?.query_status()?;
+        if st.status != RunState::Inmigrate {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the destination is still inmigrate after {STATUS_TIMEOUT:?} of postcopy"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The source is `postcopy-paused` (event and `query-migrate`) with its
