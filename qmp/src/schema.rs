@@ -350,6 +350,9 @@ pub struct MigrationParameters {
     /// auto-converge's ceiling, %.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cpu_throttle: Option<u8>,
+    /// Bandwidth cap of postcopy's background pages in bytes/s; 0 is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_postcopy_bandwidth: Option<u64>,
 }
 
 /// One entry of `query-migrate-capabilities` / `migrate-set-capabilities`.

@@ -45,7 +45,8 @@ fn parameter_defaults_and_errors() {
                "avail-switchover-bandwidth": 0, "switchover-hold": false,
                "multifd-channels": 2, "cpu-throttle-initial": 20,
                "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
-               "max-cpu-throttle": 99})
+               "max-cpu-throttle": 99,
+               "max-postcopy-bandwidth": 0})
     );
     let bad = [
         json!({"downtime-limit": 2_000_001}),
@@ -80,7 +81,8 @@ fn parameter_defaults_and_errors() {
                "avail-switchover-bandwidth": 1, "switchover-hold": true,
                "multifd-channels": 2, "cpu-throttle-initial": 20,
                "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
-               "max-cpu-throttle": 99})
+               "max-cpu-throttle": 99,
+               "max-postcopy-bandwidth": 0})
     );
     m.set_parameters(args(json!({}))).unwrap();
     assert!(m.parameters().switchover_hold);

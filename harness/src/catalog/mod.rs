@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub mod auto_converge;
 mod multifd;
 mod postcopy;
+mod postcopy_recovery;
 mod precopy;
 mod transports;
 
@@ -319,6 +320,7 @@ pub fn catalog() -> Vec<Scenario> {
     multifd::add(&mut v);
     postcopy::add(&mut v);
     auto_converge::add(&mut v);
+    postcopy_recovery::add(&mut v);
     v
 }
 

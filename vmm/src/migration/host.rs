@@ -74,6 +74,14 @@ pub trait MigrationRam: Send + Sync {
             "page {page}: this RAM cannot run a guest in postcopy"
         ))
     }
+    /// Postcopy destination: the pages still missing (bit set = missing,
+    /// words of 64 pages).
+    fn postcopy_missing_bitmap(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    /// Postcopy recovery on the destination: page requests go to
+    /// `requester`; pages asked for and not received are asked for again.
+    fn postcopy_reconnect(&self, _requester: Box<dyn PageRequester>) {}
     /// Postcopy destination: every page is here; accesses stop blocking.
     fn postcopy_disarm(&self) {}
     /// Postcopy destination: pages still missing.

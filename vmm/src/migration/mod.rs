@@ -64,6 +64,9 @@ pub(crate) struct Shared {
     pub(crate) hold_sem: HoldSemaphore,
     pub(crate) outgoing: Mutex<Option<Arc<outgoing::Outgoing>>>,
     pub(crate) incoming: Mutex<incoming::Incoming>,
+    /// A handle on the incoming main channel while it loads
+    /// (`migrate-pause` on the destination shuts it down).
+    pub(crate) incoming_conn: Mutex<Option<transport::Conn>>,
     /// Serializes status changes with their events so events come out in order.
     pub(crate) event_order: Mutex<()>,
 }
@@ -134,6 +137,7 @@ impl Migration {
                 hold_sem: HoldSemaphore::new(),
                 outgoing: Mutex::new(None),
                 incoming: Mutex::new(incoming::Incoming::default()),
+                incoming_conn: Mutex::new(None),
                 event_order: Mutex::new(()),
             }),
         }
@@ -175,9 +179,7 @@ impl Migration {
         let resume = args.opt_bool("resume")?;
         args.finish()?;
         if resume == Some(true) {
-            return Err(ErrorBody::generic(
-                "Cannot resume if there is no paused migration",
-            ));
+            return self.migrate_resume(&uri);
         }
         let host = self.host()?;
         let mut slot = lock(&self.shared.outgoing);

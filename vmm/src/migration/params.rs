@@ -37,6 +37,9 @@ pub struct Parameters {
     pub cpu_throttle_tailslow: bool,
     /// `max-cpu-throttle`: auto-converge's ceiling, % (initial..=99).
     pub max_cpu_throttle: u8,
+    /// `max-postcopy-bandwidth`, bytes/s for the background pages of
+    /// postcopy, 0 = unlimited (QEMU's default).
+    pub max_postcopy_bandwidth: u64,
 }
 
 impl Default for Parameters {
@@ -51,6 +54,7 @@ impl Default for Parameters {
             cpu_throttle_increment: auto_converge::DEFAULT_INCREMENT,
             cpu_throttle_tailslow: false,
             max_cpu_throttle: auto_converge::DEFAULT_MAX,
+            max_postcopy_bandwidth: 0,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct SetParameters {
     pub cpu_throttle_tailslow: Option<bool>,
     /// New `max-cpu-throttle`.
     pub max_cpu_throttle: Option<u8>,
+    /// New `max-postcopy-bandwidth`.
+    pub max_postcopy_bandwidth: Option<u64>,
 }
 
 fn invalid(param: &str, expects: &str) -> ErrorBody {
@@ -125,6 +131,7 @@ impl SetParameters {
             cpu_throttle_increment: qapi_uint8(&mut args, "cpu-throttle-increment")?,
             cpu_throttle_tailslow: args.opt_bool("cpu-throttle-tailslow")?,
             max_cpu_throttle: qapi_uint8(&mut args, "max-cpu-throttle")?,
+            max_postcopy_bandwidth: qapi_uint64(&mut args, "max-postcopy-bandwidth")?,
         };
         args.finish()?;
         Ok(p)
@@ -164,6 +171,10 @@ impl SetParameters {
         }
         // QEMU 7.2 checks the whole result, in this order.
         auto_converge::check_rates(&p)?;
+        // No range check in QEMU 7.2 (a `size`, any uint64).
+        if let Some(v) = self.max_postcopy_bandwidth {
+            p.max_postcopy_bandwidth = v;
+        }
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
         if self.max_bandwidth.is_some() && p.max_bandwidth > usize::MAX as u64 {
@@ -217,6 +228,7 @@ impl Parameters {
             "cpu-throttle-increment": self.cpu_throttle_increment,
             "cpu-throttle-tailslow": self.cpu_throttle_tailslow,
             "max-cpu-throttle": self.max_cpu_throttle,
+            "max-postcopy-bandwidth": self.max_postcopy_bandwidth,
         })
     }
 }

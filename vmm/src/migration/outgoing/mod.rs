@@ -6,6 +6,7 @@
 
 use super::faults::{self, Fault};
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
+use super::postcopy::recovery::ResumeSlot;
 use super::stream::{
     os_error_text, DeviceRecord, Header, StreamWriter, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES,
     ZERO_ENTRY,
@@ -24,6 +25,7 @@ mod multifd;
 mod pages;
 mod passes;
 mod postcopy;
+mod recovery;
 mod throttle;
 
 use super::multifd::send::Sender as MultifdSender;
@@ -69,6 +71,8 @@ pub(crate) struct Outgoing {
     pub channels: Mutex<Vec<Conn>>,
     /// Set by `migrate-start-postcopy` (QEMU's `start_postcopy`).
     pub start_postcopy: std::sync::atomic::AtomicBool,
+    /// `migrate {resume: true}` hands the new channel over here.
+    pub resume: ResumeSlot,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -124,12 +128,14 @@ impl Outgoing {
         if shared.params().switchover_hold {
             shared.hold_sem.post();
         }
-        // Unblock a thread stuck writing to a full socket.
+        // Unblock a thread stuck writing to a full socket, or waiting in
+        // postcopy-paused for a resume.
         self.shutdown_all();
+        self.resume.wake();
     }
 
     /// Shuts down the main channel and every multifd channel.
-    fn shutdown_all(&self) {
+    pub fn shutdown_all(&self) {
         if let Some(c) = lock(&self.conn).as_ref() {
             c.shutdown();
         }
@@ -153,6 +159,7 @@ impl Outgoing {
             | S::Device
             | S::PostcopyActive
             | S::PostcopyPaused
+            | S::PostcopyRecover
             | S::Completed => {
                 info.setup_time = Some(i.setup_time.unwrap_or(0));
                 if i.status == S::Completed {
@@ -211,6 +218,7 @@ fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
         conn: Mutex::new(None),
         channels: Mutex::new(Vec::new()),
         start_postcopy: std::sync::atomic::AtomicBool::new(false),
+        resume: ResumeSlot::default(),
     })
 }
 

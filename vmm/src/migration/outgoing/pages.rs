@@ -18,6 +18,12 @@ impl Batch {
         }
     }
 
+    /// Drops what was added (the channel it was for is gone).
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+        self.full = 0;
+    }
+
     pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -125,17 +131,25 @@ impl Engine<'_> {
         self.sent_digest[page as usize]
     }
 
-    /// Bytes that may be written now under `max-bandwidth` (None =
+    /// Bytes that may be written now under `max-bandwidth` (in postcopy:
+    /// `max-postcopy-bandwidth`) (None =
     /// unlimited): a token bucket filling at the cap, holding at most one
     /// [`WINDOW`]'s worth (QEMU's per-window budget) so an idle spell does
     /// not turn into a burst.
     pub(super) fn budget(&mut self) -> Option<u64> {
-        let bw = self.shared.params().max_bandwidth;
+        let p = self.shared.params();
+        let bw = if self.out.status() == MigrationStatus::PostcopyActive {
+            p.max_postcopy_bandwidth
+        } else {
+            p.max_bandwidth
+        };
         if bw == 0 {
             return None;
         }
         let written = self.written();
-        let burst = (bw / 10).max(PAGE_SIZE as u64);
+        // At least one full page with its record overhead, so a cap below
+        // 41 KB/s still sends (one page per bucket).
+        let burst = (bw / 10).max(PAGE_SIZE as u64 + 64);
         if bw != self.bucket_rate {
             self.bucket_rate = bw;
             self.bucket_start = Instant::now();

@@ -60,6 +60,29 @@ pub fn load<R: Read>(
     let mut sum = LoadSummary::default();
     let h = rd.header()?;
     sum.header = Some(h);
+    load_records(rd, sum, sink)
+}
+
+/// Reads the rest of a resumed postcopy connection (after the resume
+/// hello) into `sink`: the pages of `pending`, each once, then END and EOF.
+pub fn load_resumed<R: Read>(
+    r: R,
+    expect: Expect,
+    pending: Vec<u64>,
+    sink: &mut dyn StreamSink,
+) -> Result<LoadSummary, StreamError> {
+    let sum = LoadSummary {
+        postcopy: true,
+        ..LoadSummary::default()
+    };
+    load_records(StreamReader::resumed(r, expect, pending), sum, sink)
+}
+
+fn load_records<R: Read>(
+    mut rd: StreamReader<R>,
+    mut sum: LoadSummary,
+    sink: &mut dyn StreamSink,
+) -> Result<LoadSummary, StreamError> {
     loop {
         let at = rd.offset();
         match rd.next_record()? {

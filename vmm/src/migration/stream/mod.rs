@@ -36,7 +36,7 @@ mod reader;
 mod writer;
 
 pub use error::{os_error_text, StreamError, StreamErrorKind};
-pub use load::{load, load_batch, LoadSummary, NullSink, StreamSink, VecSink};
+pub use load::{load, load_batch, load_resumed, LoadSummary, NullSink, StreamSink, VecSink};
 pub use reader::StreamReader;
 pub use writer::StreamWriter;
 

@@ -71,6 +71,18 @@ impl<R: Read> StreamReader<R> {
         }
     }
 
+    /// A reader for a resumed postcopy connection after its resume hello
+    /// (`(ZERO|PAGE|PAGES)* END <eof>`, END's digest covering these bytes):
+    /// exactly the pages of `pending` (the destination's missing pages).
+    pub fn resumed(inner: R, expect: Expect, pending: Vec<u64>) -> StreamReader<R> {
+        StreamReader {
+            phase: Phase::Postcopy,
+            pending_count: pending.iter().map(|w| u64::from(w.count_ones())).sum(),
+            pending,
+            ..StreamReader::new(inner, expect)
+        }
+    }
+
     /// On a multifd channel only pass markers, PAGES and END may appear.
     fn main_only(&self, at: u64, record: &'static str) -> Result<(), StreamError> {
         if self.channel {
