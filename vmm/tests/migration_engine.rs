@@ -150,7 +150,7 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 300, "max-bandwidth": 134217728,
                "avail-switchover-bandwidth": 0, "switchover-hold": false,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "xbzrle-cache-size": 67108864})
     );
     let bad = [
         json!({"downtime-limit": 2_000_001}),
@@ -183,7 +183,7 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 2_000_000, "max-bandwidth": u64::MAX,
                "avail-switchover-bandwidth": 1, "switchover-hold": true,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "xbzrle-cache-size": 67108864})
     );
     m.set_parameters(args(json!({}))).unwrap();
     assert!(m.parameters().switchover_hold);
@@ -214,7 +214,7 @@ fn capability_list_and_errors() {
         json!({"capabilities": [{"capability": "events", "state": "on"}]}),
         json!({"capabilities": [{"capability": "events", "state": true, "x": 1}]}),
         json!({"capabilities": [{"capability": "events", "state": true},
-                                {"capability": "xbzrle", "state": true}]}),
+                                {"capability": "compress", "state": true}]}),
         json!({"capabilities": [], "extra": true}),
     ];
     let mut report = String::new();

@@ -24,16 +24,20 @@ pub enum Fault {
     /// The source skips one dirty page: the first non-zero page of the
     /// stop-and-copy pass (guest stopped, so its content is final) is not sent.
     SkipOneDirtyPage = 16,
+    /// XBZRLE: a cached page sent whole after an overflow keeps its old
+    /// cached copy, so a later delta is encoded against a stale base.
+    XbzrleCacheStaleOnWholeSend = 64,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::HoldIgnoredAfterMigrate,
         Fault::ReleaseNotSeen,
         Fault::SkipLastDirtyPass,
         Fault::CancelLeavesGuestStopped,
         Fault::SkipOneDirtyPage,
+        Fault::XbzrleCacheStaleOnWholeSend,
     ];
 
     /// The name given to `-x-fault`.
@@ -44,6 +48,7 @@ impl Fault {
             Fault::SkipLastDirtyPass => "skip-last-dirty-pass",
             Fault::CancelLeavesGuestStopped => "cancel-leaves-guest-stopped",
             Fault::SkipOneDirtyPage => "skip-one-dirty-page",
+            Fault::XbzrleCacheStaleOnWholeSend => "xbzrle-cache-stale",
         }
     }
 

@@ -14,6 +14,8 @@ pub const DEFAULT_DOWNTIME_LIMIT: u64 = 300;
 pub const DEFAULT_MAX_BANDWIDTH: u64 = 128 << 20;
 /// Default `multifd-channels` (`DEFAULT_MIGRATE_MULTIFD_CHANNELS`).
 pub const DEFAULT_MULTIFD_CHANNELS: u8 = 2;
+/// Default `xbzrle-cache-size` (`DEFAULT_MIGRATE_XBZRLE_CACHE_SIZE`, 64 MiB).
+pub const DEFAULT_XBZRLE_CACHE_SIZE: u64 = 64 << 20;
 
 /// The parameters migtest-vmm implements (`MigrationParameters`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct Parameters {
     pub switchover_hold: bool,
     /// `multifd-channels`: extra connections per migration with `multifd` (1..=255).
     pub multifd_channels: u8,
+    /// `xbzrle-cache-size`: bytes of the source's page cache (a power of two, >= a page).
+    pub xbzrle_cache_size: u64,
 }
 
 impl Default for Parameters {
@@ -38,6 +42,7 @@ impl Default for Parameters {
             avail_switchover_bandwidth: 0,
             switchover_hold: false,
             multifd_channels: DEFAULT_MULTIFD_CHANNELS,
+            xbzrle_cache_size: DEFAULT_XBZRLE_CACHE_SIZE,
         }
     }
 }
@@ -55,6 +60,8 @@ pub struct SetParameters {
     pub switchover_hold: Option<bool>,
     /// New `multifd-channels`.
     pub multifd_channels: Option<u8>,
+    /// New `xbzrle-cache-size`.
+    pub xbzrle_cache_size: Option<u64>,
 }
 
 fn invalid(param: &str, expects: &str) -> ErrorBody {
@@ -100,6 +107,7 @@ impl SetParameters {
             avail_switchover_bandwidth: qapi_uint64(&mut args, "avail-switchover-bandwidth")?,
             switchover_hold: args.opt_bool("switchover-hold")?,
             multifd_channels: qapi_uint8(&mut args, "multifd-channels")?,
+            xbzrle_cache_size: qapi_uint64(&mut args, "xbzrle-cache-size")?,
         };
         args.finish()?;
         Ok(p)
@@ -124,6 +132,9 @@ impl SetParameters {
         }
         if let Some(v) = self.multifd_channels {
             p.multifd_channels = v;
+        }
+        if let Some(v) = self.xbzrle_cache_size {
+            p.xbzrle_cache_size = v;
         }
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
@@ -159,6 +170,11 @@ impl SetParameters {
                 "an integer in the range of 0 to (2000 * 1000) ms",
             ));
         }
+        if self.xbzrle_cache_size.is_some() {
+            // After downtime-limit, as in QEMU 7.2's migrate_params_check.
+            crate::migration::xbzrle::check_cache_size(p.xbzrle_cache_size)
+                .map_err(|e| invalid("xbzrle_cache_size", e))?;
+        }
         Ok(p)
     }
 }
@@ -172,6 +188,7 @@ impl Parameters {
             "avail-switchover-bandwidth": self.avail_switchover_bandwidth,
             "switchover-hold": self.switchover_hold,
             "multifd-channels": self.multifd_channels,
+            "xbzrle-cache-size": self.xbzrle_cache_size,
         })
     }
 }
@@ -202,7 +219,8 @@ pub const CAPABILITY_NAMES: [&str; 21] = [
 ];
 
 /// Capabilities migtest-vmm implements; the others can only be set false.
-pub const SUPPORTED_CAPABILITIES: [&str; 5] = [
+pub const SUPPORTED_CAPABILITIES: [&str; 6] = [
+    "xbzrle",
     "events",
     "pause-before-switchover",
     "multifd",
@@ -234,6 +252,11 @@ impl Capabilities {
     /// `pause-before-switchover`.
     pub fn pause_before_switchover(&self) -> bool {
         self.get("pause-before-switchover")
+    }
+
+    /// `xbzrle`: re-sent pages XBZRLE-encoded against the source's page cache.
+    pub fn xbzrle(&self) -> bool {
+        self.get("xbzrle")
     }
 
     /// `multifd`: pages over `multifd-channels` extra connections.

@@ -42,6 +42,7 @@ impl Engine<'_> {
             return Err(Abort::Cancelled);
         }
         let precopy = self.w.written();
+        self.xbzrle_postcopy();
         self.sync_dirty()?;
         self.w.postcopy(&self.bitmap).map_err(write_err)?;
         self.send_device_state()?;
