@@ -36,10 +36,13 @@ pub enum Bench {
     /// The builtin catalog with telemetry sampling on and off: wall times and
     /// the overhead (not part of `all`).
     Telemetry,
+    /// Bytes on the wire with and without `xbzrle`, beside QEMU (not part of `all`).
+    Xbzrle,
 }
 
 pub mod telemetry;
 mod vs_qemu;
+mod xbzrle;
 
 /// Spawns `program args` and measures the time until `qmp_capabilities`
 /// is answered on `socket`; the process is killed afterwards.
@@ -300,6 +303,9 @@ pub fn run(
 ) -> Result<()> {
     if which == Bench::VsQemu {
         return vs_qemu::run(sizes, runs.unwrap_or(5));
+    }
+    if which == Bench::Xbzrle {
+        return xbzrle::run();
     }
     if which == Bench::Telemetry {
         return telemetry::run(memory, runs.unwrap_or(3).max(1), filter);

@@ -73,6 +73,7 @@ const NAMES: &[&str] = &[
     "multifd/destination-killed",
     "mission/postcopy",
     "postcopy/running-destination",
+    "mission/xbzrle",
 ];
 
 #[rstest]
@@ -109,6 +110,7 @@ const NAMES: &[&str] = &[
 #[case::multifd_destination_killed(30)]
 #[case::mission_postcopy(31)]
 #[case::postcopy_running_destination(32)]
+#[case::mission_xbzrle(33)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

@@ -2,39 +2,16 @@
 //! parameter rules, a held in-process migration whose re-sent pages go as
 //! deltas, and damaged XBZRLE records failing the destination.
 
-use migtest_qmp::args::Args;
+mod xbzrle_common;
+
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState};
 use migtest_vmm::migration::testing::TestHost;
-use migtest_vmm::migration::Migration;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn args(v: Value) -> Args {
-    match v {
-        Value::Object(m) => Args::new(Some(m)),
-        _ => panic!("arguments must be an object"),
-    }
-}
-
-fn info(m: &Migration) -> MigrationInfo {
-    serde_json::from_value(m.query_migrate().unwrap()).unwrap()
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn caps(m: &Migration, list: Value) -> Result<Value, migtest_qmp::ErrorBody> {
-    m.set_capabilities(args(json!({ "capabilities": list })))
-}
+use xbzrle_common::{args, caps, hot_writer, info, scribbled_migration, wait_until};
 
 #[test]
 fn cache_size_parameter_as_qemu_7_2() {
@@ -66,23 +43,6 @@ fn cache_size_parameter_as_qemu_7_2() {
     }
 }
 
-/// Hot pages whose first bytes change a little, many times a second.
-fn hot_writer(host: Arc<TestHost>, quit: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut round = 0u64;
-        while !quit.load(Ordering::SeqCst) {
-            for p in 0..16u64 {
-                if !host.guest_write(p * 4096 * 8 + 64, &round.to_le_bytes()) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            round += 1;
-            std::thread::sleep(Duration::from_micros(300));
-        }
-        round
-    })
-}
-
 #[test]
 fn held_migration_sends_deltas_and_ends_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +59,7 @@ fn held_migration_sends_deltas_and_ends_byte_identical() {
         src.guest_write(i * 4096 + 9, &[i as u8 | 1; 40]);
     }
     let quit = Arc::new(AtomicBool::new(false));
-    let w = hot_writer(src.clone(), quit.clone());
+    let w = hot_writer(src.clone(), quit.clone(), None);
     sm.migrate(args(json!({ "uri": uri }))).unwrap();
     assert_eq!(
         caps(&sm, json!([{"capability": "xbzrle", "state": false}]))
@@ -185,4 +145,12 @@ fn damaged_xbzrle_records_fail_the_destination() {
         report.push_str(&format!("{name}: {}\n", i.error_desc.unwrap()));
     }
     insta::assert_snapshot!("xbzrle_destination_errors", report);
+}
+
+/// Pages that overflow (sent whole) between small changes: the cache follows
+/// every whole send, so the deltas after them decode right.
+#[test]
+fn overflowing_pages_reset_the_base() {
+    let (a, b) = scribbled_migration();
+    assert!(a == b, "RAM differs");
 }

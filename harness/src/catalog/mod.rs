@@ -18,6 +18,7 @@ mod multifd;
 mod postcopy;
 mod precopy;
 mod transports;
+mod xbzrle;
 
 use precopy::mission;
 
@@ -297,6 +298,7 @@ pub fn catalog() -> Vec<Scenario> {
     transports::add(&mut v);
     multifd::add(&mut v);
     postcopy::add(&mut v);
+    xbzrle::add(&mut v);
     v
 }
 

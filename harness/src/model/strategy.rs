@@ -100,6 +100,7 @@ fn set_params(
         max_bandwidth,
         avail_switchover_bandwidth: avail,
         switchover_hold: hold,
+        xbzrle_cache_size: None,
     }
 }
 
@@ -241,6 +242,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(true),
+                xbzrle: None,
             },
         ),
         (
@@ -249,6 +251,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(false),
+                xbzrle: None,
             },
         ),
         (
@@ -257,6 +260,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Destination,
                 events: Some(true),
                 pause_before_switchover: None,
+                xbzrle: None,
             },
         ),
         (
@@ -265,6 +269,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(false),
                 pause_before_switchover: None,
+                xbzrle: None,
             },
         ),
         (
@@ -273,6 +278,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(true),
                 pause_before_switchover: None,
+                xbzrle: None,
             },
         ),
         (w(held, 2), Op::Stop { side: Side::Source }),
@@ -303,6 +309,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
             v.push((10, Op::WaitPasses { n: min_passes + k }));
         }
     }
+    v.extend(super::world::xbzrle::candidates(idle));
     v
 }
 

@@ -69,6 +69,7 @@ fn src_pbs(on: bool) -> Op {
         side: Side::Source,
         events: None,
         pause_before_switchover: Some(on),
+        xbzrle: None,
     }
 }
 
@@ -641,6 +642,7 @@ fn slow_passes_may_time_out() {
                 max_bandwidth: Some(Size(3_000_000)),
                 avail_switchover_bandwidth: None,
                 switchover_hold: None,
+                xbzrle_cache_size: None,
             },
             Op::Hold,
             migrate(),

@@ -25,6 +25,9 @@ pub struct Parameters {
     pub avail_switchover_bandwidth: Size,
     /// default false.
     pub switchover_hold: bool,
+    /// bytes; default 64 MiB (QEMU's); a power of two, at least a page.
+    #[serde(default = "super::world::xbzrle::default_cache_size")]
+    pub xbzrle_cache_size: Size,
 }
 
 impl Default for Parameters {
@@ -34,6 +37,7 @@ impl Default for Parameters {
             max_bandwidth: Size(134_217_728),
             avail_switchover_bandwidth: Size(0),
             switchover_hold: false,
+            xbzrle_cache_size: super::world::xbzrle::default_cache_size(),
         }
     }
 }
@@ -47,6 +51,7 @@ impl Parameters {
             max_bandwidth: b,
             avail_switchover_bandwidth: a,
             switchover_hold: h,
+            xbzrle_cache_size: x,
             ..
         } = op
         else {
@@ -56,6 +61,7 @@ impl Parameters {
         self.max_bandwidth = b.unwrap_or(self.max_bandwidth);
         self.avail_switchover_bandwidth = a.unwrap_or(self.avail_switchover_bandwidth);
         self.switchover_hold = h.unwrap_or(self.switchover_hold);
+        self.xbzrle_cache_size = x.unwrap_or(self.xbzrle_cache_size);
     }
 }
 
@@ -98,6 +104,9 @@ pub struct Capabilities {
     pub events: bool,
     /// `pause-before-switchover`.
     pub pause_before_switchover: bool,
+    /// `xbzrle`.
+    #[serde(default)]
+    pub xbzrle: bool,
 }
 
 /// A QMP event the executor received from one VMM, in arrival order.

@@ -36,24 +36,28 @@ pub fn op() -> impl Strategy<Value = Op> {
             proptest::option::of(0..=i64::MAX as u64),
             proptest::option::of(size()),
             proptest::option::of(size()),
-            proptest::option::of(any::<bool>())
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(size()),
         )
-            .prop_map(|(side, d, b, a, h)| Op::SetParameters {
+            .prop_map(|(side, d, b, a, h, x)| Op::SetParameters {
                 side,
                 downtime_limit: d,
                 max_bandwidth: b,
                 avail_switchover_bandwidth: a,
-                switchover_hold: h
+                switchover_hold: h,
+                xbzrle_cache_size: x,
             }),
         (
             side(),
             proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
             proptest::option::of(any::<bool>())
         )
-            .prop_map(|(side, events, pbs)| Op::SetCapabilities {
+            .prop_map(|(side, events, pbs, x)| Op::SetCapabilities {
                 side,
                 events,
-                pause_before_switchover: pbs
+                pause_before_switchover: pbs,
+                xbzrle: x,
             }),
         proptest::option::of(transport()).prop_map(|transport| Op::Migrate { transport }),
         (0..=i64::MAX as u64).prop_map(|n| Op::WaitPasses { n }),

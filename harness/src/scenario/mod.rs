@@ -154,7 +154,8 @@ status = "completed"
                 downtime_limit: Some(30000),
                 max_bandwidth: Some(Size(1 << 30)),
                 avail_switchover_bandwidth: None,
-                switchover_hold: None
+                switchover_hold: None,
+                xbzrle_cache_size: None
             }
         );
         assert_eq!(s.ops[1], Op::Migrate { transport: None });
@@ -216,7 +217,8 @@ status = "completed"
             Op::SetCapabilities {
                 side: Side::Source,
                 events: None,
-                pause_before_switchover: Some(true)
+                pause_before_switchover: Some(true),
+                xbzrle: None
             }
         );
         assert!(

@@ -38,6 +38,8 @@ pub enum Op {
         avail_switchover_bandwidth: Option<Size>,
         /// `switchover-hold`.
         switchover_hold: Option<bool>,
+        /// `xbzrle-cache-size` in bytes (QEMU: a power of two, at least 4096).
+        xbzrle_cache_size: Option<Size>,
     },
     /// `migrate-set-capabilities` on `side` with the given capabilities.
     SetCapabilities {
@@ -47,6 +49,8 @@ pub enum Op {
         events: Option<bool>,
         /// The `pause-before-switchover` capability.
         pause_before_switchover: Option<bool>,
+        /// The `xbzrle` capability.
+        xbzrle: Option<bool>,
     },
     /// Start a migration from the source to the current destination
     /// (`migrate-incoming` on a fresh destination first, then `migrate` on the source).
@@ -134,6 +138,7 @@ impl Op {
             max_bandwidth: None,
             avail_switchover_bandwidth: None,
             switchover_hold: Some(hold),
+            xbzrle_cache_size: None,
         }
     }
 
@@ -147,6 +152,7 @@ impl Op {
             max_bandwidth: b,
             avail_switchover_bandwidth: a,
             switchover_hold: h,
+            xbzrle_cache_size: x,
             ..
         } = self
         else {
@@ -157,6 +163,7 @@ impl Op {
             ("max-bandwidth", b.map(|b| json!(b.0))),
             ("avail-switchover-bandwidth", a.map(|a| json!(a.0))),
             ("switchover-hold", h.map(|h| json!(h))),
+            ("xbzrle-cache-size", x.map(|x| json!(x.0))),
         ];
         for (name, value) in fields {
             if let Some(v) = value {
@@ -209,6 +216,8 @@ mod repr {
             avail_switchover_bandwidth: Option<Size>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             switchover_hold: Option<bool>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            xbzrle_cache_size: Option<Size>,
         },
         #[serde(rename_all = "kebab-case")]
         SetCapabilities {
@@ -217,6 +226,8 @@ mod repr {
             events: Option<bool>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pause_before_switchover: Option<bool>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            xbzrle: Option<bool>,
         },
         Migrate {
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,21 +270,25 @@ mod repr {
                     max_bandwidth,
                     avail_switchover_bandwidth,
                     switchover_hold,
+                    xbzrle_cache_size,
                 } => Op::SetParameters {
                     side,
                     downtime_limit,
                     max_bandwidth,
                     avail_switchover_bandwidth,
                     switchover_hold,
+                    xbzrle_cache_size,
                 },
                 OpRepr::SetCapabilities {
                     side,
                     events,
                     pause_before_switchover,
+                    xbzrle,
                 } => Op::SetCapabilities {
                     side,
                     events,
                     pause_before_switchover,
+                    xbzrle,
                 },
                 OpRepr::Migrate { transport } => Op::Migrate { transport },
                 OpRepr::WaitPasses { n } => Op::WaitPasses { n },
@@ -302,21 +317,25 @@ mod repr {
                     max_bandwidth,
                     avail_switchover_bandwidth,
                     switchover_hold,
+                    xbzrle_cache_size,
                 } => OpRepr::SetParameters {
                     side,
                     downtime_limit,
                     max_bandwidth,
                     avail_switchover_bandwidth,
                     switchover_hold,
+                    xbzrle_cache_size,
                 },
                 Op::SetCapabilities {
                     side,
                     events,
                     pause_before_switchover,
+                    xbzrle,
                 } => OpRepr::SetCapabilities {
                     side,
                     events,
                     pause_before_switchover,
+                    xbzrle,
                 },
                 Op::Migrate { transport } => OpRepr::Migrate { transport },
                 Op::WaitPasses { n } => OpRepr::WaitPasses { n },

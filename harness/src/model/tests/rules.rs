@@ -89,6 +89,7 @@ fn set_capabilities_only_without_running_migration() {
             side: Side::Destination,
             events: Some(true),
             pause_before_switchover: None,
+            xbzrle: None,
         },
     );
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -111,6 +112,7 @@ fn set_parameters_any_time_but_downtime_range_checked() {
         max_bandwidth: Some(Size(0)),
         avail_switchover_bandwidth: None,
         switchover_hold: None,
+        xbzrle_cache_size: None,
     };
     let (e, _) = run(&mut m, op);
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -124,6 +126,7 @@ fn set_parameters_any_time_but_downtime_range_checked() {
         max_bandwidth: Some(Size(5)),
         avail_switchover_bandwidth: None,
         switchover_hold: None,
+        xbzrle_cache_size: None,
     };
     let (e, _) = run(&mut m, bad.clone());
     assert_eq!(e.replies(), vec![&ExpectedReply::error(ERR_DOWNTIME_LIMIT)]);
@@ -501,6 +504,7 @@ fn unguaranteed_convergence_may_time_out() {
             max_bandwidth: None,
             avail_switchover_bandwidth: None,
             switchover_hold: None,
+            xbzrle_cache_size: None,
         },
     );
     assert!(!m.expect(&Op::WaitCompleted).may_time_out());

@@ -7,6 +7,7 @@ use super::super::expect::{
     ExpectedReply, ERR_DOWNTIME_LIMIT, ERR_IN_PROGRESS, ERR_NOT_EXPECTED_STATE,
 };
 use super::super::types::MAX_DOWNTIME_LIMIT_MS;
+use super::xbzrle;
 use super::{step, Dst, DstPhase, GuestRun, SrcPhase, Step, World};
 
 use MigrationStatus as S;
@@ -21,6 +22,7 @@ impl World {
                 side,
                 downtime_limit,
                 switchover_hold,
+                xbzrle_cache_size,
                 ..
             } => {
                 if !self.side_alive(*side) {
@@ -28,6 +30,9 @@ impl World {
                 }
                 if downtime_limit.is_some_and(|d| d > MAX_DOWNTIME_LIMIT_MS) {
                     return step(ExpectedReply::error(ERR_DOWNTIME_LIMIT), w);
+                }
+                if let Some(err) = xbzrle::cache_size_error(*xbzrle_cache_size) {
+                    return step(ExpectedReply::error(err), w);
                 }
                 let p = match side {
                     Side::Source => &mut w.src.params,
@@ -51,6 +56,7 @@ impl World {
                 side,
                 events,
                 pause_before_switchover,
+                xbzrle,
             } => {
                 if !self.side_alive(*side) {
                     return step(ExpectedReply::Dead, w);
@@ -67,6 +73,9 @@ impl World {
                 }
                 if let Some(p) = pause_before_switchover {
                     c.pause_before_switchover = *p;
+                }
+                if let Some(x) = xbzrle {
+                    c.xbzrle = *x;
                 }
                 step(ok, w)
             }

@@ -12,6 +12,7 @@ use super::types::{Capabilities, Observation, Parameters, RunState};
 use MigrationStatus as S;
 
 mod apply;
+pub(crate) mod xbzrle;
 
 /// Where the source guest stands when no migration stops it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,6 +123,7 @@ impl World {
         let caps = Capabilities {
             events: pair.events,
             pause_before_switchover: false,
+            xbzrle: false,
         };
         World {
             src: Src {
@@ -536,6 +538,7 @@ impl Dst {
             caps: Capabilities {
                 events: pair.events,
                 pause_before_switchover: false,
+                xbzrle: false,
             },
         }
     }

@@ -26,6 +26,7 @@ impl Executor {
                 side,
                 events,
                 pause_before_switchover,
+                xbzrle,
             } => {
                 let mut caps = Vec::new();
                 if let Some(e) = events {
@@ -33,6 +34,9 @@ impl Executor {
                 }
                 if let Some(p) = pause_before_switchover {
                     caps.push(json!({"capability": "pause-before-switchover", "state": p}));
+                }
+                if let Some(x) = xbzrle {
+                    caps.push(json!({"capability": "xbzrle", "state": x}));
                 }
                 self.qmp(
                     *side,
