@@ -1,4 +1,4 @@
-//! `migtest bench --which xbzrle`: bytes on the wire for the same held
+//! `migtest bench xbzrle`: bytes on the wire for the same held
 //! migration with and without the `xbzrle` capability, on migtest-vmm
 //! (hotset guest, and the A-B sweep guest) beside QEMU (its A-B guest; QEMU
 //! boots only that one). Each run: hold, migrate, wait for `PASSES` passes,
