@@ -39,12 +39,16 @@ pub enum Bench {
     /// Time to converge with and without auto-converge, migtest-vmm beside
     /// QEMU (not part of `all`).
     AutoConverge,
+    /// Bytes on the wire with and without `xbzrle`, beside QEMU (not part of `all`).
+    Xbzrle,
 }
 
 mod auto_converge;
 pub mod telemetry;
 mod vs_qemu;
 mod vs_qemu_multifd;
+
+mod xbzrle;
 
 pub use vs_qemu::VsQemuSizes;
 
@@ -311,6 +315,9 @@ pub fn run(
     }
     if which == Bench::AutoConverge {
         return auto_converge::run(memory);
+    }
+    if which == Bench::Xbzrle {
+        return xbzrle::run();
     }
     if which == Bench::Telemetry {
         return telemetry::run(memory, runs.unwrap_or(3).max(1), filter);

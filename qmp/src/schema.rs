@@ -316,6 +316,29 @@ pub struct MigrationInfo {
     /// auto-converge's vCPU throttle, %, while the source is throttled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_throttle_percentage: Option<u64>,
+    /// XBZRLE statistics, while the source has the `xbzrle` capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xbzrle_cache: Option<XbzrleCacheStats>,
+}
+
+/// `XBZRLECacheStats`, the `xbzrle-cache` member of `query-migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct XbzrleCacheStats {
+    /// `xbzrle-cache-size` in bytes.
+    pub cache_size: u64,
+    /// Bytes of XBZRLE-encoded pages sent (headers included, as QEMU counts).
+    pub bytes: u64,
+    /// Pages that hit the cache (encoded, skipped as unchanged, or overflowed).
+    pub pages: u64,
+    /// Pages not in the cache when sent.
+    pub cache_miss: u64,
+    /// Cache misses per page sent over the last rate period.
+    pub cache_miss_rate: f64,
+    /// Bytes of the pages encoded per byte of encoding, last rate period.
+    pub encoding_rate: f64,
+    /// Pages whose encoding would not fit in a page (sent whole).
+    pub overflow: u64,
 }
 
 /// The reply of `query-migrate-parameters` (the subset migtest uses; other
@@ -353,6 +376,9 @@ pub struct MigrationParameters {
     /// Bandwidth cap of postcopy's background pages in bytes/s; 0 is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_postcopy_bandwidth: Option<u64>,
+    /// Size of the source's XBZRLE page cache, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xbzrle_cache_size: Option<u64>,
 }
 
 /// One entry of `query-migrate-capabilities` / `migrate-set-capabilities`.

@@ -77,6 +77,7 @@ const NAMES: &[&str] = &[
     "postcopy/destination-killed",
     "postcopy/network-cut-recover",
     "postcopy/migrate-pause-recover",
+    "mission/xbzrle",
 ];
 
 #[rstest]
@@ -117,6 +118,7 @@ const NAMES: &[&str] = &[
 #[case::postcopy_destination_killed(34)]
 #[case::postcopy_network_cut_recover(35)]
 #[case::postcopy_migrate_pause_recover(36)]
+#[case::mission_xbzrle(37)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

@@ -108,6 +108,7 @@ cases! {
     qemu_multifd_cancel_during_pass => "multifd/cancel-during-pass";
     qemu_multifd_destination_killed => "multifd/destination-killed";
     qemu_mission_auto_converge => "mission/auto-converge";
+    qemu_mission_xbzrle => "mission/xbzrle";
 }
 
 /// Every catalog scenario has a QEMU case here (a new scenario fails this

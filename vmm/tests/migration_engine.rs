@@ -46,7 +46,7 @@ fn parameter_defaults_and_errors() {
                "multifd-channels": 2, "cpu-throttle-initial": 20,
                "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
                "max-cpu-throttle": 99,
-               "max-postcopy-bandwidth": 0})
+               "max-postcopy-bandwidth": 0, "xbzrle-cache-size": 67108864})
     );
     let bad = [
         json!({"downtime-limit": 2_000_001}),
@@ -82,7 +82,7 @@ fn parameter_defaults_and_errors() {
                "multifd-channels": 2, "cpu-throttle-initial": 20,
                "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
                "max-cpu-throttle": 99,
-               "max-postcopy-bandwidth": 0})
+               "max-postcopy-bandwidth": 0, "xbzrle-cache-size": 67108864})
     );
     m.set_parameters(args(json!({}))).unwrap();
     assert!(m.parameters().switchover_hold);
@@ -113,7 +113,7 @@ fn capability_list_and_errors() {
         json!({"capabilities": [{"capability": "events", "state": "on"}]}),
         json!({"capabilities": [{"capability": "events", "state": true, "x": 1}]}),
         json!({"capabilities": [{"capability": "events", "state": true},
-                                {"capability": "xbzrle", "state": true}]}),
+                                {"capability": "compress", "state": true}]}),
         json!({"capabilities": [], "extra": true}),
     ];
     let mut report = String::new();

@@ -20,6 +20,7 @@ mod postcopy;
 mod postcopy_recovery;
 mod precopy;
 mod transports;
+mod xbzrle;
 
 use precopy::mission;
 
@@ -321,6 +322,7 @@ pub fn catalog() -> Vec<Scenario> {
     postcopy::add(&mut v);
     auto_converge::add(&mut v);
     postcopy_recovery::add(&mut v);
+    xbzrle::add(&mut v);
     v
 }
 

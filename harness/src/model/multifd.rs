@@ -109,6 +109,7 @@ pub(super) fn candidates(idle: bool, listening: bool) -> Vec<(u32, Op)> {
         events: None,
         pause_before_switchover: None,
         multifd: Some(on),
+        xbzrle: None,
     };
     let channels = |side, n| Op::SetParameters {
         side,
@@ -117,6 +118,7 @@ pub(super) fn candidates(idle: bool, listening: bool) -> Vec<(u32, Op)> {
         avail_switchover_bandwidth: None,
         switchover_hold: None,
         multifd_channels: Some(n),
+        xbzrle_cache_size: None,
     };
     vec![
         (w(idle && listening, 4), caps(Side::Source, true)),

@@ -102,6 +102,7 @@ fn set_params(
         avail_switchover_bandwidth: avail,
         switchover_hold: hold,
         multifd_channels: None,
+        xbzrle_cache_size: None,
     }
 }
 
@@ -244,6 +245,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 events: None,
                 pause_before_switchover: Some(true),
                 multifd: None,
+                xbzrle: None,
             },
         ),
         (
@@ -253,6 +255,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 events: None,
                 pause_before_switchover: Some(false),
                 multifd: None,
+                xbzrle: None,
             },
         ),
         (
@@ -262,6 +265,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 events: Some(true),
                 pause_before_switchover: None,
                 multifd: None,
+                xbzrle: None,
             },
         ),
         (
@@ -271,6 +275,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 events: Some(false),
                 pause_before_switchover: None,
                 multifd: None,
+                xbzrle: None,
             },
         ),
         (
@@ -280,6 +285,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 events: Some(true),
                 pause_before_switchover: None,
                 multifd: None,
+                xbzrle: None,
             },
         ),
         (w(held, 2), Op::Stop { side: Side::Source }),
@@ -312,6 +318,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
         }
     }
     v.extend(super::auto_converge::candidates(model));
+    v.extend(super::world::xbzrle::candidates(idle));
     v
 }
 

@@ -70,6 +70,7 @@ fn src_pbs(on: bool) -> Op {
         events: None,
         pause_before_switchover: Some(on),
         multifd: None,
+        xbzrle: None,
     }
 }
 
@@ -663,6 +664,7 @@ fn slow_passes_may_time_out() {
                 avail_switchover_bandwidth: None,
                 switchover_hold: None,
                 multifd_channels: None,
+                xbzrle_cache_size: None,
             },
             Op::Hold {},
             migrate(),

@@ -30,6 +30,9 @@ pub struct Parameters {
     /// auto-converge's throttle parameters.
     #[serde(default)]
     pub throttle: super::auto_converge::Throttle,
+    /// bytes; default 64 MiB (QEMU's); a power of two, at least a page.
+    #[serde(default = "super::world::xbzrle::default_cache_size")]
+    pub xbzrle_cache_size: Size,
 }
 
 impl Default for Parameters {
@@ -41,6 +44,7 @@ impl Default for Parameters {
             switchover_hold: false,
             multifd_channels: super::multifd::DEFAULT_CHANNELS,
             throttle: Default::default(),
+            xbzrle_cache_size: super::world::xbzrle::default_cache_size(),
         }
     }
 }
@@ -62,6 +66,7 @@ impl Parameters {
                         self.multifd_channels = c;
                     }
                 }
+                ("xbzrle-cache-size", Some(n)) => self.xbzrle_cache_size = Size(n),
                 ("switchover-hold", _) => {
                     self.switchover_hold = v.as_bool().unwrap_or(self.switchover_hold)
                 }
@@ -115,6 +120,9 @@ pub struct Capabilities {
     /// `auto-converge`: the source throttles its vCPUs when the guest outruns the migration.
     #[serde(default)]
     pub auto_converge: bool,
+    /// `xbzrle`.
+    #[serde(default)]
+    pub xbzrle: bool,
 }
 
 /// A QMP event the executor received from one VMM, in arrival order.

@@ -38,26 +38,30 @@ pub fn op() -> impl Strategy<Value = Op> {
             proptest::option::of(size()),
             proptest::option::of(any::<bool>()),
             proptest::option::of(prop_oneof![0..=300u64, 0..=i64::MAX as u64]),
+            proptest::option::of(size()),
         )
-            .prop_map(|(side, d, b, a, h, c)| Op::SetParameters {
+            .prop_map(|(side, d, b, a, h, c, x)| Op::SetParameters {
                 side,
                 downtime_limit: d,
                 max_bandwidth: b,
                 avail_switchover_bandwidth: a,
                 switchover_hold: h,
                 multifd_channels: c,
+                xbzrle_cache_size: x,
             }),
         (
             side(),
             proptest::option::of(any::<bool>()),
             proptest::option::of(any::<bool>()),
             proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
         )
-            .prop_map(|(side, events, pbs, multifd)| Op::SetCapabilities {
+            .prop_map(|(side, events, pbs, multifd, x)| Op::SetCapabilities {
                 side,
                 events,
                 pause_before_switchover: pbs,
                 multifd,
+                xbzrle: x,
             }),
         proptest::option::of(transport()).prop_map(|transport| Op::Migrate { transport }),
         (0..=i64::MAX as u64).prop_map(|n| Op::WaitPasses { n }),

@@ -180,6 +180,7 @@ status = "completed"
                 avail_switchover_bandwidth: None,
                 switchover_hold: None,
                 multifd_channels: None,
+                xbzrle_cache_size: None
             }
         );
         assert_eq!(s.ops[1], Op::Migrate { transport: None });
@@ -243,6 +244,7 @@ status = "completed"
                 events: None,
                 pause_before_switchover: Some(true),
                 multifd: None,
+                xbzrle: None
             }
         );
         assert!(

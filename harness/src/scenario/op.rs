@@ -47,6 +47,9 @@ pub enum Op {
         /// `multifd-channels` (QEMU: 1..=255, default 2; any other value is refused).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         multifd_channels: Option<u64>,
+        /// `xbzrle-cache-size` in bytes (QEMU: a power of two, at least 4096).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xbzrle_cache_size: Option<Size>,
     },
     /// `migrate-set-capabilities` on `side` with the given capabilities.
     #[serde(rename_all = "kebab-case")]
@@ -62,6 +65,9 @@ pub enum Op {
         /// The `multifd` capability.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         multifd: Option<bool>,
+        /// The `xbzrle` capability.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xbzrle: Option<bool>,
     },
     /// Start a migration from the source to the current destination
     /// (`migrate-incoming` on a fresh destination first, then `migrate` on the source).
@@ -183,6 +189,7 @@ impl Op {
             avail_switchover_bandwidth: None,
             switchover_hold: Some(hold),
             multifd_channels: None,
+            xbzrle_cache_size: None,
         }
     }
 
@@ -197,6 +204,7 @@ impl Op {
             avail_switchover_bandwidth: a,
             switchover_hold: h,
             multifd_channels: c,
+            xbzrle_cache_size: x,
             ..
         } = self
         else {
@@ -208,6 +216,7 @@ impl Op {
             ("avail-switchover-bandwidth", a.map(|a| json!(a.0))),
             ("switchover-hold", h.map(|h| json!(h))),
             ("multifd-channels", c.map(|c| json!(c))),
+            ("xbzrle-cache-size", x.map(|x| json!(x.0))),
         ];
         for (name, value) in fields {
             if let Some(v) = value {
@@ -224,6 +233,7 @@ impl Op {
             events,
             pause_before_switchover,
             multifd,
+            xbzrle,
             ..
         } = self
         else {
@@ -233,6 +243,7 @@ impl Op {
             ("events", events),
             ("pause-before-switchover", pause_before_switchover),
             ("multifd", multifd),
+            ("xbzrle", xbzrle),
         ]
         .into_iter()
         .filter_map(|(name, state)| {

@@ -27,17 +27,21 @@ pub enum Fault {
     /// auto-converge's vCPU throttle stays on after the migration ended
     /// (completed, failed or cancelled).
     ThrottleNeverLifted = 32,
+    /// XBZRLE: a cached page sent whole after an overflow keeps its old
+    /// cached copy, so a later delta is encoded against a stale base.
+    XbzrleCacheStaleOnWholeSend = 64,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::HoldIgnoredAfterMigrate,
         Fault::ReleaseNotSeen,
         Fault::SkipLastDirtyPass,
         Fault::CancelLeavesGuestStopped,
         Fault::SkipOneDirtyPage,
         Fault::ThrottleNeverLifted,
+        Fault::XbzrleCacheStaleOnWholeSend,
     ];
 
     /// The name given to `-x-fault`.
@@ -49,6 +53,7 @@ impl Fault {
             Fault::CancelLeavesGuestStopped => "cancel-leaves-guest-stopped",
             Fault::SkipOneDirtyPage => "skip-one-dirty-page",
             Fault::ThrottleNeverLifted => "throttle-never-lifted",
+            Fault::XbzrleCacheStaleOnWholeSend => "xbzrle-cache-stale",
         }
     }
 

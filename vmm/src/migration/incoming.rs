@@ -182,6 +182,15 @@ impl StreamSink for RamSink<'_> {
             None => self.ram.load_page(page, data),
         }
     }
+    fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        if self.in_postcopy().is_some() {
+            return Err("xbzrle page in postcopy".into());
+        }
+        let mut buf = [0u8; PAGE_SIZE];
+        self.ram.read_page(page, &mut buf)?;
+        super::xbzrle::decode(encoded, &mut buf).map_err(|e| e.reason)?;
+        self.ram.load_page(page, &buf)
+    }
     fn postcopy(&mut self, bitmap: &[u64]) -> Result<(), String> {
         match self.postcopy.as_mut() {
             Some(p) => p.start(bitmap),

@@ -12,6 +12,7 @@
 //! - [`params`]: parameters and capabilities with QEMU's texts.
 //! - [`switchover`]: the switchover decision and the `switchover-hold` semaphore.
 //! - [`transport`]: `unix:` / `tcp:` URIs; `channel`: `file:` / `fd:`.
+//! - [`xbzrle`]: XBZRLE delta pages (codec, page cache, counters).
 //! - [`multifd`]: the multifd channels (handshake, sender and receive threads).
 //! - [`host`]: the traits the engine needs from the VM and the guest
 //!   (implemented for `Vm`/`GuestRam` in `host_impl`).
@@ -31,6 +32,7 @@ pub mod stream;
 pub mod switchover;
 pub mod testing;
 pub mod transport;
+pub mod xbzrle;
 
 mod incoming;
 mod outgoing;

@@ -15,6 +15,8 @@ pub const DEFAULT_DOWNTIME_LIMIT: u64 = 300;
 pub const DEFAULT_MAX_BANDWIDTH: u64 = 128 << 20;
 /// Default `multifd-channels` (`DEFAULT_MIGRATE_MULTIFD_CHANNELS`).
 pub const DEFAULT_MULTIFD_CHANNELS: u8 = 2;
+/// Default `xbzrle-cache-size` (`DEFAULT_MIGRATE_XBZRLE_CACHE_SIZE`, 64 MiB).
+pub const DEFAULT_XBZRLE_CACHE_SIZE: u64 = 64 << 20;
 
 /// The parameters migtest-vmm implements (`MigrationParameters`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct Parameters {
     /// `max-postcopy-bandwidth`, bytes/s for the background pages of
     /// postcopy, 0 = unlimited (QEMU's default).
     pub max_postcopy_bandwidth: u64,
+    /// `xbzrle-cache-size`: bytes of the source's page cache (a power of two, >= a page).
+    pub xbzrle_cache_size: u64,
 }
 
 impl Default for Parameters {
@@ -55,6 +59,7 @@ impl Default for Parameters {
             cpu_throttle_tailslow: false,
             max_cpu_throttle: auto_converge::DEFAULT_MAX,
             max_postcopy_bandwidth: 0,
+            xbzrle_cache_size: DEFAULT_XBZRLE_CACHE_SIZE,
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct SetParameters {
     pub max_cpu_throttle: Option<u8>,
     /// New `max-postcopy-bandwidth`.
     pub max_postcopy_bandwidth: Option<u64>,
+    /// New `xbzrle-cache-size`.
+    pub xbzrle_cache_size: Option<u64>,
 }
 
 fn invalid(param: &str, expects: &str) -> ErrorBody {
@@ -132,6 +139,7 @@ impl SetParameters {
             cpu_throttle_tailslow: args.opt_bool("cpu-throttle-tailslow")?,
             max_cpu_throttle: qapi_uint8(&mut args, "max-cpu-throttle")?,
             max_postcopy_bandwidth: qapi_uint64(&mut args, "max-postcopy-bandwidth")?,
+            xbzrle_cache_size: qapi_uint64(&mut args, "xbzrle-cache-size")?,
         };
         args.finish()?;
         Ok(p)
@@ -175,6 +183,9 @@ impl SetParameters {
         if let Some(v) = self.max_postcopy_bandwidth {
             p.max_postcopy_bandwidth = v;
         }
+        if let Some(v) = self.xbzrle_cache_size {
+            p.xbzrle_cache_size = v;
+        }
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
         if self.max_bandwidth.is_some() && p.max_bandwidth > usize::MAX as u64 {
@@ -210,6 +221,11 @@ impl SetParameters {
             // (checked against it: both bad, downtime-limit's error wins).
             return Err(invalid("multifd_channels", "a value between 1 and 255"));
         }
+        if self.xbzrle_cache_size.is_some() {
+            // After multifd-channels', as in QEMU 7.2's migrate_params_check.
+            crate::migration::xbzrle::check_cache_size(p.xbzrle_cache_size)
+                .map_err(|e| invalid("xbzrle_cache_size", e))?;
+        }
         auto_converge::check_max(&p)?;
         Ok(p)
     }
@@ -229,6 +245,7 @@ impl Parameters {
             "cpu-throttle-tailslow": self.cpu_throttle_tailslow,
             "max-cpu-throttle": self.max_cpu_throttle,
             "max-postcopy-bandwidth": self.max_postcopy_bandwidth,
+            "xbzrle-cache-size": self.xbzrle_cache_size,
         })
     }
 }
@@ -259,8 +276,9 @@ pub const CAPABILITY_NAMES: [&str; 21] = [
 ];
 
 /// Capabilities migtest-vmm implements; the others can only be set false.
-pub const SUPPORTED_CAPABILITIES: [&str; 6] = [
+pub const SUPPORTED_CAPABILITIES: [&str; 7] = [
     "auto-converge",
+    "xbzrle",
     "events",
     "pause-before-switchover",
     "multifd",
@@ -298,6 +316,11 @@ impl Capabilities {
     /// memory faster than it is sent.
     pub fn auto_converge(&self) -> bool {
         self.get("auto-converge")
+    }
+
+    /// `xbzrle`: re-sent pages XBZRLE-encoded against the source's page cache.
+    pub fn xbzrle(&self) -> bool {
+        self.get("xbzrle")
     }
 
     /// `multifd`: pages over `multifd-channels` extra connections.

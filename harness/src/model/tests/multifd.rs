@@ -13,6 +13,7 @@ fn caps(side: Side, on: bool) -> Op {
         events: None,
         pause_before_switchover: None,
         multifd: Some(on),
+        xbzrle: None,
     }
 }
 
@@ -24,6 +25,7 @@ fn params(side: Side, channels: u64, downtime_limit: Option<u64>) -> Op {
         avail_switchover_bandwidth: None,
         switchover_hold: None,
         multifd_channels: Some(channels),
+        xbzrle_cache_size: None,
     }
 }
 
@@ -249,13 +251,14 @@ fn a_fresh_destination_forgets_multifd() {
 }
 
 #[test]
-fn the_generator_avoids_migrations_qemu_stalls_on() {
+fn the_generator_avoids_multifd_mismatches() {
+    // QEMU 7.2 stalls on some and races on the others (see `migrate_stalls_qemu`).
     use crate::model::strategy::executable;
     for (src, dst, stalls) in [
         (None, Some(2), true),
         (Some(1), Some(3), true),
-        (Some(3), Some(1), false),
-        (Some(2), None, false),
+        (Some(3), Some(1), true),
+        (Some(2), None, true),
         (Some(2), Some(2), false),
         (None, None, false),
     ] {

@@ -90,6 +90,7 @@ fn set_capabilities_only_without_running_migration() {
             events: Some(true),
             pause_before_switchover: None,
             multifd: None,
+            xbzrle: None,
         },
     );
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -113,6 +114,7 @@ fn set_parameters_any_time_but_downtime_range_checked() {
         avail_switchover_bandwidth: None,
         switchover_hold: None,
         multifd_channels: None,
+        xbzrle_cache_size: None,
     };
     let (e, _) = run(&mut m, op);
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -127,6 +129,7 @@ fn set_parameters_any_time_but_downtime_range_checked() {
         avail_switchover_bandwidth: None,
         switchover_hold: None,
         multifd_channels: None,
+        xbzrle_cache_size: None,
     };
     let (e, _) = run(&mut m, bad.clone());
     assert_eq!(e.replies(), vec![&ExpectedReply::error(ERR_DOWNTIME_LIMIT)]);
@@ -502,6 +505,7 @@ fn unguaranteed_convergence_may_time_out() {
             avail_switchover_bandwidth: None,
             switchover_hold: None,
             multifd_channels: None,
+            xbzrle_cache_size: None,
         },
     );
     assert!(!m.expect(&Op::WaitCompleted {}).may_time_out());

@@ -8,6 +8,7 @@ use super::super::expect::{
 };
 use super::super::multifd;
 use super::super::types::MAX_DOWNTIME_LIMIT_MS;
+use super::xbzrle;
 use super::{step, Dst, DstPhase, GuestRun, SrcPhase, Step, World};
 
 use MigrationStatus as S;
@@ -26,6 +27,7 @@ impl World {
                 downtime_limit,
                 switchover_hold,
                 multifd_channels,
+                xbzrle_cache_size,
                 ..
             } => {
                 if !self.side_alive(*side) {
@@ -39,6 +41,9 @@ impl World {
                 }
                 if let Some(e) = multifd::channels_range_error(*multifd_channels) {
                     return step(ExpectedReply::error(e), w);
+                }
+                if let Some(err) = xbzrle::cache_size_error(*xbzrle_cache_size) {
+                    return step(ExpectedReply::error(err), w);
                 }
                 let p = match side {
                     Side::Source => &mut w.src.params,
@@ -63,6 +68,7 @@ impl World {
                 events,
                 pause_before_switchover,
                 multifd,
+                xbzrle,
             } => {
                 if !self.side_alive(*side) {
                     return step(ExpectedReply::Dead, w);
@@ -82,6 +88,9 @@ impl World {
                 }
                 if let Some(m) = multifd {
                     c.multifd = *m;
+                }
+                if let Some(x) = xbzrle {
+                    c.xbzrle = *x;
                 }
                 step(ok, w)
             }

@@ -13,6 +13,7 @@ use MigrationStatus as S;
 
 mod apply;
 mod auto_converge;
+pub(crate) mod xbzrle;
 
 /// Where the source guest stands when no migration stops it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,8 +13,11 @@ use super::stream::{
 };
 use super::switchover::{self, Semaphore};
 use super::transport::{self, Conn, MigrationUri};
+use super::xbzrle::{Xbzrle, MAX_ENCODED};
 use super::{lock, Shared};
-use migtest_qmp::schema::{MigrationInfo, MigrationStats, MigrationStatus, RunState};
+use migtest_qmp::schema::{
+    MigrationInfo, MigrationStats, MigrationStatus, RunState, XbzrleCacheStats,
+};
 use serde_json::json;
 use std::io::{self, BufWriter};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,7 @@ mod passes;
 mod postcopy;
 mod recovery;
 mod throttle;
+mod xbzrle;
 
 use super::multifd::send::Sender as MultifdSender;
 use pages::Batch;
@@ -58,6 +62,8 @@ pub(crate) struct OutInfo {
     pub downtime: Option<u64>,
     pub expected_downtime: u64,
     pub stats: MigrationStats,
+    /// `xbzrle-cache`, when the migration started with `xbzrle`.
+    pub xbzrle: Option<XbzrleCacheStats>,
 }
 
 /// One outgoing migration.
@@ -170,6 +176,7 @@ impl Outgoing {
                     info.expected_downtime = Some(i.expected_downtime);
                 }
                 info.ram = Some(i.stats);
+                info.xbzrle_cache = i.xbzrle;
             }
             S::Failed => info.error_desc = i.error,
             _ => {}
@@ -213,6 +220,10 @@ fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
                 page_size: PAGE_SIZE as u64,
                 ..MigrationStats::default()
             },
+            xbzrle: lock(&shared.caps).xbzrle().then(|| XbzrleCacheStats {
+                cache_size: shared.params().xbzrle_cache_size,
+                ..XbzrleCacheStats::default()
+            }),
         }),
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
@@ -315,6 +326,8 @@ struct Engine<'a> {
     mfd: Option<MultifdSender>,
     /// auto-converge's trigger state.
     throttle: super::auto_converge::Trigger,
+    /// XBZRLE (capability `xbzrle`): the page cache and its counters.
+    xbz: Option<Xbzrle>,
 }
 
 fn run(
@@ -474,6 +487,9 @@ fn run_inner(
             sent_digest: Vec::new(),
             mfd,
             throttle: Default::default(),
+            xbz: lock(&shared.caps)
+                .xbzrle()
+                .then(|| Xbzrle::new(shared.params().xbzrle_cache_size, page_count)),
         };
         let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
         if let (Err(_), Some(m)) = (&r, &e.mfd) {

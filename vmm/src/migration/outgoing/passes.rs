@@ -97,6 +97,7 @@ impl Engine<'_> {
             self.last_sync = Instant::now();
             self.dirty_period_pages = 0;
         }
+        self.xbzrle_sync(rate.is_some());
         {
             let mut i = lock(&self.out.info);
             i.stats.dirty_sync_count = self.sync_count;

@@ -38,6 +38,7 @@ impl Engine<'_> {
         }
         self.advance(MigrationStatus::Active, MigrationStatus::PostcopyActive)?;
         let precopy = self.w.written();
+        self.xbzrle_postcopy();
         self.sync_dirty()?;
         self.w.postcopy(&self.bitmap).map_err(write_err)?;
         self.send_device_state()?;

@@ -19,6 +19,9 @@ pub trait StreamSink {
     fn postcopy(&mut self, _bitmap: &[u64]) -> Result<(), String> {
         Ok(())
     }
+    /// An XBZRLE page (index range-checked, encoding validated): decode it
+    /// against the page's current content.
+    fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String>;
     /// The device state after a POSTCOPY record (already a valid
     /// [`DeviceRecord`]): the destination may run the guest from here.
     fn postcopy_device(&mut self, _json: &[u8]) -> Result<(), String> {
@@ -37,6 +40,8 @@ pub struct LoadSummary {
     pub zero_pages: u64,
     /// Full-page records.
     pub pages: u64,
+    /// XBZRLE records.
+    pub xbzrle_pages: u64,
     /// Device record JSON (a valid [`DeviceRecord`], not yet loaded).
     pub device_state: Vec<u8>,
     /// Offset of the device state record.
@@ -110,6 +115,13 @@ fn load_records<R: Read>(
                 sum.zero_pages += zero;
                 sum.pages += full;
             }
+            Record::Xbzrle(p, data) => {
+                sink.xbzrle(p, &data).map_err(|reason| StreamError {
+                    offset: at,
+                    kind: StreamErrorKind::Load { page: p, reason },
+                })?;
+                sum.xbzrle_pages += 1;
+            }
             Record::Postcopy(bitmap) => {
                 sum.postcopy = true;
                 sink.postcopy(&bitmap).map_err(|reason| StreamError {
@@ -177,6 +189,9 @@ impl StreamSink for NullSink {
     fn page(&mut self, _page: u64, _data: &[u8; PAGE_SIZE]) -> Result<(), String> {
         Ok(())
     }
+    fn xbzrle(&mut self, _page: u64, _encoded: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A sink into a flat in-memory image (tests, tools).
@@ -198,5 +213,14 @@ impl StreamSink for VecSink<'_> {
             .ok_or_else(|| "page beyond image".to_string())?
             .copy_from_slice(data);
         Ok(())
+    }
+    fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        let s = page as usize * PAGE_SIZE;
+        let dst: &mut [u8; PAGE_SIZE] = self
+            .0
+            .get_mut(s..s + PAGE_SIZE)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| "page beyond image".to_string())?;
+        crate::migration::xbzrle::decode(encoded, dst).map_err(|e| e.reason)
     }
 }

@@ -347,6 +347,35 @@ impl<R: Read> StreamReader<R> {
         Ok(count)
     }
 
+    /// The body of an XBZRLE record: index, length, then the encoding,
+    /// validated whole (runs inside the page and the record) before it is
+    /// handed on.
+    fn read_xbzrle(&mut self) -> Result<Record, StreamError> {
+        let page = self.page_index()?;
+        let len_at = self.offset;
+        let mut l = [0u8; 2];
+        self.fill(&mut l, "xbzrle page length")?;
+        let len = u16::from_be_bytes(l);
+        let max = crate::migration::xbzrle::MAX_ENCODED as u16;
+        if len == 0 || len > max {
+            return Err(self.err(len_at, StreamErrorKind::XbzrleLength { len, max }));
+        }
+        // Bounded by MAX_ENCODED (one page) above.
+        let mut data = vec![0u8; len as usize];
+        let data_at = self.offset;
+        self.fill(&mut data, "xbzrle page data")?;
+        crate::migration::xbzrle::walk(&data, |_, _| {}).map_err(|e| {
+            self.err(
+                data_at + e.at as u64,
+                StreamErrorKind::Xbzrle {
+                    page,
+                    reason: e.reason,
+                },
+            )
+        })?;
+        Ok(Record::Xbzrle(page, data))
+    }
+
     /// Checks that a page record may appear now.
     fn page_allowed(&self, at: u64, record: &'static str) -> Result<(), StreamError> {
         match self.phase {
@@ -421,6 +450,14 @@ impl<R: Read> StreamReader<R> {
             tag::PAGES => {
                 self.page_allowed(at, "page batch")?;
                 self.read_batch().map(Record::Pages)
+            }
+            tag::XBZRLE => {
+                self.main_only(at, "xbzrle page")?;
+                if self.phase == Phase::Postcopy {
+                    return Err(self.out_of_order(at, "xbzrle page", "in postcopy"));
+                }
+                self.page_allowed(at, "xbzrle page")?;
+                self.read_xbzrle()
             }
             tag::DEVICE => {
                 self.main_only(at, "device state")?;
