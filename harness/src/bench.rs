@@ -36,10 +36,21 @@ pub enum Bench {
     /// The builtin catalog with telemetry sampling on and off: wall times and
     /// the overhead (not part of `all`).
     Telemetry,
+    /// Time to converge with and without auto-converge, migtest-vmm beside
+    /// QEMU (not part of `all`).
+    AutoConverge,
+    /// Bytes on the wire with and without `xbzrle`, beside QEMU (not part of `all`).
+    Xbzrle,
 }
 
+mod auto_converge;
 pub mod telemetry;
 mod vs_qemu;
+mod vs_qemu_multifd;
+
+mod xbzrle;
+
+pub use vs_qemu::VsQemuSizes;
 
 /// Spawns `program args` and measures the time until `qmp_capabilities`
 /// is answered on `socket`; the process is killed afterwards.
@@ -290,16 +301,23 @@ fn limits(memory: u64) -> Result<()> {
 /// Runs the chosen benchmarks, printing one line per figure. `runs` is per
 /// start-up figure (default 10), per `vs-qemu` case (default 5) or per
 /// `telemetry` catalog run (default 3); `sizes` are the `vs-qemu` guest
-/// sizes; `filter` picks `telemetry`'s scenarios.
+/// sizes (one channel, and the multifd section's); `filter` picks
+/// `telemetry`'s scenarios.
 pub fn run(
     which: Bench,
     memory: u64,
     runs: Option<usize>,
-    sizes: &[u64],
+    sizes: &VsQemuSizes,
     filter: Option<&str>,
 ) -> Result<()> {
     if which == Bench::VsQemu {
         return vs_qemu::run(sizes, runs.unwrap_or(5));
+    }
+    if which == Bench::AutoConverge {
+        return auto_converge::run(memory);
+    }
+    if which == Bench::Xbzrle {
+        return xbzrle::run();
     }
     if which == Bench::Telemetry {
         return telemetry::run(memory, runs.unwrap_or(3).max(1), filter);

@@ -23,6 +23,7 @@ pub mod model;
 pub mod observe;
 pub mod pair;
 pub mod process;
+pub mod proxy;
 pub mod qmp_client;
 pub mod replay;
 pub mod report;

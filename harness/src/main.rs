@@ -142,6 +142,12 @@ enum Command {
         /// Guest sizes for vs-qemu.
         #[arg(long, value_delimiter = ',', default_value = "128M,1G,4G", value_parser = parse_size)]
         sizes: Vec<u64>,
+        /// vs-qemu: multifd channel counts of the multifd section (0 leaves it out).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        multifd_channels: Vec<u8>,
+        /// vs-qemu: guest sizes of the multifd section (filled guests).
+        #[arg(long, value_delimiter = ',', default_value = "4G", value_parser = parse_size)]
+        multifd_sizes: Vec<u64>,
         /// telemetry: only catalog scenarios whose name contains PATTERN.
         #[arg(long, value_name = "PATTERN")]
         filter: Option<String>,
@@ -349,8 +355,20 @@ fn main() -> ExitCode {
             memory,
             runs,
             sizes,
+            multifd_channels,
+            multifd_sizes,
             filter,
-        } => match migtest::bench::run(which, memory, runs, &sizes, filter.as_deref()) {
+        } => match migtest::bench::run(
+            which,
+            memory,
+            runs,
+            &migtest::bench::VsQemuSizes {
+                sizes,
+                multifd_channels: multifd_channels.into_iter().filter(|&n| n > 0).collect(),
+                multifd_sizes,
+            },
+            filter.as_deref(),
+        ) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("migtest bench: {e:#}");

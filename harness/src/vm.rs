@@ -198,6 +198,33 @@ impl Vm {
         format!("{} VMM (pid {})", self.role, self.process.pid())
     }
 
+    /// On QEMU, waits until the previous migration's cleanup has unregistered its yank
+    /// instance (`query-yank` lists no `migration`): QEMU reports `failed`/`cancelled` before
+    /// that cleanup ends, and a `migrate` in between fails with "duplicate yank instance".
+    /// Nothing to wait for on the builtin VMM, which cleans up before it reports the status.
+    pub fn await_migration_cleanup(&self, timeout: Duration) -> anyhow::Result<()> {
+        if !self.backend.is_qemu() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let instances = self.execute("query-yank", json!({}))?;
+            let held = instances
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["type"] == "migration"));
+            if !held {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: the previous migration's yank instance was still registered after {timeout:?} (query-yank)",
+                    self.who()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Runs a QMP command, errors naming this VM.
     pub fn execute(&self, name: &str, args: Value) -> anyhow::Result<Value> {
         let reply = self

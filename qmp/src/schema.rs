@@ -313,6 +313,32 @@ pub struct MigrationInfo {
     /// Blockers (QEMU 7.2 sends an empty list flag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_reasons: Option<Vec<String>>,
+    /// auto-converge's vCPU throttle, %, while the source is throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_percentage: Option<u64>,
+    /// XBZRLE statistics, while the source has the `xbzrle` capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xbzrle_cache: Option<XbzrleCacheStats>,
+}
+
+/// `XBZRLECacheStats`, the `xbzrle-cache` member of `query-migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct XbzrleCacheStats {
+    /// `xbzrle-cache-size` in bytes.
+    pub cache_size: u64,
+    /// Bytes of XBZRLE-encoded pages sent (headers included, as QEMU counts).
+    pub bytes: u64,
+    /// Pages that hit the cache (encoded, skipped as unchanged, or overflowed).
+    pub pages: u64,
+    /// Pages not in the cache when sent.
+    pub cache_miss: u64,
+    /// Cache misses per page sent over the last rate period.
+    pub cache_miss_rate: f64,
+    /// Bytes of the pages encoded per byte of encoding, last rate period.
+    pub encoding_rate: f64,
+    /// Pages whose encoding would not fit in a page (sent whole).
+    pub overflow: u64,
 }
 
 /// The reply of `query-migrate-parameters` (the subset migtest uses; other
@@ -335,6 +361,24 @@ pub struct MigrationParameters {
     /// Page channels per migration with the `multifd` capability (1..=255).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multifd_channels: Option<u8>,
+    /// auto-converge's first throttle, %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_initial: Option<u8>,
+    /// auto-converge's throttle step, %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_increment: Option<u8>,
+    /// auto-converge: smaller steps near the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_tailslow: Option<bool>,
+    /// auto-converge's ceiling, %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_throttle: Option<u8>,
+    /// Bandwidth cap of postcopy's background pages in bytes/s; 0 is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_postcopy_bandwidth: Option<u64>,
+    /// Size of the source's XBZRLE page cache, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xbzrle_cache_size: Option<u64>,
 }
 
 /// One entry of `query-migrate-capabilities` / `migrate-set-capabilities`.

@@ -73,6 +73,11 @@ const NAMES: &[&str] = &[
     "multifd/destination-killed",
     "mission/postcopy",
     "postcopy/running-destination",
+    "mission/auto-converge",
+    "postcopy/destination-killed",
+    "postcopy/network-cut-recover",
+    "postcopy/migrate-pause-recover",
+    "mission/xbzrle",
 ];
 
 #[rstest]
@@ -109,6 +114,11 @@ const NAMES: &[&str] = &[
 #[case::multifd_destination_killed(30)]
 #[case::mission_postcopy(31)]
 #[case::postcopy_running_destination(32)]
+#[case::mission_auto_converge(33)]
+#[case::postcopy_destination_killed(34)]
+#[case::postcopy_network_cut_recover(35)]
+#[case::postcopy_migrate_pause_recover(36)]
+#[case::mission_xbzrle(37)]
 fn catalog_builtin(#[case] index: usize) {
     run(NAMES[index]);
 }

@@ -75,6 +75,9 @@ cases! {
     qemu_mission_256m => "mission/256m";
     qemu_mission_postcopy => "mission/postcopy";
     qemu_postcopy_running_destination => "postcopy/running-destination";
+    qemu_postcopy_destination_killed => "postcopy/destination-killed";
+    qemu_postcopy_network_cut_recover => "postcopy/network-cut-recover";
+    qemu_postcopy_migrate_pause_recover => "postcopy/migrate-pause-recover";
     qemu_mission_tcp_smp1 => "mission/tcp/smp1";
     qemu_mission_unix_smp2 => "mission/unix/smp2";
     qemu_mission_tcp_smp2 => "mission/tcp/smp2";
@@ -104,6 +107,8 @@ cases! {
     qemu_mission_multifd_tcp => "mission/multifd/tcp";
     qemu_multifd_cancel_during_pass => "multifd/cancel-during-pass";
     qemu_multifd_destination_killed => "multifd/destination-killed";
+    qemu_mission_auto_converge => "mission/auto-converge";
+    qemu_mission_xbzrle => "mission/xbzrle";
 }
 
 /// Every catalog scenario has a QEMU case here (a new scenario fails this

@@ -48,6 +48,8 @@ pub const COMMANDS: &[&str] = &[
     "migrate_cancel",
     "migrate-continue",
     "migrate-start-postcopy",
+    "migrate-pause",
+    "migrate-recover",
     "migrate-set-parameters",
     "query-migrate-parameters",
     "migrate-set-capabilities",
@@ -252,6 +254,11 @@ impl Dispatcher {
                 no_args(args)?;
                 m.migrate_start_postcopy()?
             }
+            "migrate-pause" => {
+                no_args(args)?;
+                m.migrate_pause()?
+            }
+            "migrate-recover" => m.migrate_recover(Args::new(args))?,
             "migrate-set-parameters" => m.set_parameters(Args::new(args))?,
             "query-migrate-parameters" => {
                 no_args(args)?;

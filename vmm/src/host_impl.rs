@@ -76,6 +76,14 @@ impl MigrationRam for GuestRam {
         GuestRam::postcopy_fill(self, page, data)
     }
 
+    fn postcopy_missing_bitmap(&self) -> Vec<u64> {
+        self.postcopy_gate().missing_bitmap()
+    }
+
+    fn postcopy_reconnect(&self, requester: Box<dyn PageRequester>) {
+        self.postcopy_gate().reconnect(requester);
+    }
+
     fn postcopy_disarm(&self) {
         self.postcopy_gate().disarm();
     }
@@ -123,6 +131,14 @@ impl MigrationHost for Vm {
 
     fn vm_start(&self) {
         Vm::vm_start(self)
+    }
+
+    fn set_cpu_throttle(&self, pct: u8) {
+        self.guest().set_cpu_throttle(pct);
+    }
+
+    fn cpu_throttle(&self) -> u8 {
+        self.guest().cpu_throttle()
     }
 
     fn autostart(&self) -> bool {

@@ -1,7 +1,6 @@
 //! The migration QMP entry points and the source/destination engines,
 //! in-process with in-memory guests over real unix and TCP sockets.
 
-use migtest_qmp::args::Args;
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
 use migtest_vmm::migration::testing::TestHost;
 use migtest_vmm::migration::Migration;
@@ -12,122 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn args(v: Value) -> Args {
-    match v {
-        Value::Object(m) => Args::new(Some(m)),
-        _ => panic!("arguments must be an object"),
-    }
-}
+mod common;
 
-fn err(r: Result<Value, migtest_qmp::ErrorBody>) -> String {
-    let e = r.expect_err("command should fail");
-    assert_eq!(e.class, "GenericError");
-    e.desc
-}
+use common::inproc::{
+    args, err, events_on, info, new_destination, passes, wait_status, wait_until, workload, Pair,
+    SOURCE_COMPLETED_TRACE,
+};
 
-fn info(m: &Migration) -> MigrationInfo {
-    serde_json::from_value(m.query_migrate().unwrap()).unwrap()
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn wait_status(m: &Migration, s: MigrationStatus) {
-    let mut last = None;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let i = info(m);
-        if i.status == Some(s) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {s}: {last:?}"
-        );
-        last = Some(i);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn passes(m: &Migration) -> u64 {
-    info(m).ram.map(|r| r.dirty_sync_count).unwrap_or(0)
-}
-
-fn events_on(m: &Migration) {
-    m.set_capabilities(args(
-        json!({"capabilities": [{"capability": "events", "state": true}]}),
-    ))
-    .unwrap();
-}
-
-/// A source and a destination (`-incoming defer` + `migrate-incoming`) with
-/// events on; returns the URI the source should use.
-struct Pair {
-    src: Arc<TestHost>,
-    sm: Arc<Migration>,
-    dst: Arc<TestHost>,
-    dm: Arc<Migration>,
-    uri: String,
-    _dir: tempfile::TempDir,
-}
-
+/// A source and a destination over a unix socket, events on both.
 fn pair(pages: u64) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let (src, sm) = TestHost::new(pages, RunState::Running);
-    events_on(&sm);
-    sm.set_parameters(args(json!({"max-bandwidth": 0})))
-        .unwrap();
-    let dm = new_destination(pages, &dir);
-    let uri = format!("unix:{}", dir.path().join("mig.sock").display());
-    dm.1.migrate_incoming(args(json!({"uri": uri, "exit-on-error": false})))
-        .unwrap();
-    Pair {
-        src,
-        sm,
-        dst: dm.0,
-        dm: dm.1,
-        uri,
-        _dir: dir,
-    }
-}
-
-fn new_destination(pages: u64, _dir: &tempfile::TempDir) -> (Arc<TestHost>, Arc<Migration>) {
-    let (dst, dm) = TestHost::new(pages, RunState::Prelaunch);
-    dm.start_incoming_from_cmdline("defer").unwrap();
-    assert_eq!(dst.state(), RunState::Inmigrate);
-    events_on(&dm);
-    (dst, dm)
-}
-
-/// A "vCPU" dirtying random pages until stopped or told to quit.
-fn workload(host: Arc<TestHost>, quit: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let pages = host.ram.snapshot().len() as u64 / 4096;
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        let mut n = 0u64;
-        while !quit.load(Ordering::SeqCst) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let page = x % pages;
-            let off = (x >> 32) % 4088;
-            if !host.guest_write(page * 4096 + off, &n.to_le_bytes()) {
-                // vCPUs are paused.
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            n += 1;
-            if n.is_multiple_of(64) {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
-        n
-    })
+    Pair::new(pages, false, events_on, events_on)
 }
 
 fn pass_events(h: &TestHost) -> Vec<u64> {
@@ -150,7 +43,10 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 300, "max-bandwidth": 134217728,
                "avail-switchover-bandwidth": 0, "switchover-hold": false,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "cpu-throttle-initial": 20,
+               "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
+               "max-cpu-throttle": 99,
+               "max-postcopy-bandwidth": 0, "xbzrle-cache-size": 67108864})
     );
     let bad = [
         json!({"downtime-limit": 2_000_001}),
@@ -183,7 +79,10 @@ fn parameter_defaults_and_errors() {
         m.query_parameters().unwrap(),
         json!({"downtime-limit": 2_000_000, "max-bandwidth": u64::MAX,
                "avail-switchover-bandwidth": 1, "switchover-hold": true,
-               "multifd-channels": 2})
+               "multifd-channels": 2, "cpu-throttle-initial": 20,
+               "cpu-throttle-increment": 10, "cpu-throttle-tailslow": false,
+               "max-cpu-throttle": 99,
+               "max-postcopy-bandwidth": 0, "xbzrle-cache-size": 67108864})
     );
     m.set_parameters(args(json!({}))).unwrap();
     assert!(m.parameters().switchover_hold);
@@ -214,7 +113,7 @@ fn capability_list_and_errors() {
         json!({"capabilities": [{"capability": "events", "state": "on"}]}),
         json!({"capabilities": [{"capability": "events", "state": true, "x": 1}]}),
         json!({"capabilities": [{"capability": "events", "state": true},
-                                {"capability": "xbzrle", "state": true}]}),
+                                {"capability": "compress", "state": true}]}),
         json!({"capabilities": [], "extra": true}),
     ];
     let mut report = String::new();
@@ -361,30 +260,10 @@ fn live_migration_with_hold_ends_byte_identical() {
     assert_eq!(p.src.state(), RunState::Running);
     assert_eq!(p.dm.incoming_status(), MigrationStatus::Active);
     let before = passes(&p.sm);
-    p.sm.set_parameters(args(json!({"switchover-hold": false})))
-        .unwrap();
-    wait_status(&p.sm, MigrationStatus::Completed);
-    wait_status(&p.dm, MigrationStatus::Completed);
-    quit.store(true, Ordering::SeqCst);
-    assert!(w.join().unwrap() > 0);
-
-    // Memory and device state arrived intact.
-    assert!(p.src.ram.snapshot() == p.dst.ram.snapshot(), "RAM differs");
-    assert_eq!(
-        *p.dst.loaded_state.lock().unwrap(),
-        Some(p.src.device_state.lock().unwrap().clone())
-    );
+    // Memory and device state arrive intact.
+    p.release_and_check(&quit, w);
     assert_eq!(p.src.state(), RunState::Postmigrate);
-    assert_eq!(p.dst.state(), RunState::Running);
-    assert_eq!(
-        p.src.event_trace(),
-        [
-            "MIGRATION:setup",
-            "MIGRATION:active",
-            "STOP",
-            "MIGRATION:completed"
-        ]
-    );
+    assert_eq!(p.src.event_trace(), SOURCE_COMPLETED_TRACE);
     assert_eq!(
         p.dst.event_trace(),
         [
@@ -473,7 +352,7 @@ fn cancel_during_hold_keeps_the_source_running_and_hold_persists() {
     // The flag persists: a new migration to a fresh destination holds too.
     assert!(p.sm.parameters().switchover_hold);
     let dir = tempfile::tempdir().unwrap();
-    let (dst2, dm2) = new_destination(64, &dir);
+    let (dst2, dm2) = new_destination(64);
     let uri2 = format!("unix:{}", dir.path().join("s2").display());
     dm2.migrate_incoming(args(json!({"uri": uri2}))).unwrap();
     let quit = Arc::new(AtomicBool::new(false));
@@ -611,7 +490,7 @@ fn unreachable_destination_fails_and_a_new_migration_works() {
     sm.migrate_cancel().unwrap();
     assert_eq!(info(&sm).status, Some(MigrationStatus::Failed));
 
-    let (dst, dm) = new_destination(16, &dir);
+    let (dst, dm) = new_destination(16);
     let uri = format!("unix:{}", dir.path().join("ok").display());
     dm.migrate_incoming(args(json!({"uri": uri}))).unwrap();
     sm.migrate(args(json!({"uri": uri}))).unwrap();
@@ -852,7 +731,7 @@ fn a_migrated_guest_migrates_on() {
     wait_status(&p.dm, MigrationStatus::Completed);
     assert_eq!(p.dst.state(), RunState::Running);
     let dir = tempfile::tempdir().unwrap();
-    let (third, tm) = new_destination(16, &dir);
+    let (third, tm) = new_destination(16);
     let uri = format!("unix:{}", dir.path().join("hop2").display());
     tm.migrate_incoming(args(json!({"uri": uri}))).unwrap();
     p.dm.migrate(args(json!({"uri": uri}))).unwrap();

@@ -1,52 +1,28 @@
 //! Live migration between two real in-process VMs (`Vm` + `Guest` with
 //! vCPU threads running the `sweep` A-B workload), over a unix socket.
 
-use migtest_qmp::args::Args;
 use migtest_qmp::schema::{MigrationStatus, RunState};
-use migtest_vmm::guest::{check_ab_invariant, Guest, GuestConfig, GuestImage, SerialConfig};
-use migtest_vmm::migration::{Migration, MigrationHost};
+use migtest_vmm::guest::check_ab_invariant;
+use migtest_vmm::migration::Migration;
 use migtest_vmm::vm::Vm;
-use serde_json::{json, Value};
-use std::path::Path;
+use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
-fn args(v: Value) -> Args {
-    match v {
-        Value::Object(m) => Args::new(Some(m)),
-        _ => panic!("arguments must be an object"),
-    }
-}
+mod common;
+
+use common::inproc::{
+    args, device_states_match_then_destination_runs, status, sweep_vm, wait_until,
+};
 
 fn vm(initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<Migration>) {
-    let image =
-        GuestImage::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/sweep.toml"))
-            .expect("sweep image");
-    let guest = Guest::new(GuestConfig {
-        ram_size: 16 * MIB,
-        vcpus: 1,
-        image,
-        serial: SerialConfig::None,
-    })
-    .expect("guest");
-    let vm = Arc::new(Vm::new(guest, None, initial, autostart));
-    let host: Arc<dyn MigrationHost> = vm.clone();
-    let m = Arc::new(Migration::new(Arc::downgrade(&host)));
-    (vm, m)
+    sweep_vm(16 * MIB, initial, autostart)
 }
 
-fn status(m: &Migration) -> Option<MigrationStatus> {
-    m.info().status
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait(what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, 30, f)
 }
 
 #[test]
@@ -85,13 +61,5 @@ fn sweep_guest_migrates_with_hold_and_stays_consistent() {
     let (start, end) = dst.guest().config().image.test_range(16 * MIB);
     let ab = check_ab_invariant(d.page_first_bytes(start, end)).expect("A-B invariant");
     assert!(ab.pages > 0);
-    assert_eq!(
-        serde_json::to_value(src.guest().save_state().unwrap()).unwrap(),
-        serde_json::to_value(dst.guest().save_state().unwrap()).unwrap()
-    );
-    // The destination guest runs on after `cont`-like start.
-    dst.vm_start();
-    assert_eq!(dst.runstate(), RunState::Running);
-    src.guest().pause();
-    dst.guest().pause();
+    device_states_match_then_destination_runs(&src, &dst);
 }

@@ -3,53 +3,28 @@
 //! while `switchover-hold` is set, page requests over the return path,
 //! byte-equal memory, and the QMP errors.
 
-use migtest_qmp::args::Args;
 use migtest_qmp::schema::{MigrationStatus, RunState};
-use migtest_vmm::guest::{check_ab_invariant, Guest, GuestConfig, GuestImage, SerialConfig};
-use migtest_vmm::migration::{Migration, MigrationHost};
+use migtest_vmm::guest::check_ab_invariant;
+use migtest_vmm::migration::Migration;
 use migtest_vmm::vm::Vm;
-use serde_json::{json, Value};
-use std::path::Path;
+use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 const RAM: u64 = 16 * MIB;
 
-fn args(v: Value) -> Args {
-    match v {
-        Value::Object(m) => Args::new(Some(m)),
-        _ => panic!("arguments must be an object"),
-    }
-}
+mod common;
+
+use common::inproc::{
+    args, device_states_match_then_destination_runs, status, sweep_vm, wait_until,
+};
 
 fn vm(initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<Migration>) {
-    let image =
-        GuestImage::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/sweep.toml"))
-            .expect("sweep image");
-    let guest = Guest::new(GuestConfig {
-        ram_size: RAM,
-        vcpus: 1,
-        image,
-        serial: SerialConfig::None,
-    })
-    .expect("guest");
-    let vm = Arc::new(Vm::new(guest, None, initial, autostart));
-    let host: Arc<dyn MigrationHost> = vm.clone();
-    let m = Arc::new(Migration::new(Arc::downgrade(&host)));
-    (vm, m)
+    sweep_vm(RAM, initial, autostart)
 }
 
-fn status(m: &Migration) -> Option<MigrationStatus> {
-    m.info().status
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+fn wait(what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, 60, f)
 }
 
 fn postcopy_on(m: &Migration) {
@@ -111,14 +86,7 @@ fn postcopy_under_hold_with_a_paused_destination_is_byte_equal() {
         ram.postcopy_bytes > 0,
         "pages were sent in postcopy: {ram:?}"
     );
-    assert_eq!(
-        serde_json::to_value(src.guest().save_state().unwrap()).unwrap(),
-        serde_json::to_value(dst.guest().save_state().unwrap()).unwrap()
-    );
-    dst.vm_start();
-    assert_eq!(dst.runstate(), RunState::Running);
-    src.guest().pause();
-    dst.guest().pause();
+    device_states_match_then_destination_runs(&src, &dst);
 }
 
 #[test]

@@ -121,6 +121,28 @@ fn batch_body() -> Vec<u8> {
     ])
 }
 
+/// An XBZRLE record with the encoding `enc` as given.
+fn rec_xbzrle(page: u64, enc: &[u8]) -> Vec<u8> {
+    let mut b = rec_u64(tag::XBZRLE, page);
+    b.extend_from_slice(&(enc.len() as u16).to_be_bytes());
+    b.extend_from_slice(enc);
+    b
+}
+
+/// `body()`, then pass 3 with page 0 and page 3 as XBZRLE deltas (bytes 1
+/// and 2 of page 0 become 0x01 0x02; page 3 gets 0x99 at byte 200).
+fn xbzrle_stream(extra: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts = vec![
+        body(),
+        rec_u64(tag::PASS, 3),
+        rec_xbzrle(0, &[1, 2, 1, 2]),
+        rec_xbzrle(3, &[0xc8, 0x01, 1, 0x99]),
+    ];
+    parts.extend_from_slice(extra);
+    parts.push(rec_dev(DEV));
+    with_end(cat(&parts))
+}
+
 fn rec_dev(json: &[u8]) -> Vec<u8> {
     let mut b = vec![tag::DEVICE];
     b.extend_from_slice(&(json.len() as u32).to_be_bytes());
@@ -202,7 +224,71 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("truncated-before-end.bin", g[..g.len() - 9].to_vec()),
         ("truncated-in-end.bin", g[..g.len() - 3].to_vec()),
         ("bad-magic.bin", bad_magic),
-        ("bad-version.bin", hdr_with(&|h| h.version = 4)),
+        (
+            "bad-version.bin",
+            hdr_with(&|h| h.version = stream::VERSION + 1),
+        ),
+        ("good-xbzrle.bin", xbzrle_stream(&[])),
+        (
+            "xbzrle-page-out-of-range.bin",
+            xbzrle_stream(&[rec_xbzrle(4, &[0, 1, 1])]),
+        ),
+        (
+            "xbzrle-length-zero.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[])]),
+        ),
+        (
+            "xbzrle-length-too-large.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[0x55; 4097])]),
+        ),
+        (
+            "xbzrle-zero-run-past-page.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[0xff, 0x7f, 1, 1])]),
+        ),
+        (
+            "xbzrle-data-run-past-page.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[0xff, 0x1f, 2, 1, 1])]),
+        ),
+        (
+            "xbzrle-data-run-past-record.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[0, 3, 1, 2])]),
+        ),
+        (
+            "xbzrle-empty-data-run.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[0, 0])]),
+        ),
+        (
+            "xbzrle-empty-zero-run.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[0, 1, 5, 0, 1, 5])]),
+        ),
+        (
+            "xbzrle-length-over-two-bytes.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[0x80, 0x80, 1])]),
+        ),
+        (
+            "xbzrle-run-length-missing.bin",
+            xbzrle_stream(&[rec_xbzrle(1, &[5])]),
+        ),
+        (
+            "xbzrle-before-pass.bin",
+            with_end(cat(&[
+                good_header(),
+                rec_xbzrle(0, &[0, 1, 1]),
+                rec_dev(DEV),
+            ])),
+        ),
+        (
+            "xbzrle-after-device-state.bin",
+            with_end(cat(&[body(), rec_dev(DEV), rec_xbzrle(0, &[0, 1, 1])])),
+        ),
+        (
+            "xbzrle-in-postcopy.bin",
+            postcopy_stream(0b0001, &[rec_xbzrle(0, &[0, 1, 1])]),
+        ),
+        ("truncated-in-xbzrle.bin", {
+            let x = xbzrle_stream(&[]);
+            x[..body().len() + 9 + 11 + 2].to_vec()
+        }),
         (
             "good-postcopy.bin",
             postcopy_stream(0b1001, &[rec_page(3, 0x77), rec_pages(&[0], 0x66)]),
@@ -415,6 +501,10 @@ fn fixture_streams_give_specific_errors() {
             "{name}: allocated {max} bytes"
         );
         let text = match r {
+            Ok(s) if s.xbzrle_pages > 0 => format!(
+                "ok: {} passes, {} pages, {} zero pages, {} xbzrle pages",
+                s.passes, s.pages, s.zero_pages, s.xbzrle_pages
+            ),
             Ok(s) => format!(
                 "ok: {} passes, {} pages, {} zero pages",
                 s.passes, s.pages, s.zero_pages
@@ -451,6 +541,28 @@ fn good_stream_loads_into_an_image() {
     assert!(img[PAGE_SIZE..3 * PAGE_SIZE].iter().all(|b| *b == 0));
     assert_eq!(img[3 * PAGE_SIZE], 3);
     assert_eq!(img[3 * PAGE_SIZE + 1], 0x55);
+}
+
+#[test]
+fn xbzrle_stream_decodes_against_the_current_pages() {
+    let mut img = vec![0x77u8; PAGES as usize * PAGE_SIZE];
+    let s = stream::load(&xbzrle_stream(&[])[..], expect(), &mut VecSink(&mut img)).unwrap();
+    assert_eq!((s.passes, s.pages, s.xbzrle_pages), (3, 3, 2));
+    // Page 0 was 0x00 0xbb 0xbb ...: bytes 1 and 2 replaced.
+    assert_eq!(&img[..4], &[0, 1, 2, 0xbb]);
+    assert!(img[4..PAGE_SIZE].iter().all(|b| *b == 0xbb));
+    // Page 3 was 0x03 0x55 ...: byte 200 replaced.
+    let p3 = &img[3 * PAGE_SIZE..];
+    assert_eq!((p3[0], p3[199], p3[200], p3[201]), (3, 0x55, 0x99, 0x55));
+    // Every cut of it is refused as truncated.
+    let g = xbzrle_stream(&[]);
+    for cut in body().len()..g.len() {
+        let e = decode(&g[..cut]).expect_err("a truncated stream must not load");
+        assert!(
+            matches!(e.kind, StreamErrorKind::Truncated { .. }),
+            "cut at {cut}: {e}"
+        );
+    }
 }
 
 #[test]

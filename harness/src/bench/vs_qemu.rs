@@ -42,11 +42,11 @@ impl Guest {
 
 /// Medians of one VMM's runs of one case.
 #[derive(Debug, Clone, Copy, Default)]
-struct Row {
-    total_ms: f64,
-    downtime_ms: f64,
-    transferred: f64,
-    gbs: f64,
+pub(super) struct Row {
+    pub(super) total_ms: f64,
+    pub(super) downtime_ms: f64,
+    pub(super) transferred: f64,
+    pub(super) gbs: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -112,9 +112,27 @@ impl Drop for FillFile {
     }
 }
 
-fn spec(backend: &Backend, memory: u64, guest: Guest, fill: Option<&Path>) -> PairSpec {
+/// What one migration of the comparison is: guest size and contents, the
+/// `fill` file for QEMU's filled guest, and the multifd channels (`None`:
+/// multifd off, one channel).
+#[derive(Clone, Copy)]
+struct Case<'a> {
+    memory: u64,
+    guest: Guest,
+    fill: Option<&'a Path>,
+    multifd: Option<u8>,
+}
+
+fn spec(backend: &Backend, case: &Case) -> PairSpec {
+    let Case {
+        memory,
+        guest,
+        fill,
+        multifd,
+    } = *case;
     let mut s = PairSpec::new(backend.clone());
     s.memory = memory;
+    s.multifd = multifd;
     s.image = match guest {
         Guest::Ab => "sweep",
         Guest::Filled => "bench-fill",
@@ -142,13 +160,9 @@ fn spec(backend: &Backend, memory: u64, guest: Guest, fill: Option<&Path>) -> Pa
 }
 
 /// One migration: launch, prepare the guest, migrate, the final figures.
-fn one_run(
-    contender: &Contender,
-    memory: u64,
-    guest: Guest,
-    fill: Option<&Path>,
-) -> Result<MigrationInfo> {
-    let mut pair = contender.launch(spec(&contender.backend, memory, guest, fill))?;
+fn one_run(contender: &Contender, case: &Case) -> Result<MigrationInfo> {
+    let (memory, guest) = (case.memory, case.guest);
+    let mut pair = contender.launch(spec(&contender.backend, case))?;
     let fill_wait = Duration::from_secs(60 + (memory >> 30) * 30);
     pair.src.wait_serial(b'B', fill_wait)?;
     if guest == Guest::Filled {
@@ -228,23 +242,21 @@ impl Contender {
 
 /// `runs` migrations of each contender, alternating (QEMU, then migtest-vmm)
 /// so that the machine's drift hits all alike.
-fn measure(
-    contenders: &[Contender],
-    memory: u64,
-    guest: Guest,
-    fill: Option<&Path>,
-    runs: usize,
-) -> Result<Vec<Row>> {
+fn measure(contenders: &[&Contender], case: &Case, runs: usize) -> Result<Vec<Row>> {
     let mut samples: Vec<Samples> = contenders.iter().map(|_| Samples::default()).collect();
     for k in 1..=runs {
         for (c, s) in contenders.iter().zip(samples.iter_mut()) {
+            let channels = match case.multifd {
+                Some(n) => format!(" multifd x{n}"),
+                None => String::new(),
+            };
             let what = format!(
-                "{} {} MiB {} run {k}/{runs}",
+                "{} {} MiB {}{channels} run {k}/{runs}",
                 c.label,
-                memory >> 20,
-                guest.name()
+                case.memory >> 20,
+                case.guest.name()
             );
-            let info = one_run(c, memory, guest, fill).with_context(|| what.clone())?;
+            let info = one_run(c, case).with_context(|| what.clone())?;
             let (t, d, x) = s.push(&info);
             eprintln!(
                 "  {what}: total {t} ms, downtime {d} ms, {:.0} MiB",
@@ -297,8 +309,20 @@ fn release_vs_cold(runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs the comparison for `sizes` (bytes), `runs` migrations per case.
-pub fn run(sizes: &[u64], runs: usize) -> Result<()> {
+/// The guest sizes (bytes) of `migtest bench vs-qemu`: the one-channel
+/// table's, and the multifd section's (filled guests, each channel count).
+#[derive(Debug, Clone)]
+pub struct VsQemuSizes {
+    /// One channel, A-B and filled guests.
+    pub sizes: Vec<u64>,
+    /// Channel counts of the multifd section (empty: no multifd section).
+    pub multifd_channels: Vec<u8>,
+    /// Filled-guest sizes of the multifd section.
+    pub multifd_sizes: Vec<u64>,
+}
+
+/// Runs the comparison for `sizes`, `runs` migrations per case.
+pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
     let qemu = if std::env::var_os("MIGTEST_BENCH_NO_QEMU").is_some() {
         None
     } else {
@@ -349,14 +373,20 @@ pub fn run(sizes: &[u64], runs: usize) -> Result<()> {
     );
     println!("| guest     | size      | VMM         | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  |");
     println!("|-----------|-----------|-------------|----------|----------|-----------|--------|----------|--------|");
-    for &memory in sizes {
+    let all: Vec<&Contender> = contenders.iter().collect();
+    for &memory in &sizes.sizes {
         for guest in [Guest::Ab, Guest::Filled] {
             let fill = match (guest, &qemu) {
                 (Guest::Filled, Some(_)) => Some(FillFile::create(memory)?),
                 _ => None,
             };
-            let fill_path = fill.as_ref().map(|f| f.0.as_path());
-            let rows = measure(&contenders, memory, guest, fill_path, runs)?;
+            let case = Case {
+                memory,
+                guest,
+                fill: fill.as_ref().map(|f| f.0.as_path()),
+                multifd: None,
+            };
+            let rows = measure(&all, &case, runs)?;
             let qemu_row = qemu.as_ref().map(|_| rows[0]);
             for (c, r) in contenders.iter().zip(&rows) {
                 let versus = qemu_row.as_ref().filter(|_| !c.backend.is_qemu());
@@ -364,6 +394,33 @@ pub fn run(sizes: &[u64], runs: usize) -> Result<()> {
             }
         }
     }
-    println!("multifd: not implemented in migtest-vmm yet (one channel only)");
+    // The baseline build is left out of the multifd section (time).
+    let multifd: Vec<&Contender> = contenders.iter().filter(|c| c.vmm.is_none()).collect();
+    if !sizes.multifd_channels.is_empty() {
+        super::vs_qemu_multifd::print_head(runs);
+    }
+    for &memory in sizes
+        .multifd_channels
+        .first()
+        .map_or(&[][..], |_| &sizes.multifd_sizes)
+    {
+        let fill = match &qemu {
+            Some(_) => Some(FillFile::create(memory)?),
+            None => None,
+        };
+        let mut by_channels = vec![];
+        for &channels in &sizes.multifd_channels {
+            let case = Case {
+                memory,
+                guest: Guest::Filled,
+                fill: fill.as_ref().map(|f| f.0.as_path()),
+                multifd: Some(channels),
+            };
+            let rows = measure(&multifd, &case, runs)?;
+            let labelled = multifd.iter().map(|c| c.label.clone()).zip(rows);
+            by_channels.push((channels, labelled.collect()));
+        }
+        super::vs_qemu_multifd::print_size(memory, &by_channels, ceiling);
+    }
     release_vs_cold(runs)
 }

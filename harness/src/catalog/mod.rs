@@ -14,10 +14,13 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod auto_converge;
 mod multifd;
 mod postcopy;
+mod postcopy_recovery;
 mod precopy;
 mod transports;
+mod xbzrle;
 
 use precopy::mission;
 
@@ -276,6 +279,26 @@ pub(super) fn wait_passes(ctx: &mut Ctx, pair: &mut Pair, n: u64) -> Result<()> 
     }
 }
 
+/// Cancels the held migration (step `cancel_step`): the source ends `cancelled` with its guest
+/// running; then (step `dst_step`) the destination ends `failed`, or has already exited.
+pub(super) fn cancel_then_destination_fails(
+    ctx: &mut Ctx,
+    pair: &mut Pair,
+    cancel_step: &str,
+    dst_step: &str,
+) -> Result<()> {
+    ctx.step(cancel_step);
+    pair.cancel()?;
+    pair.wait_src_status(MigrationStatus::Cancelled, STATUS_TIMEOUT)?;
+    pair.assert_source_runs()?;
+    ctx.step(dst_step);
+    let dst_failed = pair.wait_dst_status(MigrationStatus::Failed, STATUS_TIMEOUT);
+    if dst_failed.is_err() && pair.dst()?.is_alive() {
+        dst_failed?;
+    }
+    Ok(())
+}
+
 /// Migrates again, to a fresh destination: two held passes, release,
 /// completion, memory equal, the destination runs on.
 pub(super) fn remigrate_to_fresh_destination(ctx: &mut Ctx, pair: &mut Pair) -> Result<()> {
@@ -297,6 +320,9 @@ pub fn catalog() -> Vec<Scenario> {
     transports::add(&mut v);
     multifd::add(&mut v);
     postcopy::add(&mut v);
+    auto_converge::add(&mut v);
+    postcopy_recovery::add(&mut v);
+    xbzrle::add(&mut v);
     v
 }
 

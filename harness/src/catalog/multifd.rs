@@ -25,15 +25,12 @@ fn cancel_during_pass(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     ctx.step("migrate with multifd");
     pair.migrate()?;
     wait_passes(ctx, &mut pair, 2)?;
-    ctx.step("cancel during a multifd pass");
-    pair.cancel()?;
-    pair.wait_src_status(MigrationStatus::Cancelled, STATUS_TIMEOUT)?;
-    pair.assert_source_runs()?;
-    ctx.step("the destination fails");
-    let dst_failed = pair.wait_dst_status(MigrationStatus::Failed, STATUS_TIMEOUT);
-    if dst_failed.is_err() && pair.dst()?.is_alive() {
-        dst_failed?;
-    }
+    cancel_then_destination_fails(
+        ctx,
+        &mut pair,
+        "cancel during a multifd pass",
+        "the destination fails",
+    )?;
     ctx.step("a new multifd migration to a fresh destination completes");
     remigrate_to_fresh_destination(ctx, &mut pair)
 }

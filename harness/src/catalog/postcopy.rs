@@ -23,7 +23,7 @@ fn enable_postcopy(pair: &Pair) -> Result<Option<String>> {
 
 /// A pair with `postcopy-ram` on both sides, after the first pass; `None`
 /// (the scenario skipped with QEMU's reason) when the backend refuses it.
-fn launch_postcopy(ctx: &mut Ctx, spec: PairSpec) -> Result<Option<Pair>> {
+pub(super) fn launch_postcopy(ctx: &mut Ctx, spec: PairSpec) -> Result<Option<Pair>> {
     let pair = ctx.launch(spec)?;
     ctx.step("postcopy-ram on both sides");
     if let Some(reason) = enable_postcopy(&pair)? {

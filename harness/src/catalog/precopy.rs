@@ -68,19 +68,12 @@ fn preheat_cancel_remigrate(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     ctx.outcome.hold = Some(pair.hold_switchover()?);
     pair.migrate()?;
     wait_passes(ctx, &mut pair, 2)?;
-    ctx.step("cancel the pre-heat");
-    pair.cancel()?;
-    pair.wait_src_status(MigrationStatus::Cancelled, STATUS_TIMEOUT)?;
-    pair.assert_source_runs()?;
-    ctx.step("old destination fails");
-    pair.wait_dst_status(MigrationStatus::Failed, STATUS_TIMEOUT)
-        .or_else(|e| {
-            if pair.dst()?.is_alive() {
-                Err(e)
-            } else {
-                Ok(Default::default())
-            }
-        })?;
+    cancel_then_destination_fails(
+        ctx,
+        &mut pair,
+        "cancel the pre-heat",
+        "old destination fails",
+    )?;
     ctx.step("second migration to a fresh destination");
     remigrate_to_fresh_destination(ctx, &mut pair)
 }

@@ -30,7 +30,7 @@ fn qmp_error(vm: &Vm, name: &str, args: Value) -> Result<String> {
 }
 
 /// Checks that `name` fails with exactly `expected`.
-fn expect_error(vm: &Vm, name: &str, args: Value, expected: &str) -> Result<()> {
+pub(super) fn expect_error(vm: &Vm, name: &str, args: Value, expected: &str) -> Result<()> {
     let got = qmp_error(vm, name, args)?;
     ensure!(
         got == expected,

@@ -29,7 +29,7 @@ pub(crate) fn executable(model: &Model, op: &Op) -> bool {
                 && !w.dst.caps.postcopy_ram
                 && w.dst.phase == DstPhase::Listening
         }),
-        Op::StartPostcopy => !any(&|w| {
+        Op::StartPostcopy {} => !any(&|w| {
             matches!(w.src.phase, SrcPhase::Held | SrcPhase::Converging)
                 && w.src.run != GuestRun::Running
         }),
@@ -57,6 +57,8 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
         side,
         events: None,
         pause_before_switchover: None,
+        multifd: None,
+        xbzrle: None,
         postcopy_ram: Some(on),
     };
     vec![
@@ -66,7 +68,7 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
         ),
         (w(listening && dst_off, 40), caps(Side::Destination, true)),
         (1, caps(Side::Source, false)),
-        (w(ready, 60), Op::StartPostcopy),
+        (w(ready, 60), Op::StartPostcopy {}),
         (
             w(postcopy, 2),
             Op::Kill {
@@ -84,13 +86,13 @@ fn postcopy_boost(op: &Op) -> u32 {
             postcopy_ram: Some(true),
             ..
         }
-        | Op::StartPostcopy
+        | Op::StartPostcopy {}
         | Op::Migrate { transport: None }
-        | Op::Hold
+        | Op::Hold {}
         | Op::WaitPasses { .. }
-        | Op::WaitCompleted
-        | Op::CheckMemory
-        | Op::CheckDestinationRuns => 10,
+        | Op::WaitCompleted {}
+        | Op::CheckMemory {}
+        | Op::CheckDestinationRuns {} => 10,
         _ => 1,
     }
 }
@@ -131,7 +133,7 @@ impl proptest_state_machine::ReferenceStateMachine for PostcopyMachine {
             .map(|(w, op)| (w * postcopy_boost(&op), Just(op).boxed()))
             .collect();
         if options.is_empty() {
-            return Just(Op::Cancel).boxed();
+            return Just(Op::Cancel {}).boxed();
         }
         proptest::strategy::Union::new_weighted(options).boxed()
     }

@@ -107,9 +107,9 @@ pub fn reachable(
 /// completed, failed, cancelled) other than the goal. Other waits end with a timeout.
 pub fn wait_gives_up(op: &Op, status: MigrationStatus) -> bool {
     match op {
-        Op::WaitPasses { .. } => !matches!(status, S::Setup | S::Active),
+        Op::WaitPasses { .. } | Op::WaitThrottled {} => !matches!(status, S::Setup | S::Active),
         Op::WaitStatus { status: goal, .. } => status != *goal && status.is_settled(),
-        Op::WaitCompleted => status != S::Completed && status.is_settled(),
+        Op::WaitCompleted {} => status != S::Completed && status.is_settled(),
         _ => false,
     }
 }

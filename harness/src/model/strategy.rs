@@ -67,6 +67,7 @@ pub fn executable(model: &Model, op: &Op) -> bool {
             }
         }
         Op::Migrate { .. } if model.migrations() >= MAX_MIGRATIONS => return false,
+        Op::Migrate { .. } if super::multifd::migrate_stalls_qemu(worlds) => return false,
         Op::Cont { side: Side::Source }
             if worlds.iter().any(|w| {
                 matches!(
@@ -101,6 +102,8 @@ fn set_params(
         max_bandwidth,
         avail_switchover_bandwidth: avail,
         switchover_hold: hold,
+        multifd_channels: None,
+        xbzrle_cache_size: None,
     }
 }
 
@@ -151,10 +154,10 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
         ),
         (
             w(idle && listening, 12) + w(converging, 10) + w(slow, 40),
-            Op::Hold,
+            Op::Hold {},
         ),
-        (w(held, 14), Op::Release),
-        (w(held || pre, 8), Op::Cancel),
+        (w(held, 14), Op::Release {}),
+        (w(held || pre, 8), Op::Cancel {}),
         (
             w(pre, 12),
             Op::Continue {
@@ -162,7 +165,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
             },
         ),
         (1, Op::Continue { state: S::Active }),
-        (w(converging, 12), Op::WaitCompleted),
+        (w(converging, 12), Op::WaitCompleted {}),
         (
             w(ending, 5),
             Op::WaitStatus {
@@ -212,8 +215,8 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 status: S::Active,
             },
         ),
-        (w(completed, 14), Op::CheckMemory),
-        (w(dst_done, 5), Op::CheckDestinationRuns),
+        (w(completed, 14), Op::CheckMemory {}),
+        (w(dst_done, 5), Op::CheckDestinationRuns {}),
         (
             w(idle || held, 4) + w(slow, 6) + w(held_throttled, 40),
             set_params(Side::Source, Some(30_000), Some(Size(0)), None, None),
@@ -245,6 +248,8 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(true),
+                multifd: None,
+                xbzrle: None,
                 postcopy_ram: None,
             },
         ),
@@ -254,6 +259,8 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(false),
+                multifd: None,
+                xbzrle: None,
                 postcopy_ram: None,
             },
         ),
@@ -263,6 +270,8 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Destination,
                 events: Some(true),
                 pause_before_switchover: None,
+                multifd: None,
+                xbzrle: None,
                 postcopy_ram: None,
             },
         ),
@@ -272,6 +281,8 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(false),
                 pause_before_switchover: None,
+                multifd: None,
+                xbzrle: None,
                 postcopy_ram: None,
             },
         ),
@@ -281,6 +292,8 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
                 side: Side::Source,
                 events: Some(true),
                 pause_before_switchover: None,
+                multifd: None,
+                xbzrle: None,
                 postcopy_ram: None,
             },
         ),
@@ -305,14 +318,17 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
             },
         ),
         (1, Op::Kill { side: Side::Source }),
-        (w(idle && !listening, 10), Op::RestartDestination),
+        (w(idle && !listening, 10), Op::RestartDestination {}),
     ];
+    v.extend(super::multifd::candidates(idle, listening));
     v.extend(super::postcopy_gen::candidates(model));
     if held {
         for k in 1..=3 {
             v.push((10, Op::WaitPasses { n: min_passes + k }));
         }
     }
+    v.extend(super::auto_converge::candidates(model));
+    v.extend(super::world::xbzrle::candidates(idle));
     v
 }
 
@@ -324,7 +340,7 @@ pub fn next_op(model: &Model) -> BoxedStrategy<Op> {
         .map(|(w, op)| (w, Just(op).boxed()))
         .collect();
     if options.is_empty() {
-        return Just(Op::Cancel).boxed();
+        return Just(Op::Cancel {}).boxed();
     }
     Union::new_weighted(options).boxed()
 }

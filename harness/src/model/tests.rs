@@ -69,13 +69,58 @@ fn src_pbs(on: bool) -> Op {
         side: Side::Source,
         events: None,
         pause_before_switchover: Some(on),
+        multifd: None,
+        xbzrle: None,
         postcopy_ram: None,
     }
 }
 
+/// Applies `op` and returns its canonical observation (to be altered and checked).
+fn planned(m: &mut Model, op: &Op) -> Observation {
+    m.apply(op);
+    m.canonical_observation(op)
+}
+
+/// An un-held migration started, then `stop` on the destination applied: the model, the op
+/// and its canonical observation.
+fn stop_destination_after_migrate() -> (Model, Op, Observation) {
+    let mut m = Model::new(pair());
+    run(&mut m, migrate());
+    let op = Op::Stop {
+        side: Side::Destination,
+    };
+    let obs = planned(&mut m, &op);
+    (m, op, obs)
+}
+
+/// `side` shows a migration that went active, then completed, and the guest in `run`.
+fn shows_completed(side: &mut SideObservation, run: RunState) {
+    side.status = Some(S::Completed);
+    side.run_state = Some(run);
+    side.events = vec![
+        Event::Migration { status: S::Active },
+        Event::Migration {
+            status: S::Completed,
+        },
+    ];
+}
+
+/// pause-before-switchover on, held migration, two passes: release it next.
+fn pbs_held_two_passes() -> Vec<Op> {
+    vec![
+        src_pbs(true),
+        Op::Hold {},
+        migrate(),
+        Op::WaitPasses { n: 2 },
+    ]
+}
+
 /// The single QEMU rules, one test each.
+mod auto_converge;
 mod rules;
 
+/// The multifd rules.
+mod multifd;
 /// Postcopy rules.
 mod postcopy;
 
@@ -83,8 +128,7 @@ mod postcopy;
 fn rejects_destination_completed_before_the_source_stopped() {
     let mut m = Model::new(pair());
     let op = migrate();
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.destination.status = Some(S::Completed);
     obs.destination.run_state = Some(RunState::Paused);
     obs.destination.events = vec![
@@ -117,7 +161,7 @@ fn legal_transitions_follow_qemu() {
 
 fn held_model() -> Model {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 3 }]);
+    run_all(&mut m, &[Op::Hold {}, migrate(), Op::WaitPasses { n: 3 }]);
     m
 }
 
@@ -125,8 +169,7 @@ fn held_model() -> Model {
 fn rejects_completion_while_held() {
     let mut m = held_model();
     let op = Op::WaitPasses { n: 4 };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.status = Some(S::Completed);
     obs.source.run_state = Some(RunState::Postmigrate);
     let v = m.check(&op, &obs).unwrap_err();
@@ -144,8 +187,7 @@ fn rejects_completion_while_held() {
 fn rejects_decreasing_pass_count() {
     let mut m = held_model();
     let op = Op::WaitPasses { n: 4 };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.dirty_sync_count = Some(2);
     obs.source.events.clear();
     let v = m.check(&op, &obs).unwrap_err();
@@ -160,8 +202,7 @@ fn rejects_decreasing_pass_count() {
 fn rejects_illegal_event_order() {
     let mut m = Model::new(pair());
     let op = migrate();
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.events = vec![
         Event::Migration { status: S::Setup },
         Event::Migration {
@@ -178,8 +219,7 @@ fn rejects_illegal_event_order() {
 fn rejects_status_that_disagrees_with_events() {
     let mut m = Model::new(pair());
     let op = migrate();
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.events.clear();
     obs.source.status = Some(S::Active);
     let v = m.check(&op, &obs).unwrap_err();
@@ -190,9 +230,8 @@ fn rejects_status_that_disagrees_with_events() {
 fn rejects_both_sides_running() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    let op = Op::WaitCompleted;
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let op = Op::WaitCompleted {};
+    let mut obs = planned(&mut m, &op);
     obs.source.run_state = Some(RunState::Running);
     obs.destination.run_state = Some(RunState::Running);
     let v = m.check(&op, &obs).unwrap_err();
@@ -202,10 +241,10 @@ fn rejects_both_sides_running() {
 #[test]
 fn rejects_dead_source_after_cancel() {
     let mut m = held_model();
-    m.apply(&Op::Cancel);
-    let mut obs = m.canonical_observation(&Op::Cancel);
+    m.apply(&Op::Cancel {});
+    let mut obs = m.canonical_observation(&Op::Cancel {});
     obs.source = SideObservation::dead();
-    let v = m.check(&Op::Cancel, &obs).unwrap_err();
+    let v = m.check(&Op::Cancel {}, &obs).unwrap_err();
     assert!(v.message.contains("source alive"), "{v}");
 }
 
@@ -231,19 +270,12 @@ fn rejects_wrong_error_text_and_unexpected_errors() {
 fn observation_narrows_races() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    let op = Op::Cancel;
+    let op = Op::Cancel {};
     m.apply(&op);
     assert!(m.possibilities() > 1);
     let mut obs = m.canonical_observation(&op);
     // Completed just before the cancel: the cancel is a no-op.
-    obs.source.status = Some(S::Completed);
-    obs.source.run_state = Some(RunState::Postmigrate);
-    obs.source.events = vec![
-        Event::Migration { status: S::Active },
-        Event::Migration {
-            status: S::Completed,
-        },
-    ];
+    shows_completed(&mut obs.source, RunState::Postmigrate);
     obs.source.dirty_sync_count = Some(2);
     obs.source.events.push(Event::MigrationPass { pass: 1 });
     obs.source.events.push(Event::MigrationPass { pass: 2 });
@@ -252,6 +284,7 @@ fn observation_narrows_races() {
         status: Some(S::Completed),
         run_state: Some(RunState::Paused),
         dirty_sync_count: None,
+        cpu_throttle: None,
         events: vec![
             Event::Migration { status: S::Active },
             Event::Migration {
@@ -260,7 +293,7 @@ fn observation_narrows_races() {
         ],
     };
     m.step(&op, &obs).unwrap();
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
 }
 
@@ -304,10 +337,10 @@ fn mutations(
             })
             .or(match (side, m.history.src, m.history.dst) {
                 // A restarted destination starts over from `none`.
-                (Side::Destination, _, _) if *op == Op::RestartDestination => Some(S::None),
+                (Side::Destination, _, _) if *op == (Op::RestartDestination {}) => Some(S::None),
                 (Side::Source, Last::At(s), _) | (Side::Destination, _, Last::At(s)) => Some(s),
                 (Side::Source, Last::Fresh, _) => Some(S::None),
-                (Side::Destination, _, Last::Fresh) if *op != Op::RestartDestination => {
+                (Side::Destination, _, Last::Fresh) if *op != (Op::RestartDestination {}) => {
                     Some(S::None)
                 }
                 _ => None,
@@ -336,7 +369,7 @@ fn mutations(
         o.source.status = Some(S::Setup);
         out.push(("source status back to setup".into(), o));
     }
-    if *op == Op::Cancel && obs.reply == Reply::Ok {
+    if *op == (Op::Cancel {}) && obs.reply == Reply::Ok {
         let mut o = obs.clone();
         o.source = SideObservation::dead();
         out.push(("source dead after cancel".into(), o));
@@ -462,7 +495,12 @@ fn lint_flags_unbounded_and_impossible_ops() {
     let s = crate::scenario::Scenario {
         purpose: "x".into(),
         pair: pair(),
-        ops: vec![Op::CheckMemory, Op::Hold, migrate(), Op::WaitCompleted],
+        ops: vec![
+            Op::CheckMemory {},
+            Op::Hold {},
+            migrate(),
+            Op::WaitCompleted {},
+        ],
     };
     let p = lint(&s);
     assert_eq!(p.len(), 2, "{p:?}");
@@ -472,13 +510,13 @@ fn lint_flags_unbounded_and_impossible_ops() {
         purpose: "hold, passes, release, converge".into(),
         pair: pair(),
         ops: vec![
-            Op::Hold,
+            Op::Hold {},
             migrate(),
             Op::WaitPasses { n: 3 },
-            Op::Release,
-            Op::WaitCompleted,
-            Op::CheckMemory,
-            Op::CheckDestinationRuns,
+            Op::Release {},
+            Op::WaitCompleted {},
+            Op::CheckMemory {},
+            Op::CheckDestinationRuns {},
         ],
     };
     assert_eq!(lint(&good), Vec::<String>::new());
@@ -487,21 +525,8 @@ fn lint_flags_unbounded_and_impossible_ops() {
 #[test]
 fn run_state_and_status_are_read_one_after_the_other() {
     // query-status first, then query-migrate: the status may be newer than the run state.
-    let mut m = Model::new(pair());
-    run(&mut m, migrate());
-    let op = Op::Stop {
-        side: Side::Destination,
-    };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
-    obs.source.run_state = Some(RunState::Running);
-    obs.source.status = Some(S::Completed);
-    obs.source.events = vec![
-        Event::Migration { status: S::Active },
-        Event::Migration {
-            status: S::Completed,
-        },
-    ];
+    let (m, op, mut obs) = stop_destination_after_migrate();
+    shows_completed(&mut obs.source, RunState::Running);
     m.check(&op, &obs).unwrap();
     // The other way round is not possible.
     obs.source.run_state = Some(RunState::Postmigrate);
@@ -524,7 +549,7 @@ fn cancel_after_failed_keeps_failed() {
             wait_src(S::Failed),
         ],
     );
-    let (e, _) = run(&mut m, Op::Cancel);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(e.statuses(Side::Source), set(&[S::Failed]));
     assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Source);
@@ -537,7 +562,7 @@ fn cancel_in_pre_switchover_resumes_the_source() {
         &mut m,
         &[src_pbs(true), migrate(), wait_src(S::PreSwitchover)],
     );
-    let (e, _) = run(&mut m, Op::Cancel);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert!(e.statuses(Side::Source).contains(&S::Cancelling));
     let (e, _) = run(&mut m, wait_src(S::Cancelled));
     assert_eq!(e.run_states(Side::Source), [RunState::Running].into());
@@ -546,29 +571,26 @@ fn cancel_in_pre_switchover_resumes_the_source() {
 #[test]
 fn released_hold_with_pause_before_switchover_completes_after_continue() {
     let mut m = Model::new(pair());
+    run_all(&mut m, &pbs_held_two_passes());
     run_all(
         &mut m,
         &[
-            src_pbs(true),
-            Op::Hold,
-            migrate(),
-            Op::WaitPasses { n: 2 },
-            Op::Release,
+            Op::Release {},
             wait_src(S::PreSwitchover),
             Op::Continue {
                 state: S::PreSwitchover,
             },
         ],
     );
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    run(&mut m, Op::CheckMemory);
+    run(&mut m, Op::CheckMemory {});
 }
 
 #[test]
 fn cont_on_a_paused_destination_after_completion_runs_it() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
+    run_all(&mut m, &[migrate(), Op::WaitCompleted {}]);
     let (e, _) = run(
         &mut m,
         Op::Cont {
@@ -584,15 +606,14 @@ fn cont_on_a_paused_destination_after_completion_runs_it() {
         },
     );
     assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
-    assert!(m.expect(&Op::CheckMemory).refused().is_some(), "it ran");
+    assert!(m.expect(&Op::CheckMemory {}).refused().is_some(), "it ran");
 }
 
 #[test]
 fn rejects_stop_while_held_and_resume_of_a_held_destination() {
     let mut m = held_model();
     let op = Op::WaitPasses { n: 4 };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let mut obs = planned(&mut m, &op);
     obs.source.events.push(Event::Stop);
     let v = m.check(&op, &obs).unwrap_err();
     assert!(v.message.contains("STOP"), "{v}");
@@ -610,7 +631,7 @@ fn events_off_means_no_event_checks() {
     });
     let (_, obs) = run(&mut m, migrate());
     assert!(obs.source.events.is_empty());
-    let (_, obs) = run(&mut m, Op::WaitCompleted);
+    let (_, obs) = run(&mut m, Op::WaitCompleted {});
     assert!(obs.destination.events.is_empty());
 }
 
@@ -618,11 +639,11 @@ fn events_off_means_no_event_checks() {
 fn violation_messages_are_one_readable_line() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    m.apply(&Op::Cancel);
-    let mut obs = m.canonical_observation(&Op::Cancel);
+    m.apply(&Op::Cancel {});
+    let mut obs = m.canonical_observation(&Op::Cancel {});
     obs.source.status = Some(S::Failed);
     obs.source.events = vec![Event::Migration { status: S::Failed }];
-    let v = m.check(&Op::Cancel, &obs).unwrap_err();
+    let v = m.check(&Op::Cancel {}, &obs).unwrap_err();
     let line = v.to_string();
     assert!(!line.contains('\n'));
     assert!(line.starts_with("after `cancel`: "), "{line}");
@@ -645,15 +666,17 @@ fn slow_passes_may_time_out() {
                 max_bandwidth: Some(Size(3_000_000)),
                 avail_switchover_bandwidth: None,
                 switchover_hold: None,
+                multifd_channels: None,
+                xbzrle_cache_size: None,
             },
-            Op::Hold,
+            Op::Hold {},
             migrate(),
         ],
     );
     assert!(m.expect(&Op::WaitPasses { n: 2 }).may_time_out());
-    run(&mut m, Op::Release);
+    run(&mut m, Op::Release {});
     assert!(
-        m.expect(&Op::WaitCompleted).may_time_out(),
+        m.expect(&Op::WaitCompleted {}).may_time_out(),
         "3 MB/s over 128 MiB is not bounded, however long the downtime"
     );
 }
@@ -661,7 +684,7 @@ fn slow_passes_may_time_out() {
 #[test]
 fn expectations_serialize_for_transcripts() {
     let mut m = Model::new(pair());
-    run(&mut m, Op::Hold);
+    run(&mut m, Op::Hold {});
     let e = m.apply(&migrate());
     let v = serde_json::to_value(&e).unwrap();
     let o = &v["outcomes"][0];
@@ -684,16 +707,15 @@ fn hold_racing_the_switchover_allows_a_stopping_source() {
     // the status still active; the migration completes anyway.
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    let op = Op::Hold;
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
+    let op = Op::Hold {};
+    let mut obs = planned(&mut m, &op);
     obs.source.status = Some(S::Active);
     obs.source.run_state = Some(RunState::FinishMigrate);
     obs.source.events = vec![Event::Migration { status: S::Active }];
     obs.source.dirty_sync_count = Some(1);
     obs.source.events.push(Event::MigrationPass { pass: 1 });
     m.step(&op, &obs).unwrap();
-    let e = m.apply(&Op::WaitCompleted);
+    let e = m.apply(&Op::WaitCompleted {});
     assert!(
         e.replies().contains(&&ExpectedReply::Ok),
         "{:?}",
@@ -721,23 +743,15 @@ fn destination_still_loading_after_the_source_completed() {
     let op = Op::Stop {
         side: Side::Destination,
     };
-    m.apply(&op);
-    let mut obs = m.canonical_observation(&op);
-    obs.source.status = Some(S::Completed);
-    obs.source.run_state = Some(RunState::Postmigrate);
-    obs.source.events = vec![
-        Event::Migration { status: S::Active },
-        Event::Migration {
-            status: S::Completed,
-        },
-    ];
+    let mut obs = planned(&mut m, &op);
+    shows_completed(&mut obs.source, RunState::Postmigrate);
     obs.destination.status = Some(S::Active);
     obs.destination.events = vec![Event::Migration { status: S::Active }];
     m.step(&op, &obs).unwrap();
     // Not yet comparable: the destination may still be loading.
-    assert!(m.expect(&Op::CheckMemory).refused().is_some());
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    assert!(m.expect(&Op::CheckMemory {}).refused().is_some());
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
 }

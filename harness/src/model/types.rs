@@ -25,6 +25,14 @@ pub struct Parameters {
     pub avail_switchover_bandwidth: Size,
     /// default false.
     pub switchover_hold: bool,
+    /// `multifd-channels`: 1..=255, default 2.
+    pub multifd_channels: u8,
+    /// auto-converge's throttle parameters.
+    #[serde(default)]
+    pub throttle: super::auto_converge::Throttle,
+    /// bytes; default 64 MiB (QEMU's); a power of two, at least a page.
+    #[serde(default = "super::world::xbzrle::default_cache_size")]
+    pub xbzrle_cache_size: Size,
 }
 
 impl Default for Parameters {
@@ -34,28 +42,37 @@ impl Default for Parameters {
             max_bandwidth: Size(134_217_728),
             avail_switchover_bandwidth: Size(0),
             switchover_hold: false,
+            multifd_channels: super::multifd::DEFAULT_CHANNELS,
+            throttle: Default::default(),
+            xbzrle_cache_size: super::world::xbzrle::default_cache_size(),
         }
     }
 }
 
 impl Parameters {
     /// What a `set-parameters` op sets: its present fields replace these (other ops change
-    /// nothing).
+    /// nothing). Read from the op's QMP arguments, so each parameter is named in one place.
     pub fn update(&mut self, op: &Op) {
-        let Op::SetParameters {
-            downtime_limit: d,
-            max_bandwidth: b,
-            avail_switchover_bandwidth: a,
-            switchover_hold: h,
-            ..
-        } = op
-        else {
-            return;
-        };
-        self.downtime_limit = d.unwrap_or(self.downtime_limit);
-        self.max_bandwidth = b.unwrap_or(self.max_bandwidth);
-        self.avail_switchover_bandwidth = a.unwrap_or(self.avail_switchover_bandwidth);
-        self.switchover_hold = h.unwrap_or(self.switchover_hold);
+        for (name, v) in op.parameter_arguments() {
+            match (name.as_str(), v.as_u64()) {
+                ("downtime-limit", Some(n)) => self.downtime_limit = n,
+                ("max-bandwidth", Some(n)) => self.max_bandwidth = Size(n),
+                ("avail-switchover-bandwidth", Some(n)) => {
+                    self.avail_switchover_bandwidth = Size(n)
+                }
+                // Only a valid count is ever applied (see `multifd::channels_parse_error`).
+                ("multifd-channels", Some(n)) => {
+                    if let Ok(c) = u8::try_from(n) {
+                        self.multifd_channels = c;
+                    }
+                }
+                ("xbzrle-cache-size", Some(n)) => self.xbzrle_cache_size = Size(n),
+                ("switchover-hold", _) => {
+                    self.switchover_hold = v.as_bool().unwrap_or(self.switchover_hold)
+                }
+                _ => {}
+            }
+        }
     }
 }
 
@@ -98,6 +115,14 @@ pub struct Capabilities {
     pub events: bool,
     /// `pause-before-switchover`.
     pub pause_before_switchover: bool,
+    /// `multifd`: pages over `multifd-channels` extra connections.
+    pub multifd: bool,
+    /// `auto-converge`: the source throttles its vCPUs when the guest outruns the migration.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// `xbzrle`.
+    #[serde(default)]
+    pub xbzrle: bool,
     /// `postcopy-ram`.
     #[serde(default)]
     pub postcopy_ram: bool,
@@ -136,6 +161,9 @@ pub struct SideObservation {
     pub run_state: Option<RunState>,
     /// `ram.dirty-sync-count` when `query-migrate` had `ram`.
     pub dirty_sync_count: Option<u64>,
+    /// `cpu-throttle-percentage` of `query-migrate` (auto-converge), when shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle: Option<u64>,
     /// Events received since the previous observation, in order.
     pub events: Vec<Event>,
 }

@@ -36,42 +36,66 @@ pub fn op() -> impl Strategy<Value = Op> {
             proptest::option::of(0..=i64::MAX as u64),
             proptest::option::of(size()),
             proptest::option::of(size()),
-            proptest::option::of(any::<bool>())
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(prop_oneof![0..=300u64, 0..=i64::MAX as u64]),
+            proptest::option::of(size()),
         )
-            .prop_map(|(side, d, b, a, h)| Op::SetParameters {
+            .prop_map(|(side, d, b, a, h, c, x)| Op::SetParameters {
                 side,
                 downtime_limit: d,
                 max_bandwidth: b,
                 avail_switchover_bandwidth: a,
-                switchover_hold: h
+                switchover_hold: h,
+                multifd_channels: c,
+                xbzrle_cache_size: x,
             }),
         (
             side(),
             proptest::option::of(any::<bool>()),
             proptest::option::of(any::<bool>()),
-            proptest::option::of(any::<bool>())
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
         )
-            .prop_map(|(side, events, pbs, pc)| Op::SetCapabilities {
+            .prop_map(|(side, events, pbs, multifd, x, pc)| Op::SetCapabilities {
                 side,
                 events,
                 pause_before_switchover: pbs,
+                multifd,
+                xbzrle: x,
                 postcopy_ram: pc,
             }),
         proptest::option::of(transport()).prop_map(|transport| Op::Migrate { transport }),
         (0..=i64::MAX as u64).prop_map(|n| Op::WaitPasses { n }),
-        Just(Op::Hold),
-        Just(Op::Release),
-        Just(Op::Cancel),
-        Just(Op::StartPostcopy),
+        Just(Op::Hold {}),
+        Just(Op::Release {}),
+        Just(Op::Cancel {}),
+        Just(Op::StartPostcopy {}),
         status().prop_map(|state| Op::Continue { state }),
         side().prop_map(|side| Op::Stop { side }),
         side().prop_map(|side| Op::Cont { side }),
         (side(), status()).prop_map(|(side, status)| Op::WaitStatus { side, status }),
-        Just(Op::WaitCompleted),
+        Just(Op::WaitCompleted {}),
         side().prop_map(|side| Op::Kill { side }),
-        Just(Op::RestartDestination),
-        Just(Op::CheckMemory),
-        Just(Op::CheckDestinationRuns),
+        Just(Op::RestartDestination {}),
+        Just(Op::CheckMemory {}),
+        Just(Op::CheckDestinationRuns {}),
+        (side(), any::<bool>()).prop_map(|(side, state)| Op::SetAutoConverge { side, state }),
+        (
+            side(),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<u8>())
+        )
+            .prop_map(|(side, i, inc, t, m)| Op::SetThrottle {
+                side,
+                cpu_throttle_initial: i,
+                cpu_throttle_increment: inc,
+                cpu_throttle_tailslow: t,
+                max_cpu_throttle: m
+            }),
+        Just(Op::WaitThrottled {}),
     ]
 }
 

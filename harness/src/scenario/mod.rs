@@ -18,6 +18,8 @@ pub mod size;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
+
 pub use op::{MigrationStatus, Op, Side, Transport};
 pub use size::{Size, SizeError};
 
@@ -48,6 +50,28 @@ impl Default for PairSpec {
             transport: Transport::Unix,
             dst_paused: true,
             events: true,
+        }
+    }
+}
+
+impl PairSpec {
+    /// The pair driver's spec ([`crate::pair::PairSpec`]) of this pair with the source on
+    /// `src_backend` and destinations on `dst_backend`, no extra options, no observer, no
+    /// multifd: the one definition of what a pair is; this table is its file form.
+    pub fn on_backends(&self, src_backend: Backend, dst_backend: Backend) -> crate::pair::PairSpec {
+        crate::pair::PairSpec {
+            src_backend,
+            dst_backend,
+            memory: self.memory.bytes(),
+            vcpus: self.vcpus,
+            image: self.image.clone(),
+            transport: self.transport,
+            dst_paused: self.dst_paused,
+            events: self.events,
+            src_extra: Vec::new(),
+            dst_extra: Vec::new(),
+            observer: None,
+            multifd: None,
         }
     }
 }
@@ -154,11 +178,13 @@ status = "completed"
                 downtime_limit: Some(30000),
                 max_bandwidth: Some(Size(1 << 30)),
                 avail_switchover_bandwidth: None,
-                switchover_hold: None
+                switchover_hold: None,
+                multifd_channels: None,
+                xbzrle_cache_size: None
             }
         );
         assert_eq!(s.ops[1], Op::Migrate { transport: None });
-        assert_eq!(s.ops[2], Op::Hold);
+        assert_eq!(s.ops[2], Op::Hold {});
         assert_eq!(s.ops[3], Op::WaitPasses { n: 3 });
         assert_eq!(
             s.ops[7],
@@ -217,7 +243,9 @@ status = "completed"
                 side: Side::Source,
                 events: None,
                 pause_before_switchover: Some(true),
-                postcopy_ram: None,
+                multifd: None,
+                xbzrle: None,
+                postcopy_ram: None
             }
         );
         assert!(
@@ -227,7 +255,7 @@ status = "completed"
 
     #[test]
     fn op_display_is_one_line() {
-        assert_eq!(Op::Hold.to_string(), "hold");
+        assert_eq!(Op::Hold {}.to_string(), "hold");
         assert_eq!(
             Op::WaitPasses { n: 3 }.to_string(),
             r#"wait-passes {"n":3}"#

@@ -21,40 +21,63 @@ pub use migtest_qmp::schema::MigrationStatus;
 
 /// One step of a scenario. Field names are kebab-case in files.
 ///
-/// Serde goes through a private mirror enum whose unit variants are empty structs, so that
-/// `deny_unknown_fields` also rejects `op = "hold"` with stray fields. Integers must fit in `i64`
-/// to be written as TOML.
+/// Ops without fields are empty struct variants (`Op::Hold {}`), not unit variants: serde's
+/// `deny_unknown_fields` does not apply to unit variants of an internally tagged enum, and
+/// `op = "hold"` with a stray field must be rejected like any other op. Integers must fit in
+/// `i64` to be written as TOML.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(from = "repr::OpRepr", into = "repr::OpRepr")]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Op {
     /// `migrate-set-parameters` on `side` with the given fields (absent fields are not sent).
+    #[serde(rename_all = "kebab-case")]
     SetParameters {
         /// Which VMM.
         side: Side,
         /// `downtime-limit` in milliseconds (QEMU accepts at most 2000000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         downtime_limit: Option<u64>,
         /// `max-bandwidth` in bytes/s (0 = unlimited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         max_bandwidth: Option<Size>,
         /// `avail-switchover-bandwidth` in bytes/s (0 = estimate).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         avail_switchover_bandwidth: Option<Size>,
         /// `switchover-hold`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         switchover_hold: Option<bool>,
+        /// `multifd-channels` (QEMU: 1..=255, default 2; any other value is refused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        multifd_channels: Option<u64>,
+        /// `xbzrle-cache-size` in bytes (QEMU: a power of two, at least 4096).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xbzrle_cache_size: Option<Size>,
     },
     /// `migrate-set-capabilities` on `side` with the given capabilities.
+    #[serde(rename_all = "kebab-case")]
     SetCapabilities {
         /// Which VMM.
         side: Side,
         /// The `events` capability.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         events: Option<bool>,
         /// The `pause-before-switchover` capability.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pause_before_switchover: Option<bool>,
+        /// The `multifd` capability.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        multifd: Option<bool>,
+        /// The `xbzrle` capability.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xbzrle: Option<bool>,
         /// The `postcopy-ram` capability (needed on both sides for postcopy).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         postcopy_ram: Option<bool>,
     },
     /// Start a migration from the source to the current destination
     /// (`migrate-incoming` on a fresh destination first, then `migrate` on the source).
     Migrate {
         /// Overrides the pair's transport for this migration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         transport: Option<Transport>,
     },
     /// Wait until the source's `dirty-sync-count` reaches `n`.
@@ -63,13 +86,13 @@ pub enum Op {
         n: u64,
     },
     /// `switchover-hold = true` on the source.
-    Hold,
+    Hold {},
     /// `switchover-hold = false` on the source.
-    Release,
+    Release {},
     /// `migrate_cancel` on the source.
-    Cancel,
+    Cancel {},
     /// `migrate-start-postcopy` on the source: a precopy migration switches to postcopy.
-    StartPostcopy,
+    StartPostcopy {},
     /// `migrate-continue {state}` on the source.
     Continue {
         /// The status the source must be in (normally `pre-switchover`).
@@ -93,19 +116,48 @@ pub enum Op {
         status: MigrationStatus,
     },
     /// Wait until the migration completed on both sides.
-    WaitCompleted,
+    WaitCompleted {},
     /// SIGKILL the VMM of `side`.
     Kill {
         /// Which VMM.
         side: Side,
     },
     /// Kill the current destination (if alive) and launch a fresh one waiting for incoming.
-    RestartDestination,
+    RestartDestination {},
     /// Byte-compare the guest memory of the stopped source and the held destination.
-    CheckMemory,
+    CheckMemory {},
     /// `cont` the destination if paused; its serial keeps printing and its memory keeps changing;
     /// `stop` it, check the A-B invariant, `cont` it again (it is left running).
-    CheckDestinationRuns,
+    CheckDestinationRuns {},
+    /// `migrate-set-capabilities` with only `auto-converge` on `side`.
+    SetAutoConverge {
+        /// Which VMM.
+        side: Side,
+        /// The capability's state.
+        state: bool,
+    },
+    /// `migrate-set-parameters` with auto-converge's throttle parameters on `side` (absent
+    /// fields are not sent; QEMU range-checks the result).
+    #[serde(rename_all = "kebab-case")]
+    SetThrottle {
+        /// Which VMM.
+        side: Side,
+        /// `cpu-throttle-initial`, % (1..=99).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_throttle_initial: Option<u8>,
+        /// `cpu-throttle-increment`, % (1..=99).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_throttle_increment: Option<u8>,
+        /// `cpu-throttle-tailslow`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_throttle_tailslow: Option<bool>,
+        /// `max-cpu-throttle`, % (`cpu-throttle-initial`..=99).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_cpu_throttle: Option<u8>,
+    },
+    /// Wait until the source's `query-migrate` shows `cpu-throttle-percentage` (ends early when
+    /// the migration ends).
+    WaitThrottled {},
 }
 
 impl Op {
@@ -116,19 +168,22 @@ impl Op {
             Op::SetCapabilities { .. } => "set-capabilities",
             Op::Migrate { .. } => "migrate",
             Op::WaitPasses { .. } => "wait-passes",
-            Op::Hold => "hold",
-            Op::Release => "release",
-            Op::Cancel => "cancel",
-            Op::StartPostcopy => "start-postcopy",
+            Op::Hold {} => "hold",
+            Op::Release {} => "release",
+            Op::Cancel {} => "cancel",
+            Op::StartPostcopy {} => "start-postcopy",
             Op::Continue { .. } => "continue",
             Op::Stop { .. } => "stop",
             Op::Cont { .. } => "cont",
             Op::WaitStatus { .. } => "wait-status",
-            Op::WaitCompleted => "wait-completed",
+            Op::WaitCompleted {} => "wait-completed",
             Op::Kill { .. } => "kill",
-            Op::RestartDestination => "restart-destination",
-            Op::CheckMemory => "check-memory",
-            Op::CheckDestinationRuns => "check-destination-runs",
+            Op::RestartDestination {} => "restart-destination",
+            Op::CheckMemory {} => "check-memory",
+            Op::CheckDestinationRuns {} => "check-destination-runs",
+            Op::SetAutoConverge { .. } => "set-auto-converge",
+            Op::SetThrottle { .. } => "set-throttle",
+            Op::WaitThrottled {} => "wait-throttled",
         }
     }
 
@@ -140,6 +195,8 @@ impl Op {
             max_bandwidth: None,
             avail_switchover_bandwidth: None,
             switchover_hold: Some(hold),
+            multifd_channels: None,
+            xbzrle_cache_size: None,
         }
     }
 
@@ -153,6 +210,8 @@ impl Op {
             max_bandwidth: b,
             avail_switchover_bandwidth: a,
             switchover_hold: h,
+            multifd_channels: c,
+            xbzrle_cache_size: x,
             ..
         } = self
         else {
@@ -163,6 +222,8 @@ impl Op {
             ("max-bandwidth", b.map(|b| json!(b.0))),
             ("avail-switchover-bandwidth", a.map(|a| json!(a.0))),
             ("switchover-hold", h.map(|h| json!(h))),
+            ("multifd-channels", c.map(|c| json!(c))),
+            ("xbzrle-cache-size", x.map(|x| json!(x.0))),
         ];
         for (name, value) in fields {
             if let Some(v) = value {
@@ -172,11 +233,42 @@ impl Op {
         m
     }
 
+    /// The `migrate-set-capabilities` list of a `set-capabilities` op (QEMU's names, absent
+    /// capabilities not sent); empty for any other op.
+    pub fn capability_list(&self) -> Vec<serde_json::Value> {
+        let Op::SetCapabilities {
+            events,
+            pause_before_switchover,
+            multifd,
+            xbzrle,
+            postcopy_ram,
+            ..
+        } = self
+        else {
+            return Vec::new();
+        };
+        [
+            ("events", events),
+            ("pause-before-switchover", pause_before_switchover),
+            ("multifd", multifd),
+            ("xbzrle", xbzrle),
+            ("postcopy-ram", postcopy_ram),
+        ]
+        .into_iter()
+        .filter_map(|(name, state)| {
+            state.map(|s| serde_json::json!({"capability": name, "state": s}))
+        })
+        .collect()
+    }
+
     /// Waits that can block (for the executor's time budget).
     pub fn is_wait(&self) -> bool {
         matches!(
             self,
-            Op::WaitPasses { .. } | Op::WaitStatus { .. } | Op::WaitCompleted
+            Op::WaitPasses { .. }
+                | Op::WaitStatus { .. }
+                | Op::WaitCompleted {}
+                | Op::WaitThrottled {}
         )
     }
 }
@@ -192,162 +284,5 @@ impl fmt::Display for Op {
             }
         }
         write!(f, "{} {}", self.name(), v)
-    }
-}
-
-mod repr {
-    //! The serde shape of [`Op`](super::Op).
-    use serde::{Deserialize, Serialize};
-
-    use super::{MigrationStatus, Op, Side, Size, Transport};
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-    pub enum OpRepr {
-        #[serde(rename_all = "kebab-case")]
-        SetParameters {
-            side: Side,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            downtime_limit: Option<u64>,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            max_bandwidth: Option<Size>,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            avail_switchover_bandwidth: Option<Size>,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            switchover_hold: Option<bool>,
-        },
-        #[serde(rename_all = "kebab-case")]
-        SetCapabilities {
-            side: Side,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            events: Option<bool>,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pause_before_switchover: Option<bool>,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            postcopy_ram: Option<bool>,
-        },
-        Migrate {
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            transport: Option<Transport>,
-        },
-        WaitPasses {
-            n: u64,
-        },
-        Hold {},
-        Release {},
-        Cancel {},
-        StartPostcopy {},
-        Continue {
-            state: MigrationStatus,
-        },
-        Stop {
-            side: Side,
-        },
-        Cont {
-            side: Side,
-        },
-        WaitStatus {
-            side: Side,
-            status: MigrationStatus,
-        },
-        WaitCompleted {},
-        Kill {
-            side: Side,
-        },
-        RestartDestination {},
-        CheckMemory {},
-        CheckDestinationRuns {},
-    }
-
-    impl From<OpRepr> for Op {
-        fn from(r: OpRepr) -> Op {
-            match r {
-                OpRepr::SetParameters {
-                    side,
-                    downtime_limit,
-                    max_bandwidth,
-                    avail_switchover_bandwidth,
-                    switchover_hold,
-                } => Op::SetParameters {
-                    side,
-                    downtime_limit,
-                    max_bandwidth,
-                    avail_switchover_bandwidth,
-                    switchover_hold,
-                },
-                OpRepr::SetCapabilities {
-                    side,
-                    events,
-                    pause_before_switchover,
-                    postcopy_ram,
-                } => Op::SetCapabilities {
-                    side,
-                    events,
-                    pause_before_switchover,
-                    postcopy_ram,
-                },
-                OpRepr::Migrate { transport } => Op::Migrate { transport },
-                OpRepr::WaitPasses { n } => Op::WaitPasses { n },
-                OpRepr::Hold {} => Op::Hold,
-                OpRepr::Release {} => Op::Release,
-                OpRepr::Cancel {} => Op::Cancel,
-                OpRepr::StartPostcopy {} => Op::StartPostcopy,
-                OpRepr::Continue { state } => Op::Continue { state },
-                OpRepr::Stop { side } => Op::Stop { side },
-                OpRepr::Cont { side } => Op::Cont { side },
-                OpRepr::WaitStatus { side, status } => Op::WaitStatus { side, status },
-                OpRepr::WaitCompleted {} => Op::WaitCompleted,
-                OpRepr::Kill { side } => Op::Kill { side },
-                OpRepr::RestartDestination {} => Op::RestartDestination,
-                OpRepr::CheckMemory {} => Op::CheckMemory,
-                OpRepr::CheckDestinationRuns {} => Op::CheckDestinationRuns,
-            }
-        }
-    }
-
-    impl From<Op> for OpRepr {
-        fn from(o: Op) -> OpRepr {
-            match o {
-                Op::SetParameters {
-                    side,
-                    downtime_limit,
-                    max_bandwidth,
-                    avail_switchover_bandwidth,
-                    switchover_hold,
-                } => OpRepr::SetParameters {
-                    side,
-                    downtime_limit,
-                    max_bandwidth,
-                    avail_switchover_bandwidth,
-                    switchover_hold,
-                },
-                Op::SetCapabilities {
-                    side,
-                    events,
-                    pause_before_switchover,
-                    postcopy_ram,
-                } => OpRepr::SetCapabilities {
-                    side,
-                    events,
-                    pause_before_switchover,
-                    postcopy_ram,
-                },
-                Op::Migrate { transport } => OpRepr::Migrate { transport },
-                Op::WaitPasses { n } => OpRepr::WaitPasses { n },
-                Op::Hold => OpRepr::Hold {},
-                Op::Release => OpRepr::Release {},
-                Op::Cancel => OpRepr::Cancel {},
-                Op::StartPostcopy => OpRepr::StartPostcopy {},
-                Op::Continue { state } => OpRepr::Continue { state },
-                Op::Stop { side } => OpRepr::Stop { side },
-                Op::Cont { side } => OpRepr::Cont { side },
-                Op::WaitStatus { side, status } => OpRepr::WaitStatus { side, status },
-                Op::WaitCompleted => OpRepr::WaitCompleted {},
-                Op::Kill { side } => OpRepr::Kill { side },
-                Op::RestartDestination => OpRepr::RestartDestination {},
-                Op::CheckMemory => OpRepr::CheckMemory {},
-                Op::CheckDestinationRuns => OpRepr::CheckDestinationRuns {},
-            }
-        }
     }
 }

@@ -74,6 +74,10 @@ impl StreamSink for Recorder {
     fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
         self.store(page, Some(data))
     }
+    fn xbzrle(&mut self, page: u64, _encoded: &[u8]) -> Result<(), String> {
+        // The channel reader refuses XBZRLE records before a sink sees them.
+        Err(format!("xbzrle page {page} on a multifd channel"))
+    }
 }
 
 /// The pre-load content of page `p`: distinct per page, never zero.

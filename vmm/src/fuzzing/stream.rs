@@ -33,10 +33,12 @@ use crate::migration::stream::{
     HEADER_LEN,
 };
 use crate::migration::testing::TestHost;
+use crate::migration::xbzrle;
 use crate::migration::{load_into_host, lock};
 use crate::vm::Vm;
 use migtest_qmp::schema::RunState;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use xxhash_rust::xxh3::xxh3_64;
@@ -58,39 +60,27 @@ pub struct StreamGuest {
 /// (sweep needs its 1M start below the quarter reserved for `[secondary]`).
 pub const STREAM_GUEST_RAM: u64 = 1400 << 10;
 
+/// A [`StreamGuest`] of `guest-images/<image>.toml` with `vcpus` vCPUs and
+/// [`STREAM_GUEST_RAM`].
+macro_rules! stream_guest {
+    ($image:literal, $vcpus:expr) => {
+        StreamGuest {
+            image: $image,
+            text: include_str!(concat!("../../../guest-images/", $image, ".toml")),
+            ram_size: STREAM_GUEST_RAM,
+            vcpus: $vcpus,
+        }
+    };
+}
+
 /// The destinations of recorded streams (the seeding tool records one or
 /// more streams from a source of each).
 pub const STREAM_GUESTS: [StreamGuest; 5] = [
-    StreamGuest {
-        image: "idle",
-        text: include_str!("../../../guest-images/idle.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 1,
-    },
-    StreamGuest {
-        image: "sweep",
-        text: include_str!("../../../guest-images/sweep.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 2,
-    },
-    StreamGuest {
-        image: "hotset",
-        text: include_str!("../../../guest-images/hotset.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 1,
-    },
-    StreamGuest {
-        image: "rate",
-        text: include_str!("../../../guest-images/rate.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 2,
-    },
-    StreamGuest {
-        image: "random",
-        text: include_str!("../../../guest-images/random.toml"),
-        ram_size: STREAM_GUEST_RAM,
-        vcpus: 2,
-    },
+    stream_guest!("idle", 1),
+    stream_guest!("sweep", 2),
+    stream_guest!("hotset", 1),
+    stream_guest!("rate", 2),
+    stream_guest!("random", 2),
 ];
 
 /// Pages of the fallback destination (the geometry of `fixtures/streams/`).
@@ -347,6 +337,8 @@ enum Rec {
     Postcopy(Vec<u64>),
     /// The device state where a postcopy stream carries it.
     Device,
+    /// An XBZRLE record: page and encoding.
+    Xbzrle(u64, Vec<u8>),
 }
 
 /// A sink keeping every record (bounded by the input: each page record
@@ -360,14 +352,28 @@ impl Recorder {
     /// The RAM writes the records mean: `(page, digest)`, `None` = zeroed.
     /// A destination without a return path (the fuzz check's) refuses
     /// the POSTCOPY record: only the writes before it count then.
+    /// An XBZRLE record is decoded against the page as the records before
+    /// it left it (or its [`pattern`]), as the destination does.
     fn page_writes(&self) -> Vec<(u64, Option<u64>)> {
+        let mut pages: HashMap<u64, Box<[u8; PAGE_SIZE]>> = HashMap::new();
         self.records
             .iter()
             .take_while(|r| !matches!(r, Rec::Postcopy(_)))
             .filter_map(|r| match r {
                 Rec::Pass(_) | Rec::Batch(_) | Rec::Postcopy(_) | Rec::Device => None,
-                Rec::Zero(p) => Some((*p, None)),
-                Rec::Page(p, data) => Some((*p, Some(xxh3_64(&data[..])))),
+                Rec::Zero(p) => {
+                    pages.insert(*p, Box::new([0; PAGE_SIZE]));
+                    Some((*p, None))
+                }
+                Rec::Page(p, data) => {
+                    pages.insert(*p, data.clone());
+                    Some((*p, Some(xxh3_64(&data[..]))))
+                }
+                Rec::Xbzrle(p, enc) => {
+                    let page = pages.entry(*p).or_insert_with(|| Box::new(pattern(*p)));
+                    xbzrle::decode(enc, page).expect("the decoder validated the encoding");
+                    Some((*p, Some(xxh3_64(&page[..]))))
+                }
             })
             .collect()
     }
@@ -396,6 +402,10 @@ impl StreamSink for Recorder {
         self.records.push(Rec::Device);
         Ok(())
     }
+    fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        self.records.push(Rec::Xbzrle(page, encoded.to_vec()));
+        Ok(())
+    }
 }
 
 /// The canonical encoding of a decoded stream, written by the source's
@@ -420,6 +430,7 @@ fn reencode(sum: &LoadSummary, records: &[Rec]) -> Vec<u8> {
             }
             Rec::Postcopy(bitmap) => w.postcopy(bitmap),
             Rec::Device => w.device_state(&sum.device_state),
+            Rec::Xbzrle(p, enc) => w.xbzrle(*p, enc),
         }
         .expect(io);
     }
@@ -441,7 +452,7 @@ fn batch_parts(batch: &[Rec]) -> (Vec<u64>, Vec<u8>) {
                 entries.push(*p);
                 data.extend_from_slice(&d[..]);
             }
-            Rec::Pass(_) | Rec::Batch(_) | Rec::Postcopy(_) | Rec::Device => {
+            Rec::Pass(_) | Rec::Batch(_) | Rec::Postcopy(_) | Rec::Device | Rec::Xbzrle(..) => {
                 unreachable!("a PAGES record holds only pages")
             }
         }

@@ -10,6 +10,7 @@ pub mod image;
 pub mod memory;
 pub mod postcopy_gate;
 pub mod serial;
+pub mod throttle;
 pub mod vcpu;
 pub mod workload;
 
@@ -212,6 +213,16 @@ impl Guest {
     /// Whether the vCPUs are running.
     pub fn is_running(&self) -> bool {
         self.vcpus.control().is_running()
+    }
+
+    /// auto-converge: throttles every vCPU to `100 - pct` % (0 = off).
+    pub fn set_cpu_throttle(&self, pct: u8) {
+        self.vcpus.control().set_throttle(pct);
+    }
+
+    /// The vCPU throttle percentage, 0 when off.
+    pub fn cpu_throttle(&self) -> u8 {
+        self.vcpus.control().throttle()
     }
 
     /// The reason each vCPU's workload halted, if it did (index = vCPU).

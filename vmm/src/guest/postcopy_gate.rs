@@ -88,6 +88,32 @@ impl PostcopyGate {
         self.cv.notify_all();
     }
 
+    /// Postcopy recovery: requests go to `requester` from now on, and every
+    /// page a vCPU asked for and has not got yet is asked for again (the
+    /// request may have been lost with the old connection).
+    pub fn reconnect(&self, requester: Box<dyn PageRequester>) {
+        let mut st = lock(&self.state);
+        for (w, bits) in st.requested.iter().enumerate() {
+            let mut b = *bits;
+            while b != 0 {
+                let page = w as u64 * 64 + u64::from(b.trailing_zeros());
+                b &= b - 1;
+                if self.is_missing(page) {
+                    requester.request(page);
+                }
+            }
+        }
+        st.requester = Some(requester);
+    }
+
+    /// The pages still missing, words of 64 pages (bit set = missing).
+    pub fn missing_bitmap(&self) -> Vec<u64> {
+        self.missing
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .collect()
+    }
+
     /// Whether postcopy is armed.
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
@@ -208,5 +234,26 @@ mod tests {
         assert_eq!(*rec.0.lock().unwrap(), vec![3]);
         assert!(!g.filled(3), "a page is filled once");
         assert_eq!(g.missing_count(), 0);
+    }
+
+    #[test]
+    fn reconnect_asks_again_for_pages_still_awaited() {
+        let g = Arc::new(PostcopyGate::new(128));
+        let old = Arc::new(Rec(Mutex::new(Vec::new())));
+        g.arm(&[(1 << 3) | (1 << 9), 1 << 1], Box::new(old.clone()));
+        let g2 = g.clone();
+        let t = std::thread::spawn(move || g2.wait_present(65, 65));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while old.0.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "no request for page 65");
+            std::thread::yield_now();
+        }
+        assert_eq!(g.missing_bitmap(), vec![(1 << 3) | (1 << 9), 1 << 1]);
+        let new = Arc::new(Rec(Mutex::new(Vec::new())));
+        g.reconnect(Box::new(new.clone()));
+        assert_eq!(*new.0.lock().unwrap(), vec![65], "only the awaited page");
+        assert!(g.filled(65));
+        t.join().unwrap();
+        assert_eq!(g.missing_bitmap(), vec![(1 << 3) | (1 << 9), 0]);
     }
 }

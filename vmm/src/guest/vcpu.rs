@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::memory::GuestRam;
 use super::serial::Serial;
+use super::throttle::Throttle;
 use super::workload::{Sleeper, StepCtx, Workload};
 
 /// Locks a mutex, ignoring poisoning (a panicked vCPU must not take the
@@ -40,6 +41,8 @@ pub struct RunControl {
     ctl: Mutex<Ctl>,
     cv: Condvar,
     vcpus: u32,
+    /// auto-converge's throttle (`guest::throttle`).
+    throttle: Throttle,
 }
 
 impl RunControl {
@@ -49,6 +52,7 @@ impl RunControl {
             ctl: Mutex::new(Ctl::default()),
             cv: Condvar::new(),
             vcpus,
+            throttle: Throttle::default(),
         }
     }
 
@@ -78,6 +82,36 @@ impl RunControl {
         // `!c.running`: a concurrent resume() supersedes this pause.
         while c.parked + c.exited < self.vcpus && !c.running {
             c = self.cv.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Sets auto-converge's throttle (0 lifts it and ends the sleeps at once).
+    pub fn set_throttle(&self, pct: u8) {
+        self.throttle.set(pct);
+        let _c = lock(&self.ctl);
+        self.cv.notify_all();
+    }
+
+    /// The throttle percentage, 0 when off.
+    pub fn throttle(&self) -> u8 {
+        self.throttle.get()
+    }
+
+    /// A throttled vCPU's sleep: until `d` passed, the vCPUs are paused or
+    /// shut down, or the throttle is lifted.
+    fn throttle_sleep(&self, d: Duration) {
+        let deadline = Instant::now() + d;
+        let mut c = lock(&self.ctl);
+        while c.running && !c.shutdown && self.throttle.get() > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            c = self
+                .cv
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -231,8 +265,12 @@ fn run_vcpu(control: &RunControl, slot: &Mutex<Workload>, ram: &GuestRam, serial
             console: workload.is_console(),
             sleeper: control,
         };
+        let mut slice = Instant::now();
         while !control.should_stop() {
             workload.step(&ctx);
+            if let Some(d) = control.throttle.owed(&mut slice) {
+                control.throttle_sleep(d);
+            }
         }
     }
 }

@@ -24,19 +24,27 @@ pub enum Fault {
     /// The source skips one dirty page: the first non-zero page of the
     /// stop-and-copy pass (guest stopped, so its content is final) is not sent.
     SkipOneDirtyPage = 16,
+    /// auto-converge's vCPU throttle stays on after the migration ended
+    /// (completed, failed or cancelled).
+    ThrottleNeverLifted = 32,
+    /// XBZRLE: a cached page sent whole after an overflow keeps its old
+    /// cached copy, so a later delta is encoded against a stale base.
+    XbzrleCacheStaleOnWholeSend = 64,
     /// A page the destination requests during postcopy is answered with the older copy sent
     /// in precopy instead of its final content (once per migration).
-    StalePostcopyPage = 32,
+    StalePostcopyPage = 128,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 8] = [
         Fault::HoldIgnoredAfterMigrate,
         Fault::ReleaseNotSeen,
         Fault::SkipLastDirtyPass,
         Fault::CancelLeavesGuestStopped,
         Fault::SkipOneDirtyPage,
+        Fault::ThrottleNeverLifted,
+        Fault::XbzrleCacheStaleOnWholeSend,
         Fault::StalePostcopyPage,
     ];
 
@@ -48,6 +56,8 @@ impl Fault {
             Fault::SkipLastDirtyPass => "skip-last-dirty-pass",
             Fault::CancelLeavesGuestStopped => "cancel-leaves-guest-stopped",
             Fault::SkipOneDirtyPage => "skip-one-dirty-page",
+            Fault::ThrottleNeverLifted => "throttle-never-lifted",
+            Fault::XbzrleCacheStaleOnWholeSend => "xbzrle-cache-stale",
             Fault::StalePostcopyPage => "stale-postcopy-page",
         }
     }

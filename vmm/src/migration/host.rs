@@ -74,6 +74,14 @@ pub trait MigrationRam: Send + Sync {
             "page {page}: this RAM cannot run a guest in postcopy"
         ))
     }
+    /// Postcopy destination: the pages still missing (bit set = missing,
+    /// words of 64 pages).
+    fn postcopy_missing_bitmap(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    /// Postcopy recovery on the destination: page requests go to
+    /// `requester`; pages asked for and not received are asked for again.
+    fn postcopy_reconnect(&self, _requester: Box<dyn PageRequester>) {}
     /// Postcopy destination: every page is here; accesses stop blocking.
     fn postcopy_disarm(&self) {}
     /// Postcopy destination: pages still missing.
@@ -115,6 +123,14 @@ pub trait MigrationHost: Send + Sync {
     fn vm_stop(&self, new_state: RunState);
     /// Resumes the vCPUs, run state `running`, emits `RESUME`.
     fn vm_start(&self);
+    /// auto-converge: every vCPU runs only `100 - pct` % of the time
+    /// (QEMU's `cpu_throttle_set`); 0 lifts the throttle. A host without
+    /// vCPUs (a stream-only destination) ignores it.
+    fn set_cpu_throttle(&self, _pct: u8) {}
+    /// The current throttle percentage, 0 when not throttling.
+    fn cpu_throttle(&self) -> u8 {
+        0
+    }
     /// Whether the destination starts the guest after an incoming migration.
     fn autostart(&self) -> bool;
     /// Sends a QMP event to every negotiated client.

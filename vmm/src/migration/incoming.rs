@@ -31,6 +31,10 @@ pub(crate) struct Incoming {
     pub socket_address: Option<Vec<SocketAddress>>,
     /// Whether this migration switched to postcopy.
     pub postcopy: bool,
+    /// `migrate-recover` is listening (QEMU 7.2's `postcopy_recover_triggered`).
+    pub recover_triggered: bool,
+    /// `exit-on-error` of `migrate-incoming` (kept for a recovery).
+    pub exit_on_error: bool,
 }
 
 impl Default for Incoming {
@@ -41,6 +45,8 @@ impl Default for Incoming {
             error: None,
             socket_address: None,
             postcopy: false,
+            recover_triggered: false,
+            exit_on_error: true,
         }
     }
 }
@@ -119,6 +125,7 @@ fn start(
     {
         let mut i = lock(&shared.incoming);
         i.mode = Mode::Started;
+        i.exit_on_error = exit_on_error;
         i.socket_address = listener.socket_address().map(|a| vec![a]);
     }
     shared.set_incoming(host.as_ref(), MigrationStatus::None, MigrationStatus::Setup);
@@ -148,6 +155,15 @@ impl<'a> RamSink<'a> {
         }
     }
 
+    /// A sink for the rest of a resumed postcopy migration: pages go
+    /// through the postcopy gate.
+    pub(crate) fn postcopy_resumed(shared: &'a Shared, host: &'a dyn MigrationHost) -> Self {
+        RamSink {
+            ram: host.ram(),
+            postcopy: Some(PostcopyDest::resumed(shared, host)),
+        }
+    }
+
     fn in_postcopy(&self) -> Option<&PostcopyDest<'_>> {
         self.postcopy.as_ref().filter(|p| p.active)
     }
@@ -165,6 +181,15 @@ impl StreamSink for RamSink<'_> {
             Some(p) => p.fill(page, Some(data)),
             None => self.ram.load_page(page, data),
         }
+    }
+    fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        if self.in_postcopy().is_some() {
+            return Err("xbzrle page in postcopy".into());
+        }
+        let mut buf = [0u8; PAGE_SIZE];
+        self.ram.read_page(page, &mut buf)?;
+        super::xbzrle::decode(encoded, &mut buf).map_err(|e| e.reason)?;
+        self.ram.load_page(page, &buf)
     }
     fn postcopy(&mut self, bitmap: &[u64]) -> Result<(), String> {
         match self.postcopy.as_mut() {
@@ -296,6 +321,8 @@ fn accept_and_load(shared: &Shared, host: &dyn MigrationHost, listener: Listener
             drop(listener);
             to_active();
             let handle = conn.try_clone().ok();
+            // For `migrate-pause` on this side.
+            *lock(&shared.incoming_conn) = conn.try_clone().ok();
             let pc = PostcopyDest::new(shared, host, conn.try_clone().ok());
             let r = load_with_postcopy(
                 host,
@@ -328,6 +355,20 @@ fn accept_and_load(shared: &Shared, host: &dyn MigrationHost, listener: Listener
 
 fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_error: bool) {
     let (result, conn) = accept_and_load(shared, host, listener);
+    finish(shared, host, result, conn, exit_on_error);
+}
+
+/// The end of an incoming migration (or of a resumed postcopy): `completed`
+/// (closing `conn` tells the source), `postcopy-paused` for a channel lost
+/// in postcopy, else `failed` (and exit with `exit_on_error`).
+pub(crate) fn finish(
+    shared: &Shared,
+    host: &dyn MigrationHost,
+    result: Result<(bool, RunState), (String, bool)>,
+    conn: Option<Conn>,
+    exit_on_error: bool,
+) {
+    *lock(&shared.incoming_conn) = None;
     match result {
         Ok((postcopy, source_runstate)) => {
             // In postcopy the guest was started when the device state came.
@@ -347,9 +388,17 @@ fn run(shared: &Shared, host: &dyn MigrationHost, listener: Listener, exit_on_er
         Err((msg, lost)) => {
             lock(&shared.incoming).error = Some(msg.clone());
             let cur = lock(&shared.incoming).status;
-            if lost && cur == MigrationStatus::PostcopyActive {
+            let in_postcopy = matches!(
+                cur,
+                MigrationStatus::PostcopyActive | MigrationStatus::PostcopyRecover
+            );
+            if lost && in_postcopy {
                 // As QEMU: the guest runs here and keeps what it has; the
                 // missing pages wait for a recovery. No exit.
+                if let Some(c) = conn {
+                    c.shutdown();
+                }
+                lock(&shared.incoming).recover_triggered = false;
                 shared.set_incoming(host, cur, MigrationStatus::PostcopyPaused);
                 eprintln!("migtest-vmm: postcopy paused: {msg}");
                 return;

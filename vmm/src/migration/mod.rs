@@ -12,6 +12,7 @@
 //! - [`params`]: parameters and capabilities with QEMU's texts.
 //! - [`switchover`]: the switchover decision and the `switchover-hold` semaphore.
 //! - [`transport`]: `unix:` / `tcp:` URIs; `channel`: `file:` / `fd:`.
+//! - [`xbzrle`]: XBZRLE delta pages (codec, page cache, counters).
 //! - [`multifd`]: the multifd channels (handshake, sender and receive threads).
 //! - [`host`]: the traits the engine needs from the VM and the guest
 //!   (implemented for `Vm`/`GuestRam` in `host_impl`).
@@ -20,6 +21,7 @@
 //! Lock order: outgoing slot, then `event_order`, then the per-migration
 //! info / incoming state, then caps/params (held only briefly).
 
+pub mod auto_converge;
 mod channel;
 pub mod faults;
 pub mod host;
@@ -30,6 +32,7 @@ pub mod stream;
 pub mod switchover;
 pub mod testing;
 pub mod transport;
+pub mod xbzrle;
 
 mod incoming;
 mod outgoing;
@@ -63,6 +66,9 @@ pub(crate) struct Shared {
     pub(crate) hold_sem: HoldSemaphore,
     pub(crate) outgoing: Mutex<Option<Arc<outgoing::Outgoing>>>,
     pub(crate) incoming: Mutex<incoming::Incoming>,
+    /// A handle on the incoming main channel while it loads
+    /// (`migrate-pause` on the destination shuts it down).
+    pub(crate) incoming_conn: Mutex<Option<transport::Conn>>,
     /// Serializes status changes with their events so events come out in order.
     pub(crate) event_order: Mutex<()>,
 }
@@ -133,6 +139,7 @@ impl Migration {
                 hold_sem: HoldSemaphore::new(),
                 outgoing: Mutex::new(None),
                 incoming: Mutex::new(incoming::Incoming::default()),
+                incoming_conn: Mutex::new(None),
                 event_order: Mutex::new(()),
             }),
         }
@@ -174,9 +181,7 @@ impl Migration {
         let resume = args.opt_bool("resume")?;
         args.finish()?;
         if resume == Some(true) {
-            return Err(ErrorBody::generic(
-                "Cannot resume if there is no paused migration",
-            ));
+            return self.migrate_resume(&uri);
         }
         let host = self.host()?;
         let mut slot = lock(&self.shared.outgoing);
@@ -342,7 +347,15 @@ impl Migration {
                 i.postcopy_blocktime = Some(host.ram().postcopy_blocktime_ms());
             }
         }
-        let out = lock(&self.shared.outgoing).as_ref().map(|o| o.info());
+        let mut out = lock(&self.shared.outgoing).as_ref().map(|o| o.info());
+        if let (Some(o), Ok(host)) = (out.as_mut(), self.host()) {
+            // As QEMU's populate_ram_info: shown with the RAM figures
+            // whenever the vCPUs are throttled.
+            let pct = host.cpu_throttle();
+            if o.ram.is_some() && pct > 0 {
+                o.cpu_throttle_percentage = Some(u64::from(pct));
+            }
+        }
         match (inc, out) {
             (Some(i), Some(o)) if i.status.is_some_and(|s| s.is_terminal()) => o,
             (Some(i), _) => i,

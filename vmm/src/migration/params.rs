@@ -1,6 +1,7 @@
 //! Migration parameters and capabilities with QEMU's names, defaults, range
 //! checks and error texts.
 
+use super::auto_converge;
 use migtest_qmp::args::Args;
 use migtest_qmp::schema::MigrationCapabilityStatus;
 use migtest_qmp::ErrorBody;
@@ -14,6 +15,8 @@ pub const DEFAULT_DOWNTIME_LIMIT: u64 = 300;
 pub const DEFAULT_MAX_BANDWIDTH: u64 = 128 << 20;
 /// Default `multifd-channels` (`DEFAULT_MIGRATE_MULTIFD_CHANNELS`).
 pub const DEFAULT_MULTIFD_CHANNELS: u8 = 2;
+/// Default `xbzrle-cache-size` (`DEFAULT_MIGRATE_XBZRLE_CACHE_SIZE`, 64 MiB).
+pub const DEFAULT_XBZRLE_CACHE_SIZE: u64 = 64 << 20;
 
 /// The parameters migtest-vmm implements (`MigrationParameters`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,19 @@ pub struct Parameters {
     pub switchover_hold: bool,
     /// `multifd-channels`: extra connections per migration with `multifd` (1..=255).
     pub multifd_channels: u8,
+    /// `cpu-throttle-initial`: auto-converge's first throttle, % (1..=99).
+    pub cpu_throttle_initial: u8,
+    /// `cpu-throttle-increment`: auto-converge's step, % (1..=99).
+    pub cpu_throttle_increment: u8,
+    /// `cpu-throttle-tailslow`: smaller steps close to the target.
+    pub cpu_throttle_tailslow: bool,
+    /// `max-cpu-throttle`: auto-converge's ceiling, % (initial..=99).
+    pub max_cpu_throttle: u8,
+    /// `max-postcopy-bandwidth`, bytes/s for the background pages of
+    /// postcopy, 0 = unlimited (QEMU's default).
+    pub max_postcopy_bandwidth: u64,
+    /// `xbzrle-cache-size`: bytes of the source's page cache (a power of two, >= a page).
+    pub xbzrle_cache_size: u64,
 }
 
 impl Default for Parameters {
@@ -38,6 +54,12 @@ impl Default for Parameters {
             avail_switchover_bandwidth: 0,
             switchover_hold: false,
             multifd_channels: DEFAULT_MULTIFD_CHANNELS,
+            cpu_throttle_initial: auto_converge::DEFAULT_INITIAL,
+            cpu_throttle_increment: auto_converge::DEFAULT_INCREMENT,
+            cpu_throttle_tailslow: false,
+            max_cpu_throttle: auto_converge::DEFAULT_MAX,
+            max_postcopy_bandwidth: 0,
+            xbzrle_cache_size: DEFAULT_XBZRLE_CACHE_SIZE,
         }
     }
 }
@@ -55,6 +77,18 @@ pub struct SetParameters {
     pub switchover_hold: Option<bool>,
     /// New `multifd-channels`.
     pub multifd_channels: Option<u8>,
+    /// New `cpu-throttle-initial`.
+    pub cpu_throttle_initial: Option<u8>,
+    /// New `cpu-throttle-increment`.
+    pub cpu_throttle_increment: Option<u8>,
+    /// New `cpu-throttle-tailslow`.
+    pub cpu_throttle_tailslow: Option<bool>,
+    /// New `max-cpu-throttle`.
+    pub max_cpu_throttle: Option<u8>,
+    /// New `max-postcopy-bandwidth`.
+    pub max_postcopy_bandwidth: Option<u64>,
+    /// New `xbzrle-cache-size`.
+    pub xbzrle_cache_size: Option<u64>,
 }
 
 fn invalid(param: &str, expects: &str) -> ErrorBody {
@@ -100,6 +134,12 @@ impl SetParameters {
             avail_switchover_bandwidth: qapi_uint64(&mut args, "avail-switchover-bandwidth")?,
             switchover_hold: args.opt_bool("switchover-hold")?,
             multifd_channels: qapi_uint8(&mut args, "multifd-channels")?,
+            cpu_throttle_initial: qapi_uint8(&mut args, "cpu-throttle-initial")?,
+            cpu_throttle_increment: qapi_uint8(&mut args, "cpu-throttle-increment")?,
+            cpu_throttle_tailslow: args.opt_bool("cpu-throttle-tailslow")?,
+            max_cpu_throttle: qapi_uint8(&mut args, "max-cpu-throttle")?,
+            max_postcopy_bandwidth: qapi_uint64(&mut args, "max-postcopy-bandwidth")?,
+            xbzrle_cache_size: qapi_uint64(&mut args, "xbzrle-cache-size")?,
         };
         args.finish()?;
         Ok(p)
@@ -125,6 +165,27 @@ impl SetParameters {
         if let Some(v) = self.multifd_channels {
             p.multifd_channels = v;
         }
+        if let Some(v) = self.cpu_throttle_initial {
+            p.cpu_throttle_initial = v;
+        }
+        if let Some(v) = self.cpu_throttle_increment {
+            p.cpu_throttle_increment = v;
+        }
+        if let Some(v) = self.cpu_throttle_tailslow {
+            p.cpu_throttle_tailslow = v;
+        }
+        if let Some(v) = self.max_cpu_throttle {
+            p.max_cpu_throttle = v;
+        }
+        // QEMU 7.2 checks the whole result, in this order.
+        auto_converge::check_rates(&p)?;
+        // No range check in QEMU 7.2 (a `size`, any uint64).
+        if let Some(v) = self.max_postcopy_bandwidth {
+            p.max_postcopy_bandwidth = v;
+        }
+        if let Some(v) = self.xbzrle_cache_size {
+            p.xbzrle_cache_size = v;
+        }
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
         if self.max_bandwidth.is_some() && p.max_bandwidth > usize::MAX as u64 {
@@ -147,10 +208,6 @@ impl SetParameters {
                 ),
             ));
         }
-        if self.multifd_channels.is_some() && p.multifd_channels < 1 {
-            // QEMU 7.2's migrate_params_check.
-            return Err(invalid("multifd_channels", "a value between 1 and 255"));
-        }
         if self.downtime_limit.is_some() && p.downtime_limit > MAX_DOWNTIME_SECONDS * 1000 {
             // QEMU 7.2 prints stringify(MAX_MIGRATE_DOWNTIME), the macro's
             // unexpanded text (recorded in fixtures/qemu-7.2/).
@@ -159,6 +216,17 @@ impl SetParameters {
                 "an integer in the range of 0 to (2000 * 1000) ms",
             ));
         }
+        if self.multifd_channels.is_some() && p.multifd_channels < 1 {
+            // QEMU 7.2's migrate_params_check, after downtime-limit's
+            // (checked against it: both bad, downtime-limit's error wins).
+            return Err(invalid("multifd_channels", "a value between 1 and 255"));
+        }
+        if self.xbzrle_cache_size.is_some() {
+            // After multifd-channels', as in QEMU 7.2's migrate_params_check.
+            crate::migration::xbzrle::check_cache_size(p.xbzrle_cache_size)
+                .map_err(|e| invalid("xbzrle_cache_size", e))?;
+        }
+        auto_converge::check_max(&p)?;
         Ok(p)
     }
 }
@@ -172,6 +240,12 @@ impl Parameters {
             "avail-switchover-bandwidth": self.avail_switchover_bandwidth,
             "switchover-hold": self.switchover_hold,
             "multifd-channels": self.multifd_channels,
+            "cpu-throttle-initial": self.cpu_throttle_initial,
+            "cpu-throttle-increment": self.cpu_throttle_increment,
+            "cpu-throttle-tailslow": self.cpu_throttle_tailslow,
+            "max-cpu-throttle": self.max_cpu_throttle,
+            "max-postcopy-bandwidth": self.max_postcopy_bandwidth,
+            "xbzrle-cache-size": self.xbzrle_cache_size,
         })
     }
 }
@@ -202,7 +276,9 @@ pub const CAPABILITY_NAMES: [&str; 21] = [
 ];
 
 /// Capabilities migtest-vmm implements; the others can only be set false.
-pub const SUPPORTED_CAPABILITIES: [&str; 5] = [
+pub const SUPPORTED_CAPABILITIES: [&str; 7] = [
+    "auto-converge",
+    "xbzrle",
     "events",
     "pause-before-switchover",
     "multifd",
@@ -234,6 +310,17 @@ impl Capabilities {
     /// `pause-before-switchover`.
     pub fn pause_before_switchover(&self) -> bool {
         self.get("pause-before-switchover")
+    }
+
+    /// `auto-converge`: throttle the source's vCPUs when the guest dirties
+    /// memory faster than it is sent.
+    pub fn auto_converge(&self) -> bool {
+        self.get("auto-converge")
+    }
+
+    /// `xbzrle`: re-sent pages XBZRLE-encoded against the source's page cache.
+    pub fn xbzrle(&self) -> bool {
+        self.get("xbzrle")
     }
 
     /// `multifd`: pages over `multifd-channels` extra connections.

@@ -132,6 +132,8 @@ pub struct TestHost {
     /// Held by a "vCPU" while it writes; `vm_stop` takes it to wait for
     /// in-flight writes, like pausing vCPUs does.
     vcpu_gate: Mutex<()>,
+    /// auto-converge's throttle as the engine set it.
+    throttle: std::sync::atomic::AtomicU8,
 }
 
 impl TestHost {
@@ -148,6 +150,7 @@ impl TestHost {
             exit_code: Mutex::new(None),
             migration: Mutex::new(None),
             vcpu_gate: Mutex::new(()),
+            throttle: std::sync::atomic::AtomicU8::new(0),
         });
         let weak: Weak<dyn MigrationHost> =
             Arc::downgrade(&(host.clone() as Arc<dyn MigrationHost>));
@@ -186,6 +189,11 @@ impl TestHost {
     pub fn set_runstate_for_test(&self, s: RunState) {
         let _vcpus = super::lock(&self.vcpu_gate);
         *super::lock(&self.runstate) = s;
+    }
+
+    /// auto-converge's throttle as the engine last set it.
+    pub fn cpu_throttle_now(&self) -> u8 {
+        self.throttle.load(Ordering::SeqCst)
     }
 
     /// The current run state.
@@ -230,6 +238,12 @@ impl MigrationHost for TestHost {
     fn vm_start(&self) {
         *super::lock(&self.runstate) = RunState::Running;
         self.emit("RESUME", None);
+    }
+    fn set_cpu_throttle(&self, pct: u8) {
+        self.throttle.store(pct, Ordering::SeqCst);
+    }
+    fn cpu_throttle(&self) -> u8 {
+        self.throttle.load(Ordering::SeqCst)
     }
     fn autostart(&self) -> bool {
         self.autostart.load(Ordering::SeqCst)

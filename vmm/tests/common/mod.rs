@@ -4,6 +4,8 @@
 //! the harness crate, which these tests must not depend on).
 #![allow(dead_code)]
 
+pub mod inproc;
+
 use migtest_qmp::framing::read_line_bounded;
 use migtest_qmp::{Command as QmpCommand, ServerMessage};
 use serde_json::{json, Value};

@@ -8,6 +8,8 @@ fn caps(side: Side, on: bool) -> Op {
         side,
         events: None,
         pause_before_switchover: None,
+        multifd: None,
+        xbzrle: None,
         postcopy_ram: Some(on),
     }
 }
@@ -20,33 +22,33 @@ fn both_caps() -> [Op; 2] {
 fn held_postcopy_ready(pair: PairSpec) -> Model {
     let mut m = Model::new(pair);
     run_all(&mut m, &both_caps());
-    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 3 }]);
+    run_all(&mut m, &[Op::Hold {}, migrate(), Op::WaitPasses { n: 3 }]);
     m
 }
 
 fn in_postcopy() -> Model {
     let mut m = held_postcopy_ready(pair());
-    run(&mut m, Op::StartPostcopy);
+    run(&mut m, Op::StartPostcopy {});
     m
 }
 
 #[test]
 fn start_postcopy_errors_are_qemus() {
     let mut m = Model::new(pair());
-    let (e, _) = run(&mut m, Op::StartPostcopy);
+    let (e, _) = run(&mut m, Op::StartPostcopy {});
     assert_eq!(
         e.replies(),
         vec![&ExpectedReply::error(ERR_POSTCOPY_NOT_ENABLED)]
     );
     run(&mut m, caps(Side::Source, true));
-    let (e, _) = run(&mut m, Op::StartPostcopy);
+    let (e, _) = run(&mut m, Op::StartPostcopy {});
     assert_eq!(
         e.replies(),
         vec![&ExpectedReply::error(ERR_POSTCOPY_NOT_STARTED)]
     );
     // The capability is checked first, whatever the status.
-    run_all(&mut m, &[caps(Side::Source, false), Op::Hold, migrate()]);
-    let (e, _) = run(&mut m, Op::StartPostcopy);
+    run_all(&mut m, &[caps(Side::Source, false), Op::Hold {}, migrate()]);
+    let (e, _) = run(&mut m, Op::StartPostcopy {});
     assert_eq!(
         e.replies(),
         vec![&ExpectedReply::error(ERR_POSTCOPY_NOT_ENABLED)]
@@ -57,7 +59,7 @@ fn start_postcopy_errors_are_qemus() {
 #[test]
 fn postcopy_ram_cannot_change_during_a_migration() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate()]);
+    run_all(&mut m, &[Op::Hold {}, migrate()]);
     let (e, _) = run(&mut m, caps(Side::Source, true));
     assert_eq!(e.replies(), vec![&ExpectedReply::error(ERR_IN_PROGRESS)]);
 }
@@ -65,26 +67,26 @@ fn postcopy_ram_cannot_change_during_a_migration() {
 #[test]
 fn held_migration_switches_to_postcopy_at_once_and_completes_with_equal_memory() {
     let mut m = held_postcopy_ready(pair());
-    let (e, _) = run(&mut m, Op::StartPostcopy);
+    let (e, _) = run(&mut m, Op::StartPostcopy {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert!(e.statuses(Side::Source).contains(&S::PostcopyActive));
     assert!(e.statuses(Side::Destination).contains(&S::PostcopyActive));
     assert!(!e.held_throughout(), "the hold is for precopy only");
     let (e, _) = run(&mut m, wait_src(S::PostcopyActive));
     assert!(e.replies().contains(&&ExpectedReply::Ok));
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(m.hold(), Some(true), "the hold stays set");
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    let (e, _) = run(&mut m, Op::CheckDestinationRuns);
+    let (e, _) = run(&mut m, Op::CheckDestinationRuns {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
 }
 
 #[test]
 fn a_completed_postcopy_shows_postcopy_active_then_completed_events() {
     let mut m = in_postcopy();
-    let op = Op::WaitCompleted;
+    let op = Op::WaitCompleted {};
     m.apply(&op);
     let mut obs = m.canonical_observation(&op);
     obs.source.events = vec![
@@ -123,15 +125,15 @@ fn destination_runs_the_guest_during_postcopy_when_autostart() {
         ..pair()
     };
     let mut m = held_postcopy_ready(p);
-    let (e, _) = run(&mut m, Op::StartPostcopy);
+    let (e, _) = run(&mut m, Op::StartPostcopy {});
     assert!(e
         .outcomes
         .iter()
         .all(|o| o.guest_owner == GuestOwner::Destination));
     assert!(e.run_states(Side::Destination).contains(&RunState::Running));
-    run(&mut m, Op::WaitCompleted);
+    run(&mut m, Op::WaitCompleted {});
     // It ran: memory is no longer comparable.
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert!(e.refused().is_some());
 }
 
@@ -160,10 +162,10 @@ fn destination_killed_during_postcopy_pauses_the_source() {
     // The guest stays stopped; the migration occupies the source for good.
     let (e, _) = run(&mut m, migrate());
     assert_eq!(e.replies(), vec![&ExpectedReply::error(ERR_IN_PROGRESS)]);
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert!(e.refused().is_some());
-    assert!(m.expect(&Op::WaitCompleted).may_time_out());
-    assert!(m.expect(&Op::Cancel).refused().is_some());
+    assert!(m.expect(&Op::WaitCompleted {}).may_time_out());
+    assert!(m.expect(&Op::Cancel {}).refused().is_some());
     assert_eq!(m.settling_op(), None);
 }
 
@@ -211,11 +213,15 @@ fn postcopy_ram_only_on_the_destination_is_plain_precopy() {
     let mut m = Model::new(pair());
     run_all(
         &mut m,
-        &[caps(Side::Destination, true), migrate(), Op::WaitCompleted],
+        &[
+            caps(Side::Destination, true),
+            migrate(),
+            Op::WaitCompleted {},
+        ],
     );
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    let (e, _) = run(&mut m, Op::StartPostcopy);
+    let (e, _) = run(&mut m, Op::StartPostcopy {});
     assert_eq!(
         e.replies(),
         vec![&ExpectedReply::error(ERR_POSTCOPY_NOT_ENABLED)]
@@ -226,8 +232,8 @@ fn postcopy_ram_only_on_the_destination_is_plain_precopy() {
 fn start_postcopy_after_the_migration_is_a_no_op() {
     let mut m = Model::new(pair());
     run_all(&mut m, &both_caps());
-    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
-    let (e, _) = run(&mut m, Op::StartPostcopy);
+    run_all(&mut m, &[migrate(), Op::WaitCompleted {}]);
+    let (e, _) = run(&mut m, Op::StartPostcopy {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(e.statuses(Side::Source), set(&[S::Completed]));
 }
@@ -236,17 +242,17 @@ fn start_postcopy_after_the_migration_is_a_no_op() {
 fn postcopy_with_pause_before_switchover_is_not_predicted() {
     let mut m = Model::new(pair());
     run_all(&mut m, &both_caps());
-    run_all(&mut m, &[src_pbs(true), Op::Hold, migrate()]);
-    let e = m.expect(&Op::StartPostcopy);
+    run_all(&mut m, &[src_pbs(true), Op::Hold {}, migrate()]);
+    let e = m.expect(&Op::StartPostcopy {});
     assert!(e.refused().is_some());
-    assert!(!executable(&m, &Op::StartPostcopy));
+    assert!(!executable(&m, &Op::StartPostcopy {}));
 }
 
 #[test]
 fn cancel_during_postcopy_is_not_predicted_nor_generated() {
     let m = in_postcopy();
-    assert!(m.expect(&Op::Cancel).may_be_refused());
-    assert!(!executable(&m, &Op::Cancel));
+    assert!(m.expect(&Op::Cancel {}).may_be_refused());
+    assert!(!executable(&m, &Op::Cancel {}));
     assert!(!executable(&m, &Op::Cont { side: Side::Source }));
 }
 
@@ -273,7 +279,7 @@ fn postcopy_transitions_are_legal_only_from_active() {
 #[test]
 fn settling_waits_for_a_running_postcopy() {
     let m = in_postcopy();
-    assert_eq!(m.settling_op(), Some(Op::WaitCompleted));
+    assert_eq!(m.settling_op(), Some(Op::WaitCompleted {}));
 }
 
 /// Generated sequences that reach postcopy: a good share of them.
@@ -298,7 +304,7 @@ fn the_generator_reaches_postcopy() {
             if now && !was {
                 started += 1;
             }
-            if was && *op == Op::WaitCompleted {
+            if was && *op == (Op::WaitCompleted {}) {
                 completed += 1;
             }
             was = now;

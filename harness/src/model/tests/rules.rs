@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn migrate_with_hold_stays_in_setup_or_active() {
     let mut m = Model::new(pair());
-    run(&mut m, Op::Hold);
+    run(&mut m, Op::Hold {});
     let (e, _) = run(&mut m, migrate());
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(e.statuses(Side::Source), set(&[S::Setup, S::Active]));
@@ -30,16 +30,16 @@ fn migrate_without_hold_may_complete() {
         set(&[S::Setup, S::Active, S::Completed])
     );
     assert!(e.statuses(Side::Destination).contains(&S::Completed));
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(e.statuses(Side::Source), set(&[S::Completed]));
     assert_eq!(e.run_states(Side::Source), [RunState::Postmigrate].into());
     // dst-paused (-S): the destination holds the guest paused.
     assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
     assert!(e.outcomes.iter().all(|o| o.memory_must_match));
-    let (e, _) = run(&mut m, Op::CheckMemory);
+    let (e, _) = run(&mut m, Op::CheckMemory {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    let (e, _) = run(&mut m, Op::CheckDestinationRuns);
+    let (e, _) = run(&mut m, Op::CheckDestinationRuns {});
     assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Destination);
     assert!(!e.outcomes[0].memory_must_match);
 }
@@ -47,7 +47,7 @@ fn migrate_without_hold_may_complete() {
 #[test]
 fn migrate_while_running_is_refused_in_progress() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate()]);
+    run_all(&mut m, &[Op::Hold {}, migrate()]);
     let e = m.apply(&migrate());
     assert_eq!(
         e.replies(),
@@ -70,7 +70,7 @@ fn set_capabilities_only_without_running_migration() {
     let mut m = Model::new(pair());
     let (e, _) = run(&mut m, src_pbs(true));
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    run_all(&mut m, &[Op::Hold, migrate()]);
+    run_all(&mut m, &[Op::Hold {}, migrate()]);
     let (e, _) = run(&mut m, src_pbs(false));
     assert_eq!(
         e.replies(),
@@ -89,11 +89,13 @@ fn set_capabilities_only_without_running_migration() {
             side: Side::Destination,
             events: Some(true),
             pause_before_switchover: None,
+            multifd: None,
+            xbzrle: None,
             postcopy_ram: None,
         },
     );
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    run_all(&mut m, &[Op::Cancel, wait_src(S::Cancelled)]);
+    run_all(&mut m, &[Op::Cancel {}, wait_src(S::Cancelled)]);
     let (e, _) = run(&mut m, src_pbs(false));
     assert_eq!(
         e.replies(),
@@ -105,13 +107,15 @@ fn set_capabilities_only_without_running_migration() {
 #[test]
 fn set_parameters_any_time_but_downtime_range_checked() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate()]);
+    run_all(&mut m, &[Op::Hold {}, migrate()]);
     let op = Op::SetParameters {
         side: Side::Source,
         downtime_limit: Some(2_000_000),
         max_bandwidth: Some(Size(0)),
         avail_switchover_bandwidth: None,
         switchover_hold: None,
+        multifd_channels: None,
+        xbzrle_cache_size: None,
     };
     let (e, _) = run(&mut m, op);
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -125,6 +129,8 @@ fn set_parameters_any_time_but_downtime_range_checked() {
         max_bandwidth: Some(Size(5)),
         avail_switchover_bandwidth: None,
         switchover_hold: None,
+        multifd_channels: None,
+        xbzrle_cache_size: None,
     };
     let (e, _) = run(&mut m, bad.clone());
     assert_eq!(e.replies(), vec![&ExpectedReply::error(ERR_DOWNTIME_LIMIT)]);
@@ -171,7 +177,7 @@ fn continue_in_wrong_state_names_the_current_status() {
             "Migration not in expected state: none"
         )]
     );
-    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 2 }]);
+    run_all(&mut m, &[Op::Hold {}, migrate(), Op::WaitPasses { n: 2 }]);
     let (e, _) = run(&mut m, op);
     assert_eq!(
         e.replies(),
@@ -189,7 +195,7 @@ fn pause_before_switchover_then_continue_completes() {
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(e.run_states(Side::Source), [RunState::FinishMigrate].into());
     // wait-completed would sit in pre-switchover until the executor's timeout.
-    assert!(m.expect(&Op::WaitCompleted).may_time_out());
+    assert!(m.expect(&Op::WaitCompleted {}).may_time_out());
     let (e, _) = run(
         &mut m,
         Op::Continue {
@@ -198,25 +204,22 @@ fn pause_before_switchover_then_continue_completes() {
     );
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert!(e.statuses(Side::Source).contains(&S::Device));
-    let (e, obs) = run(&mut m, Op::WaitCompleted);
+    let (e, obs) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     let evs: Vec<&Event> = obs.source.events.iter().collect();
     assert!(
         evs.contains(&&Event::Migration { status: S::Device }),
         "{evs:?}"
     );
-    run(&mut m, Op::CheckMemory);
+    run(&mut m, Op::CheckMemory {});
 }
 
 #[test]
 fn hold_released_with_pause_before_switchover_reaches_pre_switchover() {
     let mut m = Model::new(pair());
-    run_all(
-        &mut m,
-        &[src_pbs(true), Op::Hold, migrate(), Op::WaitPasses { n: 2 }],
-    );
+    run_all(&mut m, &pbs_held_two_passes());
     assert!(m.expect(&wait_src(S::PreSwitchover)).may_time_out());
-    run(&mut m, Op::Release);
+    run(&mut m, Op::Release {});
     let (e, _) = run(&mut m, wait_src(S::PreSwitchover));
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
 }
@@ -224,25 +227,25 @@ fn hold_released_with_pause_before_switchover_reaches_pre_switchover() {
 #[test]
 fn cancel_is_always_ok() {
     let mut m = Model::new(pair());
-    let (e, _) = run(&mut m, Op::Cancel);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     assert_eq!(e.statuses(Side::Source), set(&[S::None]));
-    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
-    let (e, _) = run(&mut m, Op::Cancel);
+    run_all(&mut m, &[migrate(), Op::WaitCompleted {}]);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert_eq!(
         e.statuses(Side::Source),
         set(&[S::Completed]),
         "no-op after completed"
     );
     assert_eq!(e.statuses(Side::Destination), set(&[S::Completed]));
-    run(&mut m, Op::Cancel);
+    run(&mut m, Op::Cancel {});
 }
 
 #[test]
 fn cancel_during_hold_cancels_and_the_source_runs_on() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 2 }]);
-    let (e, _) = run(&mut m, Op::Cancel);
+    run_all(&mut m, &[Op::Hold {}, migrate(), Op::WaitPasses { n: 2 }]);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert_eq!(
         e.statuses(Side::Source),
         set(&[S::Cancelling, S::Cancelled])
@@ -254,7 +257,7 @@ fn cancel_during_hold_cancels_and_the_source_runs_on() {
     assert_eq!(e.run_states(Side::Source), [RunState::Running].into());
     assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Source);
     // Cancel again: still cancelled.
-    let (e, _) = run(&mut m, Op::Cancel);
+    let (e, _) = run(&mut m, Op::Cancel {});
     assert_eq!(e.statuses(Side::Source), set(&[S::Cancelled]));
 }
 
@@ -262,7 +265,7 @@ fn cancel_during_hold_cancels_and_the_source_runs_on() {
 fn cancel_racing_completion_allows_both_endings() {
     let mut m = Model::new(pair());
     run(&mut m, migrate());
-    let e = m.apply(&Op::Cancel);
+    let e = m.apply(&Op::Cancel {});
     let st = e.statuses(Side::Source);
     assert!(
         st.contains(&S::Completed) && st.contains(&S::Cancelling),
@@ -276,11 +279,11 @@ fn hold_persists_across_migrations() {
     run_all(
         &mut m,
         &[
-            Op::Hold,
+            Op::Hold {},
             migrate(),
-            Op::Cancel,
+            Op::Cancel {},
             wait_src(S::Cancelled),
-            Op::RestartDestination,
+            Op::RestartDestination {},
         ],
     );
     let (e, _) = run(&mut m, migrate());
@@ -290,8 +293,8 @@ fn hold_persists_across_migrations() {
     );
     assert_eq!(m.migrations(), 2);
     run(&mut m, Op::WaitPasses { n: 1 });
-    run(&mut m, Op::Release);
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    run(&mut m, Op::Release {});
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
 }
 
@@ -308,10 +311,10 @@ fn hold_on_the_destination_has_no_effect() {
 #[test]
 fn wait_completed_while_held_times_out() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate()]);
-    let e = m.expect(&Op::WaitCompleted);
+    run_all(&mut m, &[Op::Hold {}, migrate()]);
+    let e = m.expect(&Op::WaitCompleted {});
     assert_eq!(e.replies(), vec![&ExpectedReply::Timeout]);
-    assert!(!executable(&m, &Op::WaitCompleted));
+    assert!(!executable(&m, &Op::WaitCompleted {}));
 }
 
 #[test]
@@ -332,9 +335,9 @@ fn migrate_to_a_dead_destination_fails_and_the_source_runs_on() {
     // After failed, a fresh destination makes a new migration work.
     run_all(
         &mut m,
-        &[Op::RestartDestination, migrate(), Op::WaitCompleted],
+        &[Op::RestartDestination {}, migrate(), Op::WaitCompleted {}],
     );
-    run(&mut m, Op::CheckMemory);
+    run(&mut m, Op::CheckMemory {});
 }
 
 #[test]
@@ -343,10 +346,10 @@ fn second_migrate_needs_a_fresh_destination() {
     let refused =
         ExpectedReply::error("Can't migrate the vm that was paused due to previous migration");
     let mut m = Model::new(pair());
-    run_all(&mut m, &[migrate(), Op::WaitCompleted]);
+    run_all(&mut m, &[migrate(), Op::WaitCompleted {}]);
     let (e, _) = run(&mut m, migrate());
     assert_eq!(e.replies(), vec![&refused]);
-    run_all(&mut m, &[Op::RestartDestination]);
+    run_all(&mut m, &[Op::RestartDestination {}]);
     let (e, _) = run(&mut m, migrate());
     assert_eq!(e.replies(), vec![&refused]);
 }
@@ -354,7 +357,7 @@ fn second_migrate_needs_a_fresh_destination() {
 #[test]
 fn killing_the_destination_during_hold_fails_the_migration() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate(), Op::WaitPasses { n: 2 }]);
+    run_all(&mut m, &[Op::Hold {}, migrate(), Op::WaitPasses { n: 2 }]);
     let (e, _) = run(
         &mut m,
         Op::Kill {
@@ -371,7 +374,7 @@ fn killing_the_destination_during_hold_fails_the_migration() {
 #[test]
 fn killing_the_source_fails_the_destination() {
     let mut m = Model::new(pair());
-    run_all(&mut m, &[Op::Hold, migrate()]);
+    run_all(&mut m, &[Op::Hold {}, migrate()]);
     let (e, _) = run(&mut m, Op::Kill { side: Side::Source });
     assert!(e.outcomes.iter().all(|o| o.source.alive == Alive::No));
     assert!(e
@@ -412,14 +415,14 @@ fn stopped_source_migrates_non_live_and_destination_stays_paused() {
     });
     run_all(
         &mut m,
-        &[Op::Hold, migrate(), Op::Stop { side: Side::Source }],
+        &[Op::Hold {}, migrate(), Op::Stop { side: Side::Source }],
     );
     let (e, _) = run(&mut m, Op::WaitPasses { n: 2 });
     assert_eq!(e.run_states(Side::Source), [RunState::Paused].into());
-    run(&mut m, Op::Release);
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    run(&mut m, Op::Release {});
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.run_states(Side::Destination), [RunState::Paused].into());
-    run(&mut m, Op::CheckMemory);
+    run(&mut m, Op::CheckMemory {});
 }
 
 #[test]
@@ -429,10 +432,10 @@ fn destination_without_dash_s_runs_after_completion() {
         ..pair()
     });
     run(&mut m, migrate());
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.run_states(Side::Destination), [RunState::Running].into());
     assert_eq!(e.outcomes[0].guest_owner, GuestOwner::Destination);
-    assert!(m.expect(&Op::CheckMemory).refused().is_some());
+    assert!(m.expect(&Op::CheckMemory {}).refused().is_some());
 }
 
 #[test]
@@ -450,7 +453,7 @@ fn cont_on_an_incoming_destination_sets_autostart() {
         [RunState::Inmigrate].into()
     );
     run(&mut m, migrate());
-    let (e, _) = run(&mut m, Op::WaitCompleted);
+    let (e, _) = run(&mut m, Op::WaitCompleted {});
     assert_eq!(e.run_states(Side::Destination), [RunState::Running].into());
 }
 
@@ -459,7 +462,7 @@ fn cont_on_a_postmigrate_source_is_the_tests_doing() {
     let mut m = Model::new(pair());
     run_all(
         &mut m,
-        &[migrate(), Op::WaitCompleted, Op::CheckDestinationRuns],
+        &[migrate(), Op::WaitCompleted {}, Op::CheckDestinationRuns {}],
     );
     let (e, _) = run(&mut m, Op::Cont { side: Side::Source });
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -471,19 +474,19 @@ fn cont_on_a_postmigrate_source_is_the_tests_doing() {
 #[test]
 fn check_memory_needs_a_completed_migration() {
     let mut m = Model::new(pair());
-    let e = m.apply(&Op::CheckMemory);
+    let e = m.apply(&Op::CheckMemory {});
     assert!(e.refused().is_some());
     m.check(
-        &Op::CheckMemory,
+        &Op::CheckMemory {},
         &Observation {
             reply: Reply::Refused {
                 reason: "no migration".into(),
             },
-            ..m.canonical_observation(&Op::CheckMemory)
+            ..m.canonical_observation(&Op::CheckMemory {})
         },
     )
     .unwrap();
-    assert!(!executable(&Model::new(pair()), &Op::CheckMemory));
+    assert!(!executable(&Model::new(pair()), &Op::CheckMemory {}));
 }
 
 #[test]
@@ -493,7 +496,7 @@ fn unguaranteed_convergence_may_time_out() {
         ..PairSpec::default()
     });
     run(&mut m, migrate());
-    assert!(m.expect(&Op::WaitCompleted).may_time_out());
+    assert!(m.expect(&Op::WaitCompleted {}).may_time_out());
     run(
         &mut m,
         Op::SetParameters {
@@ -502,9 +505,11 @@ fn unguaranteed_convergence_may_time_out() {
             max_bandwidth: None,
             avail_switchover_bandwidth: None,
             switchover_hold: None,
+            multifd_channels: None,
+            xbzrle_cache_size: None,
         },
     );
-    assert!(!m.expect(&Op::WaitCompleted).may_time_out());
+    assert!(!m.expect(&Op::WaitCompleted {}).may_time_out());
 }
 
 #[test]
@@ -512,8 +517,8 @@ fn wait_gives_up_rules() {
     assert!(wait_gives_up(&Op::WaitPasses { n: 3 }, S::Completed));
     assert!(wait_gives_up(&Op::WaitPasses { n: 3 }, S::PreSwitchover));
     assert!(!wait_gives_up(&Op::WaitPasses { n: 3 }, S::Active));
-    assert!(wait_gives_up(&Op::WaitCompleted, S::Cancelled));
-    assert!(!wait_gives_up(&Op::WaitCompleted, S::PreSwitchover));
+    assert!(wait_gives_up(&Op::WaitCompleted {}, S::Cancelled));
+    assert!(!wait_gives_up(&Op::WaitCompleted {}, S::PreSwitchover));
     assert!(!wait_gives_up(&wait_src(S::Failed), S::Failed));
     assert!(wait_gives_up(&wait_src(S::Failed), S::Completed));
 }

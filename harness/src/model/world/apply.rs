@@ -6,7 +6,9 @@ use crate::scenario::{MigrationStatus, Op, PairSpec, Side};
 use super::super::expect::{
     ExpectedReply, ERR_DOWNTIME_LIMIT, ERR_IN_PROGRESS, ERR_NOT_EXPECTED_STATE,
 };
+use super::super::multifd;
 use super::super::types::MAX_DOWNTIME_LIMIT_MS;
+use super::xbzrle;
 use super::{step, Dst, DstPhase, GuestRun, SrcPhase, Step, World};
 
 use MigrationStatus as S;
@@ -17,17 +19,31 @@ impl World {
         let mut w = self.clone();
         let ok = ExpectedReply::Ok;
         match op {
+            Op::SetAutoConverge { .. } | Op::SetThrottle { .. } | Op::WaitThrottled {} => {
+                self.apply_auto_converge(op, pair)
+            }
             Op::SetParameters {
                 side,
                 downtime_limit,
                 switchover_hold,
+                multifd_channels,
+                xbzrle_cache_size,
                 ..
             } => {
                 if !self.side_alive(*side) {
                     return step(ExpectedReply::Dead, w);
                 }
+                if let Some(e) = multifd::channels_parse_error(*multifd_channels) {
+                    return step(ExpectedReply::error(e), w);
+                }
                 if downtime_limit.is_some_and(|d| d > MAX_DOWNTIME_LIMIT_MS) {
                     return step(ExpectedReply::error(ERR_DOWNTIME_LIMIT), w);
+                }
+                if let Some(e) = multifd::channels_range_error(*multifd_channels) {
+                    return step(ExpectedReply::error(e), w);
+                }
+                if let Some(err) = xbzrle::cache_size_error(*xbzrle_cache_size) {
+                    return step(ExpectedReply::error(err), w);
                 }
                 let p = match side {
                     Side::Source => &mut w.src.params,
@@ -45,12 +61,14 @@ impl World {
                 }
                 step(ok, w)
             }
-            Op::Hold => self.apply(&Op::set_hold(Side::Source, true), pair),
-            Op::Release => self.apply(&Op::set_hold(Side::Source, false), pair),
+            Op::Hold {} => self.apply(&Op::set_hold(Side::Source, true), pair),
+            Op::Release {} => self.apply(&Op::set_hold(Side::Source, false), pair),
             Op::SetCapabilities {
                 side,
                 events,
                 pause_before_switchover,
+                multifd,
+                xbzrle,
                 postcopy_ram,
             } => {
                 if !self.side_alive(*side) {
@@ -68,6 +86,12 @@ impl World {
                 }
                 if let Some(p) = pause_before_switchover {
                     c.pause_before_switchover = *p;
+                }
+                if let Some(m) = multifd {
+                    c.multifd = *m;
+                }
+                if let Some(x) = xbzrle {
+                    c.xbzrle = *x;
                 }
                 if let Some(p) = postcopy_ram {
                     c.postcopy_ram = *p;
@@ -94,12 +118,18 @@ impl World {
                 w.passes_min = 0;
                 w.tainted = false;
                 w.src.resumed = false;
+                let disagree = multifd::mismatch(
+                    (&self.src.caps, &self.src.params),
+                    (&self.dst.caps, &self.dst.params),
+                );
                 if self.dst.phase == DstPhase::Listening
-                    && self.src.caps.postcopy_ram
-                    && !self.dst.caps.postcopy_ram
+                    && (disagree.is_some()
+                        || (self.src.caps.postcopy_ram && !self.dst.caps.postcopy_ram))
                 {
-                    // QEMU's loadvm_postcopy_handle_advise: "RAM postcopy is disabled but
-                    // have 16 byte advise"; the destination fails and exits, the source fails.
+                    // The destination refuses the connections and exits; the source fails
+                    // (multifd disagreement; postcopy-ram on the source only is QEMU's
+                    // loadvm_postcopy_handle_advise: "RAM postcopy is disabled but have 16
+                    // byte advise").
                     w.dst.phase = DstPhase::Dying;
                     w.src.phase = SrcPhase::Failing { from_device: false };
                 } else if self.dst.phase == DstPhase::Listening {
@@ -174,8 +204,8 @@ impl World {
                     }
                 }
             }
-            Op::StartPostcopy => self.start_postcopy(),
-            Op::Cancel => {
+            Op::StartPostcopy {} => self.start_postcopy(),
+            Op::Cancel {} => {
                 if !self.src.alive {
                     return step(ExpectedReply::Dead, w);
                 }
@@ -265,16 +295,7 @@ impl World {
                         }
                     },
                     Side::Destination => {
-                        match w.dst.phase {
-                            DstPhase::Listening
-                            | DstPhase::Incoming
-                            | DstPhase::Dying
-                            | DstPhase::PostcopyPaused => w.dst.autostart = false,
-                            DstPhase::Completed(GuestRun::Running) => {
-                                w.dst.phase = DstPhase::Completed(GuestRun::Paused)
-                            }
-                            _ => {}
-                        }
+                        w.dst.set_running(false);
                         step(ok, w)
                     }
                 }
@@ -302,26 +323,17 @@ impl World {
                         step(ok, w)
                     }
                     Side::Destination => {
-                        match w.dst.phase {
-                            DstPhase::Listening
-                            | DstPhase::Incoming
-                            | DstPhase::Dying
-                            | DstPhase::PostcopyPaused => {
-                                w.dst.autostart = true;
-                                w.dst.ran |= w.dst_runs_in_postcopy();
-                            }
-                            DstPhase::Completed(_) => {
-                                w.dst.phase = DstPhase::Completed(GuestRun::Running);
-                                w.dst.ran = true;
-                            }
-                            DstPhase::Dead => {}
+                        w.dst.set_running(true);
+                        if w.dst.phase != DstPhase::Dead {
+                            let runs = w.dst_runs_in_postcopy();
+                            w.dst.ran |= runs;
                         }
                         step(ok, w)
                     }
                 }
             }
             Op::WaitStatus { side, status } => self.wait_status(*side, *status),
-            Op::WaitCompleted => {
+            Op::WaitCompleted {} => {
                 if !self.src.alive {
                     return step(ExpectedReply::Dead, w);
                 }
@@ -378,7 +390,7 @@ impl World {
                     step(ok.clone(), w)
                 })
                 .collect(),
-            Op::RestartDestination => self
+            Op::RestartDestination {} => self
                 .lose_destination()
                 .into_iter()
                 .flat_map(|mut w| {
@@ -386,11 +398,11 @@ impl World {
                     step(ok.clone(), w)
                 })
                 .collect(),
-            Op::CheckMemory => match self.memory_must_match() {
+            Op::CheckMemory {} => match self.memory_must_match() {
                 Ok(()) => step(ok, w),
                 Err(reason) => step(ExpectedReply::refused(reason), w),
             },
-            Op::CheckDestinationRuns => match self.dst.phase {
+            Op::CheckDestinationRuns {} => match self.dst.phase {
                 DstPhase::Completed(_) => {
                     w.dst.phase = DstPhase::Completed(GuestRun::Running);
                     w.dst.ran = true;
@@ -600,6 +612,28 @@ impl World {
                     step(ExpectedReply::unreachable(S::Failed), done)
                 }
             }
+        }
+    }
+}
+
+impl Dst {
+    /// `stop` (`run` false) or `cont` (`run` true) on the destination: before completion it sets
+    /// autostart (the guest runs after the incoming migration, or not); after, it pauses or
+    /// runs the guest (a guest that ran has diverged from the source).
+    fn set_running(&mut self, run: bool) {
+        match self.phase {
+            DstPhase::Listening
+            | DstPhase::Incoming
+            | DstPhase::Dying
+            | DstPhase::PostcopyPaused => self.autostart = run,
+            DstPhase::Completed(_) if run => {
+                self.phase = DstPhase::Completed(GuestRun::Running);
+                self.ran = true;
+            }
+            DstPhase::Completed(GuestRun::Running) => {
+                self.phase = DstPhase::Completed(GuestRun::Paused)
+            }
+            DstPhase::Completed(_) | DstPhase::Dead => {}
         }
     }
 }

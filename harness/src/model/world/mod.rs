@@ -12,7 +12,9 @@ use super::types::{Capabilities, Observation, Parameters, RunState};
 use MigrationStatus as S;
 
 mod apply;
+mod auto_converge;
 mod postcopy;
+pub(crate) mod xbzrle;
 
 /// Where the source guest stands when no migration stops it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,8 +133,7 @@ impl World {
     pub fn initial(pair: &PairSpec) -> World {
         let caps = Capabilities {
             events: pair.events,
-            pause_before_switchover: false,
-            postcopy_ram: false,
+            ..Capabilities::default()
         };
         World {
             src: Src {
@@ -563,8 +564,7 @@ impl Dst {
             params: Parameters::default(),
             caps: Capabilities {
                 events: pair.events,
-                pause_before_switchover: false,
-                postcopy_ram: false,
+                ..Capabilities::default()
             },
         }
     }

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::backend::{Backend, LaunchSpec};
+use crate::backend::Backend;
 use crate::model::{Expectation, Model, Observation, Reply};
 use crate::vm::Vm;
 
 use super::{MigrationStatus, Op, PairSpec, Scenario, Side};
 
+mod auto_converge;
 mod observe;
 mod perform;
 pub mod report;
@@ -147,7 +148,7 @@ pub fn optional_parameters(s: &Scenario) -> Vec<(Side, &'static str)> {
     };
     for op in &s.ops {
         match op {
-            Op::Hold | Op::Release => add(Side::Source, "switchover-hold"),
+            Op::Hold {} | Op::Release {} => add(Side::Source, "switchover-hold"),
             Op::SetParameters {
                 side,
                 switchover_hold,
@@ -217,21 +218,10 @@ impl Executor {
     /// `-incoming defer`; `events` on both sides as the spec says. Parameters are left at
     /// their defaults (the model's starting point).
     pub fn launch(pair: &PairSpec, opts: &ExecOptions) -> Result<Executor, ExecError> {
-        let src = Vm::launch_as(
-            "source",
-            &opts.src_backend,
-            &LaunchSpec {
-                name: "source".into(),
-                memory_bytes: pair.memory.0,
-                vcpus: pair.vcpus,
-                image: pair.image.clone(),
-                incoming: None,
-                paused: false,
-                extra_args: opts.src_extra.clone(),
-            },
-        )
-        .map_err(launch_err)?;
-        if pair.events {
+        let spec = launch_spec(pair, opts);
+        let src = Vm::launch_as("source", &opts.src_backend, &spec.source_launch())
+            .map_err(launch_err)?;
+        if spec.events {
             src.set_capabilities(&[("events", true)])
                 .map_err(launch_err)?;
         }
@@ -441,21 +431,22 @@ impl Executor {
     }
 }
 
+/// The pair driver's spec of `pair` with the backends and extra options of `opts`.
+fn launch_spec(pair: &PairSpec, opts: &ExecOptions) -> crate::pair::PairSpec {
+    let mut spec = pair.on_backends(opts.src_backend.clone(), opts.dst_backend.clone());
+    spec.src_extra = opts.src_extra.clone();
+    spec.dst_extra = opts.dst_extra.clone();
+    spec
+}
+
 fn launch_destination(pair: &PairSpec, opts: &ExecOptions, generation: u32) -> anyhow::Result<Vm> {
+    let spec = launch_spec(pair, opts);
     let dst = Vm::launch_as(
         "destination",
-        &opts.dst_backend,
-        &LaunchSpec {
-            name: format!("destination-{generation}"),
-            memory_bytes: pair.memory.0,
-            vcpus: pair.vcpus,
-            image: pair.image.clone(),
-            incoming: Some("defer".into()),
-            paused: pair.dst_paused,
-            extra_args: opts.dst_extra.clone(),
-        },
+        &spec.dst_backend,
+        &spec.destination_launch(format!("destination-{generation}")),
     )?;
-    if pair.events {
+    if spec.events {
         dst.set_capabilities(&[("events", true)])?;
     }
     Ok(dst)

@@ -75,6 +75,7 @@ fn observe_side(s: &mut SideVm) -> anyhow::Result<SideObservation> {
         status: Some(info.status.unwrap_or(MigrationStatus::None)),
         run_state: Some(st.status),
         dirty_sync_count: info.ram.as_ref().map(|r| r.dirty_sync_count),
+        cpu_throttle: info.cpu_throttle_percentage,
         events,
     })
 }

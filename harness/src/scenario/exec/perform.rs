@@ -20,30 +20,13 @@ impl Executor {
                 let args = Value::Object(op.parameter_arguments());
                 self.qmp(*side, "migrate-set-parameters", args)
             }
-            Op::Hold => self.perform(&Op::set_hold(Side::Source, true)),
-            Op::Release => self.perform(&Op::set_hold(Side::Source, false)),
-            Op::SetCapabilities {
-                side,
-                events,
-                pause_before_switchover,
-                postcopy_ram,
-            } => {
-                let mut caps = Vec::new();
-                if let Some(e) = events {
-                    caps.push(json!({"capability": "events", "state": e}));
-                }
-                if let Some(p) = pause_before_switchover {
-                    caps.push(json!({"capability": "pause-before-switchover", "state": p}));
-                }
-                if let Some(p) = postcopy_ram {
-                    caps.push(json!({"capability": "postcopy-ram", "state": p}));
-                }
-                self.qmp(
-                    *side,
-                    "migrate-set-capabilities",
-                    json!({ "capabilities": caps }),
-                )
-            }
+            Op::Hold {} => self.perform(&Op::set_hold(Side::Source, true)),
+            Op::Release {} => self.perform(&Op::set_hold(Side::Source, false)),
+            Op::SetCapabilities { side, .. } => self.qmp(
+                *side,
+                "migrate-set-capabilities",
+                json!({ "capabilities": op.capability_list() }),
+            ),
             Op::Migrate { transport } => self.migrate(transport.unwrap_or(self.pair.transport)),
             Op::WaitPasses { n } => self.wait(op, Side::Source, |s, count| {
                 if count >= *n {
@@ -54,8 +37,11 @@ impl Executor {
                     None
                 }
             }),
-            Op::Cancel => self.qmp(Side::Source, "migrate_cancel", Value::Null),
-            Op::StartPostcopy => self.qmp(Side::Source, "migrate-start-postcopy", Value::Null),
+            Op::SetAutoConverge { .. } | Op::SetThrottle { .. } | Op::WaitThrottled {} => {
+                self.perform_auto_converge(op)
+            }
+            Op::Cancel {} => self.qmp(Side::Source, "migrate_cancel", Value::Null),
+            Op::StartPostcopy {} => self.qmp(Side::Source, "migrate-start-postcopy", Value::Null),
             Op::Continue { state } => self.qmp(
                 Side::Source,
                 "migrate-continue",
@@ -72,7 +58,7 @@ impl Executor {
                     None
                 }
             }),
-            Op::WaitCompleted => {
+            Op::WaitCompleted {} => {
                 let r = self.wait(op, Side::Source, |s, _| {
                     if s == MigrationStatus::Completed {
                         Some(Reply::Ok)
@@ -103,7 +89,7 @@ impl Executor {
                 }
                 Ok(Reply::Ok)
             }
-            Op::RestartDestination => {
+            Op::RestartDestination {} => {
                 if self.dst.vm.is_alive() {
                     self.dst.vm.kill();
                 }
@@ -118,13 +104,13 @@ impl Executor {
                 self.dst_used = false;
                 Ok(Reply::Ok)
             }
-            Op::CheckMemory => Ok(match self.check_memory() {
+            Op::CheckMemory {} => Ok(match self.check_memory() {
                 Ok(()) => Reply::Ok,
                 Err(e) => Reply::CheckFailed {
                     reason: format!("{e:#}"),
                 },
             }),
-            Op::CheckDestinationRuns => Ok(match self.check_destination_runs() {
+            Op::CheckDestinationRuns {} => Ok(match self.check_destination_runs() {
                 Ok(()) => Reply::Ok,
                 Err(e) => Reply::CheckFailed {
                     reason: format!("{e:#}"),
@@ -186,16 +172,32 @@ impl Executor {
                 Transport::Tcp => "tcp:127.0.0.1:1".to_string(),
             },
         };
+        self.src
+            .vm
+            .await_migration_cleanup(self.opts.wait_timeout)?;
         self.qmp(Side::Source, "migrate", json!({ "uri": uri }))
     }
 
-    /// Polls `side`'s `query-migrate` every 5 ms until `done` says how the wait ends, the
-    /// side dies (`Dead`) or the deadline passes (`Timeout`).
+    /// Polls `side`'s `query-migrate` every 5 ms until `done` says how the wait ends (from the
+    /// status and `dirty-sync-count`), the side dies (`Dead`) or the deadline passes (`Timeout`).
     fn wait(
         &self,
         op: &Op,
         side: Side,
         done: impl Fn(MigrationStatus, u64) -> Option<Reply>,
+    ) -> anyhow::Result<Reply> {
+        self.wait_info(op, side, |info| {
+            let status = info.status.unwrap_or(MigrationStatus::None);
+            done(status, info.ram.as_ref().map_or(0, |r| r.dirty_sync_count))
+        })
+    }
+
+    /// [`Executor::wait`] judging the whole `query-migrate` reply.
+    pub(super) fn wait_info(
+        &self,
+        op: &Op,
+        side: Side,
+        done: impl Fn(&migtest_qmp::schema::MigrationInfo) -> Option<Reply>,
     ) -> anyhow::Result<Reply> {
         let vm = &self.side(side).vm;
         let deadline = Instant::now() + self.opts.wait_timeout;
@@ -210,9 +212,7 @@ impl Executor {
                 }
                 Err(e) => return Err(e.context(format!("{side}: waiting ({op})"))),
             };
-            let status = info.status.unwrap_or(MigrationStatus::None);
-            let count = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
-            if let Some(r) = done(status, count) {
+            if let Some(r) = done(&info) {
                 return Ok(r);
             }
             if Instant::now() >= deadline {
@@ -249,7 +249,7 @@ impl Executor {
     /// Waits (bounded) until the destination's incoming migration has ended: the source
     /// may report `completed` while the destination still loads.
     fn settle_destination(&self) -> anyhow::Result<()> {
-        let r = self.wait(&Op::WaitCompleted, Side::Destination, |s, _| {
+        let r = self.wait(&Op::WaitCompleted {}, Side::Destination, |s, _| {
             s.is_settled().then_some(Reply::Ok)
         })?;
         anyhow::ensure!(

@@ -12,24 +12,10 @@ impl Engine<'_> {
         }
         let mut state = MigrationStatus::Active;
         if lock(&self.shared.caps).pause_before_switchover() {
-            if !self.out.set_status(
-                self.shared,
-                self.host,
-                MigrationStatus::Active,
-                MigrationStatus::PreSwitchover,
-            ) {
-                return Err(Abort::Cancelled);
-            }
+            self.advance(MigrationStatus::Active, MigrationStatus::PreSwitchover)?;
             self.w.flush().map_err(write_err)?;
             self.out.pause_sem.wait();
-            if !self.out.set_status(
-                self.shared,
-                self.host,
-                MigrationStatus::PreSwitchover,
-                MigrationStatus::Device,
-            ) {
-                return Err(Abort::Cancelled);
-            }
+            self.advance(MigrationStatus::PreSwitchover, MigrationStatus::Device)?;
             state = MigrationStatus::Device;
         }
         self.final_pass()?;
@@ -45,10 +31,7 @@ impl Engine<'_> {
         {
             let mut i = lock(&self.out.info);
             i.downtime = Some(downtime);
-            i.stats.transferred = self.written();
-            i.stats.precopy_bytes = precopy;
-            i.stats.downtime_bytes = self.written() - precopy;
-            i.stats.remaining = 0;
+            i.stats.downtime_bytes = record_totals(&mut i, self.written(), precopy);
             // As QEMU at completion: throughput over the whole transfer.
             let transfer_ms =
                 i.start.elapsed().as_secs_f64() * 1000.0 - i.setup_time.unwrap_or(0) as f64;
@@ -56,12 +39,21 @@ impl Engine<'_> {
                 i.stats.mbps = self.written() as f64 * 8.0 / transfer_ms / 1000.0;
             }
         }
-        if !self
-            .out
-            .set_status(self.shared, self.host, state, MigrationStatus::Completed)
-        {
-            return Err(Abort::Cancelled);
+        self.finish(state)
+    }
+
+    /// Moves the outgoing status `from` → `to`; `Cancelled` when a cancel got there first.
+    pub(super) fn advance(&self, from: MigrationStatus, to: MigrationStatus) -> Result<(), Abort> {
+        if self.out.set_status(self.shared, self.host, from, to) {
+            Ok(())
+        } else {
+            Err(Abort::Cancelled)
         }
+    }
+
+    /// `from` → completed; the source guest is left `postmigrate`.
+    pub(super) fn finish(&self, from: MigrationStatus) -> Result<(), Abort> {
+        self.advance(from, MigrationStatus::Completed)?;
         self.host.set_runstate(RunState::Postmigrate);
         Ok(())
     }
@@ -120,4 +112,13 @@ impl Engine<'_> {
         }
         self.finish_channels()
     }
+}
+
+/// The totals at the end of a transfer of `written` bytes whose first `precopy` went before the
+/// guest stopped; returns the bytes sent since (downtime or postcopy bytes).
+pub(super) fn record_totals(i: &mut OutInfo, written: u64, precopy: u64) -> u64 {
+    i.stats.transferred = written;
+    i.stats.precopy_bytes = precopy;
+    i.stats.remaining = 0;
+    written - precopy
 }

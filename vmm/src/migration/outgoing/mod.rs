@@ -6,14 +6,18 @@
 
 use super::faults::{self, Fault};
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
+use super::postcopy::recovery::ResumeSlot;
 use super::stream::{
     os_error_text, DeviceRecord, Header, StreamWriter, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES,
     ZERO_ENTRY,
 };
 use super::switchover::{self, Semaphore};
 use super::transport::{self, Conn, MigrationUri};
+use super::xbzrle::{Xbzrle, MAX_ENCODED};
 use super::{lock, Shared};
-use migtest_qmp::schema::{MigrationInfo, MigrationStats, MigrationStatus, RunState};
+use migtest_qmp::schema::{
+    MigrationInfo, MigrationStats, MigrationStatus, RunState, XbzrleCacheStats,
+};
 use serde_json::json;
 use std::io::{self, BufWriter};
 use std::sync::{Arc, Mutex};
@@ -24,15 +28,22 @@ mod multifd;
 mod pages;
 mod passes;
 mod postcopy;
+mod recovery;
 mod stale_fault;
+mod throttle;
+mod xbzrle;
 
 use super::multifd::send::Sender as MultifdSender;
 use pages::Batch;
 
 /// QEMU's `BUFFER_DELAY`: the rate-limit and measurement window.
 pub const WINDOW: Duration = Duration::from_millis(100);
-/// Full pages per PAGES record (1 MiB: one `writev` per batch).
-const BATCH_DATA_PAGES: usize = MAX_BATCH_DATA_PAGES as usize;
+/// Full pages per PAGES record the single channel sends (256 KiB, a
+/// quarter of the format's maximum: one `writev` per batch, and the batch
+/// stays in cache between the copy, the digest and the socket write, and on
+/// the destination between the read, the digest and the copy into RAM;
+/// docs/performance.md has the before/after).
+const BATCH_DATA_PAGES: usize = MAX_BATCH_DATA_PAGES as usize / 4;
 /// Entries (zero or full pages) per PAGES record.
 const BATCH_ENTRIES: usize = MAX_BATCH_ENTRIES as usize;
 /// Stream buffer for the small records; batches bigger than it bypass it.
@@ -52,6 +63,8 @@ pub(crate) struct OutInfo {
     pub downtime: Option<u64>,
     pub expected_downtime: u64,
     pub stats: MigrationStats,
+    /// `xbzrle-cache`, when the migration started with `xbzrle`.
+    pub xbzrle: Option<XbzrleCacheStats>,
 }
 
 /// One outgoing migration.
@@ -65,6 +78,8 @@ pub(crate) struct Outgoing {
     pub channels: Mutex<Vec<Conn>>,
     /// Set by `migrate-start-postcopy` (QEMU's `start_postcopy`).
     pub start_postcopy: std::sync::atomic::AtomicBool,
+    /// `migrate {resume: true}` hands the new channel over here.
+    pub resume: ResumeSlot,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -84,6 +99,7 @@ impl Outgoing {
         from: MigrationStatus,
         to: MigrationStatus,
     ) -> bool {
+        throttle::on_status(host, to);
         shared.transition(
             host,
             &self.info,
@@ -119,12 +135,14 @@ impl Outgoing {
         if shared.params().switchover_hold {
             shared.hold_sem.post();
         }
-        // Unblock a thread stuck writing to a full socket.
+        // Unblock a thread stuck writing to a full socket, or waiting in
+        // postcopy-paused for a resume.
         self.shutdown_all();
+        self.resume.wake();
     }
 
     /// Shuts down the main channel and every multifd channel.
-    fn shutdown_all(&self) {
+    pub fn shutdown_all(&self) {
         if let Some(c) = lock(&self.conn).as_ref() {
             c.shutdown();
         }
@@ -148,6 +166,7 @@ impl Outgoing {
             | S::Device
             | S::PostcopyActive
             | S::PostcopyPaused
+            | S::PostcopyRecover
             | S::Completed => {
                 info.setup_time = Some(i.setup_time.unwrap_or(0));
                 if i.status == S::Completed {
@@ -158,6 +177,7 @@ impl Outgoing {
                     info.expected_downtime = Some(i.expected_downtime);
                 }
                 info.ram = Some(i.stats);
+                info.xbzrle_cache = i.xbzrle;
             }
             S::Failed => info.error_desc = i.error,
             _ => {}
@@ -201,11 +221,16 @@ fn new_outgoing(shared: &Shared, host: &dyn MigrationHost) -> Arc<Outgoing> {
                 page_size: PAGE_SIZE as u64,
                 ..MigrationStats::default()
             },
+            xbzrle: lock(&shared.caps).xbzrle().then(|| XbzrleCacheStats {
+                cache_size: shared.params().xbzrle_cache_size,
+                ..XbzrleCacheStats::default()
+            }),
         }),
         pause_sem: Semaphore::new(),
         conn: Mutex::new(None),
         channels: Mutex::new(Vec::new()),
         start_postcopy: std::sync::atomic::AtomicBool::new(false),
+        resume: ResumeSlot::default(),
     })
 }
 
@@ -302,6 +327,10 @@ struct Engine<'a> {
     stale: stale_fault::StaleShadow,
     /// The multifd sender threads (pages go there instead of `w`).
     mfd: Option<MultifdSender>,
+    /// auto-converge's trigger state.
+    throttle: super::auto_converge::Trigger,
+    /// XBZRLE (capability `xbzrle`): the page cache and its counters.
+    xbz: Option<Xbzrle>,
 }
 
 fn run(
@@ -461,6 +490,10 @@ fn run_inner(
             sent_digest: Vec::new(),
             stale: Default::default(),
             mfd,
+            throttle: Default::default(),
+            xbz: lock(&shared.caps)
+                .xbzrle()
+                .then(|| Xbzrle::new(shared.params().xbzrle_cache_size, page_count)),
         };
         let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
         if let (Err(_), Some(m)) = (&r, &e.mfd) {

@@ -2,11 +2,15 @@
 
 use super::*;
 
-/// The PAGES record being built: entries and the copied full pages.
+/// The PAGES record being built: entries and the copied full pages; and
+/// the XBZRLE records written after it (`xbz`: the encodings one after the
+/// other, `xbz_pages`: page and length of each).
 pub(super) struct Batch {
     entries: Vec<u64>,
     data: Vec<u8>,
     full: usize,
+    pub(super) xbz: Vec<u8>,
+    pub(super) xbz_pages: Vec<(u64, usize)>,
 }
 
 impl Batch {
@@ -15,7 +19,15 @@ impl Batch {
             entries: Vec::with_capacity(BATCH_ENTRIES),
             data: vec![0; BATCH_DATA_PAGES * PAGE_SIZE],
             full: 0,
+            xbz: Vec::new(),
+            xbz_pages: Vec::new(),
         }
+    }
+
+    /// Drops what was added (the channel it was for is gone).
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+        self.full = 0;
     }
 
     pub(super) fn len(&self) -> usize {
@@ -23,12 +35,15 @@ impl Batch {
     }
 
     pub(super) fn is_full(&self) -> bool {
-        self.full == BATCH_DATA_PAGES || self.entries.len() == BATCH_ENTRIES
+        self.full == BATCH_DATA_PAGES
+            || self.entries.len() == BATCH_ENTRIES
+            || self.xbz.len() + MAX_ENCODED > BATCH_DATA_PAGES * PAGE_SIZE
     }
 
     /// Bytes the record will take on the wire.
     pub(super) fn wire_len(&self) -> u64 {
         (5 + self.entries.len() * 9 + self.full * PAGE_SIZE) as u64
+            + (self.xbz.len() + self.xbz_pages.len() * 11) as u64
     }
 
     /// The slot the next full page is copied into.
@@ -85,6 +100,9 @@ impl Engine<'_> {
             let copy = *self.batch.slot();
             self.stale_record(page, &copy);
         }
+        if self.xbzrle_page(page, nonzero) {
+            return Ok(());
+        }
         if nonzero {
             self.batch.entries.push(page);
             self.batch.full += 1;
@@ -96,14 +114,17 @@ impl Engine<'_> {
 
     /// Writes the batch as one PAGES record (one vectored write) and counts it.
     pub(super) fn emit_batch(&mut self) -> Result<(), Abort> {
-        if self.batch.entries.is_empty() {
+        if self.batch.entries.is_empty() && self.batch.xbz_pages.is_empty() {
             return Ok(());
         }
         let full = self.batch.full;
         let zero = self.batch.entries.len() - full;
-        self.w
-            .pages(&self.batch.entries, &self.batch.data[..full * PAGE_SIZE])
-            .map_err(write_err)?;
+        if !self.batch.entries.is_empty() {
+            self.w
+                .pages(&self.batch.entries, &self.batch.data[..full * PAGE_SIZE])
+                .map_err(write_err)?;
+        }
+        self.emit_xbzrle()?;
         self.window_pages += self.batch.entries.len() as u64;
         self.batch.entries.clear();
         self.batch.full = 0;
@@ -138,17 +159,25 @@ impl Engine<'_> {
         self.sent_digest[page as usize]
     }
 
-    /// Bytes that may be written now under `max-bandwidth` (None =
+    /// Bytes that may be written now under `max-bandwidth` (in postcopy:
+    /// `max-postcopy-bandwidth`) (None =
     /// unlimited): a token bucket filling at the cap, holding at most one
     /// [`WINDOW`]'s worth (QEMU's per-window budget) so an idle spell does
     /// not turn into a burst.
     pub(super) fn budget(&mut self) -> Option<u64> {
-        let bw = self.shared.params().max_bandwidth;
+        let p = self.shared.params();
+        let bw = if self.out.status() == MigrationStatus::PostcopyActive {
+            p.max_postcopy_bandwidth
+        } else {
+            p.max_bandwidth
+        };
         if bw == 0 {
             return None;
         }
         let written = self.written();
-        let burst = (bw / 10).max(PAGE_SIZE as u64);
+        // At least one full page with its record overhead, so a cap below
+        // 41 KB/s still sends (one page per bucket).
+        let burst = (bw / 10).max(PAGE_SIZE as u64 + 64);
         if bw != self.bucket_rate {
             self.bucket_rate = bw;
             self.bucket_start = Instant::now();

@@ -17,14 +17,7 @@ impl Engine<'_> {
             let mut i = lock(&self.out.info);
             i.setup_time = Some(ms(i.start.elapsed()));
         }
-        if !self.out.set_status(
-            self.shared,
-            self.host,
-            MigrationStatus::Setup,
-            MigrationStatus::Active,
-        ) {
-            return Err(Abort::Cancelled);
-        }
+        self.advance(MigrationStatus::Setup, MigrationStatus::Active)?;
         self.window_start = Instant::now();
         loop {
             if self.cancelled() {
@@ -94,12 +87,17 @@ impl Engine<'_> {
         // Dirty rate as QEMU computes it: pages newly dirtied over a period
         // of at least one second, updated at the sync that closes it.
         self.dirty_period_pages += newly;
+        if self.sync_count > 1 {
+            self.throttle.dirtied(newly);
+        }
         let secs = self.last_sync.elapsed().as_secs_f64();
         let rate = (secs >= 1.0).then(|| (self.dirty_period_pages as f64 / secs) as u64);
         if rate.is_some() {
+            self.trigger_throttle();
             self.last_sync = Instant::now();
             self.dirty_period_pages = 0;
         }
+        self.xbzrle_sync(rate.is_some());
         {
             let mut i = lock(&self.out.info);
             i.stats.dirty_sync_count = self.sync_count;

@@ -30,6 +30,17 @@ impl<'a> PostcopyDest<'a> {
         }
     }
 
+    /// Postcopy resumed after a cut: already active, requests go out
+    /// through the RAM's gate (already reconnected).
+    pub fn resumed(shared: &'a Shared, host: &'a dyn MigrationHost) -> Self {
+        PostcopyDest {
+            shared,
+            host,
+            conn: None,
+            active: true,
+        }
+    }
+
     /// The POSTCOPY record: postcopy-ram must be on here too (as QEMU);
     /// the pages of `bitmap` become missing.
     pub fn start(&mut self, bitmap: &[u64]) -> Result<(), String> {

@@ -9,9 +9,15 @@
 //! source reads as the end of the return path.
 //!
 //! Submodules: [`incoming`] (the destination's side: requests out, pages
-//! in through the RAM's postcopy gate).
+//! in through the RAM's postcopy gate), [`recovery`] (the resume
+//! handshake after a cut), `resume_dest` (the destination's recovery
+//! thread) and `qmp` (`migrate-pause`, `migrate-recover`, `migrate`
+//! with `resume`).
 
 pub(crate) mod incoming;
+mod qmp;
+pub mod recovery;
+mod resume_dest;
 
 use super::transport::Conn;
 use super::{lock, stream::os_error_text};

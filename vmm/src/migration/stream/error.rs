@@ -152,6 +152,22 @@ pub enum StreamErrorKind {
     /// Bytes after the end record.
     #[error("trailing data after end of stream")]
     TrailingData,
+    /// XBZRLE record whose length is out of range.
+    #[error("xbzrle page length {len} is outside 1..={max}")]
+    XbzrleLength {
+        /// Length in the stream.
+        len: u16,
+        /// Limit.
+        max: u16,
+    },
+    /// A malformed XBZRLE encoding (offset: the offending byte).
+    #[error("xbzrle page {page}: {reason}")]
+    Xbzrle {
+        /// Page index.
+        page: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// The RAM refused a page.
     #[error("cannot load page {page}: {reason}")]
     Load {

@@ -19,6 +19,9 @@ pub trait StreamSink {
     fn postcopy(&mut self, _bitmap: &[u64]) -> Result<(), String> {
         Ok(())
     }
+    /// An XBZRLE page (index range-checked, encoding validated): decode it
+    /// against the page's current content.
+    fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String>;
     /// The device state after a POSTCOPY record (already a valid
     /// [`DeviceRecord`]): the destination may run the guest from here.
     fn postcopy_device(&mut self, _json: &[u8]) -> Result<(), String> {
@@ -37,6 +40,8 @@ pub struct LoadSummary {
     pub zero_pages: u64,
     /// Full-page records.
     pub pages: u64,
+    /// XBZRLE records.
+    pub xbzrle_pages: u64,
     /// Device record JSON (a valid [`DeviceRecord`], not yet loaded).
     pub device_state: Vec<u8>,
     /// Offset of the device state record.
@@ -60,6 +65,29 @@ pub fn load<R: Read>(
     let mut sum = LoadSummary::default();
     let h = rd.header()?;
     sum.header = Some(h);
+    load_records(rd, sum, sink)
+}
+
+/// Reads the rest of a resumed postcopy connection (after the resume
+/// hello) into `sink`: the pages of `pending`, each once, then END and EOF.
+pub fn load_resumed<R: Read>(
+    r: R,
+    expect: Expect,
+    pending: Vec<u64>,
+    sink: &mut dyn StreamSink,
+) -> Result<LoadSummary, StreamError> {
+    let sum = LoadSummary {
+        postcopy: true,
+        ..LoadSummary::default()
+    };
+    load_records(StreamReader::resumed(r, expect, pending), sum, sink)
+}
+
+fn load_records<R: Read>(
+    mut rd: StreamReader<R>,
+    mut sum: LoadSummary,
+    sink: &mut dyn StreamSink,
+) -> Result<LoadSummary, StreamError> {
     loop {
         let at = rd.offset();
         match rd.next_record()? {
@@ -86,6 +114,13 @@ pub fn load<R: Read>(
                 let (zero, full) = load_batch(entries, data, at, sink)?;
                 sum.zero_pages += zero;
                 sum.pages += full;
+            }
+            Record::Xbzrle(p, data) => {
+                sink.xbzrle(p, &data).map_err(|reason| StreamError {
+                    offset: at,
+                    kind: StreamErrorKind::Load { page: p, reason },
+                })?;
+                sum.xbzrle_pages += 1;
             }
             Record::Postcopy(bitmap) => {
                 sum.postcopy = true;
@@ -154,6 +189,9 @@ impl StreamSink for NullSink {
     fn page(&mut self, _page: u64, _data: &[u8; PAGE_SIZE]) -> Result<(), String> {
         Ok(())
     }
+    fn xbzrle(&mut self, _page: u64, _encoded: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A sink into a flat in-memory image (tests, tools).
@@ -175,5 +213,14 @@ impl StreamSink for VecSink<'_> {
             .ok_or_else(|| "page beyond image".to_string())?
             .copy_from_slice(data);
         Ok(())
+    }
+    fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        let s = page as usize * PAGE_SIZE;
+        let dst: &mut [u8; PAGE_SIZE] = self
+            .0
+            .get_mut(s..s + PAGE_SIZE)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| "page beyond image".to_string())?;
+        crate::migration::xbzrle::decode(encoded, dst).map_err(|e| e.reason)
     }
 }

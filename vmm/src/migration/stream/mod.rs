@@ -1,6 +1,6 @@
 //! The migtest migration stream: encoder and validating decoder.
 //!
-//! Format (version 3, all integers big-endian; see `docs/migration-stream.md`):
+//! Format (version 4, all integers big-endian; see `docs/migration-stream.md`):
 //!
 //! ```text
 //! header  := magic[8]="MIGTSTRM" version:u32 page_size:u32 ram_size:u64
@@ -17,7 +17,10 @@
 //!   0x07 POSTCOPY bitmap[ceil(pages / 64)]:u64
 //!               the pages still to come (bit i of word w = page 64w+i);
 //!               the guest runs on the destination from the DEVICE after it
-//! stream  := header PASS (PASS|ZERO|PAGE|PAGES)*
+//!   0x08 XBZRLE page:u64 len:u16 (1..=4096) data[len]
+//!               the page as QEMU's XBZRLE delta against the destination's
+//!               current copy (`migration::xbzrle`); precopy, main stream only
+//! stream  := header PASS (PASS|ZERO|PAGE|PAGES|XBZRLE)*
 //!            ( DEVICE END | POSTCOPY DEVICE (ZERO|PAGE|PAGES)* END ) <eof>
 //!            (after POSTCOPY, every page of the bitmap exactly once and
 //!            no other page)
@@ -36,15 +39,15 @@ mod reader;
 mod writer;
 
 pub use error::{os_error_text, StreamError, StreamErrorKind};
-pub use load::{load, load_batch, LoadSummary, NullSink, StreamSink, VecSink};
+pub use load::{load, load_batch, load_resumed, LoadSummary, NullSink, StreamSink, VecSink};
 pub use reader::StreamReader;
 pub use writer::StreamWriter;
 
 /// Stream magic.
 pub const MAGIC: [u8; 8] = *b"MIGTSTRM";
 /// Current (and only) stream version (2 added the PAGES batch record, 3
-/// the POSTCOPY record).
-pub const VERSION: u32 = 3;
+/// the POSTCOPY record, 4 the XBZRLE record).
+pub const VERSION: u32 = 4;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 40;
 /// Largest device-state record accepted.
@@ -72,6 +75,8 @@ pub mod tag {
     pub const PAGES: u8 = 0x06;
     /// Switch to postcopy: the bitmap of pages still to come.
     pub const POSTCOPY: u8 = 0x07;
+    /// A page XBZRLE-encoded against the destination's copy.
+    pub const XBZRLE: u8 = 0x08;
 }
 
 /// The stream header.
@@ -154,6 +159,8 @@ pub enum Record {
     Pages(u32),
     /// Postcopy starts: the bitmap of the pages still to come.
     Postcopy(Vec<u64>),
+    /// An XBZRLE-encoded page (the encoding already validated).
+    Xbzrle(u64, Vec<u8>),
 }
 
 /// The JSON carried by the DEVICE record.

@@ -85,6 +85,18 @@ impl<W: Write> StreamWriter<W> {
         )
     }
 
+    /// An XBZRLE record: `page` encoded by `migration::xbzrle::encode`
+    /// (1..=4096 bytes; the caller keeps within that).
+    pub fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> io::Result<()> {
+        debug_assert!(!encoded.is_empty() && encoded.len() <= PAGE_SIZE);
+        let mut b = [0u8; 11];
+        b[0] = tag::XBZRLE;
+        b[1..9].copy_from_slice(&page.to_be_bytes());
+        b[9..].copy_from_slice(&(encoded.len() as u16).to_be_bytes());
+        self.put(&b)?;
+        self.put(encoded)
+    }
+
     /// The device state; refuses empty or oversize states.
     pub fn device_state(&mut self, json: &[u8]) -> io::Result<()> {
         if json.is_empty() || json.len() > MAX_DEVICE_STATE as usize {

@@ -2,94 +2,18 @@
 //! migration test: launch, hold switchover, count passes, release,
 //! converge, compare memory, check that the destination runs on.
 
-use crate::backend::{Backend, LaunchSpec};
 use crate::checks::{self, MemoryMismatch};
 use crate::diagnostics::Context as Diagnostics;
-use crate::vm::{ReplyObserver, Vm};
+use crate::vm::Vm;
 use anyhow::{bail, Context, Result};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How the migration stream travels (the pair's and the op language's).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// A unix socket in the destination's log directory.
-    #[default]
-    Unix,
-    /// TCP on loopback, port picked by the destination.
-    Tcp,
-}
+mod spec;
 
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Transport::Unix => "unix",
-            Transport::Tcp => "tcp",
-        })
-    }
-}
-
-/// Everything needed to launch a pair.
-#[derive(Debug, Clone)]
-pub struct PairSpec {
-    /// Backend of the source.
-    pub src_backend: Backend,
-    /// Backend of the destination (differs for cross-version runs).
-    pub dst_backend: Backend,
-    /// Guest RAM in bytes.
-    pub memory: u64,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Guest image name (builtin VMM; QEMU always boots the x86 A-B sector).
-    pub image: String,
-    /// Stream transport.
-    pub transport: Transport,
-    /// Start the destination with `-S`, so it stays paused after migrating.
-    pub dst_paused: bool,
-    /// Extra source options.
-    pub src_extra: Vec<String>,
-    /// Extra destination options.
-    pub dst_extra: Vec<String>,
-    /// Sees every QMP reply of the pair's VMs (`migtest compare`).
-    pub observer: Option<Arc<dyn ReplyObserver>>,
-    /// `Some(n)`: the `multifd` capability on both sides with
-    /// `multifd-channels` n, set before `migrate` / `migrate-incoming`.
-    pub multifd: Option<u8>,
-}
-
-impl PairSpec {
-    /// A 128 MiB, 1-vCPU `sweep` pair over a unix socket, destination held with `-S`.
-    pub fn new(backend: Backend) -> PairSpec {
-        PairSpec {
-            src_backend: backend.clone(),
-            dst_backend: backend,
-            memory: 128 << 20,
-            vcpus: 1,
-            image: "sweep".into(),
-            transport: Transport::Unix,
-            dst_paused: true,
-            src_extra: Vec::new(),
-            dst_extra: Vec::new(),
-            observer: None,
-            multifd: None,
-        }
-    }
-}
+pub use spec::{PairSpec, Transport};
 
 /// What [`Pair::assert_memory_equal`] compared.
 #[derive(Debug, Clone, PartialEq)]
@@ -255,22 +179,13 @@ impl Pair {
     /// precopy as QEMU's qtests set it) and a destination waiting with
     /// `-incoming defer`.
     pub fn launch(spec: PairSpec) -> Result<Pair> {
-        let mut src = Vm::launch(
-            &spec.src_backend,
-            &LaunchSpec {
-                name: "source".into(),
-                memory_bytes: spec.memory,
-                vcpus: spec.vcpus,
-                image: spec.image.clone(),
-                incoming: None,
-                paused: false,
-                extra_args: spec.src_extra.clone(),
-            },
-        )
-        .context("launching the source")?;
+        let mut src =
+            Vm::launch(&spec.src_backend, &spec.source_launch()).context("launching the source")?;
         src.set_observer(spec.observer.clone());
-        src.set_capabilities(&[("events", true)])
-            .context("enabling events on the source")?;
+        if spec.events {
+            src.set_capabilities(&[("events", true)])
+                .context("enabling events on the source")?;
+        }
         src.set_parameters(json!({"max-bandwidth": 0}))
             .context("setting full-speed precopy on the source")?;
         set_multifd(&src, spec.multifd).context("enabling multifd on the source")?;
@@ -334,20 +249,14 @@ impl Pair {
         self.generation += 1;
         let mut dst = Vm::launch(
             &self.spec.dst_backend,
-            &LaunchSpec {
-                name: "destination".into(),
-                memory_bytes: self.spec.memory,
-                vcpus: self.spec.vcpus,
-                image: self.spec.image.clone(),
-                incoming: Some("defer".into()),
-                paused: self.spec.dst_paused,
-                extra_args: self.spec.dst_extra.clone(),
-            },
+            &self.spec.destination_launch("destination".into()),
         )
         .context("launching the destination")?;
         dst.set_observer(self.spec.observer.clone());
-        dst.set_capabilities(&[("events", true)])
-            .context("enabling events on the destination")?;
+        if self.spec.events {
+            dst.set_capabilities(&[("events", true)])
+                .context("enabling events on the destination")?;
+        }
         set_multifd(&dst, self.spec.multifd).context("enabling multifd on the destination")?;
         if let Some(diag) = &self.diagnostics {
             diag.add_vm(&dst);
@@ -534,7 +443,7 @@ impl Pair {
     /// With `range`, byte for byte over that range. With `None`, over all
     /// RAM, by the backend's rules: the builtin VMM owns every byte, so all
     /// RAM must be equal; on QEMU only the guest's test range
-    /// ([`Backend::test_range`]) must be, and differences elsewhere (BIOS
+    /// ([`crate::backend::Backend::test_range`]) must be, and differences elsewhere (BIOS
     /// shadow RAM, option ROMs, firmware data, which may legitimately differ
     /// between two QEMUs) are returned in the report instead of failing.
     pub fn assert_memory_equal(&self, range: Option<(u64, u64)>) -> Result<MemoryReport> {
