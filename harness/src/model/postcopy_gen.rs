@@ -63,12 +63,12 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
     };
     vec![
         (
-            w(idle && listening && src_off, 40),
+            w(idle && listening && src_off, 80),
             caps(Side::Source, true),
         ),
-        (w(listening && dst_off, 40), caps(Side::Destination, true)),
+        (w(listening && dst_off, 80), caps(Side::Destination, true)),
         (1, caps(Side::Source, false)),
-        (w(ready, 60), Op::StartPostcopy {}),
+        (w(ready, 120), Op::StartPostcopy {}),
         (
             w(postcopy, 2),
             Op::Kill {

@@ -24,6 +24,10 @@ pub const STATUSES: [MigrationStatus; 11] = [
     S::Cancelled,
 ];
 
+/// `migrate-set-capabilities` leaving `postcopy-ram` and `multifd` both on (migtest-vmm, as
+/// QEMU 8.x; QEMU 7.2 accepts it).
+pub const ERR_POSTCOPY_MULTIFD: &str = "Postcopy is not yet compatible with multifd";
+
 /// QEMU's `migrate-start-postcopy` error when `postcopy-ram` is off on the source.
 pub const ERR_POSTCOPY_NOT_ENABLED: &str =
     "Enable postcopy with migrate_set_capability before the start of migration";

@@ -68,6 +68,22 @@ pub fn executable(model: &Model, op: &Op) -> bool {
         }
         Op::Migrate { .. } if model.migrations() >= MAX_MIGRATIONS => return false,
         Op::Migrate { .. } if super::multifd::migrate_stalls_qemu(worlds) => return false,
+        // QEMU 7.2 accepts `postcopy-ram` with `multifd`, migtest-vmm refuses it (QEMU 8.x).
+        Op::SetCapabilities {
+            side,
+            multifd,
+            postcopy_ram,
+            ..
+        } if worlds.iter().any(|w| {
+            let c = match side {
+                Side::Source => &w.src.caps,
+                Side::Destination => &w.dst.caps,
+            };
+            postcopy_ram.unwrap_or(c.postcopy_ram) && multifd.unwrap_or(c.multifd)
+        }) =>
+        {
+            return false
+        }
         Op::Cont { side: Side::Source }
             if worlds.iter().any(|w| {
                 matches!(
