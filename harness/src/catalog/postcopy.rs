@@ -34,9 +34,8 @@ pub(super) fn launch_postcopy(ctx: &mut Ctx, spec: PairSpec) -> Result<Option<Pa
     Ok(Some(pair))
 }
 
-/// `migrate-start-postcopy`, then both sides `completed`; the source went
-/// through `postcopy-active`.
-fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<MigrationInfo> {
+/// `migrate-start-postcopy`, then the `postcopy-active` event on both sides.
+pub(super) fn start_postcopy(ctx: &mut Ctx, pair: &mut Pair) -> Result<()> {
     ctx.step("migrate-start-postcopy");
     pair.src.execute("migrate-start-postcopy", json!({}))?;
     ctx.step("MIGRATION postcopy-active on both sides");
@@ -44,6 +43,13 @@ fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<Migrati
         .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
     pair.dst()?
         .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
+    Ok(())
+}
+
+/// `migrate-start-postcopy`, then both sides `completed`; the source went
+/// through `postcopy-active`.
+fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<MigrationInfo> {
+    start_postcopy(ctx, pair)?;
     ctx.step("wait for completion");
     let info = pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
     pair.wait_dst_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;

@@ -28,13 +28,7 @@ fn start_slow_postcopy(ctx: &mut Ctx, pair: &mut Pair, uri: Option<&str>) -> Res
         Some(u) => pair.src.migrate(u)?,
         None => pair.migrate()?,
     }
-    ctx.step("migrate-start-postcopy");
-    pair.src.execute("migrate-start-postcopy", json!({}))?;
-    ctx.step("MIGRATION postcopy-active on both sides");
-    pair.src
-        .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
-    pair.dst()?
-        .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
+    super::postcopy::start_postcopy(ctx, pair)?;
     // QEMU's destination is postcopy-active from LISTEN on, before it has
     // loaded the device state; a cut before that fails it instead of
     // pausing it. Its run state leaves `inmigrate` once loaded.
