@@ -34,9 +34,29 @@ pub(super) fn launch_postcopy(ctx: &mut Ctx, spec: PairSpec) -> Result<Option<Pa
     Ok(Some(pair))
 }
 
-/// `migrate-start-postcopy`, then both sides `completed`; the source went
-/// through `postcopy-active`.
-fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<MigrationInfo> {
+/// Holds switchover, then `migrate` (to `uri`, or to the destination):
+/// precopy cannot complete before `migrate-start-postcopy`, as QEMU's
+/// postcopy qtests ensure with `migrate_ensure_non_converge`. Without it a
+/// small guest on QEMU completes in precopy within milliseconds, before
+/// the harness's `migrate-start-postcopy` arrives.
+pub(super) fn migrate_held(
+    ctx: &mut Ctx,
+    pair: &mut Pair,
+    uri: Option<&str>,
+) -> Result<HoldMethod> {
+    ctx.step("hold switchover");
+    let hold = pair.hold_switchover()?;
+    ctx.outcome.hold = Some(hold);
+    ctx.step("migrate");
+    match uri {
+        Some(u) => pair.src.migrate(u)?,
+        None => pair.migrate()?,
+    }
+    Ok(hold)
+}
+
+/// `migrate-start-postcopy`, then the `postcopy-active` event on both sides.
+pub(super) fn start_postcopy(ctx: &mut Ctx, pair: &mut Pair) -> Result<()> {
     ctx.step("migrate-start-postcopy");
     pair.src.execute("migrate-start-postcopy", json!({}))?;
     ctx.step("MIGRATION postcopy-active on both sides");
@@ -44,6 +64,13 @@ fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<Migrati
         .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
     pair.dst()?
         .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
+    Ok(())
+}
+
+/// `migrate-start-postcopy`, then both sides `completed`; the source went
+/// through `postcopy-active`.
+fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<MigrationInfo> {
+    start_postcopy(ctx, pair)?;
     ctx.step("wait for completion");
     let info = pair.wait_src_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
     pair.wait_dst_status(MigrationStatus::Completed, STATUS_TIMEOUT)?;
@@ -59,11 +86,7 @@ fn mission_postcopy(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let Some(mut pair) = launch_postcopy(ctx, spec)? else {
         return Ok(());
     };
-    ctx.step("hold switchover");
-    let hold = pair.hold_switchover()?;
-    ctx.outcome.hold = Some(hold);
-    ctx.step("migrate");
-    pair.migrate()?;
+    let hold = migrate_held(ctx, &mut pair, None)?;
     ctx.step(&format!("wait for {} passes while held", cfg.passes));
     wait_passes(ctx, &mut pair, cfg.passes)?;
     let info = pair.src.query_migrate()?;
@@ -91,8 +114,8 @@ fn mission_postcopy(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     pair.assert_destination_runs()
 }
 
-/// Plain postcopy with a destination that runs the guest as soon as
-/// postcopy starts: the destination shows guest progress, the A-B
+/// Plain postcopy (switchover held so precopy cannot finish first) with a
+/// destination that runs the guest as soon as postcopy starts: the destination shows guest progress, the A-B
 /// invariant holds on it afterwards.
 fn postcopy_running_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let mut spec = cfg.spec();
@@ -100,8 +123,7 @@ fn postcopy_running_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()
     let Some(mut pair) = launch_postcopy(ctx, spec)? else {
         return Ok(());
     };
-    ctx.step("migrate");
-    pair.migrate()?;
+    migrate_held(ctx, &mut pair, None)?;
     start_postcopy_and_complete(ctx, &mut pair)?;
     ctx.step("destination runs and shows progress");
     pair.assert_destination_runs()

@@ -17,24 +17,15 @@ use migtest_qmp::schema::RunState;
 /// `max-postcopy-bandwidth` while a cut is prepared (QEMU's qtest value).
 const SLOW_POSTCOPY: u64 = 4096;
 
-/// `migrate` (to `uri`, or to the destination), `migrate-start-postcopy`,
-/// `postcopy-active` on both sides, with the background pages capped.
+/// `migrate` (to `uri`, or to the destination) with switchover held,
+/// `migrate-start-postcopy`, `postcopy-active` on both sides, with the
+/// background pages capped.
 fn start_slow_postcopy(ctx: &mut Ctx, pair: &mut Pair, uri: Option<&str>) -> Result<()> {
     ctx.step("max-postcopy-bandwidth 4096 on the source");
     pair.src
         .set_parameters(json!({ "max-postcopy-bandwidth": SLOW_POSTCOPY }))?;
-    ctx.step("migrate");
-    match uri {
-        Some(u) => pair.src.migrate(u)?,
-        None => pair.migrate()?,
-    }
-    ctx.step("migrate-start-postcopy");
-    pair.src.execute("migrate-start-postcopy", json!({}))?;
-    ctx.step("MIGRATION postcopy-active on both sides");
-    pair.src
-        .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
-    pair.dst()?
-        .wait_migration_event("postcopy-active", STATUS_TIMEOUT)?;
+    super::postcopy::migrate_held(ctx, pair, uri)?;
+    super::postcopy::start_postcopy(ctx, pair)?;
     // QEMU's destination is postcopy-active from LISTEN on, before it has
     // loaded the device state; a cut before that fails it instead of
     // pausing it. Its run state leaves `inmigrate` once loaded.

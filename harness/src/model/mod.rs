@@ -447,9 +447,12 @@ impl Model {
                             Last::At(s) => Some(s),
                         };
                         if let Some(from) = from {
-                            // QEMU 7.2's multifd threads set `failed` with the status they
-                            // read, which may already be `failed`: a repeated event.
-                            let repeat = from == S::Failed && *status == S::Failed;
+                            // Repeated events QEMU 7.2 emits: its multifd threads set `failed`
+                            // with the status they read, which may already be `failed`; a
+                            // second `migrate_cancel` while `cancelling` sets `cancelling`
+                            // again (`migrate_fd_cancel` accepts any running status).
+                            let repeat =
+                                from == *status && matches!(from, S::Failed | S::Cancelling);
                             if !repeat && !legal_transition(side, from, *status) {
                                 return Err(format!(
                                     "{side} MIGRATION event {status} after {from} is not a legal transition"

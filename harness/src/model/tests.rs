@@ -248,6 +248,27 @@ fn rejects_dead_source_after_cancel() {
     assert!(v.message.contains("source alive"), "{v}");
 }
 
+/// QEMU 7.2's `migrate_fd_cancel` sets `cancelling` again on a second `migrate_cancel`
+/// while cancelling: a repeated event, accepted; any other status after it is not.
+#[test]
+fn second_cancel_may_repeat_cancelling() {
+    let mut m = held_model();
+    let cancelling = Event::Migration {
+        status: S::Cancelling,
+    };
+    let mut obs = planned(&mut m, &Op::Cancel {});
+    obs.source.status = Some(S::Cancelling);
+    obs.source.events = vec![cancelling.clone()];
+    m.step(&Op::Cancel {}, &obs).unwrap();
+    let mut again = planned(&mut m, &Op::Cancel {});
+    again.source.status = Some(S::Cancelling);
+    again.source.events = vec![cancelling];
+    m.check(&Op::Cancel {}, &again).unwrap();
+    again.source.events = vec![Event::Migration { status: S::Active }];
+    let v = m.check(&Op::Cancel {}, &again).unwrap_err();
+    assert!(v.message.contains("not a legal transition"), "{v}");
+}
+
 #[test]
 fn rejects_wrong_error_text_and_unexpected_errors() {
     let mut m = held_model();
