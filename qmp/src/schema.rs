@@ -41,13 +41,29 @@ pub enum MigrationStatus {
 }
 
 impl MigrationStatus {
-    /// All statuses migtest-vmm can report.
+    /// Precopy's statuses.
     pub const PRECOPY: [MigrationStatus; 9] = [
         MigrationStatus::None,
         MigrationStatus::Setup,
         MigrationStatus::Active,
         MigrationStatus::PreSwitchover,
         MigrationStatus::Device,
+        MigrationStatus::Completed,
+        MigrationStatus::Failed,
+        MigrationStatus::Cancelling,
+        MigrationStatus::Cancelled,
+    ];
+
+    /// Precopy's statuses plus `postcopy-active` and `postcopy-paused`: the
+    /// ones the harness's model and op language know.
+    pub const MODELLED: [MigrationStatus; 11] = [
+        MigrationStatus::None,
+        MigrationStatus::Setup,
+        MigrationStatus::Active,
+        MigrationStatus::PreSwitchover,
+        MigrationStatus::Device,
+        MigrationStatus::PostcopyActive,
+        MigrationStatus::PostcopyPaused,
         MigrationStatus::Completed,
         MigrationStatus::Failed,
         MigrationStatus::Cancelling,

@@ -60,7 +60,7 @@ fn measure(label: &str, backend: Backend, memory: u64) -> Result<Row> {
     pair.src.set_capabilities(&[("auto-converge", true)])?;
     pair.migrate()?;
     let t =
-        wait_completed_throttled(&mut pair, STATUS_TIMEOUT * 3).context("with auto-converge")?;
+        wait_completed_throttled(&mut pair, 0, STATUS_TIMEOUT * 3).context("with auto-converge")?;
     let with = format!(
         "converged in {:.1} s ({} passes, throttle up to {} %, downtime {} ms)",
         t.figures.total_ms as f64 / 1000.0,

@@ -81,10 +81,16 @@ pub struct Throttled {
 }
 
 /// Polls the source until its migration completed, recording the highest
-/// throttle seen; a completed migration must no longer throttle.
-pub fn wait_completed_throttled(pair: &mut Pair, timeout: Duration) -> Result<Throttled> {
+/// throttle seen, starting from `seen` (a throttle the caller already saw:
+/// a released hold completes within milliseconds, possibly before the first
+/// poll); a completed migration must no longer throttle.
+pub fn wait_completed_throttled(
+    pair: &mut Pair,
+    seen: u64,
+    timeout: Duration,
+) -> Result<Throttled> {
     let deadline = Instant::now() + timeout;
-    let mut max_seen = 0;
+    let mut max_seen = seen;
     loop {
         let info = pair.src.query_migrate()?;
         max_seen = max_seen.max(info.cpu_throttle_percentage.unwrap_or(0));
@@ -184,9 +190,11 @@ fn mission_auto_converge(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     }
     pair.migrate()?;
     let (_, _, max) = setup.throttle;
+    let mut seen = 0;
     if hold {
         ctx.step("switchover-hold holds the throttled migration");
-        wait_throttle(&pair.src, u64::from(max), STATUS_TIMEOUT * 2)?;
+        let at = wait_throttle(&pair.src, u64::from(max), STATUS_TIMEOUT * 2)?;
+        seen = at.cpu_throttle_percentage.unwrap_or(0);
         let at = pair.src.query_migrate()?;
         let passes = at.ram.map_or(0, |r| r.dirty_sync_count);
         let info = pair.wait_for_passes(passes + 2, STATUS_TIMEOUT)?;
@@ -198,7 +206,7 @@ fn mission_auto_converge(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
         pair.src.set_parameters(json!({"switchover-hold": false}))?;
     }
     ctx.step("the throttled migration completes");
-    let t = wait_completed_throttled(&mut pair, STATUS_TIMEOUT * 3)?;
+    let t = wait_completed_throttled(&mut pair, seen, STATUS_TIMEOUT * 3)?;
     ensure!(
         t.max_seen > 0,
         "completed without ever reporting cpu-throttle-percentage"

@@ -10,19 +10,7 @@ use MigrationStatus as S;
 /// Every status the model knows: QEMU's precopy statuses, `postcopy-active` and
 /// `postcopy-paused` (the model panics on no other: `postcopy-recover`, `colo`, ... never
 /// come from the ops it knows).
-pub const STATUSES: [MigrationStatus; 11] = [
-    S::None,
-    S::Setup,
-    S::Active,
-    S::PreSwitchover,
-    S::Device,
-    S::PostcopyActive,
-    S::PostcopyPaused,
-    S::Completed,
-    S::Failed,
-    S::Cancelling,
-    S::Cancelled,
-];
+pub const STATUSES: [MigrationStatus; 11] = MigrationStatus::MODELLED;
 
 /// `migrate-set-capabilities` leaving `postcopy-ram` and `multifd` both on (migtest-vmm, as
 /// QEMU 8.x; QEMU 7.2 accepts it).

@@ -17,7 +17,7 @@ pub fn transport() -> impl Strategy<Value = Transport> {
 
 /// Any migration status the model knows (precopy's and postcopy-active/-paused).
 pub fn status() -> impl Strategy<Value = MigrationStatus> {
-    proptest::sample::select(crate::model::STATUSES.to_vec())
+    proptest::sample::select(MigrationStatus::MODELLED.to_vec())
 }
 
 /// Sizes: round units and odd byte counts.
