@@ -92,6 +92,15 @@ pub enum Expected {
     CommandError,
 }
 
+/// How [`Pair::destination_runs`] leaves the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// Stopped (the end of a catalog scenario).
+    Stopped,
+    /// Running again (an executor op, more ops may follow).
+    Running,
+}
+
 /// Figures of one finished migration, for reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MigrationFigures {
@@ -179,6 +188,17 @@ impl Pair {
     /// precopy as QEMU's qtests set it) and a destination waiting with
     /// `-incoming defer`.
     pub fn launch(spec: PairSpec) -> Result<Pair> {
+        let mut pair = Pair::launch_source(spec)?;
+        pair.restart_destination()?;
+        Ok(pair)
+    }
+
+    /// Launches only the source, as [`PairSpec`] says (`events`, full-speed
+    /// `max-bandwidth`, multifd); no destination yet: the caller starts one
+    /// with [`Pair::restart_destination`] or
+    /// [`Pair::restart_destination_deferred`] (the executor waits for the
+    /// guest to be up first).
+    pub fn launch_source(spec: PairSpec) -> Result<Pair> {
         let mut src =
             Vm::launch(&spec.src_backend, &spec.source_launch()).context("launching the source")?;
         src.set_observer(spec.observer.clone());
@@ -186,10 +206,12 @@ impl Pair {
             src.set_capabilities(&[("events", true)])
                 .context("enabling events on the source")?;
         }
-        src.set_parameters(json!({"max-bandwidth": 0}))
-            .context("setting full-speed precopy on the source")?;
+        if spec.full_speed {
+            src.set_parameters(json!({"max-bandwidth": 0}))
+                .context("setting full-speed precopy on the source")?;
+        }
         set_multifd(&src, spec.multifd).context("enabling multifd on the source")?;
-        let mut pair = Pair {
+        Ok(Pair {
             spec,
             src,
             dst: None,
@@ -197,9 +219,7 @@ impl Pair {
             hold: None,
             progress: no_progress(),
             diagnostics: None,
-        };
-        pair.restart_destination()?;
-        Ok(pair)
+        })
     }
 
     /// Registers the pair's VMs (now and after each restart) with a failure
@@ -227,29 +247,40 @@ impl Pair {
     /// migration (`-incoming defer`, `events` on, then `migrate-incoming`).
     pub fn restart_destination(&mut self) -> Result<()> {
         self.restart_destination_deferred()?;
-        let dst = self.dst()?;
-        let listen = match self.spec.transport {
+        let listen = self.listen_uri(self.spec.transport)?;
+        self.dst()?
+            .migrate_incoming(&listen)
+            .context("starting the incoming migration")
+    }
+
+    /// Where the current destination listens over `transport`: a unix
+    /// socket in its log directory named after its generation, or loopback
+    /// TCP with the port left to the destination.
+    pub fn listen_uri(&self, transport: Transport) -> Result<String> {
+        Ok(match transport {
             Transport::Unix => format!(
                 "unix:{}",
-                dst.log_dir()
+                self.dst()?
+                    .log_dir()
                     .join(format!("migsocket-{}", self.generation))
                     .display()
             ),
             Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
-        };
-        dst.migrate_incoming(&listen)
-            .context("starting the incoming migration")
+        })
     }
 
-    /// Replaces the destination with a fresh one that waits with
-    /// `-incoming defer` (`events` on) for the caller's `migrate-incoming`
-    /// (e.g. on a `file:` or `fd:` channel).
+    /// Replaces the destination with a fresh one (`-name destination-N`,
+    /// N counting from 1) that waits with `-incoming defer` (`events` on) for
+    /// the caller's `migrate-incoming` (e.g. on a `file:` or `fd:` channel,
+    /// or the executor's `migrate` op). The old one, if any, is dropped:
+    /// asked to `quit`, then killed.
     pub fn restart_destination_deferred(&mut self) -> Result<()> {
         self.dst = None;
         self.generation += 1;
-        let mut dst = Vm::launch(
+        let mut dst = Vm::launch_as(
+            "destination",
             &self.spec.dst_backend,
-            &self.spec.destination_launch("destination".into()),
+            &self.spec.destination_launch(self.generation),
         )
         .context("launching the destination")?;
         dst.set_observer(self.spec.observer.clone());
@@ -475,16 +506,7 @@ impl Pair {
             }
             None => ((0, self.spec.memory), Vec::new()),
         };
-        let compare = |(start, end): (u64, u64)| -> Result<Result<u64, MemoryMismatch>> {
-            let a = self
-                .src
-                .pmemsave(start, end - start)
-                .context("source pmemsave")?;
-            let b = dst
-                .pmemsave(start, end - start)
-                .context("destination pmemsave")?;
-            Ok(checks::compare_memory(&a, &b, start).map(|()| (end - start).div_ceil(4096)))
-        };
+        let compare = |range| self.compare_range(dst, range);
         let strict_pages = compare(strict)?.map_err(|e| {
             anyhow::anyhow!(
                 "guest memory differs in [{:#x}, {:#x}): {e}",
@@ -506,6 +528,23 @@ impl Pair {
         Ok(report)
     }
 
+    /// Byte-compares `[start, end)` of the source's and `dst`'s guest RAM:
+    /// the pages compared, or where they first differ.
+    pub fn compare_range(
+        &self,
+        dst: &Vm,
+        (start, end): (u64, u64),
+    ) -> Result<Result<u64, MemoryMismatch>> {
+        let a = self
+            .src
+            .pmemsave(start, end - start)
+            .context("source pmemsave")?;
+        let b = dst
+            .pmemsave(start, end - start)
+            .context("destination pmemsave")?;
+        Ok(checks::compare_memory(&a, &b, start).map(|()| (end - start).div_ceil(4096)))
+    }
+
     /// QEMU's `check_guests_ram` on the destination (stopped).
     pub fn check_guest_ram(&self) -> Result<()> {
         let dst = self.dst()?;
@@ -514,17 +553,58 @@ impl Pair {
         checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// After a completed migration: [`destination_runs`], leaving the
+    /// After a completed migration: [`Pair::destination_runs`], leaving the
     /// destination stopped, as QEMU's `migrate_end` does.
     pub fn assert_destination_runs(&self) -> Result<()> {
+        self.destination_runs(Leave::Stopped)
+    }
+
+    /// The one destination check after a completed migration, used by
+    /// [`Pair::assert_destination_runs`] (the catalog) and the executor's
+    /// `check-destination-runs` (leaving it running): `cont` the destination
+    /// if paused, check it runs on (serial keeps printing, memory keeps
+    /// changing), stop it, check its memory holds still while stopped and,
+    /// for the A-B guest (`sweep`, and always on QEMU), QEMU's
+    /// `check_guests_ram` over the test range.
+    pub fn destination_runs(&self, leave: Leave) -> Result<()> {
         let check_ab = self.spec.image == "sweep" || self.spec.src_backend.is_qemu();
-        destination_runs(
-            self.dst()?,
-            &self.spec.image,
-            self.test_range()?,
-            check_ab,
-            Leave::Stopped,
-        )
+        let (dst, image) = (self.dst()?, self.spec.image.as_str());
+        let (start, end) = self.test_range()?;
+        if !dst.query_status()?.running {
+            dst.cont().context("cont on the destination")?;
+        }
+        let status = dst.query_status()?;
+        if !status.running {
+            bail!("destination did not start running: {:?}", status.status);
+        }
+        if image != "idle" {
+            dst.wait_serial(b'B', Duration::from_secs(30))
+                .context("destination serial output after migration")?;
+            let first = dst.memory_digest(start, end)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while dst.memory_digest(start, end)? == first {
+                if Instant::now() >= deadline {
+                    bail!("destination memory did not change within 30 s after cont");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        dst.stop().context("stop on the destination")?;
+        // A stopped guest must not write: two digests 200 ms apart (no
+        // condition to wait for: the check is that nothing happens).
+        let a = dst.memory_digest(start, end)?;
+        std::thread::sleep(Duration::from_millis(200));
+        if dst.memory_digest(start, end)? != a {
+            bail!("destination memory changed while stopped");
+        }
+        if check_ab {
+            let bytes = dst.pmemsave(start, end - start)?;
+            checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if leave == Leave::Running {
+            dst.cont().context("cont on the destination")?;
+        }
+        Ok(())
     }
 
     /// Asserts the source guest runs (after a cancelled or failed migration).
@@ -645,63 +725,4 @@ mod tests {
         );
         assert!(legacy_pass_timeout(128 << 20, 3) > Duration::from_secs(260));
     }
-}
-
-/// How [`destination_runs`] leaves the destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Leave {
-    /// Stopped (the end of a catalog scenario).
-    Stopped,
-    /// Running again (an executor op, more ops may follow).
-    Running,
-}
-
-/// The one destination check after a completed migration, used by
-/// [`Pair::assert_destination_runs`] and the executor's
-/// `check-destination-runs`: `cont` the destination if paused, check it runs
-/// on (serial keeps printing, memory keeps changing), stop it, check its
-/// memory holds still while stopped and, with `check_ab`, QEMU's
-/// `check_guests_ram` over the test range `[start, end)`.
-pub fn destination_runs(
-    dst: &Vm,
-    image: &str,
-    (start, end): (u64, u64),
-    check_ab: bool,
-    leave: Leave,
-) -> Result<()> {
-    if !dst.query_status()?.running {
-        dst.cont().context("cont on the destination")?;
-    }
-    let status = dst.query_status()?;
-    if !status.running {
-        bail!("destination did not start running: {:?}", status.status);
-    }
-    if image != "idle" {
-        dst.wait_serial(b'B', Duration::from_secs(30))
-            .context("destination serial output after migration")?;
-        let first = dst.memory_digest(start, end)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while dst.memory_digest(start, end)? == first {
-            if Instant::now() >= deadline {
-                bail!("destination memory did not change within 30 s after cont");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    dst.stop().context("stop on the destination")?;
-    // A stopped guest must not write: two digests 200 ms apart (no
-    // condition to wait for: the check is that nothing happens).
-    let a = dst.memory_digest(start, end)?;
-    std::thread::sleep(Duration::from_millis(200));
-    if dst.memory_digest(start, end)? != a {
-        bail!("destination memory changed while stopped");
-    }
-    if check_ab {
-        let bytes = dst.pmemsave(start, end - start)?;
-        checks::check_guests_ram(&bytes, start, end).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    if leave == Leave::Running {
-        dst.cont().context("cont on the destination")?;
-    }
-    Ok(())
 }

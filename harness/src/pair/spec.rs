@@ -62,6 +62,10 @@ pub struct PairSpec {
     /// Enable the `events` capability on both sides (the catalog always does;
     /// a scenario file's `events = false` does not).
     pub events: bool,
+    /// Set `max-bandwidth` 0 on the source at launch: full-speed precopy, as
+    /// QEMU's qtests do (the catalog). A scenario file's pair leaves every
+    /// parameter at QEMU's default, the model's starting point.
+    pub full_speed: bool,
     /// Sees every QMP reply of the pair's VMs (`migtest compare`).
     pub observer: Option<Arc<dyn ReplyObserver>>,
     /// `Some(n)`: the `multifd` capability on both sides with
@@ -81,6 +85,7 @@ impl PairSpec {
             transport: Transport::Unix,
             dst_paused: true,
             events: true,
+            full_speed: true,
             src_extra: Vec::new(),
             dst_extra: Vec::new(),
             observer: None,
@@ -101,11 +106,11 @@ impl PairSpec {
         }
     }
 
-    /// How to launch a destination called `name`: `-incoming defer`, held
-    /// with `-S` when [`PairSpec::dst_paused`].
-    pub fn destination_launch(&self, name: String) -> LaunchSpec {
+    /// How to launch the `generation`th destination (`-name destination-N`):
+    /// `-incoming defer`, held with `-S` when [`PairSpec::dst_paused`].
+    pub fn destination_launch(&self, generation: u32) -> LaunchSpec {
         LaunchSpec {
-            name,
+            name: format!("destination-{generation}"),
             memory_bytes: self.memory,
             vcpus: self.vcpus,
             image: self.image.clone(),

@@ -57,7 +57,8 @@ impl Default for PairSpec {
 impl PairSpec {
     /// The pair driver's spec ([`crate::pair::PairSpec`]) of this pair with the source on
     /// `src_backend` and destinations on `dst_backend`, no extra options, no observer, no
-    /// multifd: the one definition of what a pair is; this table is its file form.
+    /// multifd, parameters left at their defaults (no full-speed `max-bandwidth`): the one
+    /// definition of what a pair is; this table is its file form.
     pub fn on_backends(&self, src_backend: Backend, dst_backend: Backend) -> crate::pair::PairSpec {
         crate::pair::PairSpec {
             src_backend,
@@ -68,6 +69,7 @@ impl PairSpec {
             transport: self.transport,
             dst_paused: self.dst_paused,
             events: self.events,
+            full_speed: false,
             src_extra: Vec::new(),
             dst_extra: Vec::new(),
             observer: None,

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::backend::Backend;
 use crate::model::{Expectation, Model, Observation, Reply};
+use crate::pair::Pair;
 use crate::vm::Vm;
 
 use super::{MigrationStatus, Op, PairSpec, Scenario, Side};
@@ -184,25 +185,20 @@ pub fn run_scenario(scenario: &Scenario, opts: &ExecOptions) -> Result<RunSummar
     })
 }
 
-/// One side's VMM and what the executor knows of it.
-struct SideVm {
-    vm: Vm,
-    /// Events of `vm` already reported.
-    event_cursor: usize,
-}
-
 /// A live pair driven op by op, with its model.
 pub struct Executor {
-    pair: PairSpec,
+    /// The source and the current destination, launched by the pair driver.
+    pair: Pair,
     opts: ExecOptions,
     model: Model,
-    src: SideVm,
-    dst: SideVm,
+    /// Events of the source already reported.
+    src_events: usize,
+    /// Events of the current destination already reported.
+    dst_events: usize,
     /// `migrate-incoming` was sent to the current destination.
     dst_used: bool,
     /// The address the last destination listened on.
     last_uri: Option<String>,
-    generation: u32,
     index: usize,
     history: Vec<String>,
     /// Keeps the unused-address directory alive.
@@ -214,47 +210,39 @@ fn launch_err(e: anyhow::Error) -> ExecError {
 }
 
 impl Executor {
-    /// Launches the pair of `pair`: the source runs its workload, the destination waits with
-    /// `-incoming defer`; `events` on both sides as the spec says. Parameters are left at
-    /// their defaults (the model's starting point).
+    /// Launches the pair of `pair` through the pair driver ([`Pair`]): the source runs its
+    /// workload, the destination waits with `-incoming defer` (its `migrate-incoming` is the
+    /// `migrate` op's); `events` on both sides as the spec says. Parameters are left at their
+    /// defaults (the model's starting point).
     pub fn launch(pair: &PairSpec, opts: &ExecOptions) -> Result<Executor, ExecError> {
-        let spec = launch_spec(pair, opts);
-        let src = Vm::launch_as("source", &opts.src_backend, &spec.source_launch())
-            .map_err(launch_err)?;
-        if spec.events {
-            src.set_capabilities(&[("events", true)])
-                .map_err(launch_err)?;
-        }
+        let mut driver = Pair::launch_source(launch_spec(pair, opts)).map_err(launch_err)?;
         // The guest is up once it has finished its first pass over memory (`B` on the
         // serial), as in QEMU's migration tests: before that it only zeroes memory, and a
         // lost page would go unnoticed.
         if pair.image != "idle" {
-            src.wait_serial(b'B', Duration::from_secs(30))
+            driver
+                .src
+                .wait_serial(b'B', Duration::from_secs(30))
                 .map_err(launch_err)?;
         }
-        let dst = launch_destination(pair, opts, 1).map_err(launch_err)?;
+        driver.restart_destination_deferred().map_err(launch_err)?;
         let mut ex = Executor {
-            pair: pair.clone(),
+            pair: driver,
             opts: opts.clone(),
             model: Model::new(pair.clone()),
-            src: SideVm {
-                vm: src,
-                event_cursor: 0,
-            },
-            dst: SideVm {
-                vm: dst,
-                event_cursor: 0,
-            },
+            src_events: 0,
+            dst_events: 0,
             dst_used: false,
             last_uri: None,
-            generation: 1,
             index: 0,
             history: Vec::new(),
             scratch: tempfile::tempdir().map_err(|e| launch_err(e.into()))?,
         };
         // Events of the launch itself are not part of any op.
-        ex.src.event_cursor = ex.src.vm.qmp().events_seen().len();
-        ex.dst.event_cursor = ex.dst.vm.qmp().events_seen().len();
+        ex.src_events = ex.pair.src.qmp().events_seen().len();
+        ex.dst_events = ex
+            .vm(Side::Destination)
+            .map_or(0, |d| d.qmp().events_seen().len());
         Ok(ex)
     }
 
@@ -274,9 +262,8 @@ impl Executor {
             .into_iter()
             .filter(|(side, name)| {
                 !self
-                    .side(*side)
-                    .vm
-                    .query_parameters()
+                    .vm(*side)
+                    .and_then(Vm::query_parameters)
                     .is_ok_and(|p| p.get(*name).is_some())
             })
             .collect()
@@ -311,7 +298,7 @@ impl Executor {
     /// passes (`dirty-sync-count`) or its status to leave setup/active, then 50 ms more. Errors end the pause; the op
     /// will meet them.
     fn let_migration_move_on(&self, limit: Duration) {
-        let vm = &self.src.vm;
+        let vm = &self.pair.src;
         let snapshot = || -> Option<(MigrationStatus, u64)> {
             let info = vm.query_migrate().ok()?;
             let status = info.status.unwrap_or(MigrationStatus::None);
@@ -374,16 +361,20 @@ impl Executor {
         message: String,
     ) -> ExecError {
         let mut transcripts = String::new();
-        for (name, side) in [("source", &self.src), ("destination", &self.dst)] {
+        for side in Side::ALL {
+            let Ok(vm) = self.vm(side) else {
+                transcripts.push_str(&format!("--- {side}: none running\n"));
+                continue;
+            };
             transcripts.push_str(&format!(
-                "--- {name} (pid {}, {}) QMP transcript tail:\n{}\n",
-                side.vm.pid(),
-                if side.vm.is_alive() { "alive" } else { "dead" },
-                side.vm.qmp().transcript().tail_truncated(12, 200)
+                "--- {side} (pid {}, {}) QMP transcript tail:\n{}\n",
+                vm.pid(),
+                if vm.is_alive() { "alive" } else { "dead" },
+                vm.qmp().transcript().tail_truncated(12, 200)
             ));
-            let err = side.vm.process().stderr_tail(3);
+            let err = vm.process().stderr_tail(3);
             if !err.is_empty() {
-                transcripts.push_str(&format!("--- {name} stderr tail:\n{err}\n"));
+                transcripts.push_str(&format!("--- {side} stderr tail:\n{err}\n"));
             }
         }
         ExecError::Failed(Box::new(Failure {
@@ -399,17 +390,19 @@ impl Executor {
         }))
     }
 
-    fn side(&self, side: Side) -> &SideVm {
+    /// `side`'s VM: the source, or the current destination (none only after a failed
+    /// `restart-destination`, which ends the run).
+    fn vm(&self, side: Side) -> anyhow::Result<&Vm> {
         match side {
-            Side::Source => &self.src,
-            Side::Destination => &self.dst,
+            Side::Source => Ok(&self.pair.src),
+            Side::Destination => self.pair.dst(),
         }
     }
 
     /// A QMP command on `side`: `Ok`, the error reply, or `Dead` (nothing sent, or the
     /// process died while the command was pending).
     fn qmp(&self, side: Side, name: &str, args: Value) -> anyhow::Result<Reply> {
-        let vm = &self.side(side).vm;
+        let vm = self.vm(side)?;
         if !vm.is_alive() {
             return Ok(Reply::Dead);
         }
@@ -437,19 +430,6 @@ fn launch_spec(pair: &PairSpec, opts: &ExecOptions) -> crate::pair::PairSpec {
     spec.src_extra = opts.src_extra.clone();
     spec.dst_extra = opts.dst_extra.clone();
     spec
-}
-
-fn launch_destination(pair: &PairSpec, opts: &ExecOptions, generation: u32) -> anyhow::Result<Vm> {
-    let spec = launch_spec(pair, opts);
-    let dst = Vm::launch_as(
-        "destination",
-        &spec.dst_backend,
-        &spec.destination_launch(format!("destination-{generation}")),
-    )?;
-    if spec.events {
-        dst.set_capabilities(&[("events", true)])?;
-    }
-    Ok(dst)
 }
 
 /// One line: the replies and, per side, the statuses and run states the model allowed.

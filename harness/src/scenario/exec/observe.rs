@@ -6,15 +6,16 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::model::{Event, Observation, Reply, SideObservation};
+use crate::vm::Vm;
 
 use super::super::MigrationStatus;
-use super::{Executor, SideVm};
+use super::Executor;
 
 impl Executor {
     /// Observes the destination, then the source.
     pub(super) fn observe(&mut self, reply: Reply) -> anyhow::Result<Observation> {
-        let destination = observe_side(&mut self.dst)?;
-        let source = observe_side(&mut self.src)?;
+        let destination = observe_side(self.pair.dst.as_ref(), &mut self.dst_events)?;
+        let source = observe_side(Some(&self.pair.src), &mut self.src_events)?;
         Ok(Observation {
             reply,
             source,
@@ -41,24 +42,28 @@ fn event(e: &migtest_qmp::message::Event) -> Option<Event> {
     }
 }
 
-/// `query-status`, then `query-migrate`, then the events that arrived up to that reply.
-fn observe_side(s: &mut SideVm) -> anyhow::Result<SideObservation> {
-    let vm = &s.vm;
-    let dead = |s: &mut SideVm| {
-        s.event_cursor = s.vm.qmp().events_seen().len();
+/// `query-status`, then `query-migrate`, then the events that arrived up to that reply;
+/// `cursor` counts the events of `vm` already reported. No VM (after a failed
+/// `restart-destination`) is seen as dead.
+fn observe_side(vm: Option<&Vm>, cursor: &mut usize) -> anyhow::Result<SideObservation> {
+    let Some(vm) = vm else {
+        return Ok(SideObservation::dead());
+    };
+    let dead = |cursor: &mut usize| {
+        *cursor = vm.qmp().events_seen().len();
         Ok(SideObservation::dead())
     };
     if !vm.is_alive() {
-        return dead(s);
+        return dead(cursor);
     }
     let st = match vm.query_status() {
         Ok(st) => st,
-        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(s),
+        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(cursor),
         Err(e) => return Err(e),
     };
     let info = match vm.query_migrate() {
         Ok(i) => i,
-        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(s),
+        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(cursor),
         Err(e) => return Err(e),
     };
     // Only the events written before the query-migrate reply (later ones belong to the
@@ -67,9 +72,9 @@ fn observe_side(s: &mut SideVm) -> anyhow::Result<SideObservation> {
     let seen = vm.qmp().events_seen();
     vm.qmp().drain_events();
     let upto = upto.min(seen.len());
-    let from = s.event_cursor.min(upto);
+    let from = (*cursor).min(upto);
     let events = seen[from..upto].iter().filter_map(event).collect();
-    s.event_cursor = upto;
+    *cursor = upto;
     Ok(SideObservation {
         alive: true,
         status: Some(info.status.unwrap_or(MigrationStatus::None)),

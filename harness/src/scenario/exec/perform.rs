@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::checks;
 use crate::model::{wait_gives_up, Reply};
-use crate::pair::{self, Leave};
+use crate::pair::Leave;
 
 use super::super::{MigrationStatus, Op, Side, Transport};
-use super::{launch_destination, Executor, SideVm};
+use super::Executor;
 
 impl Executor {
     pub(super) fn perform(&mut self, op: &Op) -> anyhow::Result<Reply> {
@@ -27,7 +26,9 @@ impl Executor {
                 "migrate-set-capabilities",
                 json!({ "capabilities": op.capability_list() }),
             ),
-            Op::Migrate { transport } => self.migrate(transport.unwrap_or(self.pair.transport)),
+            Op::Migrate { transport } => {
+                self.migrate(transport.unwrap_or(self.pair.spec.transport))
+            }
             Op::WaitPasses { n } => self.wait(op, Side::Source, |s, count| {
                 if count >= *n {
                     Some(Reply::Ok)
@@ -68,7 +69,7 @@ impl Executor {
                         None
                     }
                 })?;
-                if r != Reply::Ok || !self.dst.vm.is_alive() || !self.dst_used {
+                if r != Reply::Ok || !self.vm(Side::Destination)?.is_alive() || !self.dst_used {
                     return Ok(r);
                 }
                 // Then the destination that took the stream (not a fresh one started after
@@ -83,24 +84,21 @@ impl Executor {
                 })
             }
             Op::Kill { side } => {
-                let vm = &self.side(*side).vm;
+                let vm = self.vm(*side)?;
                 if vm.is_alive() {
                     vm.kill();
                 }
                 Ok(Reply::Ok)
             }
             Op::RestartDestination {} => {
-                if self.dst.vm.is_alive() {
-                    self.dst.vm.kill();
+                let old = self.vm(Side::Destination)?;
+                if old.is_alive() {
+                    old.kill();
                 }
-                self.generation += 1;
-                let vm = launch_destination(&self.pair, &self.opts, self.generation)
+                self.pair
+                    .restart_destination_deferred()
                     .context("launching a fresh destination")?;
-                let cursor = vm.qmp().events_seen().len();
-                self.dst = SideVm {
-                    vm,
-                    event_cursor: cursor,
-                };
+                self.dst_events = self.vm(Side::Destination)?.qmp().events_seen().len();
                 self.dst_used = false;
                 Ok(Reply::Ok)
             }
@@ -124,42 +122,29 @@ impl Executor {
     /// waiting for incoming leaves the source pointed at the last address, where nothing
     /// listens.
     fn migrate(&mut self, transport: Transport) -> anyhow::Result<Reply> {
-        if !self.src.vm.is_alive() {
+        let src = &self.pair.src;
+        if !src.is_alive() {
             return Ok(Reply::Dead);
         }
-        let busy = self
-            .src
-            .vm
+        let busy = src
             .query_migrate()
             .ok()
             .and_then(|i| i.status)
             .is_some_and(|s| s.is_running())
             // QEMU refuses `migrate` from a source still postmigrate.
-            || self
-                .src
-                .vm
+            || src
                 .query_status()
                 .is_ok_and(|st| st.status.as_str() == "postmigrate");
-        if !busy && !self.dst_used && self.dst.vm.is_alive() {
+        if !busy && !self.dst_used && self.vm(Side::Destination)?.is_alive() {
             self.dst_used = true;
-            let listen = match transport {
-                Transport::Unix => format!(
-                    "unix:{}",
-                    self.dst
-                        .vm
-                        .log_dir()
-                        .join(format!("migsocket-{}", self.generation))
-                        .display()
-                ),
-                Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
-            };
+            let listen = self.pair.listen_uri(transport)?;
             if self.qmp(
                 Side::Destination,
                 "migrate-incoming",
                 json!({ "uri": listen }),
             )? == Reply::Ok
             {
-                self.last_uri = self.dst.vm.incoming_uri().ok();
+                self.last_uri = self.pair.connect_uri().ok();
             }
         }
         let uri = match &self.last_uri {
@@ -172,8 +157,8 @@ impl Executor {
                 Transport::Tcp => "tcp:127.0.0.1:1".to_string(),
             },
         };
-        self.src
-            .vm
+        self.pair
+            .src
             .await_migration_cleanup(self.opts.wait_timeout)?;
         self.qmp(Side::Source, "migrate", json!({ "uri": uri }))
     }
@@ -199,7 +184,7 @@ impl Executor {
         side: Side,
         done: impl Fn(&migtest_qmp::schema::MigrationInfo) -> Option<Reply>,
     ) -> anyhow::Result<Reply> {
-        let vm = &self.side(side).vm;
+        let vm = self.vm(side)?;
         let deadline = Instant::now() + self.opts.wait_timeout;
         loop {
             if !vm.is_alive() {
@@ -227,23 +212,16 @@ impl Executor {
         self.settle_destination()?;
         // On QEMU's PC machines the first MiB holds BIOS/option-ROM shadows (PAM) that
         // pmemsave reads differently on the two sides: compare from 1 MiB there.
-        let start = if self.opts.dst_backend.is_qemu() {
+        let start = if self.pair.spec.dst_backend.is_qemu() {
             1 << 20
         } else {
             0
         };
-        let size = self.pair.memory.0 - start;
-        let a = self
-            .src
-            .vm
-            .pmemsave(start, size)
-            .context("source pmemsave")?;
-        let b = self
-            .dst
-            .vm
-            .pmemsave(start, size)
-            .context("destination pmemsave")?;
-        checks::compare_memory(&a, &b, start).map_err(|e| anyhow::anyhow!("{e}"))
+        let range = (start, self.pair.spec.memory);
+        self.pair
+            .compare_range(self.pair.dst()?, range)?
+            .map(|_pages| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Waits (bounded) until the destination's incoming migration has ended: the source
@@ -259,21 +237,10 @@ impl Executor {
         Ok(())
     }
 
-    /// `pair::destination_runs` (the catalog's `Pair::assert_destination_runs`),
-    /// leaving the destination running.
+    /// [`crate::pair::Pair::destination_runs`] (the catalog's
+    /// `Pair::assert_destination_runs`), leaving the destination running.
     fn check_destination_runs(&self) -> anyhow::Result<()> {
         self.settle_destination()?;
-        let range = self
-            .opts
-            .dst_backend
-            .test_range(&self.pair.image, self.pair.memory.0)?;
-        let check_ab = self.pair.image == "sweep" || self.opts.dst_backend.is_qemu();
-        pair::destination_runs(
-            &self.dst.vm,
-            &self.pair.image,
-            range,
-            check_ab,
-            Leave::Running,
-        )
+        self.pair.destination_runs(Leave::Running)
     }
 }
