@@ -18,7 +18,7 @@
 //!   dirty-sync-count 1 for ever (measured); the model predicts migtest-vmm's failure, and the
 //!   fuzzer does not generate such a migration ([`Mismatch::stalls_qemu`]).
 
-use crate::scenario::{Op, Side};
+use crate::scenario::{Capability, Op, Side};
 
 use super::types::{Capabilities, Parameters};
 
@@ -104,14 +104,7 @@ pub(super) fn migrate_stalls_qemu(worlds: &[super::world::World]) -> bool {
 /// same channel count; mismatches, bad counts and changes during a migration stay rare.
 pub(super) fn candidates(idle: bool, listening: bool) -> Vec<(u32, Op)> {
     let w = |cond: bool, hi: u32| if cond { hi } else { 1 };
-    let caps = |side, on| Op::SetCapabilities {
-        side,
-        events: None,
-        pause_before_switchover: None,
-        multifd: Some(on),
-        xbzrle: None,
-        postcopy_ram: None,
-    };
+    let caps = |side, on| Op::set_capability(side, Capability::Multifd, on);
     let channels = |side, n| Op::SetParameters {
         side,
         downtime_limit: None,

@@ -10,7 +10,7 @@
 //! - `stop`/`cont` on either side during postcopy (not checked against QEMU yet);
 //! - `migrate_cancel` during postcopy (the model refuses it: split guest state).
 
-use crate::scenario::{Op, Side};
+use crate::scenario::{Capability, Op, Side};
 
 use super::world::{DstPhase, GuestRun, SrcPhase, World};
 use super::Model;
@@ -53,14 +53,7 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
     let src_off = all(&|w| !w.src.caps.postcopy_ram);
     let dst_off = all(&|w| !w.dst.caps.postcopy_ram);
     let w = |cond: bool, hi: u32| if cond { hi } else { 1 };
-    let caps = |side, on| Op::SetCapabilities {
-        side,
-        events: None,
-        pause_before_switchover: None,
-        multifd: None,
-        xbzrle: None,
-        postcopy_ram: Some(on),
-    };
+    let caps = |side, on| Op::set_capability(side, Capability::PostcopyRam, on);
     vec![
         (
             w(idle && listening && src_off, 80),

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::strategy::Union;
 use proptest_state_machine::ReferenceStateMachine;
 
-use crate::scenario::{MigrationStatus, Op, PairSpec, Scenario, Side, Size, Transport};
+use crate::scenario::{Capability, MigrationStatus, Op, PairSpec, Scenario, Side, Size, Transport};
 
 use super::world::{DstPhase, SrcPhase};
 use super::Model;
@@ -260,58 +260,23 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
         ),
         (
             w(idle, 3),
-            Op::SetCapabilities {
-                side: Side::Source,
-                events: None,
-                pause_before_switchover: Some(true),
-                multifd: None,
-                xbzrle: None,
-                postcopy_ram: None,
-            },
+            Op::set_capability(Side::Source, Capability::PauseBeforeSwitchover, true),
         ),
         (
             1,
-            Op::SetCapabilities {
-                side: Side::Source,
-                events: None,
-                pause_before_switchover: Some(false),
-                multifd: None,
-                xbzrle: None,
-                postcopy_ram: None,
-            },
+            Op::set_capability(Side::Source, Capability::PauseBeforeSwitchover, false),
         ),
         (
             1,
-            Op::SetCapabilities {
-                side: Side::Destination,
-                events: Some(true),
-                pause_before_switchover: None,
-                multifd: None,
-                xbzrle: None,
-                postcopy_ram: None,
-            },
+            Op::set_capability(Side::Destination, Capability::Events, true),
         ),
         (
             1,
-            Op::SetCapabilities {
-                side: Side::Source,
-                events: Some(false),
-                pause_before_switchover: None,
-                multifd: None,
-                xbzrle: None,
-                postcopy_ram: None,
-            },
+            Op::set_capability(Side::Source, Capability::Events, false),
         ),
         (
             1,
-            Op::SetCapabilities {
-                side: Side::Source,
-                events: Some(true),
-                pause_before_switchover: None,
-                multifd: None,
-                xbzrle: None,
-                postcopy_ram: None,
-            },
+            Op::set_capability(Side::Source, Capability::Events, true),
         ),
         (w(held, 2), Op::Stop { side: Side::Source }),
         (1, Op::Cont { side: Side::Source }),

@@ -5,7 +5,7 @@ use proptest_state_machine::ReferenceStateMachine;
 
 use super::strategy::{executable, sequence_is_executable, PairMachine, SEQUENCE_LEN};
 use super::*;
-use crate::scenario::Size;
+use crate::scenario::{Capability, Size};
 
 use MigrationStatus as S;
 
@@ -31,6 +31,14 @@ fn run(m: &mut Model, op: Op) -> (Expectation, Observation) {
 fn run_all(m: &mut Model, ops: &[Op]) {
     for op in ops {
         run(m, op.clone());
+    }
+}
+
+/// [`run_all`], each op allowed only with `Ok`.
+fn run_all_ok(m: &mut Model, ops: &[Op]) {
+    for op in ops {
+        let (e, _) = run(m, op.clone());
+        assert_eq!(e.replies(), vec![&ExpectedReply::Ok], "{op}");
     }
 }
 
@@ -65,14 +73,7 @@ fn wait_src(status: MigrationStatus) -> Op {
 }
 
 fn src_pbs(on: bool) -> Op {
-    Op::SetCapabilities {
-        side: Side::Source,
-        events: None,
-        pause_before_switchover: Some(on),
-        multifd: None,
-        xbzrle: None,
-        postcopy_ram: None,
-    }
+    Op::set_capability(Side::Source, Capability::PauseBeforeSwitchover, on)
 }
 
 /// Applies `op` and returns its canonical observation (to be altered and checked).

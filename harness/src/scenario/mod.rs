@@ -11,6 +11,7 @@
 //! ```
 
 pub mod arb;
+pub mod capability;
 pub mod exec;
 pub mod file_check;
 pub mod op;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 
+pub use capability::Capability;
 pub use op::{MigrationStatus, Op, Side, Transport};
 pub use size::{Size, SizeError};
 
@@ -241,14 +243,7 @@ status = "completed"
         );
         assert_eq!(
             s.ops[2],
-            Op::SetCapabilities {
-                side: Side::Source,
-                events: None,
-                pause_before_switchover: Some(true),
-                multifd: None,
-                xbzrle: None,
-                postcopy_ram: None
-            }
+            Op::set_capability(Side::Source, Capability::PauseBeforeSwitchover, true)
         );
         assert!(
             Scenario::from_json_str(r#"{"purpose":"p","ops":[{"op":"cancel","x":1}]}"#).is_err()

@@ -206,24 +206,27 @@ impl Op {
         use serde_json::json;
         let mut m = serde_json::Map::new();
         let Op::SetParameters {
-            downtime_limit: d,
-            max_bandwidth: b,
-            avail_switchover_bandwidth: a,
-            switchover_hold: h,
-            multifd_channels: c,
-            xbzrle_cache_size: x,
+            downtime_limit,
+            max_bandwidth,
+            avail_switchover_bandwidth,
+            switchover_hold,
+            multifd_channels,
+            xbzrle_cache_size,
             ..
         } = self
         else {
             return m;
         };
         let fields = [
-            ("downtime-limit", d.map(|d| json!(d))),
-            ("max-bandwidth", b.map(|b| json!(b.0))),
-            ("avail-switchover-bandwidth", a.map(|a| json!(a.0))),
-            ("switchover-hold", h.map(|h| json!(h))),
-            ("multifd-channels", c.map(|c| json!(c))),
-            ("xbzrle-cache-size", x.map(|x| json!(x.0))),
+            ("downtime-limit", downtime_limit.map(|d| json!(d))),
+            ("max-bandwidth", max_bandwidth.map(|b| json!(b.0))),
+            (
+                "avail-switchover-bandwidth",
+                avail_switchover_bandwidth.map(|a| json!(a.0)),
+            ),
+            ("switchover-hold", switchover_hold.map(|h| json!(h))),
+            ("multifd-channels", multifd_channels.map(|c| json!(c))),
+            ("xbzrle-cache-size", xbzrle_cache_size.map(|x| json!(x.0))),
         ];
         for (name, value) in fields {
             if let Some(v) = value {

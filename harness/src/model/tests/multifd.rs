@@ -8,14 +8,7 @@ use crate::model::multifd::{
 };
 
 fn caps(side: Side, on: bool) -> Op {
-    Op::SetCapabilities {
-        side,
-        events: None,
-        pause_before_switchover: None,
-        multifd: Some(on),
-        xbzrle: None,
-        postcopy_ram: None,
-    }
+    Op::set_capability(side, Capability::Multifd, on)
 }
 
 fn params(side: Side, channels: u64, downtime_limit: Option<u64>) -> Op {
@@ -189,10 +182,7 @@ fn matching_sides_migrate_as_without_multifd() {
         let (e, _) = run(&mut m, migrate());
         assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
         assert!(e.statuses(Side::Source).contains(&S::Completed), "{n}");
-        let (e, _) = run(&mut m, Op::WaitCompleted {});
-        assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-        let (e, _) = run(&mut m, Op::CheckMemory {});
-        assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+        run_all_ok(&mut m, &[Op::WaitCompleted {}, Op::CheckMemory {}]);
     }
 }
 

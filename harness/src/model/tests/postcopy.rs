@@ -4,14 +4,7 @@
 use super::*;
 
 fn caps(side: Side, on: bool) -> Op {
-    Op::SetCapabilities {
-        side,
-        events: None,
-        pause_before_switchover: None,
-        multifd: None,
-        xbzrle: None,
-        postcopy_ram: Some(on),
-    }
+    Op::set_capability(side, Capability::PostcopyRam, on)
 }
 
 fn both_caps() -> [Op; 2] {
@@ -74,13 +67,9 @@ fn held_migration_switches_to_postcopy_at_once_and_completes_with_equal_memory()
     assert!(!e.held_throughout(), "the hold is for precopy only");
     let (e, _) = run(&mut m, wait_src(S::PostcopyActive));
     assert!(e.replies().contains(&&ExpectedReply::Ok));
-    let (e, _) = run(&mut m, Op::WaitCompleted {});
-    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    run_all_ok(&mut m, &[Op::WaitCompleted {}]);
     assert_eq!(m.hold(), Some(true), "the hold stays set");
-    let (e, _) = run(&mut m, Op::CheckMemory {});
-    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
-    let (e, _) = run(&mut m, Op::CheckDestinationRuns {});
-    assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+    run_all_ok(&mut m, &[Op::CheckMemory {}, Op::CheckDestinationRuns {}]);
 }
 
 #[test]
@@ -322,14 +311,7 @@ fn the_generator_reaches_postcopy() {
 /// (migtest-vmm as QEMU 8.x), and nothing changes; the generator never offers them.
 #[test]
 fn postcopy_with_multifd_is_refused() {
-    let multifd = |side, on| Op::SetCapabilities {
-        side,
-        events: None,
-        pause_before_switchover: None,
-        multifd: Some(on),
-        xbzrle: None,
-        postcopy_ram: None,
-    };
+    let multifd = |side, on| Op::set_capability(side, Capability::Multifd, on);
     for side in [Side::Source, Side::Destination] {
         for (first, second) in [
             (caps(side, true), multifd(side, true)),

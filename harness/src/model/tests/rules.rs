@@ -85,14 +85,7 @@ fn set_capabilities_only_without_running_migration() {
     // The destination has no outgoing migration.
     let (e, _) = run(
         &mut m,
-        Op::SetCapabilities {
-            side: Side::Destination,
-            events: Some(true),
-            pause_before_switchover: None,
-            multifd: None,
-            xbzrle: None,
-            postcopy_ram: None,
-        },
+        Op::set_capability(Side::Destination, Capability::Events, true),
     );
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
     run_all(&mut m, &[Op::Cancel {}, wait_src(S::Cancelled)]);

@@ -5,7 +5,7 @@
 //! `migrate_params_check` does), any time. The capability changes what goes
 //! on the wire, not what the model judges: the memory still ends equal.
 
-use crate::scenario::{Op, Side, Size};
+use crate::scenario::{Capability, Op, Side, Size};
 
 /// QEMU 7.2's refusal of a bad `xbzrle-cache-size` (verified against it).
 pub const ERR_XBZRLE_CACHE_SIZE: &str =
@@ -26,14 +26,7 @@ pub fn cache_size_error(size: Option<Size>) -> Option<&'static str> {
 /// source): the capability on (mostly before a migration, so it is used) and
 /// off, a valid small cache, a cache below a page and one not a power of two.
 pub fn candidates(idle: bool) -> Vec<(u32, Op)> {
-    let cap = |on| Op::SetCapabilities {
-        side: Side::Source,
-        events: None,
-        pause_before_switchover: None,
-        multifd: None,
-        xbzrle: Some(on),
-        postcopy_ram: None,
-    };
+    let cap = |on| Op::set_capability(Side::Source, Capability::Xbzrle, on);
     let size = |bytes| Op::SetParameters {
         side: Side::Source,
         downtime_limit: None,
@@ -72,14 +65,7 @@ mod tests {
     }
 
     fn set_cap(side: Side, on: bool) -> Op {
-        Op::SetCapabilities {
-            side,
-            events: None,
-            pause_before_switchover: None,
-            multifd: None,
-            xbzrle: Some(on),
-            postcopy_ram: None,
-        }
+        Op::set_capability(side, Capability::Xbzrle, on)
     }
 
     proptest! {
