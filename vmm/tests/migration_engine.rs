@@ -6,7 +6,7 @@ use migtest_vmm::migration::testing::TestHost;
 use migtest_vmm::migration::Migration;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::inproc::{
-    args, err, events_on, info, new_destination, passes, wait_status, wait_until, workload, Pair,
-    SOURCE_COMPLETED_TRACE,
+    args, err, events_on, held_migration_to_listener, info, listening_destination, new_destination,
+    passes, wait_status, wait_until, workload, Pair, SOURCE_COMPLETED_TRACE,
 };
 
 /// A source and a destination over a unix socket, events on both.
@@ -227,8 +227,7 @@ fn m_info_json(m: &Migration) -> Value {
 #[test]
 fn live_migration_with_hold_ends_byte_identical() {
     let p = pair(512);
-    p.sm.set_parameters(args(json!({"switchover-hold": true})))
-        .unwrap();
+    p.hold();
     // Some content before the migration starts, including zero pages.
     for i in 0..512u64 {
         if i % 3 != 0 {
@@ -237,7 +236,7 @@ fn live_migration_with_hold_ends_byte_identical() {
     }
     let quit = Arc::new(AtomicBool::new(false));
     let w = workload(p.src.clone(), quit.clone());
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    p.migrate();
     assert_eq!(
         err(p.sm.migrate(args(json!({"uri": p.uri})))),
         "There's a migration process in progress"
@@ -305,9 +304,8 @@ fn converges_without_hold_under_a_bandwidth_limit() {
         p.src.guest_write(i * 4096, &[0xab; 64]);
     }
     let t0 = Instant::now();
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
-    wait_status(&p.sm, MigrationStatus::Completed);
-    wait_status(&p.dm, MigrationStatus::Completed);
+    p.migrate();
+    p.wait_completed();
     assert!(
         t0.elapsed() >= Duration::from_millis(100),
         "rate limit ignored: {:?}",
@@ -319,13 +317,10 @@ fn converges_without_hold_under_a_bandwidth_limit() {
 #[test]
 fn cancel_during_hold_keeps_the_source_running_and_hold_persists() {
     let p = pair(64);
-    p.sm.set_parameters(args(json!({"switchover-hold": true})))
-        .unwrap();
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    p.hold();
+    p.migrate();
     wait_until("3 passes", 20, || passes(&p.sm) >= 3);
-    p.sm.migrate_cancel().unwrap();
-    wait_status(&p.sm, MigrationStatus::Cancelled);
-    assert_eq!(p.src.state(), RunState::Running);
+    p.cancel_source_runs();
     assert_eq!(
         p.src.event_trace(),
         [
@@ -351,10 +346,7 @@ fn cancel_during_hold_keeps_the_source_running_and_hold_persists() {
 
     // The flag persists: a new migration to a fresh destination holds too.
     assert!(p.sm.parameters().switchover_hold);
-    let dir = tempfile::tempdir().unwrap();
-    let (dst2, dm2) = new_destination(64);
-    let uri2 = format!("unix:{}", dir.path().join("s2").display());
-    dm2.migrate_incoming(args(json!({"uri": uri2}))).unwrap();
+    let (dst2, dm2, uri2, _dir) = listening_destination(64, "s2");
     let quit = Arc::new(AtomicBool::new(false));
     let w = workload(p.src.clone(), quit.clone());
     p.sm.migrate(args(json!({"uri": uri2}))).unwrap();
@@ -370,15 +362,21 @@ fn cancel_during_hold_keeps_the_source_running_and_hold_persists() {
     assert!(p.src.ram.snapshot() == dst2.ram.snapshot());
 }
 
-#[test]
-fn pause_before_switchover_and_continue() {
+/// A 32-page pair whose source, with `pause-before-switchover`, reached `pre-switchover`.
+fn paused_before_switchover() -> Pair {
     let p = pair(32);
     p.sm.set_capabilities(args(
         json!({"capabilities": [{"capability": "pause-before-switchover", "state": true}]}),
     ))
     .unwrap();
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    p.migrate();
     wait_status(&p.sm, MigrationStatus::PreSwitchover);
+    p
+}
+
+#[test]
+fn pause_before_switchover_and_continue() {
+    let p = paused_before_switchover();
     assert_eq!(p.src.state(), RunState::FinishMigrate);
     assert_eq!(
         err(p.sm.migrate_continue(args(json!({"state": "active"})))),
@@ -388,8 +386,7 @@ fn pause_before_switchover_and_continue() {
     assert_eq!(info(&p.sm).status, Some(MigrationStatus::PreSwitchover));
     p.sm.migrate_continue(args(json!({"state": "pre-switchover"})))
         .unwrap();
-    wait_status(&p.sm, MigrationStatus::Completed);
-    wait_status(&p.dm, MigrationStatus::Completed);
+    p.wait_completed();
     assert_eq!(
         p.src.event_trace(),
         [
@@ -406,16 +403,8 @@ fn pause_before_switchover_and_continue() {
 
 #[test]
 fn cancel_in_pre_switchover_resumes_the_source() {
-    let p = pair(32);
-    p.sm.set_capabilities(args(
-        json!({"capabilities": [{"capability": "pause-before-switchover", "state": true}]}),
-    ))
-    .unwrap();
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
-    wait_status(&p.sm, MigrationStatus::PreSwitchover);
-    p.sm.migrate_cancel().unwrap();
-    wait_status(&p.sm, MigrationStatus::Cancelled);
-    assert_eq!(p.src.state(), RunState::Running);
+    let p = paused_before_switchover();
+    p.cancel_source_runs();
     assert_eq!(
         p.src.event_trace(),
         [
@@ -435,7 +424,7 @@ fn cancel_in_pre_switchover_resumes_the_source() {
 fn destination_with_dash_s_ends_paused() {
     let p = pair(16);
     p.dst.autostart.store(false, Ordering::SeqCst);
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    p.migrate();
     wait_status(&p.dm, MigrationStatus::Completed);
     assert_eq!(p.dst.state(), RunState::Paused);
     assert_eq!(
@@ -503,13 +492,7 @@ fn unreachable_destination_fails_and_a_new_migration_works() {
 fn destination_dies_source_fails_and_keeps_running() {
     let (src, sm) = TestHost::new(64, RunState::Running);
     events_on(&sm);
-    sm.set_parameters(args(json!({"switchover-hold": true, "max-bandwidth": 0})))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fake-dst");
-    let l = UnixListener::bind(&path).unwrap();
-    sm.migrate(args(json!({"uri": format!("unix:{}", path.display())})))
-        .unwrap();
+    let (l, _dir) = held_migration_to_listener(&sm);
     let (mut c, _) = l.accept().unwrap();
     let mut buf = [0u8; 40];
     c.read_exact(&mut buf).unwrap();
@@ -727,13 +710,10 @@ fn only_true_to_false_kicks_the_hold() {
 fn a_migrated_guest_migrates_on() {
     let p = pair(16);
     p.src.guest_write(3 * 4096, b"hop 1");
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    p.migrate();
     wait_status(&p.dm, MigrationStatus::Completed);
     assert_eq!(p.dst.state(), RunState::Running);
-    let dir = tempfile::tempdir().unwrap();
-    let (third, tm) = new_destination(16);
-    let uri = format!("unix:{}", dir.path().join("hop2").display());
-    tm.migrate_incoming(args(json!({"uri": uri}))).unwrap();
+    let (third, tm, uri, _dir) = listening_destination(16, "hop2");
     p.dm.migrate(args(json!({"uri": uri}))).unwrap();
     wait_status(&p.dm, MigrationStatus::Completed);
     wait_status(&tm, MigrationStatus::Completed);
@@ -750,9 +730,8 @@ fn stopped_source_leaves_the_destination_paused() {
     let p = pair(16);
     p.src.guest_write(0, b"non-live");
     p.src.set_runstate_for_test(RunState::Paused);
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
-    wait_status(&p.sm, MigrationStatus::Completed);
-    wait_status(&p.dm, MigrationStatus::Completed);
+    p.migrate();
+    p.wait_completed();
     assert_eq!(p.src.state(), RunState::Postmigrate);
     assert_eq!(p.dst.state(), RunState::Paused);
     assert_eq!(

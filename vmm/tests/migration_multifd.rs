@@ -10,7 +10,7 @@ use migtest_vmm::migration::testing::TestHost;
 use migtest_vmm::migration::Migration;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,8 @@ use std::time::Duration;
 mod common;
 
 use common::inproc::{
-    args, err, info, passes, wait_status, wait_until, workload, Pair, SOURCE_COMPLETED_TRACE,
+    args, err, held_migration_to_listener, info, passes, wait_status, wait_until, workload, Pair,
+    SOURCE_COMPLETED_TRACE,
 };
 
 fn set_multifd(m: &Migration, on: bool, channels: Option<u8>) {
@@ -99,12 +100,11 @@ fn capability_and_parameter_follow_qemu() {
 fn held_multifd_migration(channels: u8, tcp: bool) {
     let pages = 2048;
     let p = pair(pages, (true, channels), (true, channels), tcp);
-    p.sm.set_parameters(args(json!({"switchover-hold": true})))
-        .unwrap();
+    p.hold();
     fill(&p.src, pages);
     let quit = Arc::new(AtomicBool::new(false));
     let w = workload(p.src.clone(), quit.clone());
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    p.migrate();
     assert_eq!(
         err(p.sm.set_capabilities(args(
             json!({"capabilities": [{"capability": "multifd", "state": false}]})
@@ -139,22 +139,18 @@ fn multifd_tcp_one_channel_held_then_released_is_byte_equal() {
 fn multifd_without_hold_converges() {
     let p = pair(1024, (true, 4), (true, 4), false);
     fill(&p.src, 1024);
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
-    wait_status(&p.sm, MigrationStatus::Completed);
-    wait_status(&p.dm, MigrationStatus::Completed);
+    p.migrate();
+    p.wait_completed();
     assert!(p.src.ram.snapshot() == p.dst.ram.snapshot());
 }
 
 #[test]
 fn cancel_during_a_multifd_pass_keeps_the_source_running() {
     let p = pair(1024, (true, 2), (true, 2), false);
-    p.sm.set_parameters(args(json!({"switchover-hold": true})))
-        .unwrap();
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    p.hold();
+    p.migrate();
     wait_until("3 passes", 30, || passes(&p.sm) >= 3);
-    p.sm.migrate_cancel().unwrap();
-    wait_status(&p.sm, MigrationStatus::Cancelled);
-    assert_eq!(p.src.state(), RunState::Running);
+    p.cancel_source_runs();
     wait_status(&p.dm, MigrationStatus::Failed);
     assert!(info(&p.dm).error_desc.is_some());
     assert_eq!(p.dst.state(), RunState::Inmigrate);
@@ -164,13 +160,7 @@ fn cancel_during_a_multifd_pass_keeps_the_source_running() {
 fn a_cut_channel_fails_the_source_and_it_runs_on() {
     let (src, sm) = TestHost::new(256, RunState::Running);
     set_multifd(&sm, true, Some(2));
-    sm.set_parameters(args(json!({"switchover-hold": true, "max-bandwidth": 0})))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fake-dst");
-    let l = UnixListener::bind(&path).unwrap();
-    sm.migrate(args(json!({"uri": format!("unix:{}", path.display())})))
-        .unwrap();
+    let (l, _dir) = held_migration_to_listener(&sm);
     // Accept all three connections, read the hellos, then cut channel 2 only.
     let mut conns: Vec<(Hello, UnixStream)> = (0..3)
         .map(|_| {
@@ -353,15 +343,9 @@ fn a_bad_page_channel_fails_the_destination_with_the_reason() {
 
 #[test]
 fn capability_mismatch_fails_the_migration() {
-    // Enough non-zero data that the stream cannot fit in the sockets' buffers: a source
-    // without a return path learns of the destination's failure only from a write that
-    // fails (as QEMU's); a 64-zero-page stream was written whole and `completed` in a
-    // loaded run before the destination, which had accepted a page channel first, failed.
-    const PAGES: u64 = 8192;
     // Source on, destination off.
-    let p = pair(PAGES, (true, 2), (false, 2), false);
-    fill(&p.src, PAGES);
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    let p = pair(64, (true, 2), (false, 2), false);
+    p.migrate();
     wait_status(&p.dm, MigrationStatus::Failed);
     assert_eq!(
         info(&p.dm).error_desc.unwrap(),
@@ -370,9 +354,8 @@ fn capability_mismatch_fails_the_migration() {
     wait_status(&p.sm, MigrationStatus::Failed);
     assert_eq!(p.src.state(), RunState::Running);
     // Different channel counts.
-    let p = pair(PAGES, (true, 2), (true, 3), false);
-    fill(&p.src, PAGES);
-    p.sm.migrate(args(json!({"uri": p.uri}))).unwrap();
+    let p = pair(64, (true, 2), (true, 3), false);
+    p.migrate();
     wait_status(&p.dm, MigrationStatus::Failed);
     assert_eq!(
         info(&p.dm).error_desc.unwrap(),

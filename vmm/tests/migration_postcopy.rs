@@ -16,7 +16,7 @@ const RAM: u64 = 16 * MIB;
 mod common;
 
 use common::inproc::{
-    args, device_states_match_then_destination_runs, status, sweep_vm, wait_until,
+    args, device_states_match_then_destination_runs, status, sweep_vm, wait_until, VmPair,
 };
 
 fn vm(initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<Migration>) {
@@ -27,25 +27,23 @@ fn wait(what: &str, f: impl FnMut() -> bool) {
     wait_until(what, 60, f)
 }
 
-fn postcopy_on(m: &Migration) {
-    m.set_capabilities(args(json!({"capabilities": [
+fn postcopy_caps() -> serde_json::Value {
+    json!([
         {"capability": "postcopy-ram", "state": true},
         {"capability": "postcopy-blocktime", "state": true}
-    ]})))
-    .unwrap();
+    ])
+}
+
+fn postcopy_on(m: &Migration) {
+    m.set_capabilities(args(json!({ "capabilities": postcopy_caps() })))
+        .unwrap();
 }
 
 /// Source running the sweep guest, held for 3 passes, then
 /// `migrate-start-postcopy` with the hold still set.
 fn held_then_postcopy(dst_autostart: bool) -> (Arc<Vm>, Arc<Migration>, Arc<Vm>, Arc<Migration>) {
-    let dir = tempfile::tempdir().unwrap();
-    let (src, sm) = vm(RunState::Paused, true);
-    src.vm_start();
-    let (dst, dm) = vm(RunState::Inmigrate, dst_autostart);
-    postcopy_on(&sm);
-    postcopy_on(&dm);
-    let uri = format!("unix:{}", dir.path().join("mig.sock").display());
-    dm.start_incoming_from_cmdline(&uri).unwrap();
+    let p = VmPair::listening(RAM, dst_autostart, postcopy_caps());
+    let (src, sm, dm, uri) = (&p.src, &p.sm, &p.dm, &p.uri);
     sm.set_parameters(args(
         json!({"switchover-hold": true, "max-bandwidth": 64 * MIB}),
     ))
@@ -54,24 +52,23 @@ fn held_then_postcopy(dst_autostart: bool) -> (Arc<Vm>, Arc<Migration>, Arc<Vm>,
     wait("3 passes", || {
         sm.info().ram.map(|r| r.dirty_sync_count).unwrap_or(0) >= 3
     });
-    assert_eq!(status(&sm), Some(MigrationStatus::Active));
+    assert_eq!(status(sm), Some(MigrationStatus::Active));
     assert_eq!(src.runstate(), RunState::Running);
     sm.migrate_start_postcopy().unwrap();
     wait("postcopy-active or completed on the source", || {
         matches!(
-            status(&sm),
+            status(sm),
             Some(MigrationStatus::PostcopyActive | MigrationStatus::Completed)
         )
     });
     assert!(sm.parameters().switchover_hold, "the hold is still set");
     wait("source completed", || {
-        status(&sm) == Some(MigrationStatus::Completed)
+        status(sm) == Some(MigrationStatus::Completed)
     });
     wait("destination completed", || {
-        status(&dm) == Some(MigrationStatus::Completed)
+        status(dm) == Some(MigrationStatus::Completed)
     });
-    drop(dir);
-    (src, sm, dst, dm)
+    (src.clone(), sm.clone(), p.dst.clone(), dm.clone())
 }
 
 #[test]

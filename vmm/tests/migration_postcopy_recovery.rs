@@ -4,46 +4,18 @@
 //! with `resume` on the source, completion with byte-equal memory; and
 //! QEMU 7.2's error texts of the three commands.
 
-use migtest_qmp::args::Args;
 use migtest_qmp::schema::{MigrationStatus, RunState};
-use migtest_vmm::guest::{check_ab_invariant, Guest, GuestConfig, GuestImage, SerialConfig};
-use migtest_vmm::migration::{Migration, MigrationHost};
-use migtest_vmm::vm::Vm;
-use serde_json::{json, Value};
-use std::path::Path;
-use std::sync::Arc;
+use migtest_vmm::guest::check_ab_invariant;
+use migtest_vmm::migration::Migration;
+use serde_json::json;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::inproc::{args, status, sweep_vm, VmPair};
 
 const MIB: u64 = 1 << 20;
 const RAM: u64 = 16 * MIB;
-
-fn args(v: Value) -> Args {
-    match v {
-        Value::Object(m) => Args::new(Some(m)),
-        _ => panic!("arguments must be an object"),
-    }
-}
-
-fn vm(initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<Migration>) {
-    let image =
-        GuestImage::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/sweep.toml"))
-            .expect("sweep image");
-    let guest = Guest::new(GuestConfig {
-        ram_size: RAM,
-        vcpus: 1,
-        image,
-        serial: SerialConfig::None,
-    })
-    .expect("guest");
-    let vm = Arc::new(Vm::new(guest, None, initial, autostart));
-    let host: Arc<dyn MigrationHost> = vm.clone();
-    let m = Arc::new(Migration::new(Arc::downgrade(&host)));
-    (vm, m)
-}
-
-fn status(m: &Migration) -> Option<MigrationStatus> {
-    m.info().status
-}
 
 fn wait_status(who: &str, m: &Migration, s: MigrationStatus) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -57,65 +29,42 @@ fn wait_status(who: &str, m: &Migration, s: MigrationStatus) {
     }
 }
 
-fn postcopy_on(m: &Migration) {
-    m.set_capabilities(args(json!({"capabilities": [
-        {"capability": "postcopy-ram", "state": true}
-    ]})))
-    .unwrap();
-}
-
-struct Paused {
-    src: Arc<Vm>,
-    sm: Arc<Migration>,
-    dst: Arc<Vm>,
-    dm: Arc<Migration>,
-    dir: tempfile::TempDir,
-}
-
 /// A postcopy migration started at once (little sent in precopy) and slowed
 /// down by `max-postcopy-bandwidth` (4096 bytes/s, as QEMU's qtest does), cut by `migrate-pause` on the source or the destination:
 /// both sides end `postcopy-paused`.
-fn paused_postcopy(dst_autostart: bool, pause_on_source: bool) -> Paused {
-    let dir = tempfile::tempdir().unwrap();
-    let (src, sm) = vm(RunState::Paused, true);
-    src.vm_start();
-    let (dst, dm) = vm(RunState::Inmigrate, dst_autostart);
-    postcopy_on(&sm);
-    postcopy_on(&dm);
-    let uri = format!("unix:{}", dir.path().join("mig.sock").display());
-    dm.start_incoming_from_cmdline(&uri).unwrap();
+fn paused_postcopy(dst_autostart: bool, pause_on_source: bool) -> VmPair {
+    let p = VmPair::listening(
+        RAM,
+        dst_autostart,
+        json!([{"capability": "postcopy-ram", "state": true}]),
+    );
+    let (src, sm, dm, uri) = (&p.src, &p.sm, &p.dm, &p.uri);
     sm.set_parameters(args(
         json!({"max-bandwidth": 4096, "max-postcopy-bandwidth": 4096}),
     ))
     .unwrap();
     sm.migrate(args(json!({"uri": uri}))).unwrap();
     sm.migrate_start_postcopy().unwrap();
-    wait_status("the source", &sm, MigrationStatus::PostcopyActive);
-    wait_status("the destination", &dm, MigrationStatus::PostcopyActive);
+    wait_status("the source", sm, MigrationStatus::PostcopyActive);
+    wait_status("the destination", dm, MigrationStatus::PostcopyActive);
     if pause_on_source {
         sm.migrate_pause().unwrap();
     } else {
         dm.migrate_pause().unwrap();
     }
-    wait_status("the source", &sm, MigrationStatus::PostcopyPaused);
-    wait_status("the destination", &dm, MigrationStatus::PostcopyPaused);
+    wait_status("the source", sm, MigrationStatus::PostcopyPaused);
+    wait_status("the destination", dm, MigrationStatus::PostcopyPaused);
     assert_eq!(
         src.runstate(),
         RunState::FinishMigrate,
         "the paused source keeps its guest stopped"
     );
-    Paused {
-        src,
-        sm,
-        dst,
-        dm,
-        dir,
-    }
+    p
 }
 
 /// `migrate-recover` on a new socket, `migrate {resume: true}`, then the
 /// bandwidth cap lifted: both sides complete.
-fn recover(p: &Paused, name: &str) {
+fn recover(p: &VmPair, name: &str) {
     let uri = format!("unix:{}", p.dir.path().join(name).display());
     p.dm.migrate_recover(args(json!({"uri": uri}))).unwrap();
     assert_eq!(
@@ -183,7 +132,7 @@ fn a_cut_from_the_running_destination_recovers_and_the_guest_runs_on() {
 
 #[test]
 fn pause_recover_and_resume_errors_are_qemus() {
-    let (_src, sm) = vm(RunState::Running, true);
+    let (_src, sm) = sweep_vm(RAM, RunState::Running, true);
     let pause = sm.migrate_pause().unwrap_err().desc;
     let recover = sm
         .migrate_recover(args(json!({"uri": "unix:/nonexistent/x"})))

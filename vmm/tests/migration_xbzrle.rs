@@ -2,16 +2,17 @@
 //! parameter rules, a held in-process migration whose re-sent pages go as
 //! deltas, and damaged XBZRLE records failing the destination.
 
-mod xbzrle_common;
+mod common;
 
+use common::inproc::{args, info, wait_until};
+use common::xbzrle::{caps, held_xbzrle_pair, hot_writer, scribbled_migration};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState};
 use migtest_vmm::migration::testing::TestHost;
 use serde_json::json;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use xbzrle_common::{args, caps, hot_writer, info, scribbled_migration, wait_until};
 
 #[test]
 fn cache_size_parameter_as_qemu_7_2() {
@@ -45,47 +46,31 @@ fn cache_size_parameter_as_qemu_7_2() {
 
 #[test]
 fn held_migration_sends_deltas_and_ends_byte_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let (src, sm) = TestHost::new(256, RunState::Running);
-    let (dst, dm) = TestHost::new(256, RunState::Prelaunch);
-    dm.start_incoming_from_cmdline("defer").unwrap();
-    let uri = format!("unix:{}", dir.path().join("mig.sock").display());
-    dm.migrate_incoming(args(json!({"uri": uri, "exit-on-error": false})))
-        .unwrap();
-    caps(&sm, json!([{"capability": "xbzrle", "state": true}])).unwrap();
-    sm.set_parameters(args(json!({"switchover-hold": true, "max-bandwidth": 0})))
-        .unwrap();
+    let p = held_xbzrle_pair(256);
+    let (src, sm) = (&p.src, &p.sm);
     for i in 0..256u64 {
         src.guest_write(i * 4096 + 9, &[i as u8 | 1; 40]);
     }
     let quit = Arc::new(AtomicBool::new(false));
     let w = hot_writer(src.clone(), quit.clone(), None);
-    sm.migrate(args(json!({ "uri": uri }))).unwrap();
+    sm.migrate(args(json!({ "uri": p.uri }))).unwrap();
     assert_eq!(
-        caps(&sm, json!([{"capability": "xbzrle", "state": false}]))
+        caps(sm, json!([{"capability": "xbzrle", "state": false}]))
             .unwrap_err()
             .desc,
         "There's a migration process in progress"
     );
     wait_until("20 xbzrle pages", 30, || {
-        info(&sm).xbzrle_cache.is_some_and(|x| x.pages >= 20)
+        info(sm).xbzrle_cache.is_some_and(|x| x.pages >= 20)
     });
-    let held = info(&sm);
+    let held = info(sm);
     let x = held.xbzrle_cache.unwrap();
     assert_eq!(x.cache_size, 64 << 20);
     assert!(x.bytes > 0 && x.cache_miss > 0, "{x:?}");
     // Deltas of an 8-byte counter: far smaller than the pages.
     assert!(x.bytes < x.pages * 100, "{x:?}");
-    sm.set_parameters(args(json!({"switchover-hold": false})))
-        .unwrap();
-    wait_until("completed", 30, || {
-        info(&sm).status == Some(MigrationStatus::Completed)
-            && dm.incoming_status() == MigrationStatus::Completed
-    });
-    quit.store(true, Ordering::SeqCst);
-    assert!(w.join().unwrap() > 0);
-    assert!(src.ram.snapshot() == dst.ram.snapshot(), "RAM differs");
-    let done = info(&sm);
+    p.release_and_check(&quit, w);
+    let done = info(sm);
     let x = done.xbzrle_cache.unwrap();
     let ram = done.ram.unwrap();
     // Every byte on the wire is counted in `transferred`; the deltas

@@ -7,14 +7,14 @@
 
 #![cfg(feature = "fault-injection")]
 
-mod xbzrle_common;
+mod common;
 
 use migtest_vmm::migration::faults;
 
 #[test]
 fn stale_cache_is_found_by_the_memory_comparison() {
     faults::enable("xbzrle-cache-stale").unwrap();
-    let (a, b) = xbzrle_common::scribbled_migration();
+    let (a, b) = common::xbzrle::scribbled_migration();
     let wrong: Vec<usize> = (0..a.len() / 4096)
         .filter(|p| a[p * 4096..(p + 1) * 4096] != b[p * 4096..(p + 1) * 4096])
         .collect();

@@ -125,6 +125,31 @@ impl Pair {
         }
     }
 
+    /// Sets `switchover-hold` on the source.
+    pub fn hold(&self) {
+        self.sm
+            .set_parameters(args(json!({"switchover-hold": true})))
+            .unwrap();
+    }
+
+    /// `migrate` on the source, to the destination.
+    pub fn migrate(&self) {
+        self.sm.migrate(args(json!({"uri": self.uri}))).unwrap();
+    }
+
+    /// Waits for `completed` on both sides.
+    pub fn wait_completed(&self) {
+        wait_status(&self.sm, MigrationStatus::Completed);
+        wait_status(&self.dm, MigrationStatus::Completed);
+    }
+
+    /// `migrate_cancel` on the source; it ends `cancelled` with its guest running.
+    pub fn cancel_source_runs(&self) {
+        self.sm.migrate_cancel().unwrap();
+        wait_status(&self.sm, MigrationStatus::Cancelled);
+        assert_eq!(self.src.state(), RunState::Running);
+    }
+
     /// Clears the source's hold, waits for `completed` on both sides, stops the workload `w`
     /// (which must have written), and checks that RAM and device state arrived intact and the
     /// destination guest runs.
@@ -132,8 +157,7 @@ impl Pair {
         self.sm
             .set_parameters(args(json!({"switchover-hold": false})))
             .unwrap();
-        wait_status(&self.sm, MigrationStatus::Completed);
-        wait_status(&self.dm, MigrationStatus::Completed);
+        self.wait_completed();
         quit.store(true, Ordering::SeqCst);
         assert!(w.join().unwrap() > 0);
         assert!(
@@ -155,6 +179,34 @@ pub fn new_destination(pages: u64) -> (Arc<TestHost>, Arc<Migration>) {
     assert_eq!(dst.state(), RunState::Inmigrate);
     events_on(&dm);
     (dst, dm)
+}
+
+/// A fresh destination of `pages` pages ([`new_destination`]) listening on a unix socket
+/// `name` in the returned directory: the host, its migration and the URI.
+pub fn listening_destination(
+    pages: u64,
+    name: &str,
+) -> (Arc<TestHost>, Arc<Migration>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (dst, dm) = new_destination(pages);
+    let uri = format!("unix:{}", dir.path().join(name).display());
+    dm.migrate_incoming(args(json!({ "uri": uri }))).unwrap();
+    (dst, dm, uri, dir)
+}
+
+/// Sets `switchover-hold` and `max-bandwidth` 0 on `sm` and migrates to a bare unix listener
+/// (a fake destination the test plays), returned with the directory holding its socket.
+pub fn held_migration_to_listener(
+    sm: &Migration,
+) -> (std::os::unix::net::UnixListener, tempfile::TempDir) {
+    sm.set_parameters(args(json!({"switchover-hold": true, "max-bandwidth": 0})))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fake-dst");
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    sm.migrate(args(json!({"uri": format!("unix:{}", path.display())})))
+        .unwrap();
+    (l, dir)
 }
 
 /// A "vCPU" dirtying pseudo-random pages until told to quit; returns its write count.
@@ -199,6 +251,43 @@ pub fn sweep_vm(ram: u64, initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<M
     let host: Arc<dyn MigrationHost> = vm.clone();
     let m = Arc::new(Migration::new(Arc::downgrade(&host)));
     (vm, m)
+}
+
+/// Two real `sweep` VMs for postcopy: the source's guest running, the destination
+/// `inmigrate` (autostart as `dst_autostart`) listening on a unix socket in `dir`, both with
+/// the capabilities `caps` (a `migrate-set-capabilities` list) set.
+pub struct VmPair {
+    pub src: Arc<Vm>,
+    pub sm: Arc<Migration>,
+    pub dst: Arc<Vm>,
+    pub dm: Arc<Migration>,
+    /// Where the destination listens.
+    pub uri: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl VmPair {
+    /// [`VmPair`] with `ram` bytes a guest.
+    pub fn listening(ram: u64, dst_autostart: bool, caps: Value) -> VmPair {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, sm) = sweep_vm(ram, RunState::Paused, true);
+        src.vm_start();
+        let (dst, dm) = sweep_vm(ram, RunState::Inmigrate, dst_autostart);
+        for m in [&sm, &dm] {
+            m.set_capabilities(args(json!({ "capabilities": caps })))
+                .unwrap();
+        }
+        let uri = format!("unix:{}", dir.path().join("mig.sock").display());
+        dm.start_incoming_from_cmdline(&uri).unwrap();
+        VmPair {
+            src,
+            sm,
+            dst,
+            dm,
+            uri,
+            dir,
+        }
+    }
 }
 
 /// The migration status (`info()`, no JSON round trip).

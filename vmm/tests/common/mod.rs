@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod inproc;
+pub mod xbzrle;
 
 use migtest_qmp::framing::read_line_bounded;
 use migtest_qmp::{Command as QmpCommand, ServerMessage};

@@ -1,33 +1,14 @@
 //! Shared by the XBZRLE test binaries (`migration_xbzrle`, and
 //! `migration_xbzrle_fault`, which runs with a planted fault on).
 
-use migtest_qmp::args::Args;
-use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState};
+use super::inproc::{args, info, passes, wait_until, Pair};
+use migtest_qmp::schema::MigrationStatus;
 use migtest_vmm::migration::testing::TestHost;
 use migtest_vmm::migration::Migration;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-pub fn args(v: Value) -> Args {
-    match v {
-        Value::Object(m) => Args::new(Some(m)),
-        _ => panic!("arguments must be an object"),
-    }
-}
-
-pub fn info(m: &Migration) -> MigrationInfo {
-    serde_json::from_value(m.query_migrate().unwrap()).unwrap()
-}
-
-pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
+use std::time::Duration;
 
 pub fn caps(m: &Migration, list: Value) -> Result<Value, migtest_qmp::ErrorBody> {
     m.set_capabilities(args(json!({ "capabilities": list })))
@@ -76,8 +57,19 @@ pub fn hot_writer(
     })
 }
 
-fn passes(m: &Migration) -> u64 {
-    info(m).ram.map_or(0, |r| r.dirty_sync_count)
+/// A pair of `pages`-page hosts over a unix socket, the source with the
+/// `xbzrle` capability, `switchover-hold` set and `max-bandwidth` 0.
+pub fn held_xbzrle_pair(pages: u64) -> Pair {
+    Pair::new(
+        pages,
+        false,
+        |sm| {
+            caps(sm, json!([{"capability": "xbzrle", "state": true}])).unwrap();
+            sm.set_parameters(args(json!({"switchover-hold": true})))
+                .unwrap();
+        },
+        |_| {},
+    )
 }
 
 /// Waits until `m` made `n` more passes than now.
@@ -92,35 +84,27 @@ fn more_passes(m: &Migration, n: u64) {
 /// then released and completed. Each phase lasts 3 passes, so every hot
 /// page is sent in it. Returns the source's and the destination's RAM.
 pub fn scribbled_migration() -> (Vec<u8>, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let (src, sm) = TestHost::new(256, RunState::Running);
-    let (dst, dm) = TestHost::new(256, RunState::Prelaunch);
-    dm.start_incoming_from_cmdline("defer").unwrap();
-    let uri = format!("unix:{}", dir.path().join("mig.sock").display());
-    dm.migrate_incoming(args(json!({"uri": uri, "exit-on-error": false})))
-        .unwrap();
-    caps(&sm, json!([{"capability": "xbzrle", "state": true}])).unwrap();
-    sm.set_parameters(args(json!({"switchover-hold": true, "max-bandwidth": 0})))
-        .unwrap();
+    let p = held_xbzrle_pair(256);
+    let (src, sm, dm) = (&p.src, &p.sm, &p.dm);
     let quit = Arc::new(AtomicBool::new(false));
     let scribble = Arc::new(AtomicBool::new(false));
     let w = hot_writer(src.clone(), quit.clone(), Some(scribble.clone()));
-    sm.migrate(args(json!({ "uri": uri }))).unwrap();
-    wait_until("pass 4", 30, || passes(&sm) >= 4);
-    more_passes(&sm, 3);
+    sm.migrate(args(json!({ "uri": p.uri }))).unwrap();
+    wait_until("pass 4", 30, || passes(sm) >= 4);
+    more_passes(sm, 3);
     scribble.store(true, Ordering::SeqCst);
-    more_passes(&sm, 3);
+    more_passes(sm, 3);
     scribble.store(false, Ordering::SeqCst);
-    more_passes(&sm, 3);
+    more_passes(sm, 3);
     sm.set_parameters(args(json!({"switchover-hold": false})))
         .unwrap();
     wait_until("completed", 30, || {
-        info(&sm).status == Some(MigrationStatus::Completed)
+        info(sm).status == Some(MigrationStatus::Completed)
             && dm.incoming_status() == MigrationStatus::Completed
     });
     quit.store(true, Ordering::SeqCst);
     w.join().unwrap();
-    let x = info(&sm).xbzrle_cache.unwrap();
+    let x = info(sm).xbzrle_cache.unwrap();
     assert!(x.overflow >= 16 && x.pages > x.overflow, "{x:?}");
-    (src.ram.snapshot(), dst.ram.snapshot())
+    (src.ram.snapshot(), p.dst.ram.snapshot())
 }
