@@ -125,6 +125,13 @@ fn qapi_uint8(args: &mut Args, name: &str) -> Result<Option<u8>, ErrorBody> {
     }
 }
 
+/// `*field = v` when the request gives `v` (QEMU's `if (params->has_x)`).
+fn set<T>(field: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *field = v;
+    }
+}
+
 impl SetParameters {
     /// Reads the arguments strictly (types, unknown members).
     pub fn parse(mut args: Args) -> Result<SetParameters, ErrorBody> {
@@ -150,63 +157,43 @@ impl SetParameters {
     /// applied when any value is bad.
     pub fn test_apply(&self, cur: &Parameters) -> Result<Parameters, ErrorBody> {
         let mut p = *cur;
-        if let Some(v) = self.max_bandwidth {
-            p.max_bandwidth = v;
-        }
-        if let Some(v) = self.avail_switchover_bandwidth {
-            p.avail_switchover_bandwidth = v;
-        }
-        if let Some(v) = self.downtime_limit {
-            p.downtime_limit = v;
-        }
-        if let Some(v) = self.switchover_hold {
-            p.switchover_hold = v;
-        }
-        if let Some(v) = self.multifd_channels {
-            p.multifd_channels = v;
-        }
-        if let Some(v) = self.cpu_throttle_initial {
-            p.cpu_throttle_initial = v;
-        }
-        if let Some(v) = self.cpu_throttle_increment {
-            p.cpu_throttle_increment = v;
-        }
-        if let Some(v) = self.cpu_throttle_tailslow {
-            p.cpu_throttle_tailslow = v;
-        }
-        if let Some(v) = self.max_cpu_throttle {
-            p.max_cpu_throttle = v;
-        }
+        set(&mut p.max_bandwidth, self.max_bandwidth);
+        set(
+            &mut p.avail_switchover_bandwidth,
+            self.avail_switchover_bandwidth,
+        );
+        set(&mut p.downtime_limit, self.downtime_limit);
+        set(&mut p.switchover_hold, self.switchover_hold);
+        set(&mut p.multifd_channels, self.multifd_channels);
+        set(&mut p.cpu_throttle_initial, self.cpu_throttle_initial);
+        set(&mut p.cpu_throttle_increment, self.cpu_throttle_increment);
+        set(&mut p.cpu_throttle_tailslow, self.cpu_throttle_tailslow);
+        set(&mut p.max_cpu_throttle, self.max_cpu_throttle);
         // QEMU 7.2 checks the whole result, in this order.
         auto_converge::check_rates(&p)?;
         // No range check in QEMU 7.2 (a `size`, any uint64).
-        if let Some(v) = self.max_postcopy_bandwidth {
-            p.max_postcopy_bandwidth = v;
-        }
-        if let Some(v) = self.xbzrle_cache_size {
-            p.xbzrle_cache_size = v;
-        }
+        set(&mut p.max_postcopy_bandwidth, self.max_postcopy_bandwidth);
+        set(&mut p.xbzrle_cache_size, self.xbzrle_cache_size);
         // QEMU checks `> SIZE_MAX`; on a 64-bit host no uint64 fails it, so
         // these two checks only exist to mirror QEMU on 32-bit hosts.
-        if self.max_bandwidth.is_some() && p.max_bandwidth > usize::MAX as u64 {
-            return Err(invalid(
-                "max_bandwidth",
-                &format!(
-                    "an integer in the range of 0 to {} bytes/second",
-                    usize::MAX
-                ),
-            ));
-        }
-        if self.avail_switchover_bandwidth.is_some()
-            && p.avail_switchover_bandwidth > usize::MAX as u64
-        {
-            return Err(invalid(
+        let bandwidths = [
+            ("max_bandwidth", self.max_bandwidth, p.max_bandwidth),
+            (
                 "avail_switchover_bandwidth",
-                &format!(
-                    "an integer in the range of 0 to {} bytes/second",
-                    usize::MAX
-                ),
-            ));
+                self.avail_switchover_bandwidth,
+                p.avail_switchover_bandwidth,
+            ),
+        ];
+        for (name, given, value) in bandwidths {
+            if given.is_some() && value > usize::MAX as u64 {
+                return Err(invalid(
+                    name,
+                    &format!(
+                        "an integer in the range of 0 to {} bytes/second",
+                        usize::MAX
+                    ),
+                ));
+            }
         }
         if self.downtime_limit.is_some() && p.downtime_limit > MAX_DOWNTIME_SECONDS * 1000 {
             // QEMU 7.2 prints stringify(MAX_MIGRATE_DOWNTIME), the macro's
