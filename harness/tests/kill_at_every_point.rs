@@ -144,6 +144,12 @@ fn case(point: Point, victim: Victim, diag: &Context, started: &mut Started) -> 
     let mut pair = Pair::launch(spec)?;
     started.add(diag, &pair.src);
     started.add(diag, pair.dst()?);
+    // The guest is up once it has finished its first pass over memory (`B`):
+    // before that its RAM is still untouched, known zero and sent at no
+    // cost, so a migration completes at once whatever the bandwidth limit
+    // and the cancel points are never reached.
+    diag.set_step("wait for the guest's first pass");
+    pair.src.wait_serial(b'B', REACT)?;
 
     diag.set_step(&format!("migrate to {point:?}"));
     reach(&mut pair, point)?;
