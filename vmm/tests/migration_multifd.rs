@@ -343,8 +343,14 @@ fn a_bad_page_channel_fails_the_destination_with_the_reason() {
 
 #[test]
 fn capability_mismatch_fails_the_migration() {
+    // Enough non-zero data that the stream cannot fit in the sockets' buffers: a source
+    // without a return path learns of the destination's failure only from a write that
+    // fails (as QEMU's); a 64-zero-page stream was written whole and `completed` in a
+    // loaded run before the destination, which had accepted a page channel first, failed.
+    const PAGES: u64 = 8192;
     // Source on, destination off.
-    let p = pair(64, (true, 2), (false, 2), false);
+    let p = pair(PAGES, (true, 2), (false, 2), false);
+    fill(&p.src, PAGES);
     p.migrate();
     wait_status(&p.dm, MigrationStatus::Failed);
     assert_eq!(
@@ -354,7 +360,8 @@ fn capability_mismatch_fails_the_migration() {
     wait_status(&p.sm, MigrationStatus::Failed);
     assert_eq!(p.src.state(), RunState::Running);
     // Different channel counts.
-    let p = pair(64, (true, 2), (true, 3), false);
+    let p = pair(PAGES, (true, 2), (true, 3), false);
+    fill(&p.src, PAGES);
     p.migrate();
     wait_status(&p.dm, MigrationStatus::Failed);
     assert_eq!(
