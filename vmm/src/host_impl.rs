@@ -47,6 +47,10 @@ impl MigrationRam for GuestRam {
         GuestRam::zero_page(self, page).map_err(|e| e.to_string())
     }
 
+    fn load_target(&self, page: u64) -> Option<*mut u8> {
+        GuestRam::load_target(self, page).ok()
+    }
+
     fn dirty_set_all(&self) {
         self.dirty().set_all();
     }

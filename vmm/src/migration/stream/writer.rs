@@ -1,13 +1,13 @@
 //! The encoder: [`StreamWriter`].
 
+use super::StreamDigest;
 use super::{tag, Header, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES, MAX_DEVICE_STATE, PAGE_SIZE};
 use std::io::{self, IoSlice, Write};
-use xxhash_rust::xxh3::Xxh3;
 
 /// Writes a stream, counting bytes and hashing them for the end record.
 pub struct StreamWriter<W: Write> {
     inner: W,
-    hasher: Xxh3,
+    hasher: StreamDigest,
     written: u64,
 }
 
@@ -16,7 +16,7 @@ impl<W: Write> StreamWriter<W> {
     pub fn new(inner: W) -> StreamWriter<W> {
         StreamWriter {
             inner,
-            hasher: Xxh3::new(),
+            hasher: StreamDigest::new(),
             written: 0,
         }
     }
