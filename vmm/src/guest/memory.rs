@@ -189,9 +189,10 @@ impl GuestRam {
         // [u8]` to the mapping is ever created (`as_ptr` does not go through
         // `Deref`), so all Rust-level accesses are atomic and free of data
         // races; page copies go through `copy_bytes` (inline assembly). The
-        // one exception: a single-channel precopy destination digests the
-        // pages it has just read in place (`stream::direct`), while no
-        // vCPU runs and no other thread writes RAM.
+        // exceptions, while no vCPU runs and no other thread writes RAM: a
+        // single-channel precopy destination digests the pages it has just
+        // read in place (`stream::direct`), and the source's stop-and-copy
+        // pass writes pages from a shared slice (`stopped_page`).
         unsafe {
             std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.map.len() / 8)
         }
@@ -470,6 +471,19 @@ impl GuestRam {
         // separate buffer.
         unsafe { copy_bytes(self.page_ptr(page), data.as_ptr(), PAGE_SIZE) };
         Ok(())
+    }
+
+    /// Page `page` as bytes, for the source's stop-and-copy pass to digest
+    /// and write to the channel without a copy.
+    ///
+    /// # Safety
+    /// Nothing writes guest RAM while the slice lives (the vCPUs are
+    /// stopped): it is a plain shared reference to the mapping.
+    pub unsafe fn stopped_page(&self, page: u64) -> Result<&[u8], GuestRamError> {
+        self.check_page(page)?;
+        // SAFETY: in the mapping (checked above), which outlives `&self`;
+        // no writer meanwhile (the caller's contract).
+        Ok(unsafe { std::slice::from_raw_parts(self.page_ptr(page), PAGE_SIZE) })
     }
 
     /// Destination side: marks page `page` written and gives the first of

@@ -29,6 +29,7 @@ mod pages;
 mod passes;
 mod postcopy;
 mod recovery;
+mod stopped;
 mod throttle;
 mod xbzrle;
 
