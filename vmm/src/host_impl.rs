@@ -47,6 +47,15 @@ impl MigrationRam for GuestRam {
         GuestRam::zero_page(self, page).map_err(|e| e.to_string())
     }
 
+    unsafe fn stopped_page(&self, page: u64) -> Option<&[u8]> {
+        // SAFETY: the caller's contract (no writer while the slice lives).
+        unsafe { GuestRam::stopped_page(self, page).ok() }
+    }
+
+    fn load_target(&self, page: u64) -> Option<*mut u8> {
+        GuestRam::load_target(self, page).ok()
+    }
+
     fn dirty_set_all(&self) {
         self.dirty().set_all();
     }

@@ -188,7 +188,11 @@ impl GuestRam {
         // bit validity of u64 and every bit pattern is valid. No `&`/`&mut
         // [u8]` to the mapping is ever created (`as_ptr` does not go through
         // `Deref`), so all Rust-level accesses are atomic and free of data
-        // races; page copies go through `copy_bytes` (inline assembly).
+        // races; page copies go through `copy_bytes` (inline assembly). The
+        // exceptions, while no vCPU runs and no other thread writes RAM: a
+        // single-channel precopy destination digests the pages it has just
+        // read in place (`stream::direct`), and the source's stop-and-copy
+        // pass writes pages from a shared slice (`stopped_page`).
         unsafe {
             std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.map.len() / 8)
         }
@@ -469,6 +473,30 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Page `page` as bytes, for the source's stop-and-copy pass to digest
+    /// and write to the channel without a copy.
+    ///
+    /// # Safety
+    /// Nothing writes guest RAM while the slice lives (the vCPUs are
+    /// stopped): it is a plain shared reference to the mapping.
+    pub unsafe fn stopped_page(&self, page: u64) -> Result<&[u8], GuestRamError> {
+        self.check_page(page)?;
+        // SAFETY: in the mapping (checked above), which outlives `&self`;
+        // no writer meanwhile (the caller's contract).
+        Ok(unsafe { std::slice::from_raw_parts(self.page_ptr(page), PAGE_SIZE) })
+    }
+
+    /// Destination side: marks page `page` written and gives the first of
+    /// its 4096 bytes, for the loader to read a stream's page data straight
+    /// into (a `read(2)`/`readv(2)` by the kernel, or [`copy_bytes`]), and
+    /// then to digest in place while no other thread writes guest RAM.
+    /// Not marked dirty, as [`load_page`](Self::load_page).
+    pub fn load_target(&self, page: u64) -> Result<*mut u8, GuestRamError> {
+        self.check_page(page)?;
+        self.touch(page * PAGE, PAGE);
+        Ok(self.page_ptr(page))
+    }
+
     /// Destination-side loader write zeroing a page; not marked dirty, for
     /// the same reason as [`load_page`](Self::load_page). A page that is
     /// already zero is only read, so a fresh destination's untouched RAM
@@ -518,9 +546,10 @@ impl GuestRam {
 /// # Safety
 /// `src` is valid for `len` reads and `dst` for `len` writes; the ranges do
 /// not overlap; one side is guest RAM, the other a buffer nothing else
-/// uses; guest-side pointers are 8-byte aligned and `len` is a multiple of 8.
+/// uses; guest-side pointers are 8-byte aligned and `len` is a multiple of 8
+/// (on x86-64 any alignment and length will do).
 #[inline]
-unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
+pub(crate) unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract; the direction flag is clear (ABI).
     unsafe {

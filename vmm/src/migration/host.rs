@@ -41,6 +41,23 @@ pub trait MigrationRam: Send + Sync {
     fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String>;
     /// Zero-fills page `page` (destination side).
     fn zero_page(&self, page: u64) -> Result<(), String>;
+    /// Source side with the guest stopped: page `page` (in range) as bytes
+    /// the stop-and-copy pass digests and writes to the channel straight
+    /// from guest RAM; `None` where the RAM cannot (then pages are copied).
+    ///
+    /// # Safety
+    /// Nothing writes guest RAM while the slice lives (the vCPUs are
+    /// stopped and stay stopped: `cont` is refused in `finish-migrate`).
+    unsafe fn stopped_page(&self, _page: u64) -> Option<&[u8]> {
+        None
+    }
+    /// Destination side: page `page` (in range), marked written, as 4096
+    /// bytes the loader may read stream data straight into (with `readv`,
+    /// never through a Rust reference while another thread may write it);
+    /// `None` where the RAM cannot (then pages go through `load_page`).
+    fn load_target(&self, _page: u64) -> Option<*mut u8> {
+        None
+    }
     /// Marks every page dirty (start of a migration).
     fn dirty_set_all(&self);
     /// Takes and clears the dirty bitmap, one word at a time.

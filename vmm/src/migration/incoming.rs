@@ -3,7 +3,9 @@
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
 use super::multifd;
 use super::postcopy::incoming::{start_guest, PostcopyDest};
-use super::stream::{self, DeviceRecord, Expect, StreamError, StreamSink};
+use super::stream::{
+    self, DeviceRecord, DirectPages, Expect, FdInput, StreamError, StreamInput, StreamSink,
+};
 use super::transport::{Conn, Listener, MigrationUri};
 use super::{lock, Shared};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus, RunState, SocketAddress};
@@ -144,6 +146,9 @@ fn start(
 pub(crate) struct RamSink<'a> {
     ram: &'a dyn MigrationRam,
     postcopy: Option<PostcopyDest<'a>>,
+    /// The only thread writing guest RAM (a single-channel load; not a
+    /// multifd page channel): pages read in place are digested in place.
+    exclusive: bool,
 }
 
 impl<'a> RamSink<'a> {
@@ -152,6 +157,7 @@ impl<'a> RamSink<'a> {
         RamSink {
             ram,
             postcopy: None,
+            exclusive: false,
         }
     }
 
@@ -161,6 +167,7 @@ impl<'a> RamSink<'a> {
         RamSink {
             ram: host.ram(),
             postcopy: Some(PostcopyDest::resumed(shared, host)),
+            exclusive: false,
         }
     }
 
@@ -203,10 +210,28 @@ impl StreamSink for RamSink<'_> {
             None => Err("postcopy is not possible on this destination".into()),
         }
     }
+    fn direct(&self) -> Option<&dyn DirectPages> {
+        // In postcopy pages go through the gate (the guest runs).
+        match self.postcopy {
+            Some(ref p) if p.active => None,
+            _ => Some(self),
+        }
+    }
 }
 
-/// Read buffer of the incoming stream: small records come from it, page
-/// batch data (1 MiB) is read past it straight into the batch buffer.
+impl DirectPages for RamSink<'_> {
+    fn page_target(&self, page: u64) -> Option<*mut u8> {
+        self.ram.load_target(page)
+    }
+    fn exclusive(&self) -> bool {
+        self.exclusive
+    }
+}
+
+/// Read buffer of a resumed postcopy connection: small records come from
+/// it, page batch data is read past it straight into the batch buffer. (A
+/// live precopy load reads through `stream::FdInput`, page data straight
+/// into guest RAM.)
 pub(crate) const READ_BUFFER: usize = 64 * 1024;
 
 /// What the destination expects of a stream header.
@@ -221,7 +246,7 @@ pub(crate) fn expect(host: &dyn MigrationHost) -> Expect {
 
 /// Loads and validates a whole stream from `r`, pages into guest RAM; the
 /// device state is returned in the summary, not applied.
-pub(crate) fn stream_load<R: std::io::Read>(
+pub(crate) fn stream_load<R: StreamInput>(
     host: &dyn MigrationHost,
     r: R,
 ) -> Result<stream::LoadSummary, StreamError> {
@@ -246,7 +271,7 @@ pub(crate) fn apply_device_state(
 /// Loads a stream from `r` into the host: every record validated before it
 /// is applied; the device state is loaded only after the end record and EOF
 /// were verified.
-pub(crate) fn load_into_host<R: std::io::Read>(
+pub(crate) fn load_into_host<R: StreamInput>(
     host: &dyn MigrationHost,
     r: R,
 ) -> Result<(stream::LoadSummary, RunState), StreamError> {
@@ -256,13 +281,19 @@ pub(crate) fn load_into_host<R: std::io::Read>(
 /// [`load_into_host`] for a live incoming migration: with `postcopy`, a
 /// POSTCOPY record runs the guest from the device state on and the pages
 /// after it fill the missing ones.
-fn load_with_postcopy<'a, R: std::io::Read>(
+fn load_with_postcopy<'a, R: StreamInput>(
     host: &'a dyn MigrationHost,
     r: R,
     postcopy: Option<PostcopyDest<'a>>,
 ) -> Result<(stream::LoadSummary, RunState), StreamError> {
     let ram = host.ram();
-    let mut sink = RamSink { ram, postcopy };
+    // This thread is the only one writing RAM, and no vCPU runs until a
+    // POSTCOPY record (after which pages no longer go in place).
+    let mut sink = RamSink {
+        ram,
+        postcopy,
+        exclusive: true,
+    };
     let sum = stream::load(r, expect(host), &mut sink)?;
     if sum.postcopy {
         // The device state was loaded when it arrived; every page is here.
@@ -324,20 +355,17 @@ fn accept_and_load(shared: &Shared, host: &dyn MigrationHost, listener: Listener
             // For `migrate-pause` on this side.
             *lock(&shared.incoming_conn) = conn.try_clone().ok();
             let pc = PostcopyDest::new(shared, host, conn.try_clone().ok());
-            let r = load_with_postcopy(
-                host,
-                std::io::BufReader::with_capacity(READ_BUFFER, conn),
-                Some(pc),
-            )
-            .map(|(sum, rs)| (sum.postcopy, rs))
-            .map_err(|e| {
-                // A channel that broke (rather than a damaged stream).
-                let lost = matches!(
-                    e.kind,
-                    stream::StreamErrorKind::Truncated { .. } | stream::StreamErrorKind::Io { .. }
-                );
-                (single_channel_error(e), lost)
-            });
+            let r = load_with_postcopy(host, FdInput::new(conn), Some(pc))
+                .map(|(sum, rs)| (sum.postcopy, rs))
+                .map_err(|e| {
+                    // A channel that broke (rather than a damaged stream).
+                    let lost = matches!(
+                        e.kind,
+                        stream::StreamErrorKind::Truncated { .. }
+                            | stream::StreamErrorKind::Io { .. }
+                    );
+                    (single_channel_error(e), lost)
+                });
             (r, handle)
         }
         Err(e) => (

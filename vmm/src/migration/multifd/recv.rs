@@ -15,14 +15,15 @@
 
 use super::{uuid_text, Hello, HELLO_LEN};
 use crate::migration::host::MigrationHost;
-use crate::migration::incoming::{apply_device_state, stream_load, RamSink, READ_BUFFER};
+use crate::migration::incoming::{apply_device_state, stream_load, RamSink};
 use crate::migration::lock;
 use crate::migration::stream::{
-    load_batch, os_error_text, Expect, Record, StreamError, StreamReader, StreamSink,
+    load_batch, os_error_text, Expect, FdInput, Record, StreamError, StreamInput, StreamReader,
+    StreamSink,
 };
 use crate::migration::transport::{Conn, Listener};
 use migtest_qmp::schema::RunState;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -232,7 +233,7 @@ impl std::fmt::Display for ChannelError {
 /// `PASS (PASS|PAGES)* END <eof>`, every record validated before its pages
 /// go to `sink`; each pass marker goes to `sink` and then to `on_pass`
 /// (the barrier). Returns the body's length.
-pub fn load_channel<R: Read>(
+pub fn load_channel<R: StreamInput>(
     r: R,
     expect: Expect,
     sink: &mut dyn StreamSink,
@@ -241,7 +242,10 @@ pub fn load_channel<R: Read>(
     let mut rd = StreamReader::channel(r, expect);
     loop {
         let at = rd.offset();
-        match rd.next_record().map_err(ChannelError::Stream)? {
+        match rd
+            .next_record_direct(sink.direct())
+            .map_err(ChannelError::Stream)?
+        {
             Record::Pass(n) => {
                 sink.pass(n);
                 on_pass(n).map_err(ChannelError::Stopped)?;
@@ -271,7 +275,7 @@ fn channel_load(
     expect: Expect,
     coord: &Coord,
 ) -> Result<(), String> {
-    let r = BufReader::with_capacity(READ_BUFFER, conn);
+    let r = FdInput::new(conn);
     load_channel(r, expect, &mut RamSink::new(host.ram()), |n| coord.sync(n))
         .map_err(|e| e.to_string())?;
     coord.ended();
@@ -308,7 +312,7 @@ pub(crate) fn load(host: &dyn MigrationHost, ch: Channels) -> Result<RunState, S
                 coord.fail(format!("multifd: cannot start a receive thread: {e}"));
             }
         }
-        let r = stream_load(host, BufReader::with_capacity(READ_BUFFER, ch.main))
+        let r = stream_load(host, FdInput::new(ch.main))
             .map_err(|e| e.to_string())
             .and_then(|sum| {
                 coord.wait_done()?;

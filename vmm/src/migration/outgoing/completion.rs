@@ -96,12 +96,17 @@ impl Engine<'_> {
         if !faults::on(Fault::SkipLastDirtyPass) {
             self.sync_dirty()?;
         }
+        let from_ram = self.send_from_ram();
         while self.pending_pages > 0 {
             if self.cancelled() {
                 return Err(Abort::Cancelled);
             }
             if self.mfd.is_some() {
                 self.send_job(usize::MAX)?;
+                continue;
+            }
+            if from_ram {
+                self.emit_from_ram()?;
                 continue;
             }
             while !self.batch.is_full() {

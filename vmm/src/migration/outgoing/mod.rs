@@ -30,6 +30,7 @@ mod passes;
 mod postcopy;
 mod recovery;
 mod stale_fault;
+mod stopped;
 mod throttle;
 mod xbzrle;
 

@@ -6,7 +6,7 @@ use super::*;
 /// the XBZRLE records written after it (`xbz`: the encodings one after the
 /// other, `xbz_pages`: page and length of each).
 pub(super) struct Batch {
-    entries: Vec<u64>,
+    pub(super) entries: Vec<u64>,
     data: Vec<u8>,
     full: usize,
     pub(super) xbz: Vec<u8>,
@@ -125,14 +125,19 @@ impl Engine<'_> {
                 .map_err(write_err)?;
         }
         self.emit_xbzrle()?;
-        self.window_pages += self.batch.entries.len() as u64;
         self.batch.entries.clear();
         self.batch.full = 0;
+        self.count_pages(zero, full);
+        Ok(())
+    }
+
+    /// Counts `zero` zero and `full` full pages just written.
+    pub(super) fn count_pages(&mut self, zero: usize, full: usize) {
+        self.window_pages += (zero + full) as u64;
         let mut i = lock(&self.out.info);
         i.stats.duplicate += zero as u64;
         i.stats.normal += full as u64;
         i.stats.normal_bytes += (full * PAGE_SIZE) as u64;
-        Ok(())
     }
 
     /// Planted bug `SkipOneDirtyPage`: in the stop-and-copy pass (guest stopped), drops the

@@ -1,7 +1,7 @@
 //! Loading a whole stream into a [`StreamSink`].
 
+use super::direct::{DirectPages, StreamInput};
 use super::*;
-use std::io::Read;
 
 /// Where a validated stream's contents go.
 pub trait StreamSink {
@@ -26,6 +26,12 @@ pub trait StreamSink {
     /// [`DeviceRecord`]): the destination may run the guest from here.
     fn postcopy_device(&mut self, _json: &[u8]) -> Result<(), String> {
         Ok(())
+    }
+    /// Where a PAGES record's full pages may be read straight into (then
+    /// [`StreamSink::page`] is not called for them); `None`: through
+    /// [`StreamSink::page`].
+    fn direct(&self) -> Option<&dyn DirectPages> {
+        None
     }
 }
 
@@ -56,7 +62,7 @@ pub struct LoadSummary {
 /// Reads a whole stream into `sink`, validating every field, and checks for
 /// EOF after the end record. The device state is returned, not applied, so
 /// the caller can load it only once the stream has been fully verified.
-pub fn load<R: Read>(
+pub fn load<R: StreamInput>(
     r: R,
     expect: Expect,
     sink: &mut dyn StreamSink,
@@ -70,7 +76,7 @@ pub fn load<R: Read>(
 
 /// Reads the rest of a resumed postcopy connection (after the resume
 /// hello) into `sink`: the pages of `pending`, each once, then END and EOF.
-pub fn load_resumed<R: Read>(
+pub fn load_resumed<R: StreamInput>(
     r: R,
     expect: Expect,
     pending: Vec<u64>,
@@ -83,14 +89,14 @@ pub fn load_resumed<R: Read>(
     load_records(StreamReader::resumed(r, expect, pending), sum, sink)
 }
 
-fn load_records<R: Read>(
+fn load_records<R: StreamInput>(
     mut rd: StreamReader<R>,
     mut sum: LoadSummary,
     sink: &mut dyn StreamSink,
 ) -> Result<LoadSummary, StreamError> {
     loop {
         let at = rd.offset();
-        match rd.next_record()? {
+        match rd.next_record_direct(sink.direct())? {
             Record::Pass(n) => {
                 sum.passes += 1;
                 sink.pass(n);
@@ -148,16 +154,17 @@ fn load_records<R: Read>(
 }
 
 /// Applies one PAGES record (entries and full-page data as
-/// [`StreamReader::batch`] returns them, read at offset `at`) to `sink`.
-/// Returns the number of zero and full pages.
+/// [`StreamReader::batch`] returns them, read at offset `at`) to `sink`;
+/// with `data` `None` the full pages are in place already and only the
+/// zero pages go to `sink`. Returns the number of zero and full pages.
 pub fn load_batch(
     entries: &[u64],
-    data: &[u8],
+    data: Option<&[u8]>,
     at: u64,
     sink: &mut dyn StreamSink,
 ) -> Result<(u64, u64), StreamError> {
     sink.batch(entries.len());
-    let mut pages = data.chunks_exact(PAGE_SIZE);
+    let mut pages = data.map(|d| d.chunks_exact(PAGE_SIZE));
     let (mut zero, mut full) = (0, 0);
     for &e in entries {
         let p = e & !ZERO_ENTRY;
@@ -166,9 +173,13 @@ pub fn load_batch(
             sink.zero_page(p)
         } else {
             full += 1;
-            match pages.next().and_then(|d| d.try_into().ok()) {
-                Some(d) => sink.page(p, d),
-                None => Err("page batch data missing".to_string()),
+            match pages
+                .as_mut()
+                .map(|it| it.next().and_then(|d| d.try_into().ok()))
+            {
+                None => Ok(()),
+                Some(Some(d)) => sink.page(p, d),
+                Some(None) => Err("page batch data missing".to_string()),
             }
         };
         loaded.map_err(|reason| StreamError {

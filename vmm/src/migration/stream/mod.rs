@@ -33,11 +33,15 @@
 use super::host::PAGE_SIZE;
 use migtest_qmp::schema::RunState;
 
+mod digest;
+mod direct;
 mod error;
 mod load;
 mod reader;
 mod writer;
 
+pub use digest::StreamDigest;
+pub use direct::{DirectPages, FdInput, StreamInput};
 pub use error::{os_error_text, StreamError, StreamErrorKind};
 pub use load::{load, load_batch, load_resumed, LoadSummary, NullSink, StreamSink, VecSink};
 pub use reader::StreamReader;

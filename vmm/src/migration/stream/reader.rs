@@ -1,8 +1,8 @@
 //! The validating decoder: [`StreamReader`].
 
+use super::direct::{digest_page, read_raw_exact, DirectPages, StreamInput};
 use super::*;
-use std::io::{self, Read};
-use xxhash_rust::xxh3::Xxh3;
+use std::io;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -21,9 +21,9 @@ enum Phase {
 }
 
 /// Reads and validates a stream record by record.
-pub struct StreamReader<R: Read> {
+pub struct StreamReader<R: StreamInput> {
     inner: R,
-    hasher: Xxh3,
+    hasher: StreamDigest,
     offset: u64,
     expect: Expect,
     phase: Phase,
@@ -35,6 +35,9 @@ pub struct StreamReader<R: Read> {
     /// `batch_data` so that neither buffer shrinks and regrows per record:
     /// regrowing zeroed up to 1 MiB per record, 28% of the loader's time.
     batch_raw: Vec<u8>,
+    /// The last PAGES record's full pages were read straight into guest
+    /// RAM (`stream::direct`); `batch_data` is empty then.
+    batch_in_place: bool,
     /// A multifd channel (`docs/migration-stream.md`): no header, only
     /// pass markers (syncs) and PAGES, then END.
     channel: bool,
@@ -43,12 +46,12 @@ pub struct StreamReader<R: Read> {
     pending_count: u64,
 }
 
-impl<R: Read> StreamReader<R> {
+impl<R: StreamInput> StreamReader<R> {
     /// A reader for a stream that must match `expect`.
     pub fn new(inner: R, expect: Expect) -> StreamReader<R> {
         StreamReader {
             inner,
-            hasher: Xxh3::new(),
+            hasher: StreamDigest::new(),
             offset: 0,
             expect,
             phase: Phase::BeforeFirstPass,
@@ -56,6 +59,7 @@ impl<R: Read> StreamReader<R> {
             batch_entries: Vec::new(),
             batch_data: Vec::new(),
             batch_raw: Vec::new(),
+            batch_in_place: false,
             channel: false,
             pending: Vec::new(),
             pending_count: 0,
@@ -93,8 +97,11 @@ impl<R: Read> StreamReader<R> {
 
     /// The entries and full-page data of the last [`Record::Pages`]: entry
     /// `k` without [`ZERO_ENTRY`] owns the next 4096 bytes of data.
-    pub fn batch(&self) -> (&[u64], &[u8]) {
-        (&self.batch_entries, &self.batch_data)
+    /// The data is `None` when the full pages were read straight into
+    /// their targets ([`StreamReader::next_record_direct`]).
+    pub fn batch(&self) -> (&[u64], Option<&[u8]>) {
+        let data = (!self.batch_in_place).then_some(&self.batch_data[..]);
+        (&self.batch_entries, data)
     }
 
     /// Bytes consumed so far.
@@ -111,7 +118,7 @@ impl<R: Read> StreamReader<R> {
         let start = self.offset;
         let mut got = 0;
         while got < buf.len() {
-            match self.inner.read(&mut buf[got..]) {
+            match self.inner.read_some(&mut buf[got..]) {
                 Ok(0) => return Err(self.err(start, StreamErrorKind::Truncated { what })),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -287,7 +294,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// The body of a PAGES record; every entry checked before the data is read.
-    fn read_batch(&mut self) -> Result<u32, StreamError> {
+    fn read_batch(&mut self, direct: Option<&dyn DirectPages>) -> Result<u32, StreamError> {
         let count_at = self.offset;
         let mut c = [0u8; 4];
         self.fill(&mut c, "page batch count")?;
@@ -338,6 +345,12 @@ impl<R: Read> StreamReader<R> {
                 },
             ));
         }
+        self.batch_in_place = false;
+        if let Some(target) = direct.filter(|_| self.inner.raw() && full > 0) {
+            if self.read_batch_direct(target, full)? {
+                return Ok(count);
+            }
+        }
         // Bounded by MAX_BATCH_DATA_PAGES above.
         let mut data = std::mem::take(&mut self.batch_data);
         data.resize(full as usize * PAGE_SIZE, 0);
@@ -345,6 +358,66 @@ impl<R: Read> StreamReader<R> {
         self.batch_data = data;
         filled?;
         Ok(count)
+    }
+
+    /// The data of the `full` pages of the batch just validated, read
+    /// straight into `target`'s pages and then digested; `Ok(false)` if the
+    /// target has no place for one of them (nothing read yet).
+    fn read_batch_direct(
+        &mut self,
+        target: &dyn DirectPages,
+        full: u32,
+    ) -> Result<bool, StreamError> {
+        // Entries in strictly increasing page order (what the source
+        // sends) name no page twice, so reading every full page first and
+        // applying the zero entries after gives what applying the entries
+        // in order gives, and each page's digest reads its own bytes. Any
+        // other record goes through the batch buffer.
+        let page = |e: &u64| e & !ZERO_ENTRY;
+        if !self
+            .batch_entries
+            .windows(2)
+            .all(|w| page(&w[0]) < page(&w[1]))
+        {
+            return Ok(false);
+        }
+        let mut iov = Vec::with_capacity(full as usize);
+        for e in &self.batch_entries {
+            if e & ZERO_ENTRY == 0 {
+                let Some(ptr) = target.page_target(page(e)) else {
+                    return Ok(false);
+                };
+                iov.push(libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: PAGE_SIZE,
+                });
+            }
+        }
+        let start = self.offset;
+        let what = "page batch data";
+        // SAFETY: the target's pages are valid for writes (its contract) and
+        // no Rust reference to them exists during the read.
+        match unsafe { read_raw_exact(&mut self.inner, &mut iov) } {
+            Ok(true) => {}
+            Ok(false) => return Err(self.err(start, StreamErrorKind::Truncated { what })),
+            Err(e) => {
+                let reason = os_error_text(&e);
+                return Err(self.err(start, StreamErrorKind::Io { what, reason }));
+            }
+        }
+        let exclusive = target.exclusive();
+        for e in &self.batch_entries {
+            if e & ZERO_ENTRY == 0 {
+                if let Some(ptr) = target.page_target(*e) {
+                    // SAFETY: 4096 readable bytes; `exclusive` is the
+                    // target's word that nothing else writes them.
+                    unsafe { digest_page(ptr, exclusive, |b| self.hasher.update(b)) };
+                }
+            }
+        }
+        self.offset += u64::from(full) * PAGE_SIZE as u64;
+        self.batch_in_place = true;
+        Ok(true)
     }
 
     /// The body of an XBZRLE record: index, length, then the encoding,
@@ -394,6 +467,16 @@ impl<R: Read> StreamReader<R> {
     /// Reads the next record (the header must have been read). After
     /// `Record::End` call [`StreamReader::finish`].
     pub fn next_record(&mut self) -> Result<Record, StreamError> {
+        self.next_record_direct(None)
+    }
+
+    /// [`StreamReader::next_record`], a PAGES record's full pages read
+    /// straight into `direct`'s pages when given and the input can
+    /// ([`StreamReader::batch`] then has no data for them).
+    pub fn next_record_direct(
+        &mut self,
+        direct: Option<&dyn DirectPages>,
+    ) -> Result<Record, StreamError> {
         let at = self.offset;
         let mut t = [0u8; 1];
         let what = match self.phase {
@@ -449,7 +532,7 @@ impl<R: Read> StreamReader<R> {
             }
             tag::PAGES => {
                 self.page_allowed(at, "page batch")?;
-                self.read_batch().map(Record::Pages)
+                self.read_batch(direct).map(Record::Pages)
             }
             tag::XBZRLE => {
                 self.main_only(at, "xbzrle page")?;
@@ -570,7 +653,7 @@ impl<R: Read> StreamReader<R> {
     pub fn finish(&mut self) -> Result<(), StreamError> {
         let mut b = [0u8; 1];
         loop {
-            match self.inner.read(&mut b) {
+            match self.inner.read_some(&mut b) {
                 Ok(0) => return Ok(()),
                 Ok(_) => return Err(self.err(self.offset, StreamErrorKind::TrailingData)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -1,13 +1,13 @@
 //! The encoder: [`StreamWriter`].
 
+use super::StreamDigest;
 use super::{tag, Header, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES, MAX_DEVICE_STATE, PAGE_SIZE};
 use std::io::{self, IoSlice, Write};
-use xxhash_rust::xxh3::Xxh3;
 
 /// Writes a stream, counting bytes and hashing them for the end record.
 pub struct StreamWriter<W: Write> {
     inner: W,
-    hasher: Xxh3,
+    hasher: StreamDigest,
     written: u64,
 }
 
@@ -16,7 +16,7 @@ impl<W: Write> StreamWriter<W> {
     pub fn new(inner: W) -> StreamWriter<W> {
         StreamWriter {
             inner,
-            hasher: Xxh3::new(),
+            hasher: StreamDigest::new(),
             written: 0,
         }
     }
@@ -68,8 +68,16 @@ impl<W: Write> StreamWriter<W> {
     /// vectored I/O straight from `data`. The caller keeps within
     /// [`MAX_BATCH_ENTRIES`] and [`MAX_BATCH_DATA_PAGES`].
     pub fn pages(&mut self, entries: &[u64], data: &[u8]) -> io::Result<()> {
+        self.pages_vectored(entries, &[data])
+    }
+
+    /// [`StreamWriter::pages`] with the full pages' data in pieces (e.g.
+    /// one slice per page, straight from guest RAM): one vectored write of
+    /// the record head and every piece.
+    pub fn pages_vectored(&mut self, entries: &[u64], data: &[&[u8]]) -> io::Result<()> {
+        let len: usize = data.iter().map(|d| d.len()).sum();
         debug_assert!(!entries.is_empty() && entries.len() <= MAX_BATCH_ENTRIES as usize);
-        debug_assert!(data.len() <= MAX_BATCH_DATA_PAGES as usize * PAGE_SIZE);
+        debug_assert!(len <= MAX_BATCH_DATA_PAGES as usize * PAGE_SIZE);
         let mut head = Vec::with_capacity(5 + entries.len() * 8);
         head.push(tag::PAGES);
         head.extend_from_slice(&(entries.len() as u32).to_be_bytes());
@@ -77,12 +85,14 @@ impl<W: Write> StreamWriter<W> {
             head.extend_from_slice(&e.to_be_bytes());
         }
         self.hasher.update(&head);
-        self.hasher.update(data);
-        self.written += (head.len() + data.len()) as u64;
-        write_all_vectored(
-            &mut self.inner,
-            &mut [IoSlice::new(&head), IoSlice::new(data)],
-        )
+        let mut slices = Vec::with_capacity(1 + data.len());
+        slices.push(IoSlice::new(&head));
+        for d in data {
+            self.hasher.update(d);
+            slices.push(IoSlice::new(d));
+        }
+        self.written += (head.len() + len) as u64;
+        write_all_vectored(&mut self.inner, &mut slices)
     }
 
     /// An XBZRLE record: `page` encoded by `migration::xbzrle::encode`

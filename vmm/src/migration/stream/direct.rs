@@ -1,0 +1,184 @@
+//! Reading a PAGES record's page data straight into guest RAM.
+//!
+//! The reader validates a record's entries before its data; with a
+//! [`DirectPages`] target and an input that can read into raw memory
+//! ([`FdInput`]: `readv(2)` with iovecs pointing into guest RAM), the data
+//! then goes from the socket into the guest pages without a batch buffer
+//! between. Those writes are the kernel's (or [`copy_bytes`]'s, for bytes
+//! already buffered), never Rust references, so two multifd channels
+//! writing the same page (a malformed stream) stay hardware-level writes.
+//! The digest still covers every byte: the pages are digested after the
+//! read, in place when the target says no other thread writes them, else
+//! through a one-page copy. A bad digest is found at END with the pages
+//! already in guest RAM; the destination's guest is not running then, and
+//! the load fails as for any damaged stream (`docs/migration-stream.md`).
+
+use super::PAGE_SIZE;
+use crate::guest::memory::copy_bytes;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+
+/// Guest RAM a PAGES record's data may be read into directly.
+pub trait DirectPages {
+    /// Where page `page` (range-checked by the reader) is: 4096 bytes
+    /// valid for writes and reads for as long as the load runs, the page
+    /// marked as written. `None`: read this record through the batch buffer.
+    fn page_target(&self, page: u64) -> Option<*mut u8>;
+    /// Whether nothing else reads or writes these pages meanwhile except by
+    /// reading (a single-channel precopy load: no vCPU runs): then the
+    /// digest reads them in place.
+    fn exclusive(&self) -> bool;
+}
+
+/// What a [`StreamReader`](super::StreamReader) reads from: any
+/// [`Read`], or an [`FdInput`], which can also read into raw memory.
+pub trait StreamInput {
+    /// As [`Read::read`].
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads at least one byte into the regions `iov` (filled in order),
+    /// `Ok(0)` at EOF; `None` if this input cannot read into raw memory.
+    ///
+    /// # Safety
+    /// Every region is valid for writes of its length and is not accessed
+    /// through a Rust reference meanwhile.
+    unsafe fn read_raw(&mut self, _iov: &[libc::iovec]) -> Option<io::Result<usize>> {
+        None
+    }
+    /// Whether [`read_raw`](Self::read_raw) works.
+    fn raw(&self) -> bool {
+        false
+    }
+}
+
+impl<R: Read> StreamInput for R {
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
+}
+
+/// A buffered reader over a socket or file that reads page data straight
+/// into raw memory. Its buffer is small (8 KiB) so that most of a record's
+/// data is not read ahead into it but into guest RAM.
+pub struct FdInput<T> {
+    inner: T,
+    buf: Box<[u8]>,
+    pos: usize,
+    filled: usize,
+}
+
+/// [`FdInput`]'s buffer: larger than a PAGES record's head with a few
+/// hundred entries, small against its data.
+const FD_INPUT_BUFFER: usize = 8 * 1024;
+
+impl<T: Read + AsRawFd> FdInput<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> FdInput<T> {
+        FdInput {
+            inner,
+            buf: vec![0; FD_INPUT_BUFFER].into_boxed_slice(),
+            pos: 0,
+            filled: 0,
+        }
+    }
+}
+
+impl<T: Read + AsRawFd> StreamInput for FdInput<T> {
+    fn read_some(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.filled {
+            if out.len() >= self.buf.len() {
+                return self.inner.read(out);
+            }
+            self.filled = self.inner.read(&mut self.buf)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.filled - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+
+    unsafe fn read_raw(&mut self, iov: &[libc::iovec]) -> Option<io::Result<usize>> {
+        if self.pos < self.filled {
+            // Buffered bytes first, copied into the regions in order.
+            let mut done = 0;
+            for v in iov {
+                let n = v.iov_len.min(self.filled - self.pos);
+                // SAFETY: the caller's contract for the region; the source
+                // is this reader's own buffer.
+                unsafe { copy_bytes(v.iov_base.cast(), self.buf[self.pos..].as_ptr(), n) };
+                self.pos += n;
+                done += n;
+                if self.pos == self.filled {
+                    break;
+                }
+            }
+            return Some(Ok(done));
+        }
+        let cnt = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: the iovecs point to regions valid for writes (the
+        // caller's contract); the kernel writes them.
+        let n = unsafe { libc::readv(self.inner.as_raw_fd(), iov.as_ptr(), cnt) };
+        Some(if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        })
+    }
+
+    fn raw(&self) -> bool {
+        true
+    }
+}
+
+/// Reads exactly the regions `iov` (advancing over partial reads);
+/// `Ok(false)` at an EOF before they are full.
+///
+/// # Safety
+/// As [`StreamInput::read_raw`].
+pub(super) unsafe fn read_raw_exact<R: StreamInput>(
+    r: &mut R,
+    mut iov: &mut [libc::iovec],
+) -> io::Result<bool> {
+    while !iov.is_empty() {
+        // SAFETY: the caller's contract.
+        let n = match unsafe { r.read_raw(iov) } {
+            None => return Err(io::Error::other("input cannot read into guest RAM")),
+            Some(Ok(0)) => return Ok(false),
+            Some(Ok(n)) => n,
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Some(Err(e)) => return Err(e),
+        };
+        let mut left = n;
+        while left > 0 {
+            let first = &mut iov[0];
+            if left >= first.iov_len {
+                left -= first.iov_len;
+                iov = &mut iov[1..];
+            } else {
+                // SAFETY: advancing inside the region.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(left) }.cast();
+                first.iov_len -= left;
+                left = 0;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Feeds the page at `ptr` (4096 bytes written by this load) to `update`:
+/// in place when `exclusive`, else through a one-page copy.
+///
+/// # Safety
+/// `ptr` is valid for 4096 bytes of reads; with `exclusive`, nothing writes
+/// them during the call.
+pub(super) unsafe fn digest_page(ptr: *const u8, exclusive: bool, mut update: impl FnMut(&[u8])) {
+    if exclusive {
+        // SAFETY: the caller's contract: no concurrent writer.
+        update(unsafe { std::slice::from_raw_parts(ptr, PAGE_SIZE) });
+    } else {
+        let mut copy = [0u8; PAGE_SIZE];
+        // SAFETY: the caller's contract; `copy` is this call's own.
+        unsafe { copy_bytes(copy.as_mut_ptr(), ptr, PAGE_SIZE) };
+        update(&copy);
+    }
+}
