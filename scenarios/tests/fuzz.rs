@@ -40,7 +40,7 @@ fn fuzz_real_builtin() {
 pub const POSTCOPY_CASES: u32 = 40;
 
 /// The fuzz test with the postcopy flow weighted up
-/// (`model::postcopy_gen::PostcopyMachine`): `postcopy-ram`, `start-postcopy`, kills during
+/// (`Focus::Postcopy`): `postcopy-ram`, `start-postcopy`, kills during
 /// postcopy, destinations that run the guest during postcopy.
 #[test]
 fn fuzz_real_builtin_postcopy() {
@@ -52,7 +52,7 @@ fn fuzz_real_builtin_postcopy() {
     {
         opts.cases = Some(n);
     }
-    opts.postcopy_focus = true;
+    opts.focus = migtest::fuzz::Focus::Postcopy;
     opts.max_shrink_time = Duration::from_secs(60);
     opts.exec.wait_timeout = Duration::from_secs(20);
     opts.label = "fuzz-postcopy".into();

@@ -10,7 +10,7 @@
 //! - `stop`/`cont` on either side during postcopy (not checked against QEMU yet);
 //! - `migrate_cancel` during postcopy (the model refuses it: split guest state).
 
-use crate::scenario::{Op, Side};
+use crate::scenario::{Op, Side, Size};
 
 use super::world::{DstPhase, GuestRun, SrcPhase, World};
 use super::Model;
@@ -61,7 +61,23 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
         xbzrle: None,
         postcopy_ram: Some(on),
     };
+    let postcopy_bandwidth = |b| Op::SetParameters {
+        side: Side::Source,
+        downtime_limit: None,
+        max_bandwidth: None,
+        avail_switchover_bandwidth: None,
+        switchover_hold: None,
+        multifd_channels: None,
+        xbzrle_cache_size: None,
+        max_postcopy_bandwidth: Some(Size(b)),
+    };
+    // Background pages over about 2 s: slow enough that a running destination surely
+    // requests pages, quick enough for a wait (`Parameters::postcopy_is_quick`).
+    let slow = (model.pair().memory.0 / 2).max(4096);
     vec![
+        (w(idle, 3), postcopy_bandwidth(slow)),
+        (1, postcopy_bandwidth(0)),
+        (1, postcopy_bandwidth(4096)),
         (
             w(idle && listening && src_off, 80),
             caps(Side::Source, true),
@@ -79,9 +95,26 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
     ]
 }
 
-/// Ops worth more in [`PostcopyMachine`]: the postcopy flow and what judges its end.
-fn postcopy_boost(op: &Op) -> u32 {
+/// How much more an op weighs in the postcopy focus
+/// ([`Focus::Postcopy`](super::focus::Focus::Postcopy)): the postcopy flow and what judges its
+/// end, ten times; a slow `max-postcopy-bandwidth` (so that the running destination surely
+/// requests pages before the background sender sent them) twenty times while none is set.
+pub(super) fn boost(model: &Model, op: &Op) -> u32 {
     match op {
+        Op::SetParameters {
+            max_postcopy_bandwidth: Some(b),
+            ..
+        } if b.0 > 0 => {
+            let unset = model
+                .worlds()
+                .iter()
+                .all(|w| w.src.params.max_postcopy_bandwidth.0 == 0);
+            if unset {
+                20
+            } else {
+                1
+            }
+        }
         Op::SetCapabilities {
             postcopy_ram: Some(true),
             ..
@@ -97,53 +130,21 @@ fn postcopy_boost(op: &Op) -> u32 {
     }
 }
 
-/// [`super::strategy::PairMachine`] focused on postcopy, for fuzzing it: pairs whose
-/// destination runs the guest (no `-S`) three times in four, mostly the sweep guest, and the
-/// postcopy flow weighted ten times (every other op stays possible for the error paths).
-#[derive(Clone, Copy, Debug)]
-pub struct PostcopyMachine;
-
-impl proptest_state_machine::ReferenceStateMachine for PostcopyMachine {
-    type State = Model;
-    type Transition = Op;
-
-    fn init_state() -> proptest::strategy::BoxedStrategy<Model> {
-        use proptest::prelude::*;
-        (
-            super::strategy::pair_spec(),
-            prop::bool::weighted(0.75),
-            prop::bool::weighted(0.75),
-        )
-            .prop_map(|(mut p, autostart, sweep)| {
-                p.dst_paused = !autostart;
-                if sweep {
-                    // The guest whose A-B check sees a stale page after it ran on.
-                    p.image = "sweep".into();
-                }
-                Model::new(p)
-            })
-            .boxed()
-    }
-
-    fn transitions(state: &Model) -> proptest::strategy::BoxedStrategy<Op> {
-        use proptest::prelude::*;
-        let options: Vec<(u32, BoxedStrategy<Op>)> = super::strategy::candidates(state)
-            .into_iter()
-            .filter(|(_, op)| super::strategy::executable(state, op))
-            .map(|(w, op)| (w * postcopy_boost(&op), Just(op).boxed()))
-            .collect();
-        if options.is_empty() {
-            return Just(Op::Cancel {}).boxed();
-        }
-        proptest::strategy::Union::new_weighted(options).boxed()
-    }
-
-    fn apply(mut state: Model, transition: &Op) -> Model {
-        state.apply(transition);
-        state
-    }
-
-    fn preconditions(state: &Model, transition: &Op) -> bool {
-        super::strategy::executable(state, transition)
-    }
+/// Pairs for the postcopy focus: destinations that run the guest (no `-S`) three times in
+/// four, mostly the sweep guest (whose A-B check sees a stale page after it ran on).
+pub(super) fn pair() -> proptest::strategy::BoxedStrategy<crate::scenario::PairSpec> {
+    use proptest::prelude::*;
+    (
+        super::strategy::pair_spec(),
+        prop::bool::weighted(0.75),
+        prop::bool::weighted(0.75),
+    )
+        .prop_map(|(mut p, autostart, sweep)| {
+            p.dst_paused = !autostart;
+            if sweep {
+                p.image = "sweep".into();
+            }
+            p
+        })
+        .boxed()
 }

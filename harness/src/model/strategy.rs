@@ -120,6 +120,7 @@ fn set_params(
         switchover_hold: hold,
         multifd_channels: None,
         xbzrle_cache_size: None,
+        max_postcopy_bandwidth: None,
     }
 }
 
