@@ -314,27 +314,3 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
-mod dbg {
-    #[test]
-    fn dbg_print() {
-        for f in [super::Focus::Xbzrle, super::Focus::AutoConverge] {
-            for g in super::tests_sample(f, 12) {
-                let ops: Vec<String> = g.1.iter().map(|o| o.to_string()).collect();
-                println!("{} | {}", g.0.pair().image, ops.join(" ; "));
-            }
-        }
-    }
-}
-#[cfg(test)]
-fn tests_sample(focus: Focus, n: usize) -> Vec<Generated> {
-    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-    let mut runner = TestRunner::new_with_rng(
-        Config::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
-    );
-    let s = focus.strategy(super::strategy::SEQUENCE_LEN);
-    (0..n)
-        .map(|_| s.new_tree(&mut runner).unwrap().current())
-        .collect()
-}
