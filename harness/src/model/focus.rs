@@ -103,7 +103,7 @@ impl Focus {
         let passes = worlds.iter().map(|w| w.passes_min).min().unwrap_or(0);
         let (on, flow): (&dyn Fn(&Op) -> bool, &dyn Fn(&Op) -> bool) = match self {
             Focus::All => return base,
-            Focus::Postcopy => return base * super::postcopy_gen::boost(model, op),
+            Focus::Postcopy => return super::postcopy_gen::weight(model, op, base),
             Focus::AutoConverge => (
                 &|op| {
                     matches!(
@@ -280,7 +280,7 @@ mod tests {
                         ..
                     }
                 )
-            }) && ops.contains(&Op::CheckMemory {})
+            }) && ops.iter().any(|o| matches!(o, Op::WaitPasses { .. }))
         };
         let checks: [(Focus, &dyn Fn(&[Op]) -> bool); 3] = [
             (Focus::Postcopy, &postcopy),

@@ -61,23 +61,25 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
         xbzrle: None,
         postcopy_ram: Some(on),
     };
-    let postcopy_bandwidth = |b| Op::SetParameters {
+    let postcopy_bandwidth = |hold, b| Op::SetParameters {
         side: Side::Source,
         downtime_limit: None,
         max_bandwidth: None,
         avail_switchover_bandwidth: None,
-        switchover_hold: None,
+        switchover_hold: hold,
         multifd_channels: None,
         xbzrle_cache_size: None,
         max_postcopy_bandwidth: Some(Size(b)),
     };
     // Background pages over about 2 s: slow enough that a running destination surely
-    // requests pages, quick enough for a wait (`Parameters::postcopy_is_quick`).
+    // requests pages, quick enough for a wait (`Parameters::postcopy_is_quick`). With
+    // the hold in the same command: one op prepares a held migration with a slow postcopy.
     let slow = (model.pair().memory.0 / 2).max(4096);
     vec![
-        (w(idle, 3), postcopy_bandwidth(slow)),
-        (1, postcopy_bandwidth(0)),
-        (1, postcopy_bandwidth(4096)),
+        (w(idle, 3), postcopy_bandwidth(Some(true), slow)),
+        (1, postcopy_bandwidth(None, slow)),
+        (1, postcopy_bandwidth(None, 0)),
+        (1, postcopy_bandwidth(None, 4096)),
         (
             w(idle && listening && src_off, 80),
             caps(Side::Source, true),
@@ -95,26 +97,44 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
     ]
 }
 
-/// How much more an op weighs in the postcopy focus
-/// ([`Focus::Postcopy`](super::focus::Focus::Postcopy)): the postcopy flow and what judges its
-/// end, ten times; a slow `max-postcopy-bandwidth` (so that the running destination surely
-/// requests pages before the background sender sent them) twenty times while none is set.
-pub(super) fn boost(model: &Model, op: &Op) -> u32 {
+/// The weight of `op` in the postcopy focus
+/// ([`Focus::Postcopy`](super::focus::Focus::Postcopy)), from its unfocused weight `base`:
+/// the postcopy flow and what judges its end ten times more; a slow
+/// `max-postcopy-bandwidth` (so that the running destination surely requests pages before
+/// the background sender sent them), with the hold, twenty times more while none is set;
+/// `wait-passes` until precopy's first pass is over and `start-postcopy` only after it
+/// (before, a page the destination requests may never have been sent, and a race decides
+/// what it gets); a second hold hardly; any other op at a quarter of its weight.
+pub(super) fn weight(model: &Model, op: &Op, base: u32) -> u32 {
+    let worlds = model.worlds();
+    let passes = worlds.iter().map(|w| w.passes_min).min().unwrap_or(0);
+    let unheld = worlds.iter().all(|w| !w.src.params.switchover_hold);
+    let idle = worlds
+        .iter()
+        .all(|w| matches!(w.src.phase, SrcPhase::Idle(_)));
+    let unset = worlds
+        .iter()
+        .all(|w| w.src.params.max_postcopy_bandwidth.0 == 0);
     match op {
         Op::SetParameters {
             max_postcopy_bandwidth: Some(b),
+            switchover_hold,
             ..
-        } if b.0 > 0 => {
-            let unset = model
-                .worlds()
-                .iter()
-                .all(|w| w.src.params.max_postcopy_bandwidth.0 == 0);
-            if unset {
-                20
+        } if b.0 > 0 && unset && b.0.saturating_mul(4) >= model.pair().memory.0 => {
+            if switchover_hold.is_some() && idle && unheld {
+                base * 60
             } else {
-                1
+                base * 10
             }
         }
+        // Precopy passes stay quick (the legacy hold's 3 MB/s would rule out `wait-passes`).
+        Op::SetParameters {
+            max_bandwidth: Some(b),
+            ..
+        } if b.0 > 0 && b.0 < 128 << 20 => 1,
+        Op::StartPostcopy {} if passes < 2 => (base / 10).max(1),
+        Op::WaitPasses { .. } if passes >= 2 => base,
+        Op::Hold {} if !unheld => 1,
         Op::SetCapabilities {
             postcopy_ram: Some(true),
             ..
@@ -125,8 +145,9 @@ pub(super) fn boost(model: &Model, op: &Op) -> u32 {
         | Op::WaitPasses { .. }
         | Op::WaitCompleted {}
         | Op::CheckMemory {}
-        | Op::CheckDestinationRuns {} => 10,
-        _ => 1,
+        | Op::CheckDestinationRuns {} => base * 10,
+        // Everything else (error paths, other features) at a quarter.
+        _ => (base / 4).max(1),
     }
 }
 
