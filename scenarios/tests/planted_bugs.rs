@@ -4,7 +4,9 @@
 //! ops; `migtest replay` of the written file must reproduce the failure 10 times out of 10
 //! and pass with the fault off. The fuzzer only shrinks failures that also reproduce when
 //! the migration is given time to move on before every op, so the written case does not
-//! hang on a race. The names contain `fuzz_real` so nextest runs them alone.
+//! hang on a race. The faults of a feature (auto-converge, XBZRLE, postcopy) are searched with
+//! generation focused on that feature (`migtest::fuzz::Focus`), judged by the same model. The
+//! names contain `fuzz_real` so nextest runs them alone.
 
 use std::time::{Duration, Instant};
 
