@@ -33,6 +33,9 @@ pub enum Focus {
     Xbzrle,
 }
 
+/// A test on an op.
+type OpTest = dyn Fn(&Op) -> bool;
+
 /// The generated value: the initial model, the ops, proptest-state-machine's counter.
 pub type Generated = (Model, Vec<Op>, Option<Arc<AtomicUsize>>);
 
@@ -101,7 +104,7 @@ impl Focus {
         let idle = all(&|w| matches!(w.src.phase, SrcPhase::Idle(_)));
         let unheld = all(&|w| !w.src.params.switchover_hold);
         let passes = worlds.iter().map(|w| w.passes_min).min().unwrap_or(0);
-        let (on, flow): (&dyn Fn(&Op) -> bool, &dyn Fn(&Op) -> bool) = match self {
+        let (on, flow): (&OpTest, &OpTest) = match self {
             Focus::All => return base,
             Focus::Postcopy => return super::postcopy_gen::weight(model, op, base),
             Focus::AutoConverge => (
@@ -282,7 +285,8 @@ mod tests {
                 )
             }) && ops.iter().any(|o| matches!(o, Op::WaitPasses { .. }))
         };
-        let checks: [(Focus, &dyn Fn(&[Op]) -> bool); 3] = [
+        type SeqTest = dyn Fn(&[Op]) -> bool;
+        let checks: [(Focus, &SeqTest); 3] = [
             (Focus::Postcopy, &postcopy),
             (Focus::AutoConverge, &throttled),
             (Focus::Xbzrle, &xbzrle),

@@ -141,7 +141,7 @@ fn scribbled(params: &HotsetParams, index: u64, round: u64) -> bool {
 
 /// Byte `at` (8..4096) of a scribbled hot page.
 fn pattern_byte(at: usize) -> u8 {
-    if at % 2 == 0 {
+    if at.is_multiple_of(2) {
         at as u8 | 1
     } else {
         0
