@@ -84,11 +84,13 @@ impl Focus {
     fn pair(self) -> BoxedStrategy<crate::scenario::PairSpec> {
         match self {
             Focus::Postcopy => super::postcopy_gen::pair(),
-            Focus::Xbzrle => (pair_spec(), prop::bool::weighted(0.75))
-                .prop_map(|(mut p, scribble)| {
+            // Small guests: quick passes, so a held migration re-sends the hot pages often.
+            Focus::Xbzrle => (pair_spec(), prop::bool::weighted(0.75), 16u64..=32)
+                .prop_map(|(mut p, scribble, mib)| {
                     if scribble {
                         p.image = SCRIBBLE_IMAGE.into();
                     }
+                    p.memory = crate::scenario::Size::mib(mib / 16 * 16);
                     p
                 })
                 .boxed(),
@@ -144,13 +146,15 @@ impl Focus {
                     )
                 },
                 &|op| {
+                    // `check-memory` judges: it compares every page. (The scribble guest's
+                    // own check on a destination that runs on caught the same stale pages in
+                    // only about 7 replays of 10; not understood yet.)
                     matches!(
                         op,
                         Op::WaitPasses { .. }
                             | Op::Release {}
                             | Op::WaitCompleted {}
                             | Op::CheckMemory {}
-                            | Op::CheckDestinationRuns {}
                     )
                 },
             ),
