@@ -13,7 +13,7 @@ use proptest_state_machine::ReferenceStateMachine;
 
 use crate::scenario::{Op, Side};
 
-use super::strategy::{candidates, executable, pair_spec, PairMachine};
+use super::strategy::{candidates_with, executable, pair_spec, PairMachine};
 use super::world::{SrcPhase, World};
 use super::Model;
 
@@ -202,11 +202,12 @@ impl Focus {
 
     /// The weighted strategy of the next op in `model`'s state.
     fn next_op(self, model: &Model) -> BoxedStrategy<Op> {
-        let options: Vec<(u32, BoxedStrategy<Op>)> = candidates(model)
-            .into_iter()
-            .filter(|(_, op)| executable(model, op))
-            .map(|(w, op)| (self.weight(model, &op, w), Just(op).boxed()))
-            .collect();
+        let options: Vec<(u32, BoxedStrategy<Op>)> =
+            candidates_with(model, self == Focus::Postcopy)
+                .into_iter()
+                .filter(|(_, op)| executable(model, op))
+                .map(|(w, op)| (self.weight(model, &op, w), Just(op).boxed()))
+                .collect();
         if options.is_empty() {
             return Just(Op::Cancel {}).boxed();
         }

@@ -41,7 +41,7 @@ pub(crate) fn executable(model: &Model, op: &Op) -> bool {
 /// Postcopy ops with their weights in `model`'s state: capabilities on both sides before a
 /// migration, `migrate-start-postcopy` while a migration is held or converging with the
 /// capability on (at low weight anywhere else, for the error paths), kills during postcopy.
-pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
+pub(crate) fn candidates(model: &Model, bandwidth: bool) -> Vec<(u32, Op)> {
     let worlds = model.worlds();
     let all = |f: &dyn Fn(&World) -> bool| worlds.iter().all(f);
     let idle = all(&|w| matches!(w.src.phase, SrcPhase::Idle(_)));
@@ -75,11 +75,16 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
     // requests pages, quick enough for a wait (`Parameters::postcopy_is_quick`). With
     // the hold in the same command: one op prepares a held migration with a slow postcopy.
     let slow = (model.pair().memory.0 / 2).max(4096);
-    vec![
-        (w(idle, 3), postcopy_bandwidth(Some(true), slow)),
-        (1, postcopy_bandwidth(None, slow)),
-        (1, postcopy_bandwidth(None, 0)),
-        (1, postcopy_bandwidth(None, 4096)),
+    let mut v = Vec::new();
+    if bandwidth {
+        v = vec![
+            (w(idle, 3), postcopy_bandwidth(Some(true), slow)),
+            (1, postcopy_bandwidth(None, slow)),
+            (1, postcopy_bandwidth(None, 0)),
+            (1, postcopy_bandwidth(None, 4096)),
+        ];
+    }
+    v.extend([
         (
             w(idle && listening && src_off, 80),
             caps(Side::Source, true),
@@ -94,7 +99,8 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
             },
         ),
         (w(postcopy, 2), Op::Kill { side: Side::Source }),
-    ]
+    ]);
+    v
 }
 
 /// The weight of `op` in the postcopy focus
