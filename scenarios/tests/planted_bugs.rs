@@ -50,7 +50,12 @@ fn planted_focused(fault: &str, wait: Duration, focus: Focus) {
     // where dropping the `wait-passes` before `start-postcopy` leaves a race that the fault
     // wins about 6 times in 10 (the destination's first requests may precede any precopy
     // copy of the page).
-    opts.reproduce = if focus == Focus::Postcopy { 5 } else { 2 };
+    // The same for auto-converge, where a case ending at `release` (no wait for the end)
+    // catches the throttle only when the migration completed before the observation.
+    opts.reproduce = match focus {
+        Focus::Postcopy | Focus::AutoConverge => 5,
+        _ => 2,
+    };
     let f = match fuzz(&opts) {
         Ok(r) => panic!(
             "fault {fault} not found: {} cases passed in {:.1} s",
