@@ -10,14 +10,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use proptest::strategy::Strategy as _;
 use proptest::test_runner::{
     Config, FileFailurePersistence, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
 };
-use proptest_state_machine::ReferenceStateMachine;
 
 use crate::backend::Backend;
-use crate::model::strategy::{sequence_is_executable, PairMachine, SEQUENCE_LEN};
+pub use crate::model::focus::Focus;
+use crate::model::strategy::{sequence_is_executable, SEQUENCE_LEN};
 use crate::scenario::exec::{
     failures_dir, optional_parameters, report, ExecError, ExecOptions, Executor,
 };
@@ -45,9 +44,9 @@ pub struct FuzzOptions {
     /// op: a failure that depends on an op arriving before the migration moved on is a
     /// race, reported but not shrunk, so that every written case replays the same way.
     pub reproduce: u32,
-    /// Generate with [`PostcopyMachine`](crate::model::postcopy_gen::PostcopyMachine)
-    /// (the postcopy flow weighted up) instead of `PairMachine`.
-    pub postcopy_focus: bool,
+    /// The feature generation is steered towards ([`Focus`]; default: none). Every op
+    /// stays judged by the same model.
+    pub focus: Focus,
 }
 
 /// In the timing-perturbed rerun of a failing case, how long a running migration is given
@@ -66,7 +65,7 @@ impl FuzzOptions {
             failures_dir: None,
             label: "fuzz".into(),
             reproduce: 1,
-            postcopy_focus: false,
+            focus: Focus::All,
         }
     }
 }
@@ -155,11 +154,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
     // skipped unlaunched.
     let absent = Mutex::new(Vec::<(crate::scenario::Side, &'static str)>::new());
     let cannot = Mutex::new(None::<String>);
-    let strategy = if opts.postcopy_focus {
-        crate::model::postcopy_gen::PostcopyMachine::sequential_strategy(SEQUENCE_LEN).boxed()
-    } else {
-        PairMachine::sequential_strategy(SEQUENCE_LEN).boxed()
-    };
+    let strategy = opts.focus.strategy(SEQUENCE_LEN);
     let result = runner.run(&strategy, |(init, ops, seen)| {
         if cannot.lock().unwrap().is_some() {
             return Ok(());

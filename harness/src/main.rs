@@ -122,6 +122,9 @@ enum Command {
         /// Deadline of every wait op, in seconds.
         #[arg(long, default_value_t = 20)]
         wait_timeout: u64,
+        /// Steer generation towards one feature: all, postcopy, auto-converge or xbzrle.
+        #[arg(long, default_value = "all", value_parser = parse_focus)]
+        focus: migtest::fuzz::Focus,
         /// Write DIR/index.html: the failing (shrunk) case's result, telemetry plot,
         /// failure report and QMP transcript (self-contained).
         #[arg(long, value_name = "DIR")]
@@ -311,11 +314,16 @@ fn main() -> ExitCode {
             max_shrink_secs,
             faults,
             wait_timeout,
+            focus,
             report,
         } => match exec_options(&backend, &faults, wait_timeout) {
             Ok(exec) => {
                 let mut opts = migtest::fuzz::FuzzOptions::new(seed);
                 opts.cases = cases;
+                opts.focus = focus;
+                if focus != migtest::fuzz::Focus::All {
+                    opts.label = format!("fuzz-{}", focus.name());
+                }
                 opts.exec = exec;
                 opts.max_shrink_time = std::time::Duration::from_secs(max_shrink_secs);
                 let outcome = migtest::fuzz::fuzz(&opts);
@@ -378,4 +386,12 @@ fn main() -> ExitCode {
         Command::Vmm { .. } => unreachable!("handled before clap"),
     };
     ExitCode::from(code as u8)
+}
+
+/// `--focus NAME`.
+fn parse_focus(s: &str) -> Result<migtest::fuzz::Focus, String> {
+    migtest::fuzz::Focus::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = migtest::fuzz::Focus::ALL.iter().map(|f| f.name()).collect();
+        format!("unknown focus `{s}` (one of {})", names.join(", "))
+    })
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use migtest::fuzz::{fuzz, FuzzOptions};
+use migtest::fuzz::{fuzz, Focus, FuzzOptions};
 
 /// Cases in CI when `PROPTEST_CASES` is not set.
 pub const CI_CASES: u32 = 120;
@@ -36,35 +36,53 @@ fn fuzz_real_builtin() {
     }
 }
 
-/// Cases of the postcopy-focused run when `PROPTEST_CASES` is not set.
-pub const POSTCOPY_CASES: u32 = 40;
+/// Cases of each focused run when `PROPTEST_CASES` is not set.
+pub const FOCUSED_CASES: u32 = 40;
 
-/// The fuzz test with the postcopy flow weighted up
-/// (`model::postcopy_gen::PostcopyMachine`): `postcopy-ram`, `start-postcopy`, kills during
-/// postcopy, destinations that run the guest during postcopy.
-#[test]
-fn fuzz_real_builtin_postcopy() {
+/// The fuzz test with generation steered towards one feature (`migtest::fuzz::Focus`); the
+/// same model judges every op.
+fn fuzz_focused(focus: Focus) {
     let mut opts = FuzzOptions::new(CI_SEED);
-    opts.cases = Some(POSTCOPY_CASES);
+    opts.cases = Some(FOCUSED_CASES);
     if let Some(n) = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
     {
         opts.cases = Some(n);
     }
-    opts.postcopy_focus = true;
+    opts.focus = focus;
     opts.max_shrink_time = Duration::from_secs(60);
     opts.exec.wait_timeout = Duration::from_secs(20);
-    opts.label = "fuzz-postcopy".into();
+    opts.label = format!("fuzz-{}", focus.name());
     match fuzz(&opts) {
         Ok(r) => println!(
-            "fuzz_real_builtin_postcopy: {} cases passed ({} unreproducible failures) in {:.1} s (seed {CI_SEED})",
+            "fuzz_real_builtin focus {}: {} cases passed ({} unreproducible failures) in {:.1} s (seed {CI_SEED})",
+            focus.name(),
             r.cases,
             r.flaky,
             r.elapsed.as_secs_f64()
         ),
         Err(f) => panic!("{f}"),
     }
+}
+
+/// Postcopy focus: `postcopy-ram`, a slow `max-postcopy-bandwidth`, `start-postcopy`, kills
+/// during postcopy, destinations that run the guest during postcopy.
+#[test]
+fn fuzz_real_builtin_postcopy() {
+    fuzz_focused(Focus::Postcopy);
+}
+
+/// auto-converge focus: held migrations that throttle, and their end.
+#[test]
+fn fuzz_real_builtin_auto_converge() {
+    fuzz_focused(Focus::AutoConverge);
+}
+
+/// XBZRLE focus: held migrations of the scribble guest with XBZRLE, released, compared.
+#[test]
+fn fuzz_real_builtin_xbzrle() {
+    fuzz_focused(Focus::Xbzrle);
 }
 
 /// Cases for QEMU (TCG is slow; cases that need `switchover-hold` are skipped there and do

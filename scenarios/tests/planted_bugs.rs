@@ -4,11 +4,13 @@
 //! ops; `migtest replay` of the written file must reproduce the failure 10 times out of 10
 //! and pass with the fault off. The fuzzer only shrinks failures that also reproduce when
 //! the migration is given time to move on before every op, so the written case does not
-//! hang on a race. The names contain `fuzz_real` so nextest runs them alone.
+//! hang on a race. The faults of a feature (auto-converge, XBZRLE, postcopy) are searched with
+//! generation focused on that feature (`migtest::fuzz::Focus`), judged by the same model. The
+//! names contain `fuzz_real` so nextest runs them alone.
 
 use std::time::{Duration, Instant};
 
-use migtest::fuzz::{fuzz, FuzzOptions};
+use migtest::fuzz::{fuzz, Focus, FuzzOptions};
 use migtest::replay::{replay, FAIL, PASS};
 use migtest::scenario::exec::ExecOptions;
 
@@ -30,15 +32,30 @@ fn planted(fault: &str) {
 }
 
 fn planted_with(fault: &str, wait: Duration) {
+    planted_focused(fault, wait, Focus::All);
+}
+
+/// The fuzz test with generation steered towards the feature the fault is in (the same
+/// model judges every op): found, shrunk to at most [`MAX_OPS`], replayed.
+fn planted_focused(fault: &str, wait: Duration, focus: Focus) {
     let with_fault = |f: &str| with_fault_waiting(f, wait);
     let start = Instant::now();
     let mut opts = FuzzOptions::new(SEED);
     opts.cases = Some(CASES);
+    opts.focus = focus;
     opts.max_shrink_time = Duration::from_secs(30);
     opts.exec = with_fault(fault);
     opts.label = fault.to_string();
-    // Shrink only towards failures that reproduce three times in a row.
-    opts.reproduce = 2;
+    // Shrink only towards failures that reproduce three times in a row; six for postcopy,
+    // where dropping the `wait-passes` before `start-postcopy` leaves a race that the fault
+    // wins about 6 times in 10 (the destination's first requests may precede any precopy
+    // copy of the page).
+    // The same for auto-converge, where a case ending at `release` (no wait for the end)
+    // catches the throttle only when the migration completed before the observation.
+    opts.reproduce = match focus {
+        Focus::Postcopy | Focus::AutoConverge => 5,
+        _ => 2,
+    };
     let f = match fuzz(&opts) {
         Ok(r) => panic!(
             "fault {fault} not found: {} cases passed in {:.1} s",
@@ -49,6 +66,11 @@ fn planted_with(fault: &str, wait: Duration) {
     };
     let found = start.elapsed();
     println!("{f}");
+    println!(
+        "PLANTED {fault}: {} cases run before and while shrinking (focus {})",
+        f.runs,
+        focus.name()
+    );
     assert!(
         !f.replay_command.is_empty(),
         "fuzzing aborted (is migtest-vmm built with fault-injection?): {}",
@@ -98,12 +120,22 @@ fn planted_fuzz_real_cancel_leaves_guest_stopped() {
     planted("cancel-leaves-guest-stopped");
 }
 
-/// A page requested during postcopy answered with stale data. The fuzzer (postcopy-focused,
-/// seed 5, 120 cases) hits it but its failures do not survive the timing-perturbed rerun, so
-/// it does not shrink them yet; this test replays the 8-op scenario that shows it instead:
-/// the destination guest runs during postcopy (no `-S`) and requests pages, the sweep guest
-/// increments the stale counter, `check-destination-runs`' A-B check fails, 10 times out of
-/// 10, and the same file passes without the fault.
+/// A page requested during postcopy answered with stale data. The postcopy focus sets a
+/// slow `max-postcopy-bandwidth` before migrating, so the background sender is still busy
+/// when postcopy starts and the destination guest (run during postcopy) surely requests
+/// pages: the stale one breaks the sweep guest's A-B check (`check-destination-runs`), on
+/// every run.
+#[test]
+fn planted_fuzz_real_stale_postcopy_page() {
+    planted_focused(
+        "stale-postcopy-page",
+        Duration::from_secs(20),
+        Focus::Postcopy,
+    );
+}
+
+/// The hand-written 8-op case of the stale postcopy page: 128 MiB, so that postcopy lasts
+/// long enough for the destination's vCPU to request pages even at unlimited bandwidth.
 #[test]
 fn planted_stale_postcopy_page_replay() {
     let path =
@@ -112,8 +144,6 @@ fn planted_stale_postcopy_page_replay() {
         .unwrap();
     assert!(s.ops.len() <= MAX_OPS);
     let fault = "stale-postcopy-page";
-    // 128 MiB: postcopy lasts long enough that the destination's vCPU surely requests
-    // pages before the background sender has sent them (at 32 MiB it did not, 1 run in 10).
     let on = with_fault_waiting(fault, Duration::from_secs(20));
     let fails = (0..10).filter(|_| replay(&path, &on) == FAIL).count();
     assert_eq!(fails, 10, "replay with {fault} failed {fails}/10 times");
@@ -127,11 +157,25 @@ fn planted_stale_postcopy_page_replay() {
 }
 
 /// auto-converge's throttle left on after the migration ended: `query-migrate` still shows
-/// `cpu-throttle-percentage` once the source is `completed` or `cancelled`.
+/// `cpu-throttle-percentage` once the source is `completed` or `cancelled`. Found with the
+/// auto-converge focus (a held migration that throttles, then ends).
 #[test]
-#[ignore = "since the multifd and xbzrle ops joined the generator, seed 5's 120 cases no longer reach a held auto-converge migration that throttles and completes (CI run 2026-12-06: 120 cases passed, fault not found); the generator's weights need retuning"]
 fn planted_fuzz_real_throttle_never_lifted() {
-    planted_with("throttle-never-lifted", Duration::from_secs(15));
+    planted_focused(
+        "throttle-never-lifted",
+        Duration::from_secs(15),
+        Focus::AutoConverge,
+    );
+}
+
+/// XBZRLE's cache not updated when a page is sent whole after an overflow: the next small
+/// change is encoded against the stale copy and the destination keeps the overflowing
+/// content. Found with the XBZRLE focus, whose pairs mostly run the scribble guest (hot pages
+/// whose rest alternates between zero and a pattern that overflows XBZRLE); `check-memory`
+/// sees the difference.
+#[test]
+fn planted_fuzz_real_xbzrle_cache_stale() {
+    planted_focused("xbzrle-cache-stale", Duration::from_secs(10), Focus::Xbzrle);
 }
 
 /// (e): the catalog's mission flow names the page the source skipped.

@@ -20,6 +20,7 @@
 
 pub mod auto_converge;
 mod expect;
+pub mod focus;
 mod lint;
 pub mod multifd;
 pub mod postcopy_gen;

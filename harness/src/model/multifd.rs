@@ -113,6 +113,7 @@ pub(super) fn candidates(idle: bool, listening: bool) -> Vec<(u32, Op)> {
         switchover_hold: None,
         multifd_channels: Some(n),
         xbzrle_cache_size: None,
+        max_postcopy_bandwidth: None,
     };
     vec![
         (w(idle && listening, 4), caps(Side::Source, true)),

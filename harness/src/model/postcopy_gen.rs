@@ -10,7 +10,7 @@
 //! - `stop`/`cont` on either side during postcopy (not checked against QEMU yet);
 //! - `migrate_cancel` during postcopy (the model refuses it: split guest state).
 
-use crate::scenario::{Capability, Op, Side};
+use crate::scenario::{Capability, Op, Side, Size};
 
 use super::world::{DstPhase, GuestRun, SrcPhase, World};
 use super::Model;
@@ -41,7 +41,7 @@ pub(crate) fn executable(model: &Model, op: &Op) -> bool {
 /// Postcopy ops with their weights in `model`'s state: capabilities on both sides before a
 /// migration, `migrate-start-postcopy` while a migration is held or converging with the
 /// capability on (at low weight anywhere else, for the error paths), kills during postcopy.
-pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
+pub(crate) fn candidates(model: &Model, bandwidth: bool) -> Vec<(u32, Op)> {
     let worlds = model.worlds();
     let all = |f: &dyn Fn(&World) -> bool| worlds.iter().all(f);
     let idle = all(&|w| matches!(w.src.phase, SrcPhase::Idle(_)));
@@ -54,7 +54,30 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
     let dst_off = all(&|w| !w.dst.caps.postcopy_ram);
     let w = |cond: bool, hi: u32| if cond { hi } else { 1 };
     let caps = |side, on| Op::set_capability(side, Capability::PostcopyRam, on);
-    vec![
+    let postcopy_bandwidth = |hold, b| Op::SetParameters {
+        side: Side::Source,
+        downtime_limit: None,
+        max_bandwidth: None,
+        avail_switchover_bandwidth: None,
+        switchover_hold: hold,
+        multifd_channels: None,
+        xbzrle_cache_size: None,
+        max_postcopy_bandwidth: Some(Size(b)),
+    };
+    // Background pages over about 2 s: slow enough that a running destination surely
+    // requests pages, quick enough for a wait (`Parameters::postcopy_is_quick`). With
+    // the hold in the same command: one op prepares a held migration with a slow postcopy.
+    let slow = (model.pair().memory.0 / 2).max(4096);
+    let mut v = Vec::new();
+    if bandwidth {
+        v = vec![
+            (w(idle, 3), postcopy_bandwidth(Some(true), slow)),
+            (1, postcopy_bandwidth(None, slow)),
+            (1, postcopy_bandwidth(None, 0)),
+            (1, postcopy_bandwidth(None, 4096)),
+        ];
+    }
+    v.extend([
         (
             w(idle && listening && src_off, 80),
             caps(Side::Source, true),
@@ -69,12 +92,48 @@ pub(crate) fn candidates(model: &Model) -> Vec<(u32, Op)> {
             },
         ),
         (w(postcopy, 2), Op::Kill { side: Side::Source }),
-    ]
+    ]);
+    v
 }
 
-/// Ops worth more in [`PostcopyMachine`]: the postcopy flow and what judges its end.
-fn postcopy_boost(op: &Op) -> u32 {
+/// The weight of `op` in the postcopy focus
+/// ([`Focus::Postcopy`](super::focus::Focus::Postcopy)), from its unfocused weight `base`:
+/// the postcopy flow and what judges its end ten times more; a slow
+/// `max-postcopy-bandwidth` (so that the running destination surely requests pages before
+/// the background sender sent them), with the hold, twenty times more while none is set;
+/// `wait-passes` until precopy's first pass is over and `start-postcopy` only after it
+/// (before, a page the destination requests may never have been sent, and a race decides
+/// what it gets); a second hold hardly; any other op at a quarter of its weight.
+pub(super) fn weight(model: &Model, op: &Op, base: u32) -> u32 {
+    let worlds = model.worlds();
+    let passes = worlds.iter().map(|w| w.passes_min).min().unwrap_or(0);
+    let unheld = worlds.iter().all(|w| !w.src.params.switchover_hold);
+    let idle = worlds
+        .iter()
+        .all(|w| matches!(w.src.phase, SrcPhase::Idle(_)));
+    let unset = worlds
+        .iter()
+        .all(|w| w.src.params.max_postcopy_bandwidth.0 == 0);
     match op {
+        Op::SetParameters {
+            max_postcopy_bandwidth: Some(b),
+            switchover_hold,
+            ..
+        } if b.0 > 0 && unset && b.0.saturating_mul(4) >= model.pair().memory.0 => {
+            if switchover_hold.is_some() && idle && unheld {
+                base * 60
+            } else {
+                base * 10
+            }
+        }
+        // Precopy passes stay quick (the legacy hold's 3 MB/s would rule out `wait-passes`).
+        Op::SetParameters {
+            max_bandwidth: Some(b),
+            ..
+        } if b.0 > 0 && b.0 < 128 << 20 => 1,
+        Op::StartPostcopy {} if passes < 2 => (base / 10).max(1),
+        Op::WaitPasses { .. } if passes >= 2 => base,
+        Op::Hold {} if !unheld => 1,
         Op::SetCapabilities {
             postcopy_ram: Some(true),
             ..
@@ -85,58 +144,27 @@ fn postcopy_boost(op: &Op) -> u32 {
         | Op::WaitPasses { .. }
         | Op::WaitCompleted {}
         | Op::CheckMemory {}
-        | Op::CheckDestinationRuns {} => 10,
-        _ => 1,
+        | Op::CheckDestinationRuns {} => base * 10,
+        // Everything else (error paths, other features) at a quarter.
+        _ => (base / 4).max(1),
     }
 }
 
-/// [`super::strategy::PairMachine`] focused on postcopy, for fuzzing it: pairs whose
-/// destination runs the guest (no `-S`) three times in four, mostly the sweep guest, and the
-/// postcopy flow weighted ten times (every other op stays possible for the error paths).
-#[derive(Clone, Copy, Debug)]
-pub struct PostcopyMachine;
-
-impl proptest_state_machine::ReferenceStateMachine for PostcopyMachine {
-    type State = Model;
-    type Transition = Op;
-
-    fn init_state() -> proptest::strategy::BoxedStrategy<Model> {
-        use proptest::prelude::*;
-        (
-            super::strategy::pair_spec(),
-            prop::bool::weighted(0.75),
-            prop::bool::weighted(0.75),
-        )
-            .prop_map(|(mut p, autostart, sweep)| {
-                p.dst_paused = !autostart;
-                if sweep {
-                    // The guest whose A-B check sees a stale page after it ran on.
-                    p.image = "sweep".into();
-                }
-                Model::new(p)
-            })
-            .boxed()
-    }
-
-    fn transitions(state: &Model) -> proptest::strategy::BoxedStrategy<Op> {
-        use proptest::prelude::*;
-        let options: Vec<(u32, BoxedStrategy<Op>)> = super::strategy::candidates(state)
-            .into_iter()
-            .filter(|(_, op)| super::strategy::executable(state, op))
-            .map(|(w, op)| (w * postcopy_boost(&op), Just(op).boxed()))
-            .collect();
-        if options.is_empty() {
-            return Just(Op::Cancel {}).boxed();
-        }
-        proptest::strategy::Union::new_weighted(options).boxed()
-    }
-
-    fn apply(mut state: Model, transition: &Op) -> Model {
-        state.apply(transition);
-        state
-    }
-
-    fn preconditions(state: &Model, transition: &Op) -> bool {
-        super::strategy::executable(state, transition)
-    }
+/// Pairs for the postcopy focus: destinations that run the guest (no `-S`) three times in
+/// four, mostly the sweep guest (whose A-B check sees a stale page after it ran on).
+pub(super) fn pair() -> proptest::strategy::BoxedStrategy<crate::scenario::PairSpec> {
+    use proptest::prelude::*;
+    (
+        super::strategy::pair_spec(),
+        prop::bool::weighted(0.75),
+        prop::bool::weighted(0.75),
+    )
+        .prop_map(|(mut p, autostart, sweep)| {
+            p.dst_paused = !autostart;
+            if sweep {
+                p.image = "sweep".into();
+            }
+            p
+        })
+        .boxed()
 }

@@ -120,6 +120,7 @@ fn set_params(
         switchover_hold: hold,
         multifd_channels: None,
         xbzrle_cache_size: None,
+        max_postcopy_bandwidth: None,
     }
 }
 
@@ -128,6 +129,13 @@ fn set_params(
 /// wait-completed while converging, continue in pre-switchover, checks after completion), with
 /// every other op kept at a low weight for the error paths.
 pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
+    candidates_with(model, false)
+}
+
+/// [`candidates`], with the `max-postcopy-bandwidth` ops when `postcopy_bandwidth` (the
+/// postcopy focus: [`super::focus::Focus::Postcopy`]; the unfocused menu stays as it was, so
+/// that its seeds draw the same cases).
+pub fn candidates_with(model: &Model, postcopy_bandwidth: bool) -> Vec<(u32, Op)> {
     use MigrationStatus as S;
     let worlds = model.worlds();
     let all = |f: &dyn Fn(&super::world::World) -> bool| worlds.iter().all(f);
@@ -302,7 +310,7 @@ pub fn candidates(model: &Model) -> Vec<(u32, Op)> {
         (w(idle && !listening, 10), Op::RestartDestination {}),
     ];
     v.extend(super::multifd::candidates(idle, listening));
-    v.extend(super::postcopy_gen::candidates(model));
+    v.extend(super::postcopy_gen::candidates(model, postcopy_bandwidth));
     if held {
         for k in 1..=3 {
             v.push((10, Op::WaitPasses { n: min_passes + k }));

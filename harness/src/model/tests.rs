@@ -690,6 +690,7 @@ fn slow_passes_may_time_out() {
                 switchover_hold: None,
                 multifd_channels: None,
                 xbzrle_cache_size: None,
+                max_postcopy_bandwidth: None,
             },
             Op::Hold {},
             migrate(),

@@ -33,6 +33,10 @@ pub struct Parameters {
     /// bytes; default 64 MiB (QEMU's); a power of two, at least a page.
     #[serde(default = "super::world::xbzrle::default_cache_size")]
     pub xbzrle_cache_size: Size,
+    /// `max-postcopy-bandwidth`, bytes/s for postcopy's background pages; default 0
+    /// (unlimited); any value, at any time (no range check in QEMU 7.2).
+    #[serde(default)]
+    pub max_postcopy_bandwidth: Size,
 }
 
 impl Default for Parameters {
@@ -45,6 +49,7 @@ impl Default for Parameters {
             multifd_channels: super::multifd::DEFAULT_CHANNELS,
             throttle: Default::default(),
             xbzrle_cache_size: super::world::xbzrle::default_cache_size(),
+            max_postcopy_bandwidth: Size(0),
         }
     }
 }
@@ -67,6 +72,7 @@ impl Parameters {
                     }
                 }
                 ("xbzrle-cache-size", Some(n)) => self.xbzrle_cache_size = Size(n),
+                ("max-postcopy-bandwidth", Some(n)) => self.max_postcopy_bandwidth = Size(n),
                 ("switchover-hold", _) => {
                     self.switchover_hold = v.as_bool().unwrap_or(self.switchover_hold)
                 }
@@ -103,8 +109,20 @@ impl Parameters {
     /// Whether one full pass over `memory` bytes takes at most 4 s at `max-bandwidth`
     /// (so waiting for a few passes is bounded).
     pub fn passes_are_quick(&self, memory: Size) -> bool {
-        self.max_bandwidth.0 == 0 || memory.0 <= self.max_bandwidth.0.saturating_mul(4)
+        quick_at(self.max_bandwidth, memory)
     }
+
+    /// Whether postcopy's background sender gets through `memory` bytes in at most 4 s at
+    /// `max-postcopy-bandwidth`, so that postcopy surely ends within a wait (a destination
+    /// that does not run the guest requests no page: only the background sender moves on).
+    pub fn postcopy_is_quick(&self, memory: Size) -> bool {
+        quick_at(self.max_postcopy_bandwidth, memory)
+    }
+}
+
+/// Whether `memory` bytes go in at most 4 s at `bandwidth` bytes/s (0: unlimited).
+fn quick_at(bandwidth: Size, memory: Size) -> bool {
+    bandwidth.0 == 0 || memory.0 <= bandwidth.0.saturating_mul(4)
 }
 
 /// The migration capabilities the model tracks, per side.

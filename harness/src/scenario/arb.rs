@@ -39,8 +39,9 @@ pub fn op() -> impl Strategy<Value = Op> {
             proptest::option::of(any::<bool>()),
             proptest::option::of(prop_oneof![0..=300u64, 0..=i64::MAX as u64]),
             proptest::option::of(size()),
+            proptest::option::of(size()),
         )
-            .prop_map(|(side, d, b, a, h, c, x)| Op::SetParameters {
+            .prop_map(|(side, d, b, a, h, c, x, pb)| Op::SetParameters {
                 side,
                 downtime_limit: d,
                 max_bandwidth: b,
@@ -48,6 +49,7 @@ pub fn op() -> impl Strategy<Value = Op> {
                 switchover_hold: h,
                 multifd_channels: c,
                 xbzrle_cache_size: x,
+                max_postcopy_bandwidth: pb,
             }),
         (
             side(),

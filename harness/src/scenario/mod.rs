@@ -184,7 +184,8 @@ status = "completed"
                 avail_switchover_bandwidth: None,
                 switchover_hold: None,
                 multifd_channels: None,
-                xbzrle_cache_size: None
+                xbzrle_cache_size: None,
+                max_postcopy_bandwidth: None,
             }
         );
         assert_eq!(s.ops[1], Op::Migrate { transport: None });

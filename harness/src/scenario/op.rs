@@ -51,6 +51,10 @@ pub enum Op {
         /// `xbzrle-cache-size` in bytes (QEMU: a power of two, at least 4096).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         xbzrle_cache_size: Option<Size>,
+        /// `max-postcopy-bandwidth` in bytes/s for postcopy's background pages (0 =
+        /// unlimited; QEMU 7.2 accepts any value, at any time).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_postcopy_bandwidth: Option<Size>,
     },
     /// `migrate-set-capabilities` on `side` with the given capabilities.
     #[serde(rename_all = "kebab-case")]
@@ -197,6 +201,7 @@ impl Op {
             switchover_hold: Some(hold),
             multifd_channels: None,
             xbzrle_cache_size: None,
+            max_postcopy_bandwidth: None,
         }
     }
 
@@ -212,6 +217,7 @@ impl Op {
             switchover_hold,
             multifd_channels,
             xbzrle_cache_size,
+            max_postcopy_bandwidth,
             ..
         } = self
         else {
@@ -227,6 +233,10 @@ impl Op {
             ("switchover-hold", switchover_hold.map(|h| json!(h))),
             ("multifd-channels", multifd_channels.map(|c| json!(c))),
             ("xbzrle-cache-size", xbzrle_cache_size.map(|x| json!(x.0))),
+            (
+                "max-postcopy-bandwidth",
+                max_postcopy_bandwidth.map(|b| json!(b.0)),
+            ),
         ];
         for (name, value) in fields {
             if let Some(v) = value {

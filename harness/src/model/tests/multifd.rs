@@ -20,6 +20,7 @@ fn params(side: Side, channels: u64, downtime_limit: Option<u64>) -> Op {
         switchover_hold: None,
         multifd_channels: Some(channels),
         xbzrle_cache_size: None,
+        max_postcopy_bandwidth: None,
     }
 }
 

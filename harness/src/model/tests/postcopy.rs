@@ -330,3 +330,44 @@ fn postcopy_with_multifd_is_refused() {
         }
     }
 }
+
+fn postcopy_bandwidth(side: Side, b: u64) -> Op {
+    Op::SetParameters {
+        side,
+        downtime_limit: None,
+        max_bandwidth: None,
+        avail_switchover_bandwidth: None,
+        switchover_hold: None,
+        multifd_channels: None,
+        xbzrle_cache_size: None,
+        max_postcopy_bandwidth: Some(Size(b)),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// `max-postcopy-bandwidth`: any value accepted on either side at any time and kept (QEMU
+    /// 7.2 has no range check); in postcopy, a wait for the end may time out exactly when
+    /// the background sender needs more than 4 s for the guest RAM at that bandwidth.
+    #[test]
+    fn max_postcopy_bandwidth_rule(b in prop_oneof![0u64..(64 << 20), any::<u64>()],
+                                   dst in any::<bool>(), during in any::<bool>()) {
+        let side = if dst { Side::Destination } else { Side::Source };
+        let mut m = if during { held_postcopy_ready(pair()) } else { Model::new(pair()) };
+        let (e, _) = run(&mut m, postcopy_bandwidth(side, b));
+        prop_assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
+        prop_assert_eq!(m.parameters(side).unwrap().max_postcopy_bandwidth, Size(b));
+        if !during {
+            run_all(&mut m, &both_caps());
+            run_all(&mut m, &[Op::Hold {}, migrate(), Op::WaitPasses { n: 3 }]);
+        }
+        run(&mut m, Op::StartPostcopy {});
+        let src_b = m.parameters(Side::Source).unwrap().max_postcopy_bandwidth.0;
+        let slow = src_b != 0 && src_b.saturating_mul(4) < pair().memory.0;
+        prop_assert_eq!(m.expect(&Op::WaitCompleted {}).may_time_out(), slow);
+        let to_completed = Op::WaitStatus { side: Side::Source, status: S::Completed };
+        prop_assert_eq!(m.expect(&to_completed).may_time_out(), slow);
+        let to_active = Op::WaitStatus { side: Side::Source, status: S::PostcopyActive };
+        prop_assert!(!m.expect(&to_active).may_time_out());
+    }
+}

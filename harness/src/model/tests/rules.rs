@@ -109,6 +109,7 @@ fn set_parameters_any_time_but_downtime_range_checked() {
         switchover_hold: None,
         multifd_channels: None,
         xbzrle_cache_size: None,
+        max_postcopy_bandwidth: None,
     };
     let (e, _) = run(&mut m, op);
     assert_eq!(e.replies(), vec![&ExpectedReply::Ok]);
@@ -124,6 +125,7 @@ fn set_parameters_any_time_but_downtime_range_checked() {
         switchover_hold: None,
         multifd_channels: None,
         xbzrle_cache_size: None,
+        max_postcopy_bandwidth: None,
     };
     let (e, _) = run(&mut m, bad.clone());
     assert_eq!(e.replies(), vec![&ExpectedReply::error(ERR_DOWNTIME_LIMIT)]);
@@ -500,6 +502,7 @@ fn unguaranteed_convergence_may_time_out() {
             switchover_hold: None,
             multifd_channels: None,
             xbzrle_cache_size: None,
+            max_postcopy_bandwidth: None,
         },
     );
     assert!(!m.expect(&Op::WaitCompleted {}).may_time_out());

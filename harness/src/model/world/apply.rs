@@ -365,8 +365,13 @@ impl World {
                         v
                     }
                     SrcPhase::Finishing | SrcPhase::Postcopy => {
+                        let stuck = w.clone();
                         w.complete_both();
-                        step(ok, w)
+                        let mut v = step(ok, w);
+                        if self.postcopy_is_slow() {
+                            v.extend(step(ExpectedReply::Timeout, stuck));
+                        }
+                        v
                     }
                     SrcPhase::PostcopyPaused => step(ExpectedReply::Timeout, w),
                     SrcPhase::SwitchingOver if !self.pbs() => {
@@ -496,8 +501,9 @@ impl World {
                         } else {
                             v.extend(step(ExpectedReply::unreachable(S::Completed), done));
                         }
-                        if !self.src.params.converges(self.memory)
-                            && self.src.phase == SrcPhase::Converging
+                        if (!self.src.params.converges(self.memory)
+                            && self.src.phase == SrcPhase::Converging)
+                            || self.postcopy_is_slow()
                         {
                             v.extend(step(ExpectedReply::Timeout, w.clone()));
                         }
@@ -570,7 +576,10 @@ impl World {
             SrcPhase::Postcopy => {
                 let mut done = w.clone();
                 done.complete();
-                match goal {
+                // Slow postcopy: whatever does not come at once waits for the end.
+                let slow = (self.postcopy_is_slow() && goal != S::PostcopyActive)
+                    .then(|| step(ExpectedReply::Timeout, w.clone()));
+                let mut v = match goal {
                     S::Completed => step(ok, done),
                     S::Setup | S::Active | S::PostcopyActive => {
                         let mut v = step(ok, w);
@@ -578,7 +587,9 @@ impl World {
                         v
                     }
                     _ => step(ExpectedReply::unreachable(S::Completed), done),
-                }
+                };
+                v.extend(slow.into_iter().flatten());
+                v
             }
             SrcPhase::Finishing => {
                 let mut done = w.clone();

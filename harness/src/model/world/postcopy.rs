@@ -48,6 +48,12 @@ impl World {
         in_postcopy && self.dst.autostart
     }
 
+    /// In postcopy, with a `max-postcopy-bandwidth` that may keep the background sender
+    /// busy for longer than a wait ([`Parameters::postcopy_is_quick`](super::super::types::Parameters::postcopy_is_quick)).
+    pub(super) fn postcopy_is_slow(&self) -> bool {
+        self.src.phase == SrcPhase::Postcopy && !self.src.params.postcopy_is_quick(self.memory)
+    }
+
     /// The postcopy migration completes on both sides.
     pub(super) fn complete_postcopy(&mut self) {
         self.src.phase = SrcPhase::Idle(S::Completed);

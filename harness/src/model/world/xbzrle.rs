@@ -35,6 +35,7 @@ pub fn candidates(idle: bool) -> Vec<(u32, Op)> {
         switchover_hold: None,
         multifd_channels: None,
         xbzrle_cache_size: Some(Size(bytes)),
+        max_postcopy_bandwidth: None,
     };
     vec![
         (if idle { 4 } else { 1 }, cap(true)),
@@ -61,6 +62,7 @@ mod tests {
             switchover_hold: None,
             multifd_channels: None,
             xbzrle_cache_size: Some(Size(size)),
+            max_postcopy_bandwidth: None,
         }
     }
 

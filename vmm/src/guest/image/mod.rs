@@ -113,6 +113,10 @@ pub struct HotsetParams {
     pub round_delay_us: u64,
     /// Print `B` every this many rounds (`report-every`).
     pub report_every: u64,
+    /// Rounds per scribble phase (`scribble`, 0 = never): the rest of each hot page
+    /// alternates between zero and a pattern in every other byte, phases staggered over
+    /// the pages (a page that overflows XBZRLE, then changes little again).
+    pub scribble: u64,
 }
 
 /// Parameters of the `rate` workload.
@@ -569,7 +573,7 @@ impl Parser<'_> {
             .ok_or_else(|| self.missing(&format!("{p}kind")))?;
         let params: &[&str] = match kind.as_str() {
             "sweep" => &["pass-delay"],
-            "hotset" => &["pages", "round-delay", "report-every"],
+            "hotset" => &["pages", "round-delay", "report-every", "scribble"],
             "rate" => &["pages-per-sec"],
             "random" => &["seed", "burst", "burst-delay"],
             "idle" => &[],
@@ -595,6 +599,7 @@ impl Parser<'_> {
                 pages: self.int(t, p, "pages", 16, (1, 4096))?,
                 round_delay_us: self.int(t, p, "round-delay", 1000, delay)?,
                 report_every: self.int(t, p, "report-every", 100, (1, 1_000_000_000))?,
+                scribble: self.int(t, p, "scribble", 0, (0, 1_000_000_000))?,
             }),
             "rate" => WorkloadSpec::Rate(RateParams {
                 pages_per_sec: self.int(t, p, "pages-per-sec", 4096, (1, 10_000_000))?,

@@ -39,7 +39,8 @@ fn parses_full_image() {
         WorkloadSpec::Hotset(HotsetParams {
             pages: 4,
             round_delay_us: 1000,
-            report_every: 100
+            report_every: 100,
+            scribble: 0,
         })
     );
 }

@@ -6,6 +6,15 @@
 //! and set to `r + 1`, so a page that migration lost or left stale is
 //! caught by the guest (`E`, halt). `B` is printed every `report-every`
 //! rounds; each round ends with a `round-delay` µs sleep.
+//!
+//! With `scribble = N` (> 0) the rest of each hot page (bytes 8..4096) may
+//! change every `N` rounds between zero and a pattern in every other byte
+//! (too many changed runs for an XBZRLE delta: the page is sent whole); a
+//! hash of the page index and `round / N` decides, so the pages change
+//! independently of each other and of when migration sends them. The phase
+//! is a function of the round, so it needs no migrated state; when a page
+//! changes phase the guest first checks that the rest of the page still
+//! holds the previous phase (`E`, halt otherwise).
 
 use std::time::Duration;
 
@@ -88,6 +97,7 @@ impl HotsetState {
                 }
                 ctx.ram
                     .write_u64(addr, self.round.wrapping_add(1).to_le())?;
+                scribble(params, next, self.round, addr, ctx)?;
                 let next = next + 1;
                 if next < count {
                     self.phase = HotsetPhase::Writing { next };
@@ -113,6 +123,62 @@ impl HotsetState {
     }
 }
 
+/// Whether hot page `index` holds the scribble pattern after round `round`: a hash of the
+/// page and the phase number, so that the pages change phase independently of each other.
+fn scribbled(params: &HotsetParams, index: u64, round: u64) -> bool {
+    let n = params.scribble;
+    if n == 0 {
+        return false;
+    }
+    // splitmix64 of (index, phase)
+    let mut z = (round / n)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(index.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) & 1 == 1
+}
+
+/// Byte `at` (8..4096) of a scribbled hot page.
+fn pattern_byte(at: usize) -> u8 {
+    if at.is_multiple_of(2) {
+        at as u8 | 1
+    } else {
+        0
+    }
+}
+
+/// Round `round` of hot page `index` at `addr`: when its scribble phase changes, checks the
+/// rest of the page holds the previous phase and writes the new one.
+fn scribble(
+    params: &HotsetParams,
+    index: u64,
+    round: u64,
+    addr: u64,
+    ctx: &StepCtx<'_>,
+) -> Result<(), Halt> {
+    let now = scribbled(params, index, round);
+    let before = round > 0 && scribbled(params, index, round - 1);
+    if now == before {
+        return Ok(());
+    }
+    let body = |on: bool| -> Vec<u8> {
+        (8..PAGE as usize)
+            .map(|at| if on { pattern_byte(at) } else { 0 })
+            .collect()
+    };
+    let mut found = vec![0u8; PAGE as usize - 8];
+    ctx.ram.read_bytes(addr + 8, &mut found)?;
+    if found != body(before) {
+        return Err(Halt(format!(
+            "hotset page {addr:#x} does not hold its {} body before round {round}",
+            if before { "scribbled" } else { "zero" }
+        )));
+    }
+    ctx.ram.write_bytes(addr + 8, &body(now))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{run, CountingSleeper};
@@ -130,6 +196,7 @@ mod tests {
                 pages,
                 round_delay_us: 0,
                 report_every: 2,
+                scribble: 0,
             }),
             start: 8 * PAGE,
             end: 16 * PAGE,
@@ -153,6 +220,65 @@ mod tests {
         }
         assert_eq!(std::fs::read(&path).unwrap(), b"AB");
         assert!(w.halted().is_none());
+    }
+
+    #[test]
+    fn scribble_switches_each_body_and_checks_it() {
+        let params = HotsetParams {
+            pages: 4,
+            round_delay_us: 0,
+            report_every: 1000,
+            scribble: 2,
+        };
+        let plan = VcpuPlan {
+            spec: WorkloadSpec::Hotset(params),
+            start: 8 * PAGE,
+            end: 16 * PAGE,
+        };
+        let ram = GuestRam::new(16 * PAGE).unwrap();
+        let serial = Serial::open(&SerialConfig::None).unwrap();
+        let mut w = Workload::new(plan, false);
+        let sleeper = CountingSleeper::default();
+        let body = |p: u64| {
+            let mut b = vec![0u8; 4088];
+            ram.read_bytes(p * PAGE + 8, &mut b).unwrap();
+            b
+        };
+        let scribbled = |b: &[u8]| b.iter().enumerate().all(|(i, v)| (*v != 0) == (i % 2 == 0));
+        let mut seen = [[false; 2]; 4];
+        for round in 0..16u64 {
+            // start (first round only) + 4 writes + rest
+            run(
+                &mut w,
+                &ram,
+                &serial,
+                &sleeper,
+                if round == 0 { 6 } else { 5 },
+            );
+            let states: Vec<bool> = (0..4)
+                .map(|i| super::scribbled(&params, i, round))
+                .collect();
+            for (i, p) in [8u64, 10, 12, 14].into_iter().enumerate() {
+                let b = body(p);
+                let on = states[i];
+                assert!(
+                    if on {
+                        scribbled(&b)
+                    } else {
+                        b.iter().all(|v| *v == 0)
+                    },
+                    "round {round} page {p}: expected scribbled = {on}"
+                );
+                seen[i][on as usize] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| s[0] && s[1]), "{seen:?}");
+        assert!(w.halted().is_none());
+        // A body that is not the previous phase halts the guest when the phase changes.
+        ram.write_u8(8 * PAGE + 100, 7).unwrap();
+        run(&mut w, &ram, &serial, &sleeper, 5 * 4);
+        let halt = w.halted().expect("a wrong body must halt the guest");
+        assert!(halt.contains("body before round"), "{halt}");
     }
 
     #[test]
