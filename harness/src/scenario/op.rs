@@ -165,6 +165,21 @@ pub enum Op {
 }
 
 impl Op {
+    /// A `set-parameters` op on `side` with no member set; callers set the ones they need
+    /// through a `let Op::SetParameters { .. } = &mut op` binding.
+    pub fn no_parameters(side: Side) -> Op {
+        Op::SetParameters {
+            side,
+            downtime_limit: None,
+            max_bandwidth: None,
+            avail_switchover_bandwidth: None,
+            switchover_hold: None,
+            multifd_channels: None,
+            xbzrle_cache_size: None,
+            max_postcopy_bandwidth: None,
+        }
+    }
+
     /// The `op` tag as written in files.
     pub fn name(&self) -> &'static str {
         match self {

@@ -332,16 +332,15 @@ fn postcopy_with_multifd_is_refused() {
 }
 
 fn postcopy_bandwidth(side: Side, b: u64) -> Op {
-    Op::SetParameters {
-        side,
-        downtime_limit: None,
-        max_bandwidth: None,
-        avail_switchover_bandwidth: None,
-        switchover_hold: None,
-        multifd_channels: None,
-        xbzrle_cache_size: None,
-        max_postcopy_bandwidth: Some(Size(b)),
+    let mut op = Op::no_parameters(side);
+    if let Op::SetParameters {
+        max_postcopy_bandwidth,
+        ..
+    } = &mut op
+    {
+        *max_postcopy_bandwidth = Some(Size(b));
     }
+    op
 }
 
 proptest! {

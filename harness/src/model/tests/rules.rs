@@ -492,19 +492,11 @@ fn unguaranteed_convergence_may_time_out() {
     });
     run(&mut m, migrate());
     assert!(m.expect(&Op::WaitCompleted {}).may_time_out());
-    run(
-        &mut m,
-        Op::SetParameters {
-            side: Side::Source,
-            downtime_limit: Some(30_000),
-            max_bandwidth: None,
-            avail_switchover_bandwidth: None,
-            switchover_hold: None,
-            multifd_channels: None,
-            xbzrle_cache_size: None,
-            max_postcopy_bandwidth: None,
-        },
-    );
+    let mut op = Op::no_parameters(Side::Source);
+    if let Op::SetParameters { downtime_limit, .. } = &mut op {
+        *downtime_limit = Some(30_000);
+    }
+    run(&mut m, op);
     assert!(!m.expect(&Op::WaitCompleted {}).may_time_out());
 }
 

@@ -54,16 +54,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn set_size(side: Side, size: u64) -> Op {
-        Op::SetParameters {
-            side,
-            downtime_limit: None,
-            max_bandwidth: None,
-            avail_switchover_bandwidth: None,
-            switchover_hold: None,
-            multifd_channels: None,
-            xbzrle_cache_size: Some(Size(size)),
-            max_postcopy_bandwidth: None,
+        let mut op = Op::no_parameters(side);
+        if let Op::SetParameters {
+            xbzrle_cache_size, ..
+        } = &mut op
+        {
+            *xbzrle_cache_size = Some(Size(size));
         }
+        op
     }
 
     fn set_cap(side: Side, on: bool) -> Op {
