@@ -25,6 +25,9 @@ use crate::qmp_client::{QmpClient, DEFAULT_TIMEOUT};
 /// How long `launch` waits for the QMP socket and greeting.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long [`Vm::migrate`] waits for QEMU to clean up the previous migration.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Poll interval of [`Vm::wait_for_status`].
 pub const STATUS_POLL: Duration = Duration::from_millis(5);
 
@@ -344,8 +347,12 @@ impl Vm {
             .map(drop)
     }
 
-    /// `migrate` to `uri`.
+    /// `migrate` to `uri`, once the previous migration (if any) has been cleaned up
+    /// ([`Vm::await_migration_cleanup`]; a failed multifd migration's cleanup joins its
+    /// channel threads, which a loaded machine delays past the `failed` the harness saw).
     pub fn migrate(&self, uri: &str) -> anyhow::Result<()> {
+        self.await_migration_cleanup(CLEANUP_TIMEOUT)
+            .context("before migrate")?;
         self.execute("migrate", json!({ "uri": uri })).map(drop)
     }
 

@@ -83,17 +83,59 @@ pub fn ensure_vmm_built() {
         if migtest_vmm::FAULT_INJECTION {
             cmd.args(["--features", "fault-injection"]);
         }
-        let out = cmd
+        let stderr = tempfile::tempfile().expect("a temp file for cargo's stderr");
+        let mut child = cmd
             .env("CARGO_TARGET_DIR", target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr.try_clone().expect("cloning the stderr file"))
+            .spawn()
             .expect("running cargo build -p migtest-vmm");
+        let status = wait_child(&mut child, BUILD_DEADLINE).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cargo build -p migtest-vmm did not finish within {} s (another cargo holding \
+                 the build lock of {}?)",
+                BUILD_DEADLINE.as_secs(),
+                target_dir.display()
+            )
+        });
         assert!(
-            out.status.success(),
-            "cargo build -p migtest-vmm failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "cargo build -p migtest-vmm failed ({status}):\n{}",
+            read_all(stderr)
         );
     });
+}
+
+/// How long [`ensure_vmm_built`] waits for cargo (a cold debug build of the VMM takes about
+/// a minute on 2 cores; cargo also waits for any other cargo on the same target directory).
+const BUILD_DEADLINE: Duration = Duration::from_secs(900);
+
+/// Polls `child` until it exits or `timeout` passes (`None`).
+fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for cargo") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The whole content of `f` from its start, lossily as text.
+fn read_all(mut f: std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::new();
+    let _ = f.rewind().and_then(|_| f.read_to_end(&mut buf));
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Runs the test `helper` of this binary in a child process (with `env`
