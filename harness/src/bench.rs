@@ -31,7 +31,8 @@ pub enum Bench {
     /// Everything above.
     All,
     /// migtest-vmm beside QEMU: 128 MiB / 1 GiB / 4 GiB, A-B and filled
-    /// guests, the unix-socket ceiling, release vs cold (not part of `all`).
+    /// guests, each with and without -mem-prealloc, the unix-socket ceiling,
+    /// release vs cold (not part of `all`).
     VsQemu,
     /// The builtin catalog with telemetry sampling on and off: wall times and
     /// the overhead (not part of `all`).

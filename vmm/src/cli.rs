@@ -44,6 +44,9 @@ pub struct Options {
     pub kernel: Option<PathBuf>,
     /// Incoming migration (`-incoming defer|unix:PATH|tcp:HOST:PORT`).
     pub incoming: Option<String>,
+    /// `-mem-prealloc`: fault in all guest RAM at start-up, before the
+    /// monitor answers (QEMU's `prealloc=on` on every memory backend).
+    pub mem_prealloc: bool,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             serial: SerialTarget::None,
             kernel: None,
             incoming: None,
+            mem_prealloc: false,
         }
     }
 }
@@ -88,6 +92,7 @@ usage: migtest-vmm [options]
   -serial file:PATH|stdio|none
   -kernel IMAGE           guest image (guest-images/*.toml)
   -incoming defer|unix:PATH|tcp:HOST:PORT
+  -mem-prealloc           fault in all guest RAM at start-up (as QEMU's)
   -nodefaults, -display none, -accel tcg   accepted for QEMU compatibility
   -version, -help
 ";
@@ -269,6 +274,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
             "-h" | "-help" => return Ok(Invocation::Help),
             "-S" => opts.start_paused = true,
             "-nodefaults" => {}
+            "-mem-prealloc" => opts.mem_prealloc = true,
             "-m" => opts.ram_size = parse_ram(&value("-m")?)?,
             "-smp" => opts.vcpus = parse_smp(&value("-smp")?)?,
             "-name" => opts.name = Some(parse_name(&value("-name")?)?),
@@ -356,6 +362,7 @@ mod tests {
             "tcg",
             "-incoming",
             "tcp:127.0.0.1:0",
+            "-mem-prealloc",
         ])
         .unwrap();
         assert_eq!(o.ram_size, 256 << 20);
@@ -365,6 +372,8 @@ mod tests {
         assert!(o.start_paused);
         assert_eq!(o.serial, SerialTarget::File("/tmp/s".into()));
         assert_eq!(o.incoming.as_deref(), Some("tcp:127.0.0.1:0"));
+        assert!(o.mem_prealloc);
+        assert!(!run(&["-m", "1G"]).unwrap().mem_prealloc);
     }
 
     #[test]

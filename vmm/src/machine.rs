@@ -39,6 +39,13 @@ pub fn run(opts: Options) -> Result<Infallible, String> {
         serial,
     })
     .map_err(|e| e.to_string())?;
+    if opts.mem_prealloc {
+        // As QEMU's `prealloc-threads`: one thread per vCPU.
+        guest
+            .ram()
+            .prealloc(opts.vcpus)
+            .map_err(|e| e.to_string())?;
+    }
     let initial = match (&opts.incoming, opts.start_paused) {
         (Some(_), _) => RunState::Inmigrate,
         (None, true) => RunState::Prelaunch,

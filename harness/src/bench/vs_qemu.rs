@@ -121,6 +121,9 @@ struct Case<'a> {
     guest: Guest,
     fill: Option<&'a Path>,
     multifd: Option<u8>,
+    /// Both VMs started with `-mem-prealloc` (all guest RAM faulted in at
+    /// start-up; QEMU 7.2: `prealloc=on` on every memory backend).
+    prealloc: bool,
 }
 
 fn spec(backend: &Backend, case: &Case) -> PairSpec {
@@ -129,6 +132,7 @@ fn spec(backend: &Backend, case: &Case) -> PairSpec {
         guest,
         fill,
         multifd,
+        prealloc,
     } = *case;
     let mut s = PairSpec::new(backend.clone());
     s.memory = memory;
@@ -155,6 +159,10 @@ fn spec(backend: &Backend, case: &Case) -> PairSpec {
             "-machine".into(),
             "memory-backend=ram0".into(),
         ];
+    }
+    if prealloc {
+        s.src_extra.push("-mem-prealloc".into());
+        s.dst_extra.push("-mem-prealloc".into());
     }
     s
 }
@@ -250,8 +258,9 @@ fn measure(contenders: &[&Contender], case: &Case, runs: usize) -> Result<Vec<Ro
                 Some(n) => format!(" multifd x{n}"),
                 None => String::new(),
             };
+            let prealloc = if case.prealloc { " -mem-prealloc" } else { "" };
             let what = format!(
-                "{} {} MiB {}{channels} run {k}/{runs}",
+                "{} {} MiB {}{channels}{prealloc} run {k}/{runs}",
                 c.label,
                 case.memory >> 20,
                 case.guest.name()
@@ -273,7 +282,7 @@ fn print_row(guest: Guest, memory: u64, vmm: &str, r: &Row, qemu: Option<&Row>, 
         .map(|q| format!("{:.2}x", r.total_ms / q.total_ms))
         .unwrap_or_else(|| "-".into());
     println!(
-        "| {:<9} | {:>5} MiB | {:<11} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>8} | {:>5.0}% |",
+        "| {:<9} | {:>5} MiB | {:<21} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>8} | {:>5.0}% |",
         guest.name(),
         memory >> 20,
         vmm,
@@ -371,8 +380,13 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
         "downtime-limit {DOWNTIME_LIMIT_MS} ms, unlimited bandwidth, unix socket, medians of {runs} runs; \
          GB/s = transferred / total-time; ratio = total-time / QEMU's; share = of the socket ceiling"
     );
-    println!("| guest     | size      | VMM         | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  |");
-    println!("|-----------|-----------|-------------|----------|----------|-----------|--------|----------|--------|");
+    println!(
+        "rows `+prealloc`: source and destination started with -mem-prealloc (guest RAM faulted in \
+         at start-up, before `migrate`; QEMU 7.2: prealloc=on on every memory backend), compared \
+         with QEMU's +prealloc row; the rows without it are the default comparison"
+    );
+    println!("| guest     | size      | VMM                   | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  |");
+    println!("|-----------|-----------|-----------------------|----------|----------|-----------|--------|----------|--------|");
     let all: Vec<&Contender> = contenders.iter().collect();
     for &memory in &sizes.sizes {
         for guest in [Guest::Ab, Guest::Filled] {
@@ -380,17 +394,24 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
                 (Guest::Filled, Some(_)) => Some(FillFile::create(memory)?),
                 _ => None,
             };
-            let case = Case {
-                memory,
-                guest,
-                fill: fill.as_ref().map(|f| f.0.as_path()),
-                multifd: None,
-            };
-            let rows = measure(&all, &case, runs)?;
-            let qemu_row = qemu.as_ref().map(|_| rows[0]);
-            for (c, r) in contenders.iter().zip(&rows) {
-                let versus = qemu_row.as_ref().filter(|_| !c.backend.is_qemu());
-                print_row(guest, memory, &c.label, r, versus, ceiling);
+            for prealloc in [false, true] {
+                let case = Case {
+                    memory,
+                    guest,
+                    fill: fill.as_ref().map(|f| f.0.as_path()),
+                    multifd: None,
+                    prealloc,
+                };
+                let rows = measure(&all, &case, runs)?;
+                let qemu_row = qemu.as_ref().map(|_| rows[0]);
+                for (c, r) in contenders.iter().zip(&rows) {
+                    let versus = qemu_row.as_ref().filter(|_| !c.backend.is_qemu());
+                    let label = match prealloc {
+                        true => format!("{} +prealloc", c.label),
+                        false => c.label.clone(),
+                    };
+                    print_row(guest, memory, &label, r, versus, ceiling);
+                }
             }
         }
     }
@@ -415,6 +436,7 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
                 guest: Guest::Filled,
                 fill: fill.as_ref().map(|f| f.0.as_path()),
                 multifd: Some(channels),
+                prealloc: false,
             };
             let rows = measure(&multifd, &case, runs)?;
             let labelled = multifd.iter().map(|c| c.label.clone()).zip(rows);

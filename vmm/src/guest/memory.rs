@@ -42,6 +42,14 @@ pub enum GuestRamError {
         /// The OS error text.
         message: String,
     },
+    /// `-mem-prealloc` could not fault the RAM in.
+    #[error("cannot preallocate {size} bytes of guest RAM: {message}")]
+    Prealloc {
+        /// The RAM size.
+        size: u64,
+        /// The OS error text.
+        message: String,
+    },
     /// An access `[addr, addr + len)` reaches outside guest RAM.
     #[error("guest access of {len} bytes at {addr:#x} is outside RAM of {size:#x} bytes")]
     OutOfRange {
@@ -132,6 +140,17 @@ impl GuestRam {
                 .collect(),
             gate: PostcopyGate::new(size / PAGE),
             observer,
+        })
+    }
+
+    /// `-mem-prealloc`: faults in all of guest RAM now, on `threads`
+    /// threads, without changing its contents ([`super::prealloc`]).
+    pub fn prealloc(&self, threads: u32) -> Result<(), GuestRamError> {
+        super::prealloc::populate(self.words(), threads).map_err(|message| {
+            GuestRamError::Prealloc {
+                size: self.size,
+                message,
+            }
         })
     }
 

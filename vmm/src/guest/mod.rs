@@ -9,6 +9,7 @@ pub mod dirty;
 pub mod image;
 pub mod memory;
 pub mod postcopy_gate;
+mod prealloc;
 pub mod serial;
 pub mod throttle;
 pub mod vcpu;
