@@ -60,6 +60,10 @@ impl MigrationRam for GuestRam {
         self.dirty().set_all();
     }
 
+    fn dirty_pending(&self) -> u64 {
+        self.dirty().count()
+    }
+
     fn dirty_take(&self) -> Vec<u64> {
         self.dirty().take()
     }

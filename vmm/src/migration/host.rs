@@ -60,6 +60,11 @@ pub trait MigrationRam: Send + Sync {
     }
     /// Marks every page dirty (start of a migration).
     fn dirty_set_all(&self);
+    /// How many pages are dirty in the live log, i.e. were written since the last take
+    /// (only the planted bug `SkipLastDirtyPass` asks; 0 where RAM keeps no live log).
+    fn dirty_pending(&self) -> u64 {
+        0
+    }
     /// Takes and clears the dirty bitmap, one word at a time.
     fn dirty_take(&self) -> Vec<u64>;
     /// Moves the dirty bits into `into` (OR-ed in, one word at a time,

@@ -2,9 +2,14 @@
 
 use super::*;
 
+/// How long the planted bug `SkipLastDirtyPass` waits for the guest to write a page before
+/// it stops the guest (see `skip_fault_await_dirty`).
+const SKIP_FAULT_DIRTY_WAIT: Duration = Duration::from_secs(2);
+
 impl Engine<'_> {
     /// Stops the guest and sends everything that remains.
     pub(super) fn complete(&mut self) -> Result<(), Abort> {
+        self.skip_fault_await_dirty();
         self.stop_guest();
         let precopy = self.written();
         if self.cancelled() {
@@ -88,6 +93,20 @@ impl Engine<'_> {
             }
         })?;
         Ok(())
+    }
+
+    /// Planted bug `SkipLastDirtyPass`: the bug loses the pages written since the last sync,
+    /// so it shows only if the running guest wrote one before the stop. On a loaded machine
+    /// a one-pass migration can end before the vCPUs ever ran in it (then nothing is lost
+    /// and a replay passes by chance); wait up to [`SKIP_FAULT_DIRTY_WAIT`] for a write.
+    fn skip_fault_await_dirty(&self) {
+        if !faults::on(Fault::SkipLastDirtyPass) || self.host.runstate() != RunState::Running {
+            return;
+        }
+        let deadline = Instant::now() + SKIP_FAULT_DIRTY_WAIT;
+        while self.ram.dirty_pending() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The last sync and all remaining pages, without rate limit: only
