@@ -1,6 +1,7 @@
 //! Fuzzing: proptest-state-machine generates op sequences from the reference model
 //! ([`PairMachine`]) and the executor runs each against a real pair, judging every
-//! observation. A failing case is shrunk (bounded time), written as a scenario file into the
+//! observation. A failing case is shrunk (bounded time, towards a case that fails every run:
+//! `fuzz/shrink.rs`), written as a scenario file into the
 //! failures folder, and reported with the command that replays it.
 //!
 //! `migtest fuzz --cases N --seed S` and the `fuzz_real` nextest case run this same code.
@@ -34,7 +35,8 @@ pub struct FuzzOptions {
     pub seed: u64,
     /// How to run each case.
     pub exec: ExecOptions,
-    /// Upper bound on shrinking time.
+    /// Upper bound on shrinking time (`fuzz/shrink.rs`; the verification of the shrunk case
+    /// and a fallback from a race may take a few runs more).
     pub max_shrink_time: Duration,
     /// Regressions file (proptest `FileFailurePersistence::Direct`), replayed first.
     pub regressions: Option<PathBuf>,
