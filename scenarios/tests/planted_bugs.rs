@@ -43,14 +43,17 @@ fn planted_focused(fault: &str, wait: Duration, focus: Focus) {
     let mut opts = FuzzOptions::new(SEED);
     opts.cases = Some(CASES);
     opts.focus = focus;
-    opts.max_shrink_time = Duration::from_secs(30);
+    // 60 s: the 30 s this test had for proptest's shrinking and 30 s more for the greedy
+    // pass, now one shrinker.
+    opts.max_shrink_time = Duration::from_secs(60);
+    // The shrunk case must fail 6 more runs (a race the fault wins 7 times in 10 then
+    // passes all 10 runs of a step and the verification about 3 times in 100).
+    opts.verify = 6;
     opts.exec = with_fault(fault);
     opts.label = fault.to_string();
     // The shrinker (`migtest::fuzz`, `fuzz/shrink.rs`) accepts a candidate only when it
     // fails this many full-speed runs in a row after its first, then a timing-perturbed one,
-    // and verifies the shrunk case with `verify` (3) more runs, falling back from a race: a
-    // postcopy case without its `wait-passes` (a race the fault wins about 6 times in 10)
-    // passes all 7 runs about 3 times in 100, and then its verification falls back.
+    // and verifies the shrunk case with `verify` more runs, falling back from a race.
     // Six runs for auto-converge, where a case ending at `release` (no wait for the end)
     // catches the throttle only when the migration completed before the observation.
     opts.reproduce = match focus {
