@@ -43,17 +43,21 @@ fn planted_focused(fault: &str, wait: Duration, focus: Focus) {
     let mut opts = FuzzOptions::new(SEED);
     opts.cases = Some(CASES);
     opts.focus = focus;
-    opts.max_shrink_time = Duration::from_secs(30);
+    // 60 s: the 30 s this test had for proptest's shrinking and 30 s more for the greedy
+    // pass, now one shrinker.
+    opts.max_shrink_time = Duration::from_secs(60);
+    // The shrunk case must fail 6 more runs (a race the fault wins 7 times in 10 then
+    // passes all 10 runs of a step and the verification about 3 times in 100).
+    opts.verify = 6;
     opts.exec = with_fault(fault);
     opts.label = fault.to_string();
-    // Shrink only towards failures that reproduce three times in a row; six for postcopy,
-    // where dropping the `wait-passes` before `start-postcopy` leaves a race that the fault
-    // wins about 6 times in 10 (the destination's first requests may precede any precopy
-    // copy of the page).
-    // The same for auto-converge, where a case ending at `release` (no wait for the end)
+    // The shrinker (`migtest::fuzz`, `fuzz/shrink.rs`) accepts a candidate only when it
+    // fails this many full-speed runs in a row after its first, then a timing-perturbed one,
+    // and verifies the shrunk case with `verify` more runs, falling back from a race.
+    // Six runs for auto-converge, where a case ending at `release` (no wait for the end)
     // catches the throttle only when the migration completed before the observation.
     opts.reproduce = match focus {
-        Focus::Postcopy | Focus::AutoConverge => 5,
+        Focus::AutoConverge => 5,
         _ => 2,
     };
     let f = match fuzz(&opts) {
@@ -106,7 +110,6 @@ fn planted_fuzz_real_hold_ignored_after_migrate() {
 }
 
 #[test]
-#[ignore = "flaky since postcopy ops joined seed 5's generation: in the fresh-clone CI run of 2026-12-06 11:24 UTC the fault was found and shrunk to 8 ops, but the shrunk case reproduced 8/10 times on replay (a racy order kept by the shrinker); run with --run-ignored"]
 fn planted_fuzz_real_release_not_seen() {
     planted("release-not-seen");
 }
@@ -127,7 +130,6 @@ fn planted_fuzz_real_cancel_leaves_guest_stopped() {
 /// pages: the stale one breaks the sweep guest's A-B check (`check-destination-runs`), on
 /// every run.
 #[test]
-#[ignore = "flaky: in the fresh-clone CI run of 2026-12-06 11:24 UTC the fault was found and shrunk to 8 ops, but the shrunk case reproduced 8/10 times on replay; planted_stale_postcopy_page_replay checks the fault every run; run with --run-ignored"]
 fn planted_fuzz_real_stale_postcopy_page() {
     planted_focused(
         "stale-postcopy-page",
@@ -178,7 +180,6 @@ fn planted_fuzz_real_throttle_never_lifted() {
 /// whose rest alternates between zero and a pattern that overflows XBZRLE); `check-memory`
 /// sees the difference.
 #[test]
-#[ignore = "flaky: in the fresh-clone CI run of 2026-12-06 11:24 UTC the fault was found but shrunk to 9 ops (> 8) within the shrink budget; on the helper's runs 8 ops and 10/10 replays; run with --run-ignored"]
 fn planted_fuzz_real_xbzrle_cache_stale() {
     planted_focused("xbzrle-cache-stale", Duration::from_secs(10), Focus::Xbzrle);
 }

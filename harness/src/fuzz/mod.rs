@@ -1,6 +1,7 @@
 //! Fuzzing: proptest-state-machine generates op sequences from the reference model
 //! ([`PairMachine`]) and the executor runs each against a real pair, judging every
-//! observation. A failing case is shrunk (bounded time), written as a scenario file into the
+//! observation. A failing case is shrunk (bounded time, towards a case that fails every run:
+//! `fuzz/shrink.rs`), written as a scenario file into the
 //! failures folder, and reported with the command that replays it.
 //!
 //! `migtest fuzz --cases N --seed S` and the `fuzz_real` nextest case run this same code.
@@ -16,11 +17,14 @@ use proptest::test_runner::{
 
 use crate::backend::Backend;
 pub use crate::model::focus::Focus;
-use crate::model::strategy::{sequence_is_executable, SEQUENCE_LEN};
+use crate::model::strategy::SEQUENCE_LEN;
 use crate::scenario::exec::{
     failures_dir, optional_parameters, report, ExecError, ExecOptions, Executor,
 };
-use crate::scenario::{Op, Scenario};
+use crate::scenario::Scenario;
+
+mod shrink;
+use shrink::{minimize, reproduces};
 
 /// Settings of one fuzz run.
 #[derive(Debug, Clone)]
@@ -31,7 +35,8 @@ pub struct FuzzOptions {
     pub seed: u64,
     /// How to run each case.
     pub exec: ExecOptions,
-    /// Upper bound on shrinking time.
+    /// Upper bound on shrinking time (`fuzz/shrink.rs`; the verification of the shrunk case
+    /// and a fallback from a race may take a few runs more).
     pub max_shrink_time: Duration,
     /// Regressions file (proptest `FileFailurePersistence::Direct`), replayed first.
     pub regressions: Option<PathBuf>,
@@ -44,6 +49,10 @@ pub struct FuzzOptions {
     /// op: a failure that depends on an op arriving before the migration moved on is a
     /// race, reported but not shrunk, so that every written case replays the same way.
     pub reproduce: u32,
+    /// Extra full-speed runs the shrunk case must fail before it is written (default 3); when
+    /// one passes, the case is a race and the shrinker goes back to the case it shrank it
+    /// from (see `fuzz/shrink.rs`).
+    pub verify: u32,
     /// The feature generation is steered towards ([`Focus`]; default: none). Every op
     /// stays judged by the same model.
     pub focus: Focus,
@@ -65,6 +74,7 @@ impl FuzzOptions {
             failures_dir: None,
             label: "fuzz".into(),
             reproduce: 1,
+            verify: 3,
             focus: Focus::All,
         }
     }
@@ -137,7 +147,9 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
     if let Some(c) = opts.cases {
         config.cases = c;
     }
-    config.max_shrink_time = opts.max_shrink_time.as_millis().min(u32::MAX as u128) as u32;
+    // No proptest shrinking: it would accept a candidate that failed a few runs by chance
+    // and keep no way back; [`minimize`] shrinks towards cases that fail every time.
+    config.max_shrink_iters = 0;
     config.max_global_rejects = 100_000;
     config.failure_persistence = opts.regressions.as_ref().map(|p| {
         let leaked: &'static str = Box::leak(p.display().to_string().into_boxed_str());
@@ -155,7 +167,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
     let absent = Mutex::new(Vec::<(crate::scenario::Side, &'static str)>::new());
     let cannot = Mutex::new(None::<String>);
     let strategy = opts.focus.strategy(SEQUENCE_LEN);
-    let result = runner.run(&strategy, |(init, ops, seen)| {
+    let result = runner.run(&strategy, |(init, ops, _seen)| {
         if cannot.lock().unwrap().is_some() {
             return Ok(());
         }
@@ -184,10 +196,10 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
         }
         runs.fetch_add(1, Ordering::Relaxed);
         let mut failure = None;
+        // proptest-state-machine's counter of ops seen (`seen`) is left alone: it only
+        // guides proptest's shrinking, which is off, and a non-zero count makes it panic
+        // when it hands back the failing case.
         for op in &ops {
-            if let Some(c) = &seen {
-                c.fetch_add(1, Ordering::SeqCst);
-            }
             match ex.step(op) {
                 Ok(_) => {}
                 Err(ExecError::Failed(f)) => {
@@ -249,7 +261,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
                     return Err(aborted(format!("fuzzing aborted: {reason}")));
                 }
             };
-            let (ops, message) = minimize(init.pair(), ops, message, opts);
+            let (pair, ops, message) = minimize(init.pair(), ops, message, opts);
             let first_line = message.lines().next().unwrap_or("").to_string();
             let scenario = Scenario {
                 purpose: format!(
@@ -257,7 +269,7 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
                     opts.seed,
                     first_line.chars().take(200).collect::<String>()
                 ),
-                pair: init.pair().clone(),
+                pair,
                 ops,
             };
             let dir = opts.failures_dir.clone().unwrap_or_else(failures_dir);
@@ -284,71 +296,6 @@ pub fn fuzz(opts: &FuzzOptions) -> Result<FuzzReport, Box<FuzzFailure>> {
             }))
         }
     }
-}
-
-/// Runs `ops` on a fresh pair; `Err` with the failure report.
-fn run_case(
-    pair: &crate::scenario::PairSpec,
-    ops: &[Op],
-    exec: &ExecOptions,
-) -> Result<(), String> {
-    let mut ex = Executor::launch(pair, exec).map_err(|e| e.to_string())?;
-    for op in ops {
-        ex.step(op).map_err(|e| e.to_string())?;
-    }
-    ex.finish().map_err(|e| e.to_string())
-}
-
-/// The failure message when `ops` fails again [`FuzzOptions::reproduce`] times at full speed
-/// and once more with [`SLOW_OP_DELAY`] pauses; `None` when any run passes or cannot test.
-fn reproduces(pair: &crate::scenario::PairSpec, ops: &[Op], opts: &FuzzOptions) -> Option<String> {
-    let mut last = None;
-    for _ in 0..opts.reproduce {
-        match run_case(pair, ops, &opts.exec) {
-            Err(m) if !m.starts_with("cannot test") => last = Some(m),
-            _ => return None,
-        }
-    }
-    let mut slow = opts.exec.clone();
-    slow.op_delay = SLOW_OP_DELAY;
-    match run_case(pair, ops, &slow) {
-        Err(m) if !m.starts_with("cannot test") => Some(last.unwrap_or(m)),
-        _ => None,
-    }
-}
-
-/// After proptest's shrinking (which can stop early when a race lets a candidate pass):
-/// greedily drops single ops while the sequence stays executable and still fails, within
-/// the remaining shrink time.
-fn minimize(
-    pair: &crate::scenario::PairSpec,
-    mut ops: Vec<Op>,
-    mut message: String,
-    opts: &FuzzOptions,
-) -> (Vec<Op>, String) {
-    let deadline = Instant::now() + opts.max_shrink_time;
-    let mut changed = true;
-    while changed && Instant::now() < deadline {
-        changed = false;
-        let mut i = 0;
-        while i < ops.len() && Instant::now() < deadline {
-            let mut cand = ops.clone();
-            cand.remove(i);
-            if !cand.is_empty() && sequence_is_executable(pair, &cand) {
-                let first = run_case(pair, &cand, &opts.exec);
-                if let Err(m) = first {
-                    if !m.starts_with("cannot test") && reproduces(pair, &cand, opts).is_some() {
-                        ops = cand;
-                        message = m;
-                        changed = true;
-                        continue;
-                    }
-                }
-            }
-            i += 1;
-        }
-    }
-    (ops, message)
 }
 
 /// `migtest fuzz --report DIR`: writes `DIR/index.html`. After a failure the
