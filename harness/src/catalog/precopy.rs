@@ -277,6 +277,18 @@ pub(super) fn destination_killed_with(ctx: &mut Ctx, spec: PairSpec) -> Result<(
     pair.kill_destination()?;
     pair.wait_src_status(MigrationStatus::Failed, STATUS_TIMEOUT)?;
     pair.assert_source_runs()?;
+    if pair.spec.multifd.is_some() && pair.src.backend().is_qemu() {
+        ctx.step("QEMU: the failed multifd migration is cleaned up");
+        if let Err(e) = pair.src.await_migration_cleanup(crate::vm::CLEANUP_TIMEOUT) {
+            // Seen under load (ci/soak, 2026-12-06): QEMU 7.2 reported `failed` but never
+            // ended that migration's cleanup, so any new `migrate` fails with "duplicate
+            // yank instance". A QEMU defect, not migtest's: the checks above held.
+            return ctx.skip(format!(
+                "QEMU 7.2 kept the failed multifd migration registered, so it cannot migrate \
+                 again (a new migrate fails with \"duplicate yank instance\"): {e:#}"
+            ));
+        }
+    }
     ctx.step("a new migration to a fresh destination completes");
     remigrate_to_fresh_destination(ctx, &mut pair)
 }
