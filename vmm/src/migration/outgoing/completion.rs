@@ -2,14 +2,15 @@
 
 use super::*;
 
-/// How long the planted bug `SkipLastDirtyPass` waits for the guest to write a page before
-/// it stops the guest (see `skip_fault_await_dirty`).
-const SKIP_FAULT_DIRTY_WAIT: Duration = Duration::from_secs(2);
+/// How long the planted bug `SkipLastDirtyPass` lets the guest run before the stop when it
+/// dirties no new page (see `skip_fault_await_write`): the hotset guest rewrites its 16 pages
+/// every 200 µs.
+const SKIP_FAULT_GUEST_TIME: Duration = Duration::from_millis(50);
 
 impl Engine<'_> {
     /// Stops the guest and sends everything that remains.
     pub(super) fn complete(&mut self) -> Result<(), Abort> {
-        self.skip_fault_await_dirty();
+        self.skip_fault_await_write();
         self.stop_guest();
         let precopy = self.written();
         if self.cancelled() {
@@ -96,15 +97,19 @@ impl Engine<'_> {
     }
 
     /// Planted bug `SkipLastDirtyPass`: the bug loses the pages written since the last sync,
-    /// so it shows only if the running guest wrote one before the stop. On a loaded machine
-    /// a one-pass migration can end before the vCPUs ever ran in it (then nothing is lost
-    /// and a replay passes by chance); wait up to [`SKIP_FAULT_DIRTY_WAIT`] for a write.
-    fn skip_fault_await_dirty(&self) {
+    /// so it shows only if the running guest writes a page after the pass sent it. A page
+    /// dirtied before the pass reached it was sent new, and on a loaded machine a one-pass
+    /// migration can end before the vCPUs ran at all (then nothing is lost and a replay passes
+    /// by chance). Every page has been sent when this runs, so a write from now on is lost:
+    /// wait until the log holds a page more than now, or the guest has had
+    /// [`SKIP_FAULT_GUEST_TIME`] to rewrite pages already in it.
+    fn skip_fault_await_write(&self) {
         if !faults::on(Fault::SkipLastDirtyPass) || self.host.runstate() != RunState::Running {
             return;
         }
-        let deadline = Instant::now() + SKIP_FAULT_DIRTY_WAIT;
-        while self.ram.dirty_pending() == 0 && Instant::now() < deadline {
+        let before = self.ram.dirty_pending();
+        let deadline = Instant::now() + SKIP_FAULT_GUEST_TIME;
+        while self.ram.dirty_pending() <= before && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
