@@ -583,7 +583,8 @@ impl Model {
         } else {
             (self.history.last_pass, self.history.last_count)
         };
-        // The destination is observed first; once it completed, the source is past switchover.
+        // The destination is observed first; once it completed (or runs postcopy), the source
+        // is past switchover.
         let mut dst_done = false;
         let mut observe_side = |side: Side, dst_done: bool| {
             let e = o.side(side);
@@ -659,7 +660,9 @@ impl Model {
         };
         let destination = observe_side(Side::Destination, false);
         if o.world.dst_incoming() && destination.alive {
-            dst_done = destination.status == Some(S::Completed);
+            // The destination enters postcopy-active only from the package the source sends
+            // after it stopped its guest: as after `completed`, the source is past switchover.
+            dst_done = matches!(destination.status, Some(S::Completed | S::PostcopyActive));
         }
         let source = observe_side(Side::Source, dst_done);
         Observation {
@@ -670,7 +673,8 @@ impl Model {
     }
 }
 
-/// Whether a source snapshot can be seen after the destination completed the migration.
+/// Whether a source snapshot can be seen after the destination completed the migration or
+/// entered postcopy.
 fn past_switchover(s: &Snapshot) -> bool {
     s.status != S::Setup && matches!(s.run_state, RunState::FinishMigrate | RunState::Postmigrate)
 }
