@@ -2,7 +2,7 @@
 
 mod guest_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use guest_support::{config, image, wait_for_serial, MIB};
 use migtest_vmm::guest::{check_ab_invariant, Guest, GuestImage, SerialConfig};
@@ -19,6 +19,19 @@ fn sweep_fast() -> GuestImage {
     img
 }
 
+/// Waits (20 s deadline) until the running guest has dirtied `pages` pages.
+fn wait_for_writes(guest: &Guest, pages: u64, iteration: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while guest.ram().dirty().count() < pages {
+        assert!(
+            Instant::now() < deadline,
+            "iteration {iteration}: the sweep wrote {} of {pages} pages in 20 s",
+            guest.ram().dirty().count()
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
 fn run(vcpus: u32, iterations: u32, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("serial");
@@ -33,12 +46,20 @@ fn run(vcpus: u32, iterations: u32, seed: u64) {
     .unwrap();
     guest.resume();
     wait_for_serial(&path, b'B', 1, Duration::from_secs(20));
+    guest.pause();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut edges = 0;
     let mut last_first = None;
     let mut first_changes = 0;
+    let pages = (end - start) / 4096;
     for i in 0..iterations {
-        std::thread::sleep(Duration::from_micros(rng.gen_range(0..3000)));
+        // Pause after a random number of pages written, not after a random
+        // time: on a loaded machine the vCPU may not run at all in a short
+        // sleep, and every pause would then land where the last one did.
+        let writes = rng.gen_range(1..pages);
+        guest.ram().dirty().take();
+        guest.resume();
+        wait_for_writes(&guest, writes, i);
         guest.pause();
         let summary = check_ab_invariant(guest.ram().page_first_bytes(start, end))
             .unwrap_or_else(|v| panic!("smp {vcpus}, iteration {i}: {v}"));
@@ -48,9 +69,8 @@ fn run(vcpus: u32, iterations: u32, seed: u64) {
             first_changes += 1;
         }
         last_first = Some(summary.first);
-        guest.resume();
     }
-    guest.pause();
+    eprintln!("smp {vcpus}: {edges} of {iterations} pauses mid-pass, first page changed {first_changes} times");
     // The test must have caught passes mid-way and seen the sweep advance.
     assert!(edges > iterations / 10, "only {edges} mid-pass pauses");
     assert!(
