@@ -5,7 +5,8 @@
 //! against `downtime-limit`.
 
 use crate::backend::{builtin, Backend};
-use crate::pair::{Pair, PairSpec, STATUS_TIMEOUT};
+use crate::pair::{Pair, PairLaunch, STATUS_TIMEOUT};
+use crate::size::Size;
 use anyhow::{bail, Context, Result};
 use migtest_qmp::schema::MigrationStatus;
 use serde_json::json;
@@ -165,10 +166,10 @@ fn startup(runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn spec(memory: u64, image: &str) -> PairSpec {
-    let mut s = PairSpec::new(Backend::Builtin);
-    s.memory = memory;
-    s.image = image.into();
+fn spec(memory: u64, image: &str) -> PairLaunch {
+    let mut s = PairLaunch::new(Backend::Builtin);
+    s.pair.memory = Size(memory);
+    s.pair.image = image.into();
     s
 }
 

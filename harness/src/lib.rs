@@ -29,6 +29,7 @@ pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod side;
+pub mod size;
 pub mod telemetry;
 pub mod text;
 pub mod vm;

@@ -28,7 +28,8 @@ mod common;
 use anyhow::{bail, ensure, Context as _, Result};
 use migtest::backend::Backend;
 use migtest::diagnostics::Context;
-use migtest::pair::{Pair, PairSpec, STATUS_TIMEOUT};
+use migtest::pair::{Pair, PairLaunch, STATUS_TIMEOUT};
+use migtest::size::Size;
 use migtest::vm::Vm;
 use migtest_qmp::schema::MigrationStatus;
 use serde_json::json;
@@ -139,8 +140,8 @@ fn run_case(point: Point, victim: Victim) {
 
 fn case(point: Point, victim: Victim, diag: &Context, started: &mut Started) -> Result<()> {
     diag.set_step("launch the pair");
-    let mut spec = PairSpec::new(Backend::Builtin);
-    spec.memory = MEM;
+    let mut spec = PairLaunch::new(Backend::Builtin);
+    spec.pair.memory = Size(MEM);
     let mut pair = Pair::launch(spec)?;
     started.add(diag, &pair.src);
     started.add(diag, pair.dst()?);

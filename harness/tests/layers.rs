@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// longest matching prefix (`scenario::exec` is above `model`, the rest of
 /// `scenario` below it). Modules in one layer do not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["text", "checks", "observe", "side", "proxy"],
+    &["text", "checks", "observe", "side", "size", "proxy"],
     &["qmp_client"],
     &["process"],
     &["backend", "telemetry"],

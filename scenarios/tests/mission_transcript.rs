@@ -5,7 +5,7 @@
 //! machine's speed.
 
 use migtest::backend::Backend;
-use migtest::pair::{Pair, PairSpec};
+use migtest::pair::{Pair, PairLaunch};
 use migtest::vm::Vm;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -78,8 +78,8 @@ fn transcript(vm: &Vm) -> (Vec<Value>, Vec<Value>) {
 
 #[test]
 fn mission_flow_transcripts() {
-    let mut spec = PairSpec::new(Backend::Builtin);
-    spec.memory = 64 << 20;
+    let mut spec = PairLaunch::new(Backend::Builtin);
+    spec.pair.memory = migtest::size::Size(64 << 20);
     let mut pair = Pair::launch(spec).expect("launch");
     let hold = pair.hold_switchover().expect("hold");
     assert_eq!(hold.to_string(), "switchover-hold");

@@ -7,16 +7,16 @@
 //! each run takes ~25 s at 32 MiB). No QEMU: fails unless `MIGTEST_SKIP_QEMU=1`.
 
 use migtest::backend::{qemu_pair_for_test, QEMU_TEST_MEMORY};
-use migtest::pair::{HoldMethod, Pair, PairSpec};
+use migtest::pair::{HoldMethod, Pair, PairLaunch};
 use migtest_qmp::schema::MigrationStatus;
 use std::time::{Duration, Instant};
 
 const PASSES: u64 = 3;
 
 fn one_run(src: &migtest::backend::Backend, dst: &migtest::backend::Backend) -> anyhow::Result<()> {
-    let mut spec = PairSpec::new(src.clone());
+    let mut spec = PairLaunch::new(src.clone());
     spec.dst_backend = dst.clone();
-    spec.memory = QEMU_TEST_MEMORY;
+    spec.pair.memory = migtest::size::Size(QEMU_TEST_MEMORY);
     let mut pair = Pair::launch(spec)?;
     pair.src.wait_serial(b'B', Duration::from_secs(30))?;
     let method = pair.hold_switchover()?;

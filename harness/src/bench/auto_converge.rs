@@ -6,7 +6,8 @@
 
 use crate::backend::Backend;
 use crate::catalog::auto_converge::{wait_completed_throttled, Setup};
-use crate::pair::{Pair, PairSpec, STATUS_TIMEOUT};
+use crate::pair::{Pair, PairLaunch, STATUS_TIMEOUT};
+use crate::size::Size;
 use anyhow::{Context, Result};
 use migtest_qmp::schema::MigrationStatus;
 use std::time::{Duration, Instant};
@@ -49,9 +50,9 @@ fn without(pair: &mut Pair) -> Result<String> {
 
 fn measure(label: &str, backend: Backend, memory: u64) -> Result<Row> {
     let setup = Setup::for_backend(&backend);
-    let mut spec = PairSpec::new(backend);
-    spec.memory = memory;
-    spec.image = setup.image.into();
+    let mut spec = PairLaunch::new(backend);
+    spec.pair.memory = Size(memory);
+    spec.pair.image = setup.image.into();
     let mut pair = Pair::launch(spec)?;
     pair.src.wait_serial(b'B', Duration::from_secs(60))?;
     setup.apply(&pair.src)?;

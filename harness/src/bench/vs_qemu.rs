@@ -6,7 +6,8 @@
 //! `MIGTEST_BENCH_NO_QEMU=1` leaves QEMU out.
 
 use crate::backend::Backend;
-use crate::pair::{Pair, PairSpec, STATUS_TIMEOUT};
+use crate::pair::{Pair, PairLaunch, STATUS_TIMEOUT};
+use crate::size::Size;
 use anyhow::{Context, Result};
 use migtest_qmp::schema::{MigrationInfo, MigrationStatus};
 use serde_json::json;
@@ -126,7 +127,7 @@ struct Case<'a> {
     prealloc: bool,
 }
 
-fn spec(backend: &Backend, case: &Case) -> PairSpec {
+fn spec(backend: &Backend, case: &Case) -> PairLaunch {
     let Case {
         memory,
         guest,
@@ -134,10 +135,10 @@ fn spec(backend: &Backend, case: &Case) -> PairSpec {
         multifd,
         prealloc,
     } = *case;
-    let mut s = PairSpec::new(backend.clone());
-    s.memory = memory;
+    let mut s = PairLaunch::new(backend.clone());
+    s.pair.memory = Size(memory);
     s.multifd = multifd;
-    s.image = match guest {
+    s.pair.image = match guest {
         Guest::Ab => "sweep",
         Guest::Filled => "bench-fill",
     }
@@ -233,7 +234,7 @@ struct Contender {
 impl Contender {
     /// A pair of this contender; a baseline binary is put in `MIGTEST_VMM`
     /// only while the pair's processes are spawned (the bench is one thread).
-    fn launch(&self, spec: PairSpec) -> Result<Pair> {
+    fn launch(&self, spec: PairLaunch) -> Result<Pair> {
         let Some(vmm) = &self.vmm else {
             return Pair::launch(spec);
         };

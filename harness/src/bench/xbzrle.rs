@@ -7,6 +7,7 @@
 use super::*;
 use crate::backend::qemu_pair_for_test;
 use crate::pair::MigrationFigures;
+use crate::size::Size;
 
 /// Held passes per run (encoded pages appear from the third).
 const PASSES: u64 = 6;
@@ -19,9 +20,9 @@ struct Run {
 }
 
 fn one(backend: &Backend, image: &str, xbzrle: bool) -> Result<Run> {
-    let mut spec = PairSpec::new(backend.clone());
-    spec.memory = MEMORY;
-    spec.image = image.into();
+    let mut spec = PairLaunch::new(backend.clone());
+    spec.pair.memory = Size(MEMORY);
+    spec.pair.image = image.into();
     let mut pair = Pair::launch(spec)?;
     if image != "idle" {
         pair.src.wait_serial(b'B', Duration::from_secs(60))?;

@@ -8,6 +8,7 @@
 //! `switchover-hold`, which must still hold it.
 
 use super::*;
+use crate::size::Size;
 use crate::vm::Vm;
 use migtest_qmp::schema::MigrationInfo;
 
@@ -172,10 +173,10 @@ fn does_not_converge(ctx: &mut Ctx, pair: &mut Pair) -> Result<()> {
 fn mission_auto_converge(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let setup = Setup::for_backend(&cfg.backend);
     let mut spec = cfg.spec();
-    spec.image = setup.image.into();
+    spec.pair.image = setup.image.into();
     // The limits are set for a guest dirtying [1M, 100M): at least 128 MiB
     // (the QEMU suite's 32 MiB default would converge unthrottled).
-    spec.memory = spec.memory.max(MEMORY);
+    spec.pair.memory = spec.pair.memory.max(Size(MEMORY));
     let mut pair = ctx.launch(spec)?;
     wait_first_pass(ctx, &pair)?;
     ctx.step("max-bandwidth cap, downtime limit and throttle parameters");

@@ -4,8 +4,10 @@
 use crate::backend::Backend;
 use crate::diagnostics::Context as Diagnostics;
 use crate::pair::{
-    no_progress, HoldMethod, MigrationFigures, Pair, PairSpec, Progress, Transport, STATUS_TIMEOUT,
+    no_progress, HoldMethod, MigrationFigures, Pair, PairLaunch, Progress, Transport,
+    STATUS_TIMEOUT,
 };
+use crate::size::Size;
 use crate::telemetry::Recorder;
 use crate::vm::ReplyObserver;
 use anyhow::{bail, ensure, Context, Result};
@@ -54,10 +56,10 @@ impl CatalogConfig {
         }
     }
 
-    fn spec(&self) -> PairSpec {
-        let mut spec = PairSpec::new(self.backend.clone());
+    fn spec(&self) -> PairLaunch {
+        let mut spec = PairLaunch::new(self.backend.clone());
         spec.dst_backend = self.dst_backend.clone();
-        spec.memory = self.memory;
+        spec.pair.memory = Size(self.memory);
         spec.observer = self.observer.clone();
         spec.src_extra = self.src_extra.clone();
         spec
@@ -116,7 +118,7 @@ impl Ctx {
         self.diagnostics.set_step(step);
     }
 
-    fn launch(&mut self, spec: PairSpec) -> Result<Pair> {
+    fn launch(&mut self, spec: PairLaunch) -> Result<Pair> {
         self.step("launch source and destination");
         let mut pair = Pair::launch(spec)?;
         pair.set_progress(self.progress.clone());
@@ -249,7 +251,7 @@ pub fn run_named(name: &str, cfg: &CatalogConfig) -> Result<ScenarioOutcome> {
 /// loaded machine can take a while to get there.
 pub(super) fn wait_first_pass(ctx: &mut Ctx, pair: &Pair) -> Result<()> {
     ctx.step("wait for the guest's first 'B'");
-    if pair.spec.image != "idle" {
+    if pair.spec.pair.image != "idle" {
         pair.src.wait_serial(b'B', Duration::from_secs(60))?;
     }
     Ok(())
@@ -328,7 +330,7 @@ pub fn catalog() -> Vec<Scenario> {
 
 /// Runs the mission flow on a pair of the caller's choosing (e.g. with extra source options
 /// such as a planted fault).
-pub fn mission_with_spec(cfg: &CatalogConfig, spec: PairSpec) -> Result<ScenarioOutcome> {
+pub fn mission_with_spec(cfg: &CatalogConfig, spec: PairLaunch) -> Result<ScenarioOutcome> {
     Scenario::new(
         "mission/custom",
         "mission flow on a custom pair",

@@ -8,9 +8,9 @@ use super::*;
 /// Page channels the multifd scenarios use (QEMU's default).
 const CHANNELS: u8 = 2;
 
-fn multifd_spec(cfg: &CatalogConfig, transport: Transport) -> PairSpec {
+fn multifd_spec(cfg: &CatalogConfig, transport: Transport) -> PairLaunch {
     let mut spec = cfg.spec();
-    spec.transport = transport;
+    spec.pair.transport = transport;
     spec.multifd = Some(CHANNELS);
     spec
 }

@@ -3,6 +3,7 @@
 //! destination that runs the guest during postcopy.
 
 use super::*;
+use crate::size::Size;
 use migtest_qmp::schema::MigrationInfo;
 
 /// Enables `postcopy-ram` on both sides. On QEMU that needs userfaultfd:
@@ -23,7 +24,7 @@ fn enable_postcopy(pair: &Pair) -> Result<Option<String>> {
 
 /// A pair with `postcopy-ram` on both sides, after the first pass; `None`
 /// (the scenario skipped with QEMU's reason) when the backend refuses it.
-pub(super) fn launch_postcopy(ctx: &mut Ctx, spec: PairSpec) -> Result<Option<Pair>> {
+pub(super) fn launch_postcopy(ctx: &mut Ctx, spec: PairLaunch) -> Result<Option<Pair>> {
     let pair = ctx.launch(spec)?;
     ctx.step("postcopy-ram on both sides");
     if let Some(reason) = enable_postcopy(&pair)? {
@@ -82,7 +83,7 @@ fn start_postcopy_and_complete(ctx: &mut Ctx, pair: &mut Pair) -> Result<Migrati
 /// equal, the destination runs on.
 fn mission_postcopy(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let mut spec = cfg.spec();
-    spec.memory = spec.memory.max(256 << 20);
+    spec.pair.memory = spec.pair.memory.max(Size(256 << 20));
     let Some(mut pair) = launch_postcopy(ctx, spec)? else {
         return Ok(());
     };
@@ -119,7 +120,7 @@ fn mission_postcopy(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
 /// invariant holds on it afterwards.
 fn postcopy_running_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let mut spec = cfg.spec();
-    spec.dst_paused = false;
+    spec.pair.dst_paused = false;
     let Some(mut pair) = launch_postcopy(ctx, spec)? else {
         return Ok(());
     };

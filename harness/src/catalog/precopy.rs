@@ -3,10 +3,11 @@
 //! status, failing and killed destinations, bandwidth limits.
 
 use super::*;
+use crate::size::Size;
 
 /// The mission flow: hold switchover, at least N passes with no switchover,
 /// release, converge, memory equal, destination runs.
-pub(super) fn mission(cfg: &CatalogConfig, ctx: &mut Ctx, spec: PairSpec) -> Result<()> {
+pub(super) fn mission(cfg: &CatalogConfig, ctx: &mut Ctx, spec: PairLaunch) -> Result<()> {
     let mut pair = ctx.launch(spec)?;
     wait_first_pass(ctx, &pair)?;
     ctx.step("hold switchover");
@@ -179,7 +180,7 @@ fn cancel_after(cfg: &CatalogConfig, ctx: &mut Ctx, status: MigrationStatus) -> 
             ctx.step("migrate to a destination that is not listening");
             pair.dst = None;
             let dir = pair.src.log_dir().to_path_buf();
-            let uri = match pair.spec.transport {
+            let uri = match pair.spec.pair.transport {
                 Transport::Unix => format!("unix:{}", dir.join("nobody-listens").display()),
                 Transport::Tcp => "tcp:127.0.0.1:1".into(),
             };
@@ -267,7 +268,7 @@ fn destination_killed(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
 }
 
 /// The destination killed mid-migration on a pair of the caller's choosing.
-pub(super) fn destination_killed_with(ctx: &mut Ctx, spec: PairSpec) -> Result<()> {
+pub(super) fn destination_killed_with(ctx: &mut Ctx, spec: PairLaunch) -> Result<()> {
     let mut pair = ctx.launch(spec)?;
     wait_first_pass(ctx, &pair)?;
     ctx.outcome.hold = Some(pair.hold_switchover()?);
@@ -315,7 +316,7 @@ fn hold_on_destination(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
 
 fn bandwidth_limited(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let mut spec = cfg.spec();
-    spec.image = "rate".into();
+    spec.pair.image = "rate".into();
     let mut pair = ctx.launch(spec)?;
     let limit: u64 = 32 << 20;
     ctx.step("max-bandwidth 32 MiB/s, migrate");
@@ -363,7 +364,7 @@ pub(super) fn add(v: &mut Vec<Scenario>) {
             let mut cfg = cfg.clone();
             cfg.passes = cfg.passes.max(5);
             let mut spec = cfg.spec();
-            spec.memory = spec.memory.max(256 << 20);
+            spec.pair.memory = spec.pair.memory.max(Size(256 << 20));
             mission(&cfg, ctx, spec)
         },
     ));
@@ -377,8 +378,8 @@ pub(super) fn add(v: &mut Vec<Scenario>) {
             format!("mission flow over {transport} with {vcpus} vCPU(s)"),
             move |cfg, ctx| {
                 let mut spec = cfg.spec();
-                spec.transport = transport;
-                spec.vcpus = vcpus;
+                spec.pair.transport = transport;
+                spec.pair.vcpus = vcpus;
                 mission(cfg, ctx, spec)
             },
         ));
@@ -395,7 +396,7 @@ pub(super) fn add(v: &mut Vec<Scenario>) {
                     ));
                 }
                 let mut spec = cfg.spec();
-                spec.image = image.into();
+                spec.pair.image = image.into();
                 mission(cfg, ctx, spec)
             },
         ));

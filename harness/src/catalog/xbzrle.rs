@@ -26,7 +26,7 @@ fn source_xbzrle(pair: &Pair) -> Result<XbzrleCacheStats> {
 fn mission_xbzrle(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     let mut spec = cfg.spec();
     if !cfg.backend.is_qemu() {
-        spec.image = "hotset".into();
+        spec.pair.image = "hotset".into();
     }
     let mut pair = ctx.launch(spec)?;
     ctx.step("enable xbzrle on the source");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod spec;
 
-pub use spec::{PairSpec, Transport};
+pub use spec::{PairLaunch, PairSpec, Transport};
 
 /// What [`Pair::assert_memory_equal`] compared.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +163,7 @@ pub fn legacy_pass_timeout(memory: u64, n: u64) -> Duration {
 /// A source and (usually) a destination VMM.
 pub struct Pair {
     /// The spec the pair was launched from.
-    pub spec: PairSpec,
+    pub spec: PairLaunch,
     /// The source VM.
     pub src: Vm,
     /// The current destination, if one is up.
@@ -187,22 +187,22 @@ impl Pair {
     /// Launches the source (running its workload, `events` on, full-speed
     /// precopy as QEMU's qtests set it) and a destination waiting with
     /// `-incoming defer`.
-    pub fn launch(spec: PairSpec) -> Result<Pair> {
+    pub fn launch(spec: PairLaunch) -> Result<Pair> {
         let mut pair = Pair::launch_source(spec)?;
         pair.restart_destination()?;
         Ok(pair)
     }
 
-    /// Launches only the source, as [`PairSpec`] says (`events`, full-speed
+    /// Launches only the source, as [`PairLaunch`] says (`events`, full-speed
     /// `max-bandwidth`, multifd); no destination yet: the caller starts one
     /// with [`Pair::restart_destination`] or
     /// [`Pair::restart_destination_deferred`] (the executor waits for the
     /// guest to be up first).
-    pub fn launch_source(spec: PairSpec) -> Result<Pair> {
+    pub fn launch_source(spec: PairLaunch) -> Result<Pair> {
         let mut src =
             Vm::launch(&spec.src_backend, &spec.source_launch()).context("launching the source")?;
         src.set_observer(spec.observer.clone());
-        if spec.events {
+        if spec.pair.events {
             src.set_capabilities(&[("events", true)])
                 .context("enabling events on the source")?;
         }
@@ -247,7 +247,7 @@ impl Pair {
     /// migration (`-incoming defer`, `events` on, then `migrate-incoming`).
     pub fn restart_destination(&mut self) -> Result<()> {
         self.restart_destination_deferred()?;
-        let listen = self.listen_uri(self.spec.transport)?;
+        let listen = self.listen_uri(self.spec.pair.transport)?;
         self.dst()?
             .migrate_incoming(&listen)
             .context("starting the incoming migration")
@@ -284,7 +284,7 @@ impl Pair {
         )
         .context("launching the destination")?;
         dst.set_observer(self.spec.observer.clone());
-        if self.spec.events {
+        if self.spec.pair.events {
             dst.set_capabilities(&[("events", true)])
                 .context("enabling events on the destination")?;
         }
@@ -375,7 +375,7 @@ impl Pair {
     /// [`PASS_TIMEOUT`] plus twice `memory / 3 MB/s` per pass.
     pub fn pass_timeout(&self, n: u64) -> Duration {
         match self.hold {
-            Some(HoldMethod::LegacyThrottle) => legacy_pass_timeout(self.spec.memory, n),
+            Some(HoldMethod::LegacyThrottle) => legacy_pass_timeout(self.spec.memory_bytes(), n),
             _ => PASS_TIMEOUT,
         }
     }
@@ -434,7 +434,7 @@ impl Pair {
         self.src
             .wait_event("STOP", STATUS_TIMEOUT)
             .context("source STOP event at switchover")?;
-        if !self.spec.dst_paused {
+        if !self.spec.pair.dst_paused {
             self.dst()?
                 .wait_event("RESUME", STATUS_TIMEOUT)
                 .context("destination RESUME event")?;
@@ -466,7 +466,7 @@ impl Pair {
     pub fn test_range(&self) -> Result<(u64, u64)> {
         self.spec
             .src_backend
-            .test_range(&self.spec.image, self.spec.memory)
+            .test_range(&self.spec.pair.image, self.spec.memory_bytes())
     }
 
     /// Compares the stopped source with the destination held by `-S`.
@@ -498,13 +498,13 @@ impl Pair {
             Some(r) => (r, Vec::new()),
             None if qemu => {
                 let (start, end) = self.test_range()?;
-                let outside = [(0, start), (end, self.spec.memory)]
+                let outside = [(0, start), (end, self.spec.memory_bytes())]
                     .into_iter()
                     .filter(|(a, b)| a < b)
                     .collect();
                 ((start, end), outside)
             }
-            None => ((0, self.spec.memory), Vec::new()),
+            None => ((0, self.spec.memory_bytes()), Vec::new()),
         };
         let compare = |range| self.compare_range(dst, range);
         let strict_pages = compare(strict)?.map_err(|e| {
@@ -567,8 +567,8 @@ impl Pair {
     /// for the A-B guest (`sweep`, and always on QEMU), QEMU's
     /// `check_guests_ram` over the test range.
     pub fn destination_runs(&self, leave: Leave) -> Result<()> {
-        let check_ab = self.spec.image == "sweep" || self.spec.src_backend.is_qemu();
-        let (dst, image) = (self.dst()?, self.spec.image.as_str());
+        let check_ab = self.spec.pair.image == "sweep" || self.spec.src_backend.is_qemu();
+        let (dst, image) = (self.dst()?, self.spec.pair.image.as_str());
         let (start, end) = self.test_range()?;
         if !dst.query_status()?.running {
             dst.cont().context("cont on the destination")?;
@@ -613,7 +613,7 @@ impl Pair {
         if !status.running {
             bail!("source guest is not running: {:?}", status.status);
         }
-        if self.spec.image != "idle" {
+        if self.spec.pair.image != "idle" {
             self.src
                 .wait_serial(b'B', Duration::from_secs(30))
                 .context("source serial output")?;

@@ -15,70 +15,13 @@ pub mod capability;
 pub mod exec;
 pub mod file_check;
 pub mod op;
-pub mod size;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
-
+pub use crate::pair::PairSpec;
+pub use crate::size::{Size, SizeError};
 pub use capability::Capability;
 pub use op::{MigrationStatus, Op, Side, Transport};
-pub use size::{Size, SizeError};
-
-/// The source/destination pair a scenario runs on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-pub struct PairSpec {
-    /// Guest RAM (`-m`), default 256M.
-    pub memory: Size,
-    /// vCPUs (`-smp`), default 1.
-    pub vcpus: u32,
-    /// Guest image / builtin workload (`sweep`, `hotset`, `rate`, `random`, `idle`), default `sweep`.
-    pub image: String,
-    /// Migration transport, default `unix`.
-    pub transport: Transport,
-    /// Launch the destination with `-S` so it stays paused after the migration (default true).
-    pub dst_paused: bool,
-    /// The launcher enables the `events` capability on both sides (default true).
-    pub events: bool,
-}
-
-impl Default for PairSpec {
-    fn default() -> PairSpec {
-        PairSpec {
-            memory: Size::mib(256),
-            vcpus: 1,
-            image: "sweep".to_string(),
-            transport: Transport::Unix,
-            dst_paused: true,
-            events: true,
-        }
-    }
-}
-
-impl PairSpec {
-    /// The pair driver's spec ([`crate::pair::PairSpec`]) of this pair with the source on
-    /// `src_backend` and destinations on `dst_backend`, no extra options, no observer, no
-    /// multifd, parameters left at their defaults (no full-speed `max-bandwidth`): the one
-    /// definition of what a pair is; this table is its file form.
-    pub fn on_backends(&self, src_backend: Backend, dst_backend: Backend) -> crate::pair::PairSpec {
-        crate::pair::PairSpec {
-            src_backend,
-            dst_backend,
-            memory: self.memory.bytes(),
-            vcpus: self.vcpus,
-            image: self.image.clone(),
-            transport: self.transport,
-            dst_paused: self.dst_paused,
-            events: self.events,
-            full_speed: false,
-            src_extra: Vec::new(),
-            dst_extra: Vec::new(),
-            observer: None,
-            multifd: None,
-        }
-    }
-}
 
 /// A scenario file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::size::Size;
+use crate::size::Size;
 
 pub use crate::side::Side;
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::backend::Backend;
 use crate::model::{Expectation, Model, Observation, Reply};
-use crate::pair::Pair;
+use crate::pair::{Pair, PairLaunch};
 use crate::vm::Vm;
 
 use super::{MigrationStatus, Op, PairSpec, Scenario, Side};
@@ -424,9 +424,13 @@ impl Executor {
     }
 }
 
-/// The pair driver's spec of `pair` with the backends and extra options of `opts`.
-fn launch_spec(pair: &PairSpec, opts: &ExecOptions) -> crate::pair::PairSpec {
-    let mut spec = pair.on_backends(opts.src_backend.clone(), opts.dst_backend.clone());
+/// How `pair` is launched on the backends and with the extra options of `opts`.
+fn launch_spec(pair: &PairSpec, opts: &ExecOptions) -> PairLaunch {
+    let mut spec = PairLaunch::on(
+        pair.clone(),
+        opts.src_backend.clone(),
+        opts.dst_backend.clone(),
+    );
     spec.src_extra = opts.src_extra.clone();
     spec.dst_extra = opts.dst_extra.clone();
     spec

@@ -27,7 +27,7 @@ impl Executor {
                 json!({ "capabilities": op.capability_list() }),
             ),
             Op::Migrate { transport } => {
-                self.migrate(transport.unwrap_or(self.pair.spec.transport))
+                self.migrate(transport.unwrap_or(self.pair.spec.pair.transport))
             }
             Op::WaitPasses { n } => self.wait(op, Side::Source, |s, count| {
                 if count >= *n {
@@ -217,7 +217,7 @@ impl Executor {
         } else {
             0
         };
-        let range = (start, self.pair.spec.memory);
+        let range = (start, self.pair.spec.memory_bytes());
         self.pair
             .compare_range(self.pair.dst()?, range)?
             .map(|_pages| ())
