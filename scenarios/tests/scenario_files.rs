@@ -35,6 +35,14 @@ fn run(path: &std::path::Path, opts: &ExecOptions) {
         {
             println!("SKIPPED on QEMU: {m}");
         }
+        Err(e) if opts.src_backend.is_qemu() && qemu_mismatch_hang(path, &e.to_string()) => {
+            println!(
+                "SKIPPED on QEMU: its destination stopped answering QMP after the multifd \
+                 channel-count mismatch (QEMU 7.2 can block its main loop in the multifd receive \
+                 sync when a channel fails; the source's failure was not reached): {}",
+                e.to_string().lines().next().unwrap_or_default()
+            );
+        }
         Err(e) => panic!(
             "{}: {e}\nreplay: migtest replay {}{}",
             path.display(),
@@ -46,6 +54,17 @@ fn run(path: &std::path::Path, opts: &ExecOptions) {
             }
         ),
     }
+}
+
+/// QEMU 7.2's defect on `multifd-mismatch.toml`: sometimes the destination
+/// keeps failing channels but its monitor never answers again (seen once in
+/// a fresh-clone CI run, 2026-12-06; the other runs fail the destination as
+/// modelled). Only that file, only a QMP reply timeout from the destination.
+fn qemu_mismatch_hang(path: &std::path::Path, err: &str) -> bool {
+    path.file_name()
+        .is_some_and(|f| f == "multifd-mismatch.toml")
+        && err.contains("timed out after")
+        && err.contains("from destination")
 }
 
 #[rstest]
