@@ -25,12 +25,26 @@ fn cancel_during_pass(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
     ctx.step("migrate with multifd");
     pair.migrate()?;
     wait_passes(ctx, &mut pair, 2)?;
-    cancel_then_destination_fails(
+    if let Err(e) = cancel_then_destination_fails(
         ctx,
         &mut pair,
         "cancel during a multifd pass",
         "the destination fails",
-    )?;
+    ) {
+        let status = pair.src.query_migrate()?.status;
+        if pair.src.backend().is_qemu() && status == Some(MigrationStatus::Cancelling) {
+            // Seen under load (ci/soak, 2026-12-06): QEMU 7.2's source stayed in
+            // `cancelling` for the whole deadline after migrate_cancel mid multifd
+            // pass, its destination gone: its multifd channels never finished their
+            // cleanup. A QEMU defect; migtest-vmm must and does reach `cancelled`.
+            pair.assert_source_runs()?;
+            return ctx.skip(format!(
+                "QEMU 7.2 never left `cancelling` after migrate_cancel during a multifd \
+                 pass, so this migration can neither end nor be retried: {e:#}"
+            ));
+        }
+        return Err(e);
+    }
     ctx.step("a new multifd migration to a fresh destination completes");
     remigrate_to_fresh_destination(ctx, &mut pair)
 }
