@@ -166,9 +166,9 @@ fn startup(runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn spec(memory: u64, image: &str) -> PairLaunch {
+fn spec(memory: Size, image: &str) -> PairLaunch {
     let mut s = PairLaunch::new(Backend::Builtin);
-    s.pair.memory = Size(memory);
+    s.pair.memory = memory;
     s.pair.image = image.into();
     s
 }
@@ -180,7 +180,7 @@ fn time_to_passes(pair: &mut Pair, n: u64) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn hold(memory: u64) -> Result<()> {
+fn hold(memory: Size) -> Result<()> {
     let mut pair = Pair::launch(spec(memory, "sweep"))?;
     pair.src.wait_serial(b'B', Duration::from_secs(30))?;
     pair.src.set_parameters(json!({"switchover-hold": true}))?;
@@ -195,7 +195,7 @@ fn hold(memory: u64) -> Result<()> {
     pair.cancel()?;
     println!(
         "time to 3 passes, {} MiB sweep guest: switchover-hold {}, legacy 3 MB/s + 1 ms {} ({:.0}x)",
-        memory >> 20,
+        memory.bytes() >> 20,
         ms(held),
         ms(legacy),
         legacy.as_secs_f64() / held.as_secs_f64().max(1e-9)
@@ -205,7 +205,7 @@ fn hold(memory: u64) -> Result<()> {
 
 /// Release-to-`completed` after 3 held passes, then a cold migration of a
 /// fresh pair of the same guest (`image`, `memory`).
-fn release_and_cold(memory: u64, image: &str) -> Result<(Duration, Duration)> {
+fn release_and_cold(memory: Size, image: &str) -> Result<(Duration, Duration)> {
     let mut pair = Pair::launch(spec(memory, image))?;
     pair.src.wait_serial(b'B', Duration::from_secs(30))?;
     pair.src.set_parameters(json!({"switchover-hold": true}))?;
@@ -224,11 +224,11 @@ fn release_and_cold(memory: u64, image: &str) -> Result<(Duration, Duration)> {
     Ok((released, t.elapsed()))
 }
 
-fn release(memory: u64) -> Result<()> {
+fn release(memory: Size) -> Result<()> {
     let (released, cold) = release_and_cold(memory, "sweep")?;
     println!(
         "{} MiB sweep guest: release-to-completed after pre-heat {}, cold migration {}",
-        memory >> 20,
+        memory.bytes() >> 20,
         ms(released),
         ms(cold)
     );
@@ -236,8 +236,7 @@ fn release(memory: u64) -> Result<()> {
 }
 
 fn throughput() -> Result<()> {
-    let memory = 1u64 << 30;
-    let mut pair = Pair::launch(spec(memory, "bench-fill"))?;
+    let mut pair = Pair::launch(spec(Size::mib(1024), "bench-fill"))?;
     // One full pass makes every page non-zero, so each is sent as a 4 KiB page.
     pair.src.wait_serial(b'B', Duration::from_secs(120))?;
     pair.src.stop()?;
@@ -260,7 +259,7 @@ fn throughput() -> Result<()> {
 /// device state, end marker and final flush come on top.
 pub const DOWNTIME_MARGIN_MS: u64 = 50;
 
-fn limits(memory: u64) -> Result<()> {
+fn limits(memory: Size) -> Result<()> {
     for limit in [16u64 << 20, 64 << 20] {
         let mut pair = Pair::launch(spec(memory, "sweep"))?;
         pair.src
@@ -307,7 +306,7 @@ fn limits(memory: u64) -> Result<()> {
 /// `telemetry`'s scenarios.
 pub fn run(
     which: Bench,
-    memory: u64,
+    memory: Size,
     runs: Option<usize>,
     sizes: &VsQemuSizes,
     filter: Option<&str>,

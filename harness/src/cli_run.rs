@@ -106,7 +106,7 @@ pub fn run(opts: &RunOptions) -> i32 {
     println!(
         "migtest: {} scenario(s) on {backend}, {} MiB, {} held passes",
         scenarios.len(),
-        opts.config.memory >> 20,
+        opts.config.memory.bytes() >> 20,
         opts.config.passes
     );
     let tty = std::io::stdout().is_terminal();
@@ -169,7 +169,7 @@ pub fn run(opts: &RunOptions) -> i32 {
         let subtitle = format!(
             "{} scenario(s) on {backend}, {} MiB, {} held passes",
             rows.len(),
-            opts.config.memory >> 20,
+            opts.config.memory.bytes() >> 20,
             opts.config.passes
         );
         match report(&rows, subtitle).write(dir) {

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use migtest::backend::qemu::QemuBinaryArgs;
 use migtest::backend::Backend;
 use migtest::catalog::CatalogConfig;
+use migtest::size::Size;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -53,7 +54,7 @@ enum Command {
         passes: u64,
         /// Guest RAM (e.g. 128M, 1G).
         #[arg(long, default_value = "128M", value_parser = parse_size)]
-        memory: u64,
+        memory: Size,
         /// Switch on a planted bug in the source migtest-vmm (test builds only).
         #[arg(long = "x-fault", value_name = "NAME", hide = true)]
         faults: Vec<String>,
@@ -76,7 +77,7 @@ enum Command {
         /// Guest RAM for both runs (QEMU's legacy hold moves 3 MB/s, so
         /// the default is small).
         #[arg(long, default_value = "32M", value_parser = parse_size)]
-        memory: u64,
+        memory: Size,
         /// Write DIR/index.html with both runs' curves on one plot.
         #[arg(long, value_name = "DIR")]
         report: Option<std::path::PathBuf>,
@@ -137,20 +138,20 @@ enum Command {
         which: migtest::bench::Bench,
         /// Guest RAM for the pass/release/limits figures.
         #[arg(long, default_value = "128M", value_parser = parse_size)]
-        memory: u64,
+        memory: Size,
         /// Runs per start-up figure (default 10), per vs-qemu case (default 5) or per
         /// telemetry catalog run (default 3); medians reported.
         #[arg(long)]
         runs: Option<usize>,
         /// Guest sizes for vs-qemu.
         #[arg(long, value_delimiter = ',', default_value = "128M,1G,4G", value_parser = parse_size)]
-        sizes: Vec<u64>,
+        sizes: Vec<Size>,
         /// vs-qemu: multifd channel counts of the multifd section (0 leaves it out).
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         multifd_channels: Vec<u8>,
         /// vs-qemu: guest sizes of the multifd section (filled guests).
         #[arg(long, value_delimiter = ',', default_value = "4G", value_parser = parse_size)]
-        multifd_sizes: Vec<u64>,
+        multifd_sizes: Vec<Size>,
         /// telemetry: only catalog scenarios whose name contains PATTERN.
         #[arg(long, value_name = "PATTERN")]
         filter: Option<String>,
@@ -163,8 +164,11 @@ enum Command {
     },
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    migtest_vmm::cli::parse_size(s, 20).ok_or_else(|| format!("bad size '{s}' (use e.g. 128M, 1G)"))
+/// A size as QEMU's `-m` reads it: a bare number is MiB.
+fn parse_size(s: &str) -> Result<Size, String> {
+    migtest_vmm::cli::parse_size(s, 20)
+        .map(Size)
+        .ok_or_else(|| format!("bad size '{s}' (use e.g. 128M, 1G)"))
 }
 
 fn backends(args: &BackendArgs) -> anyhow::Result<(Backend, Backend)> {
@@ -181,7 +185,7 @@ fn compare(
     scenario: &str,
     qemu: &QemuBinaryArgs,
     passes: u64,
-    memory: u64,
+    memory: Size,
     report_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<i32> {
     use migtest::compare::{report, run_side};
@@ -200,7 +204,7 @@ fn compare(
     }
     println!(
         "running '{scenario}' ({} MiB, {passes} held passes) on builtin ...",
-        memory >> 20
+        memory.bytes() >> 20
     );
     let a = run_side(
         "builtin",

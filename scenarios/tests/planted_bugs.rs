@@ -190,10 +190,10 @@ fn planted_fuzz_real_xbzrle_cache_stale() {
 
 fn planted_skip_one_dirty_page_mission_flow_names_the_page() {
     let mut cfg = migtest::catalog::CatalogConfig::new(migtest::backend::Backend::Builtin);
-    cfg.memory = 64 << 20;
+    cfg.memory = migtest::size::Size::mib(64);
     // PairLaunch::src_extra carries the fault option to the source.
     let mut spec = migtest::pair::PairLaunch::new(migtest::backend::Backend::Builtin);
-    spec.pair.memory = migtest::size::Size(cfg.memory);
+    spec.pair.memory = cfg.memory;
     spec.src_extra = vec!["-x-fault".into(), "skip-one-dirty-page".into()];
     let err = migtest::catalog::mission_with_spec(&cfg, spec)
         .expect_err("the mission flow must fail with a skipped page");

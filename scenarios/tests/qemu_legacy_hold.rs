@@ -16,7 +16,7 @@ const PASSES: u64 = 3;
 fn one_run(src: &migtest::backend::Backend, dst: &migtest::backend::Backend) -> anyhow::Result<()> {
     let mut spec = PairLaunch::new(src.clone());
     spec.dst_backend = dst.clone();
-    spec.pair.memory = migtest::size::Size(QEMU_TEST_MEMORY);
+    spec.pair.memory = QEMU_TEST_MEMORY;
     let mut pair = Pair::launch(spec)?;
     pair.src.wait_serial(b'B', Duration::from_secs(30))?;
     let method = pair.hold_switchover()?;

@@ -110,7 +110,7 @@ fn has_event(records: &[Record], vm_role: &str, name: &str) -> bool {
 #[test]
 fn builtin_mission_telemetry_reads_back() {
     let mut cfg = CatalogConfig::new(Backend::Builtin);
-    cfg.memory = 64 << 20;
+    cfg.memory = migtest::size::Size::mib(64);
     let records = run_and_read_back("mission", &cfg);
     let s = samples(&records);
     assert!(s.iter().any(|s| s.trigger == "interval"));
@@ -142,7 +142,7 @@ fn builtin_mission_telemetry_reads_back() {
 #[test]
 fn builtin_kill_and_cancel_are_recorded() {
     let mut cfg = CatalogConfig::new(Backend::Builtin);
-    cfg.memory = 64 << 20;
+    cfg.memory = migtest::size::Size::mib(64);
     let killed = run_and_read_back("destination-killed", &cfg);
     assert!(ops(&killed).contains(&"kill"), "{:?}", ops(&killed));
     assert!(samples(&killed)
@@ -184,7 +184,7 @@ fn failing_scenario_writes_telemetry_into_its_kept_log_dir() {
         return;
     }
     let mut cfg = CatalogConfig::new(Backend::Builtin);
-    cfg.memory = 32 << 20;
+    cfg.memory = migtest::size::Size::mib(32);
     cfg.src_extra = vec!["-x-fault".into(), "skip-one-dirty-page".into()];
     let name = "mission/tcp/smp1";
     let err = migtest::catalog::run_named(name, &cfg)

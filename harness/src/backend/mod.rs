@@ -221,7 +221,7 @@ pub const ENV_MIGTEST_SKIP_QEMU: &str = "MIGTEST_SKIP_QEMU";
 /// Guest RAM of the QEMU test-suite cases: 32 MiB (test range 1-31 MiB).
 /// Under the legacy hold every pass re-sends the test range at 3 MB/s:
 /// 10.5 s a pass at 32 MiB against 34.5 s at 128 MiB (QEMU 7.2, TCG).
-pub const QEMU_TEST_MEMORY: u64 = 32 << 20;
+pub const QEMU_TEST_MEMORY: crate::size::Size = crate::size::Size::mib(32);
 
 /// For test suites: the QEMU source and destination from the environment
 /// ([`Backend::qemu_pair`] with no command-line options).

@@ -48,10 +48,10 @@ fn without(pair: &mut Pair) -> Result<String> {
     }
 }
 
-fn measure(label: &str, backend: Backend, memory: u64) -> Result<Row> {
+fn measure(label: &str, backend: Backend, memory: Size) -> Result<Row> {
     let setup = Setup::for_backend(&backend);
     let mut spec = PairLaunch::new(backend);
-    spec.pair.memory = Size(memory);
+    spec.pair.memory = memory;
     spec.pair.image = setup.image.into();
     let mut pair = Pair::launch(spec)?;
     pair.src.wait_serial(b'B', Duration::from_secs(60))?;
@@ -82,7 +82,7 @@ fn measure(label: &str, backend: Backend, memory: u64) -> Result<Row> {
 }
 
 /// Prints the figures for migtest-vmm and, when usable, QEMU.
-pub fn run(memory: u64) -> Result<()> {
+pub fn run(memory: Size) -> Result<()> {
     let mut rows = vec![measure("migtest-vmm", Backend::Builtin, memory)?];
     match Backend::qemu_pair(&Default::default()) {
         Ok((q, _)) => rows.push(measure("QEMU 7.2", q, memory)?),
@@ -90,7 +90,7 @@ pub fn run(memory: u64) -> Result<()> {
     }
     println!(
         "auto-converge: time to converge, {} MiB guest (throttle: initial 60 %, +50 %, max 99 %)",
-        memory >> 20
+        memory.bytes() >> 20
     );
     for r in rows {
         println!("  {}", r.label);

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use crate::backend::Backend;
 use crate::catalog::{catalog, CatalogConfig};
 use crate::pair::no_progress;
+use crate::size::Size;
 use crate::telemetry::{Record, Recorder, DEFAULT_INTERVAL};
 
 /// Sampling cost the issue allows, percent of the catalog's wall time.
@@ -29,7 +30,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the builtin catalog (`filter`: names containing it) `runs` times
 /// with sampling on and off; prints each run and the medians.
-pub fn run(memory: u64, runs: usize, filter: Option<&str>) -> Result<()> {
+pub fn run(memory: Size, runs: usize, filter: Option<&str>) -> Result<()> {
     let scenarios: Vec<_> = catalog()
         .into_iter()
         .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
@@ -41,7 +42,7 @@ pub fn run(memory: u64, runs: usize, filter: Option<&str>) -> Result<()> {
         "bench telemetry: {} scenario(s), builtin, {} MiB, {runs} run(s); sampling on (every {} ms) \
          and off, interleaved per scenario",
         scenarios.len(),
-        memory >> 20,
+        memory.bytes() >> 20,
         DEFAULT_INTERVAL.as_millis()
     );
     let (mut on, mut off) = (Vec::new(), Vec::new());

@@ -299,7 +299,7 @@ fn print_row(guest: Guest, memory: u64, vmm: &str, r: &Row, qemu: Option<&Row>, 
 /// Release-to-`completed` after held passes, against a cold migration, on a
 /// 1 GiB guest dirtying 10k pages/s (builtin only: QEMU 7.2 has no hold).
 fn release_vs_cold(runs: usize) -> Result<()> {
-    let memory = 1u64 << 30;
+    let memory = Size::mib(1024);
     let (mut rel, mut cold) = (vec![], vec![]);
     for k in 1..=runs {
         let (r, c) = super::release_and_cold(memory, "rate-10k")?;
@@ -319,16 +319,16 @@ fn release_vs_cold(runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The guest sizes (bytes) of `migtest bench vs-qemu`: the one-channel
+/// The guest sizes of `migtest bench vs-qemu`: the one-channel
 /// table's, and the multifd section's (filled guests, each channel count).
 #[derive(Debug, Clone)]
 pub struct VsQemuSizes {
     /// One channel, A-B and filled guests.
-    pub sizes: Vec<u64>,
+    pub sizes: Vec<Size>,
     /// Channel counts of the multifd section (empty: no multifd section).
     pub multifd_channels: Vec<u8>,
     /// Filled-guest sizes of the multifd section.
-    pub multifd_sizes: Vec<u64>,
+    pub multifd_sizes: Vec<Size>,
 }
 
 /// Runs the comparison for `sizes`, `runs` migrations per case.
@@ -389,7 +389,7 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
     println!("| guest     | size      | VMM                   | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  |");
     println!("|-----------|-----------|-----------------------|----------|----------|-----------|--------|----------|--------|");
     let all: Vec<&Contender> = contenders.iter().collect();
-    for &memory in &sizes.sizes {
+    for memory in sizes.sizes.iter().map(|s| s.bytes()) {
         for guest in [Guest::Ab, Guest::Filled] {
             let fill = match (guest, &qemu) {
                 (Guest::Filled, Some(_)) => Some(FillFile::create(memory)?),
@@ -421,10 +421,12 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
     if !sizes.multifd_channels.is_empty() {
         super::vs_qemu_multifd::print_head(runs);
     }
-    for &memory in sizes
+    for memory in sizes
         .multifd_channels
         .first()
         .map_or(&[][..], |_| &sizes.multifd_sizes)
+        .iter()
+        .map(|s| s.bytes())
     {
         let fill = match &qemu {
             Some(_) => Some(FillFile::create(memory)?),

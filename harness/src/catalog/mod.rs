@@ -35,8 +35,8 @@ pub struct CatalogConfig {
     pub dst_backend: Backend,
     /// Passes to wait for while switchover is held (default 3).
     pub passes: u64,
-    /// Guest RAM in bytes.
-    pub memory: u64,
+    /// Guest RAM.
+    pub memory: Size,
     /// Sees every QMP reply of the scenario's VMs (`migtest compare`).
     pub observer: Option<Arc<dyn ReplyObserver>>,
     /// Extra source options (e.g. a planted `-x-fault` in test builds).
@@ -50,7 +50,7 @@ impl CatalogConfig {
             dst_backend: backend.clone(),
             backend,
             passes: 3,
-            memory: 128 << 20,
+            memory: Size::mib(128),
             observer: None,
             src_extra: Vec::new(),
         }
@@ -59,7 +59,7 @@ impl CatalogConfig {
     fn spec(&self) -> PairLaunch {
         let mut spec = PairLaunch::new(self.backend.clone());
         spec.dst_backend = self.dst_backend.clone();
-        spec.pair.memory = Size(self.memory);
+        spec.pair.memory = self.memory;
         spec.observer = self.observer.clone();
         spec.src_extra = self.src_extra.clone();
         spec
