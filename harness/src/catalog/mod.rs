@@ -77,6 +77,10 @@ pub struct ScenarioOutcome {
     pub elapsed: Duration,
     /// Why the scenario was not run on this backend (then it checked nothing).
     pub skipped: Option<String>,
+    /// A known defect of real QEMU ended the scenario early: the checks before
+    /// it held, the rest could not run (the reason names the defect). Never set
+    /// on migtest-vmm, where the same behaviour fails the scenario.
+    pub qemu_defect: Option<String>,
     /// What the run adapted or tolerated, e.g. the legacy hold standing in
     /// for `switchover-hold`, or memory differences outside the test range.
     pub notes: Vec<String>,
@@ -136,6 +140,17 @@ impl Ctx {
     /// Adds a note to the outcome.
     pub fn note(&mut self, note: impl Into<String>) {
         self.outcome.notes.push(note.into());
+    }
+
+    /// Ends the scenario early on a known defect of real QEMU, after the checks
+    /// so far held; also a note, so every report shows it. On migtest-vmm the
+    /// same behaviour is an error with `reason`.
+    fn qemu_defect(&mut self, pair: &Pair, reason: impl Into<String>) -> Result<()> {
+        let reason = reason.into();
+        ensure!(pair.src.backend().is_qemu(), "{reason}");
+        self.note(format!("known QEMU defect, scenario ended early: {reason}"));
+        self.outcome.qemu_defect = Some(reason);
+        Ok(())
     }
 
     /// Marks the scenario as not run on this backend, for `reason`.

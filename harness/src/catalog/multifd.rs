@@ -38,10 +38,13 @@ fn cancel_during_pass(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
             // pass, its destination gone: its multifd channels never finished their
             // cleanup. A QEMU defect; migtest-vmm must and does reach `cancelled`.
             pair.assert_source_runs()?;
-            return ctx.skip(format!(
-                "QEMU 7.2 never left `cancelling` after migrate_cancel during a multifd \
+            return ctx.qemu_defect(
+                &pair,
+                format!(
+                    "QEMU 7.2 never left `cancelling` after migrate_cancel during a multifd \
                  pass, so this migration can neither end nor be retried: {e:#}"
-            ));
+                ),
+            );
         }
         return Err(e);
     }

@@ -284,10 +284,13 @@ pub(super) fn destination_killed_with(ctx: &mut Ctx, spec: PairLaunch) -> Result
             // Seen under load (ci/soak, 2026-12-06): QEMU 7.2 reported `failed` but never
             // ended that migration's cleanup, so any new `migrate` fails with "duplicate
             // yank instance". A QEMU defect, not migtest's: the checks above held.
-            return ctx.skip(format!(
-                "QEMU 7.2 kept the failed multifd migration registered, so it cannot migrate \
+            return ctx.qemu_defect(
+                &pair,
+                format!(
+                    "QEMU 7.2 kept the failed multifd migration registered, so it cannot migrate \
                  again (a new migrate fails with \"duplicate yank instance\"): {e:#}"
-            ));
+                ),
+            );
         }
     }
     ctx.step("a new migration to a fresh destination completes");
