@@ -120,6 +120,48 @@ pub fn wait_completed_throttled(
 }
 
 /// Waits until the source reports `cpu-throttle-percentage` of at least `pct`.
+/// QEMU's throttled migration, on a machine that may be too loaded for it to converge:
+/// QEMU's own auto-converge qtest checks that the throttle works, then lets the migration
+/// converge (`migrate_ensure_converge`: 30 s downtime-limit, ~unlimited bandwidth). Here
+/// QEMU gets [`QEMU_CONVERGE_GRACE`] to converge by the throttle alone; when it has not and
+/// its throttle is at `max`, the same converge values are set (noted) and it must complete.
+/// Measured 2026-12-06: at 99 % the TCG A-B guest often still re-dirties its whole 100 MB
+/// range within each ~1 s pass (expected-downtime ~1 s against the 700 ms limit: 68 passes
+/// in 60 s on the idle machine), so convergence by the throttle alone is luck; under
+/// `ci/soak` QEMU 7.2's migration thread moved ~14 MB/s and 166 passes in 180 s never
+/// converged.
+/// How long QEMU's throttled migration may take to converge by the throttle alone (it
+/// reaches 99 % within a few passes of ~1 s; the catalog run of 2026-12-03 converged 6 s in).
+const QEMU_CONVERGE_GRACE: Duration = Duration::from_secs(15);
+
+fn qemu_throttled_completes(
+    ctx: &mut Ctx,
+    pair: &mut Pair,
+    seen: u64,
+    max: u8,
+) -> Result<Throttled> {
+    match wait_completed_throttled(pair, seen, QEMU_CONVERGE_GRACE) {
+        Ok(t) => return Ok(t),
+        Err(e) => {
+            let info = pair.src.query_migrate()?;
+            let at = info.cpu_throttle_percentage.unwrap_or(0);
+            if info.status != Some(MigrationStatus::Active) || at < u64::from(max) {
+                return Err(e);
+            }
+            ctx.note(format!(
+                "QEMU did not converge at {at} % throttle within {QEMU_CONVERGE_GRACE:?} on this \
+                 machine ({} passes, expected-downtime {} ms); as QEMU's auto-converge \
+                 qtest, the converge values (30 s downtime-limit) were set",
+                info.ram.map_or(0, |r| r.dirty_sync_count),
+                info.expected_downtime.unwrap_or(0)
+            ));
+        }
+    }
+    pair.src
+        .set_parameters(json!({"max-bandwidth": 1_000_000_000u64, "downtime-limit": 30_000}))?;
+    wait_completed_throttled(pair, u64::from(max), STATUS_TIMEOUT * 2)
+}
+
 fn wait_throttle(vm: &Vm, pct: u64, timeout: Duration) -> Result<MigrationInfo> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -207,7 +249,11 @@ fn mission_auto_converge(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
         pair.src.set_parameters(json!({"switchover-hold": false}))?;
     }
     ctx.step("the throttled migration completes");
-    let t = wait_completed_throttled(&mut pair, seen, STATUS_TIMEOUT * 3)?;
+    let t = if cfg.backend.is_qemu() {
+        qemu_throttled_completes(ctx, &mut pair, seen, max)?
+    } else {
+        wait_completed_throttled(&mut pair, seen, STATUS_TIMEOUT * 3)?
+    };
     ensure!(
         t.max_seen > 0,
         "completed without ever reporting cpu-throttle-percentage"
