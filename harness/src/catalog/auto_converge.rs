@@ -119,7 +119,10 @@ pub fn wait_completed_throttled(
     Ok(Throttled { max_seen, figures })
 }
 
-/// Waits until the source reports `cpu-throttle-percentage` of at least `pct`.
+/// How long QEMU's throttled migration may take to converge by the throttle alone (it
+/// reaches 99 % within a few passes of ~1 s; the catalog run of 2026-12-03 converged 6 s in).
+const QEMU_CONVERGE_GRACE: Duration = Duration::from_secs(15);
+
 /// QEMU's throttled migration, on a machine that may be too loaded for it to converge:
 /// QEMU's own auto-converge qtest checks that the throttle works, then lets the migration
 /// converge (`migrate_ensure_converge`: 30 s downtime-limit, ~unlimited bandwidth). Here
@@ -130,10 +133,6 @@ pub fn wait_completed_throttled(
 /// in 60 s on the idle machine), so convergence by the throttle alone is luck; under
 /// `ci/soak` QEMU 7.2's migration thread moved ~14 MB/s and 166 passes in 180 s never
 /// converged.
-/// How long QEMU's throttled migration may take to converge by the throttle alone (it
-/// reaches 99 % within a few passes of ~1 s; the catalog run of 2026-12-03 converged 6 s in).
-const QEMU_CONVERGE_GRACE: Duration = Duration::from_secs(15);
-
 fn qemu_throttled_completes(
     ctx: &mut Ctx,
     pair: &mut Pair,
@@ -157,11 +156,11 @@ fn qemu_throttled_completes(
             ));
         }
     }
-    pair.src
-        .set_parameters(json!({"max-bandwidth": 1_000_000_000u64, "downtime-limit": 30_000}))?;
+    pair.src.set_parameters(crate::pair::converge_values())?;
     wait_completed_throttled(pair, u64::from(max), STATUS_TIMEOUT * 2)
 }
 
+/// Waits until the source reports `cpu-throttle-percentage` of at least `pct`.
 fn wait_throttle(vm: &Vm, pct: u64, timeout: Duration) -> Result<MigrationInfo> {
     let deadline = Instant::now() + timeout;
     loop {

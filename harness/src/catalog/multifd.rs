@@ -42,7 +42,7 @@ fn cancel_during_pass(cfg: &CatalogConfig, ctx: &mut Ctx) -> Result<()> {
                 &pair,
                 format!(
                     "QEMU 7.2 never left `cancelling` after migrate_cancel during a multifd \
-                 pass, so this migration can neither end nor be retried: {e:#}"
+                     pass, so this migration can neither end nor be retried: {e:#}"
                 ),
             );
         }

@@ -288,7 +288,7 @@ pub(super) fn destination_killed_with(ctx: &mut Ctx, spec: PairLaunch) -> Result
                 &pair,
                 format!(
                     "QEMU 7.2 kept the failed multifd migration registered, so it cannot migrate \
-                 again (a new migrate fails with \"duplicate yank instance\"): {e:#}"
+                     again (a new migrate fails with \"duplicate yank instance\"): {e:#}"
                 ),
             );
         }

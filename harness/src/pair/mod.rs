@@ -147,6 +147,12 @@ pub fn no_progress() -> Progress {
 /// Default deadline for a migration status to be reached.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// QEMU's qtest converge values (`migrate_ensure_converge`): ~unlimited
+/// bandwidth and a 30 s downtime-limit, so any migration switches over.
+pub fn converge_values() -> serde_json::Value {
+    json!({"max-bandwidth": 1_000_000_000u64, "downtime-limit": 30_000})
+}
+
 /// Deadline for held passes under `switchover-hold` (see [`Pair::pass_timeout`]).
 pub const PASS_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -355,9 +361,7 @@ impl Pair {
         match self.hold.take() {
             Some(HoldMethod::LegacyThrottle) => {
                 crate::observe::mark("source", "hold-cleared", &json!({"method": "legacy"}));
-                self.src.set_parameters(
-                    json!({"max-bandwidth": 1_000_000_000u64, "downtime-limit": 30_000}),
-                )
+                self.src.set_parameters(converge_values())
             }
             _ => self.src.set_parameters(json!({"switchover-hold": false})),
         }
