@@ -6,6 +6,7 @@
 
 pub mod abcheck;
 pub mod dirty;
+mod huge_pages;
 pub mod image;
 pub mod memory;
 pub mod postcopy_gate;
