@@ -146,8 +146,12 @@ impl Ctx {
     /// so far held; also a note, so every report shows it. On migtest-vmm the
     /// same behaviour is an error with `reason`.
     fn qemu_defect(&mut self, pair: &Pair, reason: impl Into<String>) -> Result<()> {
-        let reason = reason.into();
-        ensure!(pair.src.backend().is_qemu(), "{reason}");
+        self.defect_of(pair.src.backend().is_qemu(), reason.into())
+    }
+
+    /// [`Ctx::qemu_defect`] with the source's kind given.
+    fn defect_of(&mut self, source_is_qemu: bool, reason: String) -> Result<()> {
+        ensure!(source_is_qemu, "{reason}");
         self.note(format!("known QEMU defect, scenario ended early: {reason}"));
         self.outcome.qemu_defect = Some(reason);
         Ok(())
@@ -352,4 +356,38 @@ pub fn mission_with_spec(cfg: &CatalogConfig, spec: PairLaunch) -> Result<Scenar
         move |cfg, ctx| mission(cfg, ctx, spec.clone()),
     )
     .run(cfg, no_progress())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            progress: no_progress(),
+            outcome: ScenarioOutcome::default(),
+            diagnostics: Arc::new(Diagnostics::new("test")),
+        }
+    }
+
+    #[test]
+    fn a_qemu_defect_is_an_outcome_on_qemu_and_an_error_on_migtest_vmm() {
+        let mut on_qemu = ctx();
+        on_qemu
+            .defect_of(true, "yank instance left".into())
+            .unwrap();
+        assert_eq!(
+            on_qemu.outcome.qemu_defect.as_deref(),
+            Some("yank instance left")
+        );
+        assert!(on_qemu.outcome.notes[0].contains("known QEMU defect"));
+
+        let mut on_builtin = ctx();
+        let err = on_builtin
+            .defect_of(false, "yank instance left".into())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "yank instance left");
+        assert!(on_builtin.outcome.qemu_defect.is_none());
+        assert!(on_builtin.outcome.notes.is_empty());
+    }
 }
