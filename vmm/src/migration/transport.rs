@@ -310,7 +310,10 @@ impl Listener {
 pub fn connect(uri: &MigrationUri) -> Result<Conn, String> {
     match uri {
         MigrationUri::Unix(path) => UnixStream::connect(path)
-            .map(Conn::Unix)
+            .map(|s| {
+                grow_send_buffer(&s);
+                Conn::Unix(s)
+            })
             .map_err(|e| format!("Failed to connect to '{path}': {}", os_error_text(&e))),
         MigrationUri::Tcp { host, port } => {
             let s = on_first_addr(host, *port, false, TcpStream::connect, |e| {
@@ -322,6 +325,27 @@ pub fn connect(uri: &MigrationUri) -> Result<Conn, String> {
         MigrationUri::File { .. } | MigrationUri::Fd(_) => {
             Err("the channel was opened already".into())
         }
+    }
+}
+
+/// Send buffer the source asks for on a unix migration socket (capped by
+/// the host's `net.core.wmem_max`).
+const SEND_BUFFER: libc::c_int = 4 << 20;
+
+/// Asks for [`SEND_BUFFER`] bytes of socket send buffer on `s`, so the
+/// source can write ahead of a destination that is busy loading; best
+/// effort.
+fn grow_send_buffer(s: &impl std::os::fd::AsRawFd) {
+    let size = SEND_BUFFER;
+    // SAFETY: a valid descriptor and a c_int option value of the given size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
@@ -354,6 +378,47 @@ fn on_first_addr<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `SO_SNDBUF` of `s` as the kernel reports it (twice the usable size).
+    fn send_buffer(s: &impl std::os::fd::AsRawFd) -> libc::c_int {
+        let mut size: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid descriptor and an out-parameter of the given size.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut size as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        size
+    }
+
+    #[test]
+    fn a_unix_source_asks_for_a_large_send_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let _listener = UnixListener::bind(&path).unwrap();
+        let Conn::Unix(s) = connect(&MigrationUri::Unix(path.display().to_string())).unwrap()
+        else {
+            panic!("not a unix connection");
+        };
+        let cap = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|t| t.trim().parse::<libc::c_int>().ok())
+            .unwrap_or(SEND_BUFFER);
+        let plain = UnixStream::pair().unwrap().0;
+        let expected = SEND_BUFFER.min(cap) * 2;
+        assert!(
+            send_buffer(&s) >= expected,
+            "SO_SNDBUF {} < {expected} (a fresh socket has {})",
+            send_buffer(&s),
+            send_buffer(&plain)
+        );
+    }
 
     #[test]
     fn parse_uris() {
