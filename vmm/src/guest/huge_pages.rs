@@ -5,9 +5,11 @@
 //! kind's THP policy (`defrag=madvise`), an advised fault that finds no
 //! free 2 MiB block compacts memory synchronously; on a host whose free
 //! memory was fragmented that made a filled 4 GiB destination load 1.7x
-//! slower (docs/performance.md, rounds two, three and six). So migtest-vmm
-//! advises huge pages only when the host's free 2 MiB (or larger) blocks
-//! cover the whole RAM when the VM is built, read from `/proc/buddyinfo`.
+//! slower (docs/performance.md, rounds two and three; the sixth round has
+//! the gate). So migtest-vmm advises huge pages only when the host's free
+//! 2 MiB (or larger) blocks cover the whole RAM when the VM is built, read
+//! from `/proc/buddyinfo`. The cost: a guest that writes sparsely makes a
+//! whole 2 MiB resident per write, as under QEMU.
 
 /// Bytes in a huge page (x86-64's PMD size).
 const HUGE_PAGE: u64 = 2 << 20;
