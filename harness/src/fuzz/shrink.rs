@@ -36,15 +36,33 @@ pub(super) enum Outcome {
     /// The 1-based index of the op that failed (`ops.len() + 1`: the settling wait; 0: the
     /// launch) and the failure report.
     Fail(usize, String),
-    /// The case cannot run here (VMM missing, parameter absent).
-    CannotTest,
+    /// The case could not run (a VMM did not start, a parameter is absent): why.
+    CannotTest(String),
 }
 
-/// Runs `ops` on a fresh pair.
+/// How many times a run that could not start is tried again before it counts: a VMM that
+/// did not come up on a loaded machine says nothing about the case, and taking it for a
+/// pass would set a case aside as a race.
+const START_RETRIES: u32 = 2;
+
+/// Runs `ops` on a fresh pair (again, up to [`START_RETRIES`] times, when it cannot run).
 pub(super) fn run_case(pair: &PairSpec, ops: &[Op], exec: &ExecOptions) -> Outcome {
+    let mut tries = 0;
+    loop {
+        match run_once(pair, ops, exec) {
+            Outcome::CannotTest(why) if tries < START_RETRIES => {
+                tries += 1;
+                eprintln!("fuzz: shrink: a run could not start ({why}); trying again");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn run_once(pair: &PairSpec, ops: &[Op], exec: &ExecOptions) -> Outcome {
     let mut ex = match Executor::launch(pair, exec) {
         Ok(ex) => ex,
-        Err(_) => return Outcome::CannotTest,
+        Err(e) => return Outcome::CannotTest(e.to_string()),
     };
     let result = ops
         .iter()
@@ -53,7 +71,7 @@ pub(super) fn run_case(pair: &PairSpec, ops: &[Op], exec: &ExecOptions) -> Outco
     match result {
         Ok(()) => Outcome::Pass,
         Err(ExecError::Failed(f)) => Outcome::Fail(f.index, f.to_string()),
-        Err(ExecError::CannotTest(_)) => Outcome::CannotTest,
+        Err(ExecError::CannotTest(m)) => Outcome::CannotTest(m),
     }
 }
 
@@ -254,14 +272,22 @@ impl Shrinker<'_> {
         false
     }
 
-    /// Whether the current case fails [`FuzzOptions::verify`] more runs.
+    /// Whether the current case fails [`FuzzOptions::verify`] more runs; says how the first
+    /// run that did not fail ended.
     fn verified(&self) -> bool {
         let cur = self.current();
-        (0..self.opts.verify).all(|_| {
-            matches!(
-                run_case(&cur.pair, &cur.ops, &self.opts.exec),
-                Outcome::Fail(..)
-            )
+        (1..=self.opts.verify).all(|run| {
+            let how = match run_case(&cur.pair, &cur.ops, &self.opts.exec) {
+                Outcome::Fail(..) => return true,
+                Outcome::Pass => "passed".to_string(),
+                Outcome::CannotTest(why) => format!("could not run: {why}"),
+            };
+            eprintln!(
+                "fuzz: shrink: verification run {run} of {} of the {}-op case {how}",
+                self.opts.verify,
+                cur.ops.len()
+            );
+            false
         })
     }
 }

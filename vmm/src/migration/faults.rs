@@ -30,8 +30,8 @@ pub enum Fault {
     /// XBZRLE: a cached page sent whole after an overflow keeps its old
     /// cached copy, so a later delta is encoded against a stale base.
     XbzrleCacheStaleOnWholeSend = 64,
-    /// The pages the destination requests during postcopy are answered with the older copies
-    /// sent in precopy instead of their final content (each one that changed since).
+    /// The pages sent in postcopy (requested or in the background) are the copies first sent
+    /// in precopy instead of their final content (each one that changed since).
     StalePostcopyPage = 128,
 }
 

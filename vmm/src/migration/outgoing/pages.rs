@@ -46,16 +46,40 @@ impl Batch {
             + (self.xbz.len() + self.xbz_pages.len() * 11) as u64
     }
 
-    /// The slot the next full page is copied into.
-    /// The data of the last entry if it is `page` with data (planted bug `StalePostcopyPage`).
-    pub(super) fn last_full_slot(&mut self, page: u64) -> Option<&mut [u8]> {
-        if self.entries.last() != Some(&page) || self.full == 0 {
-            return None;
+    /// Planted bug `StalePostcopyPage`: makes the last entry, when it is `page`, carry `data`
+    /// (a zero page when `None`) instead of what it carries; whether that changed anything.
+    pub(super) fn replace_last(&mut self, page: u64, data: Option<&[u8; PAGE_SIZE]>) -> bool {
+        let Some(last) = self.entries.last_mut() else {
+            return false;
+        };
+        if *last & !ZERO_ENTRY != page {
+            return false;
         }
-        let s = (self.full - 1) * PAGE_SIZE;
-        Some(&mut self.data[s..s + PAGE_SIZE])
+        let s = self.full.saturating_sub(1) * PAGE_SIZE;
+        match (*last & ZERO_ENTRY != 0, data) {
+            (true, None) => false,
+            (false, None) => {
+                *last = page | ZERO_ENTRY;
+                self.full -= 1;
+                true
+            }
+            (true, Some(_)) if self.full == BATCH_DATA_PAGES => false,
+            (true, Some(d)) => {
+                *last = page;
+                let s = self.full * PAGE_SIZE;
+                self.data[s..s + PAGE_SIZE].copy_from_slice(d);
+                self.full += 1;
+                true
+            }
+            (false, Some(d)) if self.data[s..s + PAGE_SIZE] == d[..] => false,
+            (false, Some(d)) => {
+                self.data[s..s + PAGE_SIZE].copy_from_slice(d);
+                true
+            }
+        }
     }
 
+    /// The slot the next full page is copied into.
     pub(super) fn slot(&mut self) -> &mut [u8; PAGE_SIZE] {
         let s = self.full * PAGE_SIZE;
         (&mut self.data[s..s + PAGE_SIZE])
@@ -96,9 +120,9 @@ impl Engine<'_> {
         if faults::on(Fault::SkipOneDirtyPage) && self.skip_planted_page(page)? {
             return Ok(());
         }
-        if nonzero && faults::on(Fault::StalePostcopyPage) {
-            let copy = *self.batch.slot();
-            self.stale_record(page, &copy);
+        if faults::on(Fault::StalePostcopyPage) {
+            let copy = nonzero.then(|| *self.batch.slot());
+            self.stale_record(page, copy.as_ref());
         }
         if self.xbzrle_page(page, nonzero) {
             return Ok(());
@@ -275,4 +299,45 @@ fn page_digest(page: &[u8; PAGE_SIZE]) -> u64 {
     page.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ *x as u64).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_with(page: u64, data: Option<u8>) -> Batch {
+        let mut b = Batch::new();
+        match data {
+            Some(v) => {
+                b.slot().fill(v);
+                b.entries.push(page);
+                b.full += 1;
+            }
+            None => b.entries.push(page | ZERO_ENTRY),
+        }
+        b
+    }
+
+    #[test]
+    fn replace_last_swaps_data_zero_and_full() {
+        let old = [7u8; PAGE_SIZE];
+        // Full page replaced by other data.
+        let mut b = batch_with(3, Some(1));
+        assert!(b.replace_last(3, Some(&old)));
+        assert_eq!((b.full, b.entries[0]), (1, 3));
+        assert_eq!(b.data[..PAGE_SIZE], old[..]);
+        // The same data: nothing changes.
+        assert!(!b.replace_last(3, Some(&old)));
+        // A zero entry becomes a full page, and back.
+        let mut b = batch_with(4, None);
+        assert!(b.replace_last(4, Some(&old)));
+        assert_eq!((b.full, b.entries[0]), (1, 4));
+        assert_eq!(b.wire_len(), (5 + 9 + PAGE_SIZE) as u64);
+        assert!(b.replace_last(4, None));
+        assert_eq!((b.full, b.entries[0]), (0, 4 | ZERO_ENTRY));
+        assert!(!b.replace_last(4, None));
+        // Another page than the last entry's: untouched.
+        assert!(!b.replace_last(5, Some(&old)));
+        assert!(!Batch::new().replace_last(0, None));
+    }
 }

@@ -119,7 +119,7 @@ impl Engine<'_> {
             while let Some(page) = pc.requests.pop() {
                 if self.take_page(page) {
                     self.add_page(page)?;
-                    self.stale_answer(page);
+                    self.stale_send(page);
                     self.emit_batch()?;
                     served = true;
                 }
@@ -138,6 +138,7 @@ impl Engine<'_> {
             {
                 let Some(page) = self.next_dirty() else { break };
                 self.add_page(page)?;
+                self.stale_send(page);
             }
             self.emit_batch()?;
             self.w.flush().map_err(write_err)?;
