@@ -32,6 +32,8 @@ pub const TRANSCRIPT_LINES: usize = 200;
 
 const EVENTS_SEEN_MAX: usize = 100_000;
 const RAW_REPLIES_MAX: usize = 1000;
+/// Events accepted before the greeting (a server sending more is not QMP).
+const EARLY_EVENTS_MAX: usize = 16;
 
 /// Why a QMP operation did not produce a value.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -496,30 +498,41 @@ impl QmpClient {
         let io_err = |e: std::io::Error| err(format!("{label}: {e}"));
         stream.set_read_timeout(Some(remaining)).map_err(io_err)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(io_err)?);
-        let greeting = match read_line_bounded(&mut reader, MAX_MESSAGE_BYTES) {
-            Ok(Some(line)) => {
-                transcript.push(Direction::Received, &line);
-                match ServerMessage::parse(&line) {
-                    Ok(ServerMessage::Greeting(g)) => g,
-                    Ok(other) => {
-                        return Err(err(format!(
-                            "{label}: expected a greeting, got {}",
-                            other.to_value()
-                        )))
+        // QEMU 7.2 was seen to write an event on a new connection before its greeting (RESUME,
+        // as the guest started while the monitor had not yet handled the connection; CI,
+        // 2026-12-07). Such events are kept as the first events seen.
+        let mut early = Vec::new();
+        let greeting = loop {
+            match read_line_bounded(&mut reader, MAX_MESSAGE_BYTES) {
+                Ok(Some(line)) => {
+                    transcript.push(Direction::Received, &line);
+                    match ServerMessage::parse(&line) {
+                        Ok(ServerMessage::Greeting(g)) => break g,
+                        Ok(ServerMessage::Event(event)) if early.len() < EARLY_EVENTS_MAX => early
+                            .push(ReceivedEvent {
+                                event,
+                                received: Instant::now(),
+                            }),
+                        Ok(other) => {
+                            return Err(err(format!(
+                                "{label}: expected a greeting, got {}",
+                                other.to_value()
+                            )))
+                        }
+                        Err(e) => return Err(err(format!("{label}: bad greeting: {e}: {line}"))),
                     }
-                    Err(e) => return Err(err(format!("{label}: bad greeting: {e}: {line}"))),
                 }
-            }
-            Ok(None) => {
-                let why = exited().map(|w| format!(" ({w})")).unwrap_or_default();
-                return Err(err(format!(
-                    "{label} closed the connection before its greeting{why}"
-                )));
-            }
-            Err(e) => {
-                return Err(err(format!(
-                    "{label}: no greeting within {remaining:?}: {e}"
-                )))
+                Ok(None) => {
+                    let why = exited().map(|w| format!(" ({w})")).unwrap_or_default();
+                    return Err(err(format!(
+                        "{label} closed the connection before its greeting{why}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(err(format!(
+                        "{label}: no greeting within {remaining:?}: {e}"
+                    )))
+                }
             }
         };
         stream.set_read_timeout(None).map_err(io_err)?;
@@ -527,7 +540,11 @@ impl QmpClient {
             .set_write_timeout(Some(Duration::from_secs(10)))
             .map_err(io_err)?;
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                events: early.iter().cloned().collect(),
+                seen: early,
+                ..State::default()
+            }),
             cond: Condvar::new(),
             writer: Mutex::new(stream),
             transcript,

@@ -242,6 +242,28 @@ fn bad_greeting_is_a_connect_error() {
     fake.join();
 }
 
+/// QEMU 7.2 once wrote `RESUME` on a new QMP connection before its greeting (the guest started
+/// while the monitor had not yet handled the connection's opening; CI, 2026-12-07): the client
+/// connects and keeps the event as the first one seen.
+#[test]
+fn events_before_the_greeting_are_kept() {
+    let fake = Fake::raw(|mut p| {
+        p.send(json!({"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}}));
+        p.w.write_all(format!("{GREETING}\r\n").as_bytes()).unwrap();
+        p.negotiate();
+        let cmd = p.recv();
+        p.reply(&cmd["id"], json!(1));
+    });
+    let q = fake
+        .connect()
+        .expect("an event before the greeting is not an error");
+    assert_eq!(q.execute("x", Value::Null).unwrap(), json!(1));
+    let seen: Vec<String> = q.events_seen().into_iter().map(|e| e.event).collect();
+    assert_eq!(seen, ["RESUME"]);
+    drop(q);
+    fake.join();
+}
+
 #[test]
 fn refused_capabilities_is_a_connect_error() {
     let fake = Fake::new(|mut p| {
