@@ -218,6 +218,13 @@ fn cancel_after(cfg: &CatalogConfig, ctx: &mut Ctx, status: MigrationStatus) -> 
     ctx.step("pause-before-switchover on, migrate");
     pair.src
         .set_capabilities(&[("pause-before-switchover", true)])?;
+    if status != MigrationStatus::PreSwitchover && !pair.has_switchover_hold()? {
+        // QEMU 7.2 hangs in 'cancelling' when the cancel lands between
+        // migration_maybe_pause()'s CANCELLING check and its wait on
+        // pause_sem, which only a cancel in 'pre-switchover' posts. The
+        // throttle keeps the source in its first pass until the cancel.
+        ctx.outcome.hold = Some(pair.hold_switchover()?);
+    }
     pair.migrate()?;
     let phase = if status == MigrationStatus::Cancelled {
         MigrationStatus::Active
