@@ -219,9 +219,9 @@ fn cancel_after(cfg: &CatalogConfig, ctx: &mut Ctx, status: MigrationStatus) -> 
     pair.src
         .set_capabilities(&[("pause-before-switchover", true)])?;
     if status != MigrationStatus::PreSwitchover && !pair.has_switchover_hold()? {
-        // QEMU 7.2 hangs in 'cancelling' when the cancel lands between
-        // migration_maybe_pause()'s CANCELLING check and its wait on
-        // pause_sem, which only a cancel in 'pre-switchover' posts. The
+        // QEMU 7.2 hangs in 'cancelling' when the cancel lands after
+        // migration_maybe_pause()'s CANCELLING check but before its move to
+        // 'pre-switchover' (only a cancel there posts pause_sem). The
         // throttle keeps the source in its first pass until the cancel.
         ctx.outcome.hold = Some(pair.hold_switchover()?);
     }
