@@ -47,9 +47,8 @@ impl MigrationRam for GuestRam {
         GuestRam::zero_page(self, page).map_err(|e| e.to_string())
     }
 
-    unsafe fn stopped_page(&self, page: u64) -> Option<&[u8]> {
-        // SAFETY: the caller's contract (no writer while the slice lives).
-        unsafe { GuestRam::stopped_page(self, page).ok() }
+    fn send_source(&self, page: u64) -> Option<*const u8> {
+        GuestRam::send_source(self, page).ok()
     }
 
     fn load_target(&self, page: u64) -> Option<*mut u8> {

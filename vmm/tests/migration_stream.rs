@@ -151,9 +151,41 @@ fn rec_dev(json: &[u8]) -> Vec<u8> {
 }
 
 fn with_end(mut v: Vec<u8>) -> Vec<u8> {
-    let d = xxhash_rust::xxh3::xxh3_64(&v);
+    let d = xxhash_rust::xxh3::xxh3_64(&digested_bytes(&v));
     v.extend(rec_u64(tag::END, d));
     v
+}
+
+/// What END's digest covers (version 5): every byte of `v` but the page
+/// data of PAGE and PAGES records. Written from the format's table, not
+/// with the crate's reader; bytes after an unknown tag are all covered.
+fn digested_bytes(v: &[u8]) -> Vec<u8> {
+    let be32 = |at: usize| u32::from_be_bytes(v[at..at + 4].try_into().unwrap()) as usize;
+    let mut out = v[..v.len().min(40)].to_vec();
+    let mut at = 40;
+    while at < v.len() {
+        let (head, data) = match v[at] {
+            tag::PASS | tag::ZERO | tag::END => (9, 0),
+            tag::PAGE => (9, PAGE_SIZE),
+            tag::DEVICE if at + 5 <= v.len() => (5 + be32(at + 1), 0),
+            tag::PAGES if at + 5 <= v.len() => {
+                let n = be32(at + 1);
+                let full = (0..n)
+                    .filter(|k| at + 5 + k * 8 < v.len() && v[at + 5 + k * 8] & 0x80 == 0)
+                    .count();
+                (5 + n * 8, full * PAGE_SIZE)
+            }
+            tag::POSTCOPY => (1 + 8 * (PAGES as usize).div_ceil(64), 0),
+            tag::XBZRLE if at + 11 <= v.len() => {
+                (11 + u16::from_be_bytes([v[at + 9], v[at + 10]]) as usize, 0)
+            }
+            _ => (v.len() - at, 0),
+        };
+        let head_end = (at + head).min(v.len());
+        out.extend_from_slice(&v[at..head_end]);
+        at = head_end + data;
+    }
+    out
 }
 
 const DEV: &[u8] = br#"{"runstate":"running","devices":{"vcpus":[{"pc":4096}]}}"#;
@@ -207,8 +239,10 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
     bad_magic[..8].copy_from_slice(b"QEVM\x00\x00\x00\x03");
     let mut reserved = g.clone();
     reserved[31] = 1;
+    // The first page's index 0 made 1: in range, so only the digest (which
+    // covers record heads, not page data) can tell.
     let mut flipped = g.clone();
-    flipped[first_page_data + 100] ^= 0x01;
+    flipped[first_page_data - 1] ^= 0x01;
     let mut trailing = g.clone();
     trailing.extend_from_slice(b"garbage");
     vec![
@@ -746,12 +780,26 @@ proptest! {
     }
 
     /// Single-byte corruptions of a good stream are rejected (the digest
-    /// catches the ones no field check does) and never panic.
+    /// catches the ones no field check does) and never panic, except in
+    /// page data, which the digest does not cover (version 5): such a
+    /// stream loads with exactly that byte changed.
     #[test]
     fn corrupted_good_stream_is_rejected(pos in 0usize..100_000, xor in 1u8..=255) {
         let mut g = good();
         let pos = pos % g.len();
         g[pos] ^= xor;
-        prop_assert!(decode(&g).is_err(), "corruption at {} accepted", pos);
+        let load = |bytes: &[u8]| {
+            let mut img = vec![0u8; PAGES as usize * PAGE_SIZE];
+            stream::load(bytes, expect(), &mut VecSink(&mut img)).map(|_| img)
+        };
+        let want = load(&good()).expect("the good stream loads");
+        if let Ok(img) = load(&g) {
+            let changed: Vec<usize> = (0..img.len()).filter(|&i| img[i] != want[i]).collect();
+            // Page 0's first copy is overwritten by its second: no change.
+            prop_assert!(changed.len() <= 1, "corruption at {} accepted: {:?}", pos, changed);
+            for i in changed {
+                prop_assert_eq!(img[i] ^ want[i], xor, "corruption at {} accepted", pos);
+            }
+        }
     }
 }

@@ -209,11 +209,9 @@ impl GuestRam {
         // bit validity of u64 and every bit pattern is valid. No `&`/`&mut
         // [u8]` to the mapping is ever created (`as_ptr` does not go through
         // `Deref`), so all Rust-level accesses are atomic and free of data
-        // races; page copies go through `copy_bytes` (inline assembly). The
-        // exceptions, while no vCPU runs and no other thread writes RAM: a
-        // single-channel precopy destination digests the pages it has just
-        // read in place (`stream::direct`), and the source's stop-and-copy
-        // pass writes pages from a shared slice (`stopped_page`).
+        // races; page copies go through `copy_bytes` (inline assembly), and the
+        // migration channels' page data is read and written by the kernel
+        // (`readv`/`writev` on raw pointers: `load_target`, `send_source`).
         unsafe {
             std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.map.len() / 8)
         }
@@ -494,17 +492,15 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Page `page` as bytes, for the source's stop-and-copy pass to digest
-    /// and write to the channel without a copy.
-    ///
-    /// # Safety
-    /// Nothing writes guest RAM while the slice lives (the vCPUs are
-    /// stopped): it is a plain shared reference to the mapping.
-    pub unsafe fn stopped_page(&self, page: u64) -> Result<&[u8], GuestRamError> {
+    /// Source side: the first of page `page`'s 4096 bytes, for the kernel
+    /// to read straight from guest RAM (`writev(2)` onto the migration
+    /// channel) while vCPUs may write it. Never read it through a Rust
+    /// reference: a vCPU's write meanwhile is a hardware-level race, which
+    /// the dirty log settles (the page is marked after the write lands and
+    /// sent again).
+    pub fn send_source(&self, page: u64) -> Result<*const u8, GuestRamError> {
         self.check_page(page)?;
-        // SAFETY: in the mapping (checked above), which outlives `&self`;
-        // no writer meanwhile (the caller's contract).
-        Ok(unsafe { std::slice::from_raw_parts(self.page_ptr(page), PAGE_SIZE) })
+        Ok(self.page_ptr(page).cast_const())
     }
 
     /// Destination side: marks page `page` written and gives the first of

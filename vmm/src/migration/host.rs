@@ -41,14 +41,11 @@ pub trait MigrationRam: Send + Sync {
     fn load_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String>;
     /// Zero-fills page `page` (destination side).
     fn zero_page(&self, page: u64) -> Result<(), String>;
-    /// Source side with the guest stopped: page `page` (in range) as bytes
-    /// the stop-and-copy pass digests and writes to the channel straight
-    /// from guest RAM; `None` where the RAM cannot (then pages are copied).
-    ///
-    /// # Safety
-    /// Nothing writes guest RAM while the slice lives (the vCPUs are
-    /// stopped and stay stopped: `cont` is refused in `finish-migrate`).
-    unsafe fn stopped_page(&self, _page: u64) -> Option<&[u8]> {
+    /// Source side: page `page` (in range) as 4096 bytes the kernel may
+    /// write onto the channel straight from guest RAM (`writev`, never
+    /// through a Rust reference: vCPUs may write the page meanwhile); `None`
+    /// where the RAM cannot (then pages are copied into a batch first).
+    fn send_source(&self, _page: u64) -> Option<*const u8> {
         None
     }
     /// Destination side: page `page` (in range), marked written, as 4096

@@ -146,9 +146,6 @@ fn start(
 pub(crate) struct RamSink<'a> {
     ram: &'a dyn MigrationRam,
     postcopy: Option<PostcopyDest<'a>>,
-    /// The only thread writing guest RAM (a single-channel load; not a
-    /// multifd page channel): pages read in place are digested in place.
-    exclusive: bool,
 }
 
 impl<'a> RamSink<'a> {
@@ -157,7 +154,6 @@ impl<'a> RamSink<'a> {
         RamSink {
             ram,
             postcopy: None,
-            exclusive: false,
         }
     }
 
@@ -167,7 +163,6 @@ impl<'a> RamSink<'a> {
         RamSink {
             ram: host.ram(),
             postcopy: Some(PostcopyDest::resumed(shared, host)),
-            exclusive: false,
         }
     }
 
@@ -222,9 +217,6 @@ impl StreamSink for RamSink<'_> {
 impl DirectPages for RamSink<'_> {
     fn page_target(&self, page: u64) -> Option<*mut u8> {
         self.ram.load_target(page)
-    }
-    fn exclusive(&self) -> bool {
-        self.exclusive
     }
 }
 
@@ -287,13 +279,7 @@ fn load_with_postcopy<'a, R: StreamInput>(
     postcopy: Option<PostcopyDest<'a>>,
 ) -> Result<(stream::LoadSummary, RunState), StreamError> {
     let ram = host.ram();
-    // This thread is the only one writing RAM, and no vCPU runs until a
-    // POSTCOPY record (after which pages no longer go in place).
-    let mut sink = RamSink {
-        ram,
-        postcopy,
-        exclusive: true,
-    };
+    let mut sink = RamSink { ram, postcopy };
     let sum = stream::load(r, expect(host), &mut sink)?;
     if sum.postcopy {
         // The device state was loaded when it arrived; every page is here.

@@ -130,7 +130,7 @@ impl Engine<'_> {
                 continue;
             }
             if from_ram {
-                self.emit_from_ram()?;
+                self.emit_from_ram(None)?;
                 continue;
             }
             while !self.batch.is_full() {

@@ -24,13 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod completion;
+mod from_ram;
 mod multifd;
 mod pages;
 mod passes;
 mod postcopy;
 mod recovery;
 mod stale_fault;
-mod stopped;
 mod throttle;
 mod xbzrle;
 
@@ -40,9 +40,8 @@ use pages::Batch;
 /// QEMU's `BUFFER_DELAY`: the rate-limit and measurement window.
 pub const WINDOW: Duration = Duration::from_millis(100);
 /// Full pages per PAGES record the single channel sends (256 KiB, a
-/// quarter of the format's maximum: one `writev` per batch, and the batch
-/// stays in cache between the copy, the digest and the socket write, and on
-/// the destination between the read, the digest and the copy into RAM;
+/// quarter of the format's maximum: one `writev` per batch, and a copied
+/// batch stays in cache between the copy and the socket write;
 /// docs/performance.md has the before/after).
 const BATCH_DATA_PAGES: usize = MAX_BATCH_DATA_PAGES as usize / 4;
 /// Entries (zero or full pages) per PAGES record.

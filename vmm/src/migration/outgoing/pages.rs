@@ -242,6 +242,8 @@ impl Engine<'_> {
         if self.mfd.is_some() {
             let per_page = PAGE_SIZE as u64 + 8;
             self.send_job(budget.map_or(usize::MAX, |c| (c / per_page) as usize))?;
+        } else if self.send_from_ram() {
+            self.emit_from_ram(budget)?;
         } else {
             while !self.batch.is_full() {
                 if budget.is_some_and(|c| self.batch.wire_len() + PAGE_SIZE as u64 + 9 > c) {

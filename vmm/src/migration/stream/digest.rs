@@ -8,7 +8,7 @@
 
 use std::hash::Hasher;
 
-/// A running XXH3-64 over every stream byte.
+/// A running XXH3-64 over the stream bytes END covers (all but page data).
 #[derive(Clone, Default)]
 pub struct StreamDigest(twox_hash::XxHash3_64);
 

@@ -7,13 +7,9 @@
 //! between. Those writes are the kernel's (or [`copy_bytes`]'s, for bytes
 //! already buffered), never Rust references, so two multifd channels
 //! writing the same page (a malformed stream) stay hardware-level writes.
-//! The digest still covers every byte: the pages are digested after the
-//! read, in place when the target says no other thread writes them, else
-//! through a one-page copy. A bad digest is found at END with the pages
-//! already in guest RAM; the destination's guest is not running then, and
-//! the load fails as for any damaged stream (`docs/migration-stream.md`).
+//! The stream digest does not cover page data (`docs/migration-stream.md`),
+//! so nothing reads the pages again after the kernel wrote them.
 
-use super::PAGE_SIZE;
 use crate::guest::memory::copy_bytes;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -24,10 +20,6 @@ pub trait DirectPages {
     /// valid for writes and reads for as long as the load runs, the page
     /// marked as written. `None`: read this record through the batch buffer.
     fn page_target(&self, page: u64) -> Option<*mut u8>;
-    /// Whether nothing else reads or writes these pages meanwhile except by
-    /// reading (a single-channel precopy load: no vCPU runs): then the
-    /// digest reads them in place.
-    fn exclusive(&self) -> bool;
 }
 
 /// What a [`StreamReader`](super::StreamReader) reads from: any
@@ -163,22 +155,4 @@ pub(super) unsafe fn read_raw_exact<R: StreamInput>(
         }
     }
     Ok(true)
-}
-
-/// Feeds the page at `ptr` (4096 bytes written by this load) to `update`:
-/// in place when `exclusive`, else through a one-page copy.
-///
-/// # Safety
-/// `ptr` is valid for 4096 bytes of reads; with `exclusive`, nothing writes
-/// them during the call.
-pub(super) unsafe fn digest_page(ptr: *const u8, exclusive: bool, mut update: impl FnMut(&[u8])) {
-    if exclusive {
-        // SAFETY: the caller's contract: no concurrent writer.
-        update(unsafe { std::slice::from_raw_parts(ptr, PAGE_SIZE) });
-    } else {
-        let mut copy = [0u8; PAGE_SIZE];
-        // SAFETY: the caller's contract; `copy` is this call's own.
-        unsafe { copy_bytes(copy.as_mut_ptr(), ptr, PAGE_SIZE) };
-        update(&copy);
-    }
 }

@@ -1,6 +1,6 @@
 //! The migtest migration stream: encoder and validating decoder.
 //!
-//! Format (version 4, all integers big-endian; see `docs/migration-stream.md`):
+//! Format (version 5, all integers big-endian; see `docs/migration-stream.md`):
 //!
 //! ```text
 //! header  := magic[8]="MIGTSTRM" version:u32 page_size:u32 ram_size:u64
@@ -10,7 +10,8 @@
 //!   0x02 ZERO   page:u64
 //!   0x03 PAGE   page:u64 data[4096]
 //!   0x04 DEVICE len:u32 (1..=1 MiB) json[len]  {"runstate", "devices"}
-//!   0x05 END    digest:u64               (xxh3-64 of every byte before this tag)
+//!   0x05 END    digest:u64               (xxh3-64 of every byte before this tag
+//!                                         but the page data of PAGE and PAGES)
 //!   0x06 PAGES  count:u32 (1..=4096) entry[count]:u64 data[n * 4096]
 //!               entry = page index, bit 63 set for a zero page (no data);
 //!               n = entries without bit 63, at most 256
@@ -50,8 +51,9 @@ pub use writer::StreamWriter;
 /// Stream magic.
 pub const MAGIC: [u8; 8] = *b"MIGTSTRM";
 /// Current (and only) stream version (2 added the PAGES batch record, 3
-/// the POSTCOPY record, 4 the XBZRLE record).
-pub const VERSION: u32 = 4;
+/// the POSTCOPY record, 4 the XBZRLE record; 5 took page data out of the
+/// END digest).
+pub const VERSION: u32 = 5;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 40;
 /// Largest device-state record accepted.
@@ -157,7 +159,7 @@ pub enum Record {
     Page(u64, Box<[u8; PAGE_SIZE]>),
     /// Device state JSON bytes.
     DeviceState(Vec<u8>),
-    /// End marker with the digest of everything before it.
+    /// End marker with the digest of everything before it but page data.
     End(u64),
     /// A batch of this many entries; read them with [`StreamReader::batch`].
     Pages(u32),

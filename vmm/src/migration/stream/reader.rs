@@ -1,6 +1,6 @@
 //! The validating decoder: [`StreamReader`].
 
-use super::direct::{digest_page, read_raw_exact, DirectPages, StreamInput};
+use super::direct::{read_raw_exact, DirectPages, StreamInput};
 use super::*;
 use std::io;
 
@@ -115,6 +115,13 @@ impl<R: StreamInput> StreamReader<R> {
 
     /// Fills `buf` or fails with `Truncated { what }` at the field's offset.
     fn fill(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), StreamError> {
+        self.fill_data(buf, what)?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    /// [`fill`](Self::fill) for page data, which the digest does not cover.
+    fn fill_data(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), StreamError> {
         let start = self.offset;
         let mut got = 0;
         while got < buf.len() {
@@ -133,7 +140,6 @@ impl<R: StreamInput> StreamReader<R> {
                 }
             }
         }
-        self.hasher.update(buf);
         self.offset += buf.len() as u64;
         Ok(())
     }
@@ -354,14 +360,14 @@ impl<R: StreamInput> StreamReader<R> {
         // Bounded by MAX_BATCH_DATA_PAGES above.
         let mut data = std::mem::take(&mut self.batch_data);
         data.resize(full as usize * PAGE_SIZE, 0);
-        let filled = self.fill(&mut data, "page batch data");
+        let filled = self.fill_data(&mut data, "page batch data");
         self.batch_data = data;
         filled?;
         Ok(count)
     }
 
     /// The data of the `full` pages of the batch just validated, read
-    /// straight into `target`'s pages and then digested; `Ok(false)` if the
+    /// straight into `target`'s pages; `Ok(false)` if the
     /// target has no place for one of them (nothing read yet).
     fn read_batch_direct(
         &mut self,
@@ -371,7 +377,7 @@ impl<R: StreamInput> StreamReader<R> {
         // Entries in strictly increasing page order (what the source
         // sends) name no page twice, so reading every full page first and
         // applying the zero entries after gives what applying the entries
-        // in order gives, and each page's digest reads its own bytes. Any
+        // in order gives. Any
         // other record goes through the batch buffer.
         let page = |e: &u64| e & !ZERO_ENTRY;
         if !self
@@ -403,16 +409,6 @@ impl<R: StreamInput> StreamReader<R> {
             Err(e) => {
                 let reason = os_error_text(&e);
                 return Err(self.err(start, StreamErrorKind::Io { what, reason }));
-            }
-        }
-        let exclusive = target.exclusive();
-        for e in &self.batch_entries {
-            if e & ZERO_ENTRY == 0 {
-                if let Some(ptr) = target.page_target(*e) {
-                    // SAFETY: 4096 readable bytes; `exclusive` is the
-                    // target's word that nothing else writes them.
-                    unsafe { digest_page(ptr, exclusive, |b| self.hasher.update(b)) };
-                }
             }
         }
         self.offset += u64::from(full) * PAGE_SIZE as u64;
@@ -527,7 +523,7 @@ impl<R: StreamInput> StreamReader<R> {
                 self.page_allowed(at, "page")?;
                 let page = self.page_index()?;
                 let mut data = Box::new([0u8; PAGE_SIZE]);
-                self.fill(&mut data[..], "page data")?;
+                self.fill_data(&mut data[..], "page data")?;
                 Ok(Record::Page(page, data))
             }
             tag::PAGES => {

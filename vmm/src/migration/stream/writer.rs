@@ -2,9 +2,11 @@
 
 use super::StreamDigest;
 use super::{tag, Header, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES, MAX_DEVICE_STATE, PAGE_SIZE};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, BufWriter, IoSlice, Write};
+use std::os::fd::AsRawFd;
 
-/// Writes a stream, counting bytes and hashing them for the end record.
+/// Writes a stream, counting bytes and digesting them for the end record
+/// (every byte except page data: `docs/migration-stream.md`).
 pub struct StreamWriter<W: Write> {
     inner: W,
     hasher: StreamDigest,
@@ -24,6 +26,13 @@ impl<W: Write> StreamWriter<W> {
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
         self.inner.write_all(b)?;
         self.hasher.update(b);
+        self.written += b.len() as u64;
+        Ok(())
+    }
+
+    /// Page data: written, not digested.
+    fn put_data(&mut self, b: &[u8]) -> io::Result<()> {
+        self.inner.write_all(b)?;
         self.written += b.len() as u64;
         Ok(())
     }
@@ -60,7 +69,7 @@ impl<W: Write> StreamWriter<W> {
         b[0] = tag::PAGE;
         b[1..].copy_from_slice(&page.to_be_bytes());
         self.put(&b)?;
-        self.put(data)
+        self.put_data(data)
     }
 
     /// A PAGES record: `entries` (page indices, [`ZERO_ENTRY`] set for zero
@@ -76,8 +85,20 @@ impl<W: Write> StreamWriter<W> {
     /// the record head and every piece.
     pub fn pages_vectored(&mut self, entries: &[u64], data: &[&[u8]]) -> io::Result<()> {
         let len: usize = data.iter().map(|d| d.len()).sum();
-        debug_assert!(!entries.is_empty() && entries.len() <= MAX_BATCH_ENTRIES as usize);
         debug_assert!(len <= MAX_BATCH_DATA_PAGES as usize * PAGE_SIZE);
+        let head = self.pages_head(entries);
+        let mut slices = Vec::with_capacity(1 + data.len());
+        slices.push(IoSlice::new(&head));
+        for d in data {
+            slices.push(IoSlice::new(d));
+        }
+        self.written += (head.len() + len) as u64;
+        write_all_vectored(&mut self.inner, &mut slices)
+    }
+
+    /// The head of a PAGES record (tag, count, entries), digested.
+    fn pages_head(&mut self, entries: &[u64]) -> Vec<u8> {
+        debug_assert!(!entries.is_empty() && entries.len() <= MAX_BATCH_ENTRIES as usize);
         let mut head = Vec::with_capacity(5 + entries.len() * 8);
         head.push(tag::PAGES);
         head.extend_from_slice(&(entries.len() as u32).to_be_bytes());
@@ -85,14 +106,7 @@ impl<W: Write> StreamWriter<W> {
             head.extend_from_slice(&e.to_be_bytes());
         }
         self.hasher.update(&head);
-        let mut slices = Vec::with_capacity(1 + data.len());
-        slices.push(IoSlice::new(&head));
-        for d in data {
-            self.hasher.update(d);
-            slices.push(IoSlice::new(d));
-        }
-        self.written += (head.len() + len) as u64;
-        write_all_vectored(&mut self.inner, &mut slices)
+        head
     }
 
     /// An XBZRLE record: `page` encoded by `migration::xbzrle::encode`
@@ -161,6 +175,77 @@ impl<W: Write> StreamWriter<W> {
     pub fn into_inner(self) -> W {
         self.inner
     }
+}
+
+impl<C: Write + AsRawFd> StreamWriter<BufWriter<C>> {
+    /// A PAGES record whose page data the kernel reads straight from
+    /// `pages` (4096 bytes each, in entry order, e.g. guest RAM that vCPUs
+    /// may be writing): what is buffered is flushed, then the record head
+    /// and the pages go in one `writev(2)` (more on a partial write).
+    ///
+    /// # Safety
+    /// Each pointer is valid for 4096 bytes of reads for the call, and is
+    /// not written through a Rust reference meanwhile (hardware-level
+    /// writes, such as a vCPU's atomics, may race: the bytes sent are then
+    /// some mix, which the source's dirty log makes it send again).
+    pub unsafe fn pages_raw(&mut self, entries: &[u64], pages: &[*const u8]) -> io::Result<()> {
+        debug_assert!(pages.len() <= MAX_BATCH_DATA_PAGES as usize);
+        let head = self.pages_head(entries);
+        self.inner.flush()?;
+        let mut iov = Vec::with_capacity(1 + pages.len());
+        iov.push(libc::iovec {
+            iov_base: head.as_ptr().cast_mut().cast(),
+            iov_len: head.len(),
+        });
+        iov.extend(pages.iter().map(|p| libc::iovec {
+            iov_base: p.cast_mut().cast(),
+            iov_len: PAGE_SIZE,
+        }));
+        self.written += (head.len() + pages.len() * PAGE_SIZE) as u64;
+        let fd = self.inner.get_ref().as_raw_fd();
+        // SAFETY: the head lives to the end of this call; the pages are the
+        // caller's contract.
+        unsafe { writev_all(fd, &mut iov) }
+    }
+}
+
+/// `writev(2)` until every region is written, retrying on `EINTR`.
+///
+/// # Safety
+/// Every region is valid for reads of its length during the call.
+unsafe fn writev_all(fd: std::os::fd::RawFd, mut iov: &mut [libc::iovec]) -> io::Result<()> {
+    while !iov.is_empty() {
+        let n = iov.len().min(1024) as libc::c_int;
+        // SAFETY: `iov` holds at least `n` valid regions (the caller's contract).
+        let r = unsafe { libc::writev(fd, iov.as_ptr(), n) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        let mut left = r as usize;
+        while left > 0 {
+            let first = &mut iov[0];
+            if left >= first.iov_len {
+                left -= first.iov_len;
+                iov = &mut iov[1..];
+            } else {
+                // SAFETY: advancing inside the region.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(left) }.cast();
+                first.iov_len -= left;
+                left = 0;
+            }
+        }
+        while iov.first().is_some_and(|v| v.iov_len == 0) {
+            iov = &mut iov[1..];
+        }
+    }
+    Ok(())
 }
 
 /// `Write::write_all_vectored` (not stable yet): loops over partial writes.
