@@ -140,19 +140,23 @@ pub(super) unsafe fn read_raw_exact<R: StreamInput>(
             Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Some(Err(e)) => return Err(e),
         };
-        let mut left = n;
-        while left > 0 {
-            let first = &mut iov[0];
-            if left >= first.iov_len {
-                left -= first.iov_len;
-                iov = &mut iov[1..];
-            } else {
-                // SAFETY: advancing inside the region.
-                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(left) }.cast();
-                first.iov_len -= left;
-                left = 0;
-            }
-        }
+        iov = advance_iovecs(iov, n);
     }
     Ok(true)
+}
+
+/// The regions `iov` without their first `n` bytes (after a partial read
+/// or write of `n`, at most their total length), empty leading regions
+/// dropped.
+pub(super) fn advance_iovecs(mut iov: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
+    while let Some(first) = iov.first_mut() {
+        if n < first.iov_len {
+            first.iov_base = first.iov_base.cast::<u8>().wrapping_add(n).cast();
+            first.iov_len -= n;
+            break;
+        }
+        n -= first.iov_len;
+        iov = &mut iov[1..];
+    }
+    iov
 }

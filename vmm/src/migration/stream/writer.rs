@@ -1,5 +1,6 @@
 //! The encoder: [`StreamWriter`].
 
+use super::direct::advance_iovecs;
 use super::StreamDigest;
 use super::{tag, Header, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES, MAX_DEVICE_STATE, PAGE_SIZE};
 use std::io::{self, BufWriter, IoSlice, Write};
@@ -228,22 +229,7 @@ unsafe fn writev_all(fd: std::os::fd::RawFd, mut iov: &mut [libc::iovec]) -> io:
         if r == 0 {
             return Err(io::Error::from(io::ErrorKind::WriteZero));
         }
-        let mut left = r as usize;
-        while left > 0 {
-            let first = &mut iov[0];
-            if left >= first.iov_len {
-                left -= first.iov_len;
-                iov = &mut iov[1..];
-            } else {
-                // SAFETY: advancing inside the region.
-                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(left) }.cast();
-                first.iov_len -= left;
-                left = 0;
-            }
-        }
-        while iov.first().is_some_and(|v| v.iov_len == 0) {
-            iov = &mut iov[1..];
-        }
+        iov = advance_iovecs(iov, r as usize);
     }
     Ok(())
 }
