@@ -250,10 +250,14 @@ impl Contender {
 }
 
 /// `runs` migrations of each contender, alternating (QEMU, then migtest-vmm)
-/// so that the machine's drift hits all alike.
-fn measure(contenders: &[&Contender], case: &Case, runs: usize) -> Result<Vec<Row>> {
+/// so that the machine's drift hits all alike; and the median of the
+/// unix-socket ceiling measured once per round, before its migrations, so
+/// that a moment of noise on the host does not decide the share column.
+fn measure(contenders: &[&Contender], case: &Case, runs: usize) -> Result<(Vec<Row>, f64)> {
     let mut samples: Vec<Samples> = contenders.iter().map(|_| Samples::default()).collect();
+    let mut ceilings = Vec::with_capacity(runs);
     for k in 1..=runs {
+        ceilings.push(socket_ceiling(false)?);
         for (c, s) in contenders.iter().zip(samples.iter_mut()) {
             let channels = match case.multifd {
                 Some(n) => format!(" multifd x{n}"),
@@ -274,7 +278,8 @@ fn measure(contenders: &[&Contender], case: &Case, runs: usize) -> Result<Vec<Ro
             );
         }
     }
-    Ok(samples.into_iter().map(Samples::row).collect())
+    let rows = samples.into_iter().map(Samples::row).collect();
+    Ok((rows, median(ceilings)))
 }
 
 fn print_row(guest: Guest, memory: u64, vmm: &str, r: &Row, qemu: Option<&Row>, ceiling: f64) {
@@ -283,7 +288,7 @@ fn print_row(guest: Guest, memory: u64, vmm: &str, r: &Row, qemu: Option<&Row>, 
         .map(|q| format!("{:.2}x", r.total_ms / q.total_ms))
         .unwrap_or_else(|| "-".into());
     println!(
-        "| {:<9} | {:>5} MiB | {:<21} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>8} | {:>5.0}% |",
+        "| {:<9} | {:>5} MiB | {:<21} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>8} | {:>5.0}% | {:>7.2} |",
         guest.name(),
         memory >> 20,
         vmm,
@@ -292,7 +297,8 @@ fn print_row(guest: Guest, memory: u64, vmm: &str, r: &Row, qemu: Option<&Row>, 
         r.transferred / (1u64 << 20) as f64,
         r.gbs,
         ratio,
-        r.gbs / ceiling * 100.0
+        r.gbs / ceiling * 100.0,
+        ceiling
     );
 }
 
@@ -379,15 +385,16 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
     );
     println!(
         "downtime-limit {DOWNTIME_LIMIT_MS} ms, unlimited bandwidth, unix socket, medians of {runs} runs; \
-         GB/s = transferred / total-time; ratio = total-time / QEMU's; share = of the socket ceiling"
+         GB/s = transferred / total-time; ratio = total-time / QEMU's; share = of the socket ceiling \
+         measured once per round between the case's runs (median: column `ceiling`, GB/s)"
     );
     println!(
         "rows `+prealloc`: source and destination started with -mem-prealloc (guest RAM faulted in \
          at start-up, before `migrate`; QEMU 7.2: prealloc=on on every memory backend), compared \
          with QEMU's +prealloc row; the rows without it are the default comparison"
     );
-    println!("| guest     | size      | VMM                   | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  |");
-    println!("|-----------|-----------|-----------------------|----------|----------|-----------|--------|----------|--------|");
+    println!("| guest     | size      | VMM                   | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  | ceiling |");
+    println!("|-----------|-----------|-----------------------|----------|----------|-----------|--------|----------|--------|---------|");
     let all: Vec<&Contender> = contenders.iter().collect();
     for memory in sizes.sizes.iter().map(|s| s.bytes()) {
         for guest in [Guest::Ab, Guest::Filled] {
@@ -403,7 +410,7 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
                     multifd: None,
                     prealloc,
                 };
-                let rows = measure(&all, &case, runs)?;
+                let (rows, ceiling) = measure(&all, &case, runs)?;
                 let qemu_row = qemu.as_ref().map(|_| rows[0]);
                 for (c, r) in contenders.iter().zip(&rows) {
                     let versus = qemu_row.as_ref().filter(|_| !c.backend.is_qemu());
@@ -433,6 +440,7 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
             None => None,
         };
         let mut by_channels = vec![];
+        let mut ceilings = vec![];
         for &channels in &sizes.multifd_channels {
             let case = Case {
                 memory,
@@ -441,11 +449,12 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
                 multifd: Some(channels),
                 prealloc: false,
             };
-            let rows = measure(&multifd, &case, runs)?;
+            let (rows, ceiling) = measure(&multifd, &case, runs)?;
+            ceilings.push(ceiling);
             let labelled = multifd.iter().map(|c| c.label.clone()).zip(rows);
             by_channels.push((channels, labelled.collect()));
         }
-        super::vs_qemu_multifd::print_size(memory, &by_channels, ceiling);
+        super::vs_qemu_multifd::print_size(memory, &by_channels, median(ceilings));
     }
     release_vs_cold(runs)
 }
