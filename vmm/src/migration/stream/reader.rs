@@ -367,8 +367,8 @@ impl<R: StreamInput> StreamReader<R> {
     }
 
     /// The data of the `full` pages of the batch just validated, read
-    /// straight into `target`'s pages; `Ok(false)` if the
-    /// target has no place for one of them (nothing read yet).
+    /// straight into `target`'s pages; `Ok(false)` if the target has no
+    /// place for one of them (nothing read yet).
     fn read_batch_direct(
         &mut self,
         target: &dyn DirectPages,
@@ -377,8 +377,7 @@ impl<R: StreamInput> StreamReader<R> {
         // Entries in strictly increasing page order (what the source
         // sends) name no page twice, so reading every full page first and
         // applying the zero entries after gives what applying the entries
-        // in order gives. Any
-        // other record goes through the batch buffer.
+        // in order gives. Any other record goes through the batch buffer.
         let page = |e: &u64| e & !ZERO_ENTRY;
         if !self
             .batch_entries

@@ -25,9 +25,8 @@ impl<W: Write> StreamWriter<W> {
     }
 
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
-        self.inner.write_all(b)?;
+        self.put_data(b)?;
         self.hasher.update(b);
-        self.written += b.len() as u64;
         Ok(())
     }
 
