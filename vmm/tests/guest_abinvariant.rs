@@ -19,6 +19,7 @@ fn sweep_fast() -> GuestImage {
     img.workload.spec =
         migtest_vmm::guest::image::WorkloadSpec::Sweep(migtest_vmm::guest::image::SweepParams {
             pass_delay_us: 0,
+            fill: false,
         });
     img
 }

@@ -102,6 +102,10 @@ pub enum ImageError {
 pub struct SweepParams {
     /// Sleep after each full pass, in microseconds (`pass-delay`).
     pub pass_delay_us: u64,
+    /// Fill each page of the range with non-zero bytes before the first
+    /// pass instead of only zeroing its first byte (`fill`): a guest whose
+    /// pages are dense, like QEMU's `memory-backend-file` of data.
+    pub fill: bool,
 }
 
 /// Parameters of the `hotset` workload.
@@ -475,6 +479,18 @@ impl Parser<'_> {
         }
     }
 
+    /// A boolean, `false` if absent.
+    fn flag(&self, table: &Table, prefix: &str, key: &str) -> Result<bool, ImageError> {
+        match table.get(key) {
+            None => Ok(false),
+            Some(Value::Boolean(b)) => Ok(*b),
+            Some(other) => Err(self.bad(
+                &format!("{prefix}{key}"),
+                format!("expected a boolean, got {}", other.type_str()),
+            )),
+        }
+    }
+
     fn image(&self, text: &str) -> Result<GuestImage, ImageError> {
         let root: Table = text
             .parse()
@@ -572,7 +588,7 @@ impl Parser<'_> {
             .string(t, p, "kind")?
             .ok_or_else(|| self.missing(&format!("{p}kind")))?;
         let params: &[&str] = match kind.as_str() {
-            "sweep" => &["pass-delay"],
+            "sweep" => &["pass-delay", "fill"],
             "hotset" => &["pages", "round-delay", "report-every", "scribble"],
             "rate" => &["pages-per-sec"],
             "random" => &["seed", "burst", "burst-delay"],
@@ -594,6 +610,7 @@ impl Parser<'_> {
         Ok(match kind.as_str() {
             "sweep" => WorkloadSpec::Sweep(SweepParams {
                 pass_delay_us: self.int(t, p, "pass-delay", 1000, delay)?,
+                fill: self.flag(t, p, "fill")?,
             }),
             "hotset" => WorkloadSpec::Hotset(HotsetParams {
                 pages: self.int(t, p, "pages", 16, (1, 4096))?,

@@ -30,7 +30,10 @@ fn parses_full_image() {
     assert_eq!(img.workload.end, 100 * MIB);
     assert_eq!(
         img.workload.spec,
-        WorkloadSpec::Sweep(SweepParams { pass_delay_us: 500 })
+        WorkloadSpec::Sweep(SweepParams {
+            pass_delay_us: 500,
+            fill: false
+        })
     );
     let sec = img.secondary.unwrap();
     assert_eq!(sec.region, 8 * MIB);

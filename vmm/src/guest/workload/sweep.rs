@@ -1,6 +1,7 @@
 //! `sweep`: QEMU's A-B migration test guest.
 //!
-//! Zeroes the first byte of every page of its range, prints `A`, then
+//! Zeroes the first byte of every page of its range (with `fill`, writes the
+//! whole page: that byte 0, every other byte non-zero), prints `A`, then
 //! forever increments (wrapping) the first byte of each page in address
 //! order, printing `B` after each pass and sleeping `pass-delay` µs. Stopped
 //! between any two steps the range satisfies
@@ -12,6 +13,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_page_addr, check_range, Halt, StepCtx, PAGE};
 use crate::guest::image::{SweepParams, VcpuPlan};
+
+/// What `fill` writes into each page before the first pass: the first
+/// byte 0 (the A-B counter), then non-zero bytes `i % 251 + 1`.
+const FILL_PAGE: [u8; PAGE as usize] = {
+    let mut p = [0u8; PAGE as usize];
+    let mut i = 1;
+    while i < PAGE as usize {
+        p[i] = (i % 251 + 1) as u8;
+        i += 1;
+    }
+    p
+};
 
 /// Where the sweep is.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +80,11 @@ impl SweepState {
     pub(super) fn step(&mut self, params: &SweepParams, ctx: &StepCtx<'_>) -> Result<(), Halt> {
         match self.phase {
             SweepPhase::Zeroing { next } => {
-                ctx.ram.write_u8(next, 0)?;
+                if params.fill {
+                    ctx.ram.write_bytes(next, &FILL_PAGE)?;
+                } else {
+                    ctx.ram.write_u8(next, 0)?;
+                }
                 let next = next + PAGE;
                 self.phase = if next >= self.end {
                     ctx.progress(b'A');
@@ -119,6 +136,18 @@ mod tests {
             .collect()
     }
 
+    /// A sweep of `[start, end)` resting 5 µs between passes.
+    fn plan(start: u64, end: u64, fill: bool) -> VcpuPlan {
+        VcpuPlan {
+            spec: WorkloadSpec::Sweep(SweepParams {
+                pass_delay_us: 5,
+                fill,
+            }),
+            start,
+            end,
+        }
+    }
+
     #[test]
     fn zeroes_prints_a_then_passes_with_b() {
         let dir = tempfile::tempdir().unwrap();
@@ -127,12 +156,7 @@ mod tests {
         let ram = GuestRam::new(16 * PAGE).unwrap();
         // garbage in the range is zeroed first
         ram.write_u8(3 * PAGE, 9).unwrap();
-        let plan = VcpuPlan {
-            spec: WorkloadSpec::Sweep(SweepParams { pass_delay_us: 5 }),
-            start: 2 * PAGE,
-            end: 6 * PAGE,
-        };
-        let mut w = Workload::new(plan, true);
+        let mut w = Workload::new(plan(2 * PAGE, 6 * PAGE, false), true);
         let sleeper = CountingSleeper::default();
         run(&mut w, &ram, &serial, &sleeper, 4);
         assert_eq!(std::fs::read(&path).unwrap(), b"A");
@@ -154,5 +178,21 @@ mod tests {
         assert_eq!(ram.read_u8(PAGE).unwrap(), 0);
         assert_eq!(ram.read_u8(6 * PAGE).unwrap(), 0);
         assert_eq!(ram.read_u8(2 * PAGE + 1).unwrap(), 0);
+    }
+
+    #[test]
+    fn fill_makes_every_byte_but_the_counter_non_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let serial = Serial::open(&SerialConfig::File(dir.path().join("s"))).unwrap();
+        let ram = GuestRam::new(8 * PAGE).unwrap();
+        let mut w = Workload::new(plan(2 * PAGE, 4 * PAGE, true), true);
+        run(&mut w, &ram, &serial, &CountingSleeper::default(), 3);
+        for page in [2, 3] {
+            let mut buf = [0u8; PAGE as usize];
+            ram.read_page(page, &mut buf).unwrap();
+            assert_eq!(buf[0], if page == 2 { 1 } else { 0 });
+            assert!(buf[1..].iter().all(|b| *b != 0), "page {page}");
+        }
+        assert!(ram.page_is_zero(4));
     }
 }
