@@ -47,6 +47,17 @@ impl MigrationRam for GuestRam {
         GuestRam::zero_page(self, page).map_err(|e| e.to_string())
     }
 
+    fn load_sparse(&self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        let mut runs = Vec::with_capacity(4);
+        crate::migration::xbzrle::walk(encoded, |offset, bytes| runs.push((offset, bytes)))
+            .map_err(|e| e.reason)?;
+        GuestRam::load_runs(self, page, runs).map_err(|e| e.to_string())
+    }
+
+    fn sparse_words(&self, page: u64, out: &mut [(u16, u64)]) -> Result<Option<usize>, String> {
+        GuestRam::page_sparse_words(self, page, out).map_err(|e| e.to_string())
+    }
+
     fn send_source(&self, page: u64) -> Option<*const u8> {
         GuestRam::send_source(self, page).ok()
     }

@@ -129,6 +129,29 @@ fn rec_xbzrle(page: u64, enc: &[u8]) -> Vec<u8> {
     b
 }
 
+/// A SPARSE record with the encoding `enc` as given.
+fn rec_sparse(page: u64, enc: &[u8]) -> Vec<u8> {
+    let mut b = rec_u64(tag::SPARSE, page);
+    b.extend_from_slice(&(enc.len() as u16).to_be_bytes());
+    b.extend_from_slice(enc);
+    b
+}
+
+/// `body()`, then pass 3 with page 0 (was 0xbb data) and page 1 (was
+/// zero) as SPARSE records: page 0 becomes 0x01 0x02 at bytes 1-2, page 1
+/// 0x99 at byte 200; the rest of both zero.
+fn sparse_stream(extra: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts = vec![
+        body(),
+        rec_u64(tag::PASS, 3),
+        rec_sparse(0, &[1, 2, 1, 2]),
+        rec_sparse(1, &[0xc8, 0x01, 1, 0x99]),
+    ];
+    parts.extend_from_slice(extra);
+    parts.push(rec_dev(DEV));
+    with_end(cat(&parts))
+}
+
 /// `body()`, then pass 3 with page 0 and page 3 as XBZRLE deltas (bytes 1
 /// and 2 of page 0 become 0x01 0x02; page 3 gets 0x99 at byte 200).
 fn xbzrle_stream(extra: &[Vec<u8>]) -> Vec<u8> {
@@ -156,7 +179,7 @@ fn with_end(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
-/// What END's digest covers (version 5): every byte of `v` but the page
+/// What END's digest covers (version 5 on): every byte of `v` but the page
 /// data of PAGE and PAGES records. Written from the format's table, not
 /// with the crate's reader; bytes after an unknown tag are all covered.
 fn digested_bytes(v: &[u8]) -> Vec<u8> {
@@ -176,7 +199,7 @@ fn digested_bytes(v: &[u8]) -> Vec<u8> {
                 (5 + n * 8, full * PAGE_SIZE)
             }
             tag::POSTCOPY => (1 + 8 * (PAGES as usize).div_ceil(64), 0),
-            tag::XBZRLE if at + 11 <= v.len() => {
+            tag::XBZRLE | tag::SPARSE if at + 11 <= v.len() => {
                 (11 + u16::from_be_bytes([v[at + 9], v[at + 10]]) as usize, 0)
             }
             _ => (v.len() - at, 0),
@@ -321,6 +344,47 @@ fn damaged_cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("truncated-in-xbzrle.bin", {
             let x = xbzrle_stream(&[]);
+            x[..body().len() + 9 + 11 + 2].to_vec()
+        }),
+        ("good-sparse.bin", sparse_stream(&[])),
+        (
+            "sparse-page-out-of-range.bin",
+            sparse_stream(&[rec_sparse(4, &[0, 1, 1])]),
+        ),
+        (
+            "sparse-length-zero.bin",
+            sparse_stream(&[rec_sparse(1, &[])]),
+        ),
+        (
+            "sparse-length-too-large.bin",
+            sparse_stream(&[rec_sparse(1, &[0x55; 4097])]),
+        ),
+        (
+            "sparse-data-run-past-page.bin",
+            sparse_stream(&[rec_sparse(1, &[0xff, 0x1f, 2, 1, 1])]),
+        ),
+        (
+            "sparse-empty-zero-run.bin",
+            sparse_stream(&[rec_sparse(1, &[0, 1, 5, 0, 1, 5])]),
+        ),
+        (
+            "sparse-before-pass.bin",
+            with_end(cat(&[
+                good_header(),
+                rec_sparse(0, &[0, 1, 1]),
+                rec_dev(DEV),
+            ])),
+        ),
+        (
+            "sparse-after-device-state.bin",
+            with_end(cat(&[body(), rec_dev(DEV), rec_sparse(0, &[0, 1, 1])])),
+        ),
+        (
+            "sparse-in-postcopy.bin",
+            postcopy_stream(0b0001, &[rec_sparse(0, &[0, 1, 1])]),
+        ),
+        ("truncated-in-sparse.bin", {
+            let x = sparse_stream(&[]);
             x[..body().len() + 9 + 11 + 2].to_vec()
         }),
         (
@@ -535,6 +599,10 @@ fn fixture_streams_give_specific_errors() {
             "{name}: allocated {max} bytes"
         );
         let text = match r {
+            Ok(s) if s.sparse_pages > 0 => format!(
+                "ok: {} passes, {} pages, {} zero pages, {} sparse pages",
+                s.passes, s.pages, s.zero_pages, s.sparse_pages
+            ),
             Ok(s) if s.xbzrle_pages > 0 => format!(
                 "ok: {} passes, {} pages, {} zero pages, {} xbzrle pages",
                 s.passes, s.pages, s.zero_pages, s.xbzrle_pages
@@ -590,6 +658,28 @@ fn xbzrle_stream_decodes_against_the_current_pages() {
     assert_eq!((p3[0], p3[199], p3[200], p3[201]), (3, 0x55, 0x99, 0x55));
     // Every cut of it is refused as truncated.
     let g = xbzrle_stream(&[]);
+    for cut in body().len()..g.len() {
+        let e = decode(&g[..cut]).expect_err("a truncated stream must not load");
+        assert!(
+            matches!(e.kind, StreamErrorKind::Truncated { .. }),
+            "cut at {cut}: {e}"
+        );
+    }
+}
+
+#[test]
+fn sparse_pages_load_as_zero_but_for_their_runs() {
+    let mut img = vec![0x77u8; PAGES as usize * PAGE_SIZE];
+    let s = stream::load(&sparse_stream(&[])[..], expect(), &mut VecSink(&mut img)).unwrap();
+    assert_eq!((s.passes, s.pages, s.sparse_pages), (3, 3, 2));
+    // Page 0 held 0x00 0xbb 0xbb ...: now zero but for bytes 1 and 2.
+    assert_eq!(&img[..4], &[0, 1, 2, 0]);
+    assert!(img[3..PAGE_SIZE].iter().all(|b| *b == 0));
+    // Page 1 (zero) gets 0x99 at byte 200 and nothing else.
+    let p1 = &img[PAGE_SIZE..2 * PAGE_SIZE];
+    assert_eq!(p1[200], 0x99);
+    assert_eq!(p1.iter().filter(|b| **b != 0).count(), 1);
+    let g = sparse_stream(&[]);
     for cut in body().len()..g.len() {
         let e = decode(&g[..cut]).expect_err("a truncated stream must not load");
         assert!(

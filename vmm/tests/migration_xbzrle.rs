@@ -101,27 +101,30 @@ fn feed_destination(bytes: &[u8]) -> (Arc<TestHost>, MigrationInfo) {
     (dst, i)
 }
 
-/// Every XBZRLE sample of `fixtures/streams/` on a destination: the good
-/// one loads and runs, each damaged one fails it (exit 1) with its precise
-/// `error-desc`.
-#[test]
-fn damaged_xbzrle_records_fail_the_destination() {
+/// Every sample of `fixtures/streams/` whose name holds `kind` on a
+/// destination: the good one loads and runs with `page0` at the start of
+/// page 0 and `zero_after` zero bytes after it in that page, each damaged
+/// one fails it (exit 1); their `error-desc`s, one line each.
+fn samples_on_destination(kind: &str, page0: [u8; 4], zero_after: bool) -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/streams");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("xbzrle"))
+        .filter(|n| n.contains(kind))
         .collect();
     names.sort();
-    assert!(names.len() >= 14, "{names:?}");
+    assert!(names.len() >= 10, "{names:?}");
     let mut report = String::new();
     for name in names {
         let (dst, i) = feed_destination(&std::fs::read(dir.join(&name)).unwrap());
         if name.starts_with("good") {
             assert_eq!(i.status, Some(MigrationStatus::Completed), "{i:?}");
             assert_eq!(dst.state(), RunState::Running);
-            let page0 = dst.ram.snapshot()[..4].to_vec();
-            assert_eq!(page0, [0, 1, 2, 0xbb]);
+            let ram = dst.ram.snapshot();
+            assert_eq!(ram[..4], page0);
+            if zero_after {
+                assert!(ram[4..4096].iter().all(|b| *b == 0), "{name}");
+            }
             continue;
         }
         assert_eq!(i.status, Some(MigrationStatus::Failed), "{name}");
@@ -129,7 +132,24 @@ fn damaged_xbzrle_records_fail_the_destination() {
         assert_ne!(dst.state(), RunState::Running, "{name}");
         report.push_str(&format!("{name}: {}\n", i.error_desc.unwrap()));
     }
+    report
+}
+
+/// Every XBZRLE sample of `fixtures/streams/` on a destination: the good
+/// one loads and runs, each damaged one fails it (exit 1) with its precise
+/// `error-desc`.
+#[test]
+fn damaged_xbzrle_records_fail_the_destination() {
+    let report = samples_on_destination("xbzrle", [0, 1, 2, 0xbb], false);
     insta::assert_snapshot!("xbzrle_destination_errors", report);
+}
+
+/// The same for the SPARSE samples: the good one leaves page 0 (which held
+/// data) zero but for its two bytes.
+#[test]
+fn damaged_sparse_records_fail_the_destination() {
+    let report = samples_on_destination("sparse", [0, 1, 2, 0], true);
+    insta::assert_snapshot!("sparse_destination_errors", report);
 }
 
 /// Pages that overflow (sent whole) between small changes: the cache follows

@@ -339,6 +339,8 @@ enum Rec {
     Device,
     /// An XBZRLE record: page and encoding.
     Xbzrle(u64, Vec<u8>),
+    /// A SPARSE record: page and encoding.
+    Sparse(u64, Vec<u8>),
 }
 
 /// A sink keeping every record (bounded by the input: each page record
@@ -374,6 +376,13 @@ impl Recorder {
                     xbzrle::decode(enc, page).expect("the decoder validated the encoding");
                     Some((*p, Some(xxh3_64(&page[..]))))
                 }
+                Rec::Sparse(p, enc) => {
+                    let mut page = Box::new([0; PAGE_SIZE]);
+                    xbzrle::decode(enc, &mut page).expect("the decoder validated the encoding");
+                    let digest = xxh3_64(&page[..]);
+                    pages.insert(*p, page);
+                    Some((*p, Some(digest)))
+                }
             })
             .collect()
     }
@@ -406,6 +415,10 @@ impl StreamSink for Recorder {
         self.records.push(Rec::Xbzrle(page, encoded.to_vec()));
         Ok(())
     }
+    fn sparse(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        self.records.push(Rec::Sparse(page, encoded.to_vec()));
+        Ok(())
+    }
 }
 
 /// The canonical encoding of a decoded stream, written by the source's
@@ -431,6 +444,7 @@ fn reencode(sum: &LoadSummary, records: &[Rec]) -> Vec<u8> {
             Rec::Postcopy(bitmap) => w.postcopy(bitmap),
             Rec::Device => w.device_state(&sum.device_state),
             Rec::Xbzrle(p, enc) => w.xbzrle(*p, enc),
+            Rec::Sparse(p, enc) => w.sparse(*p, enc),
         }
         .expect(io);
     }
@@ -452,7 +466,12 @@ fn batch_parts(batch: &[Rec]) -> (Vec<u64>, Vec<u8>) {
                 entries.push(*p);
                 data.extend_from_slice(&d[..]);
             }
-            Rec::Pass(_) | Rec::Batch(_) | Rec::Postcopy(_) | Rec::Device | Rec::Xbzrle(..) => {
+            Rec::Pass(_)
+            | Rec::Batch(_)
+            | Rec::Postcopy(_)
+            | Rec::Device
+            | Rec::Xbzrle(..)
+            | Rec::Sparse(..) => {
                 unreachable!("a PAGES record holds only pages")
             }
         }
@@ -483,6 +502,14 @@ impl MigrationRam for TrackingRam<'_> {
     fn zero_page(&self, page: u64) -> Result<(), String> {
         lock(&self.log).push((page, None));
         self.inner.zero_page(page)
+    }
+    /// The real RAM's own SPARSE write, logged as what it left in the page.
+    fn load_sparse(&self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        self.inner.load_sparse(page, encoded)?;
+        let mut now = [0u8; PAGE_SIZE];
+        self.inner.read_page(page, &mut now)?;
+        lock(&self.log).push((page, Some(xxh3_64(&now))));
+        Ok(())
     }
     fn dirty_set_all(&self) {
         self.inner.dirty_set_all()

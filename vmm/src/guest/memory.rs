@@ -477,6 +477,84 @@ impl GuestRam {
         Ok(true)
     }
 
+    /// Source side: the non-zero words of page `page` (index in the page,
+    /// value as loaded) into `out`, when it holds at most `out.len()`:
+    /// `Some(n)` (0 for a zero page, found without reading a page never
+    /// written), `None` as soon as a page has more, or when its first eight
+    /// words are all non-zero. Each word is loaded once,
+    /// so what is returned is one consistent reading of each word; a vCPU
+    /// writing meanwhile marks the page dirty after its write lands.
+    pub fn page_sparse_words(
+        &self,
+        page: u64,
+        out: &mut [(u16, u64)],
+    ) -> Result<Option<usize>, GuestRamError> {
+        self.check_page(page)?;
+        if !self.is_touched(page) {
+            return Ok(Some(0));
+        }
+        let words = self.page_words(page);
+        let mut n = 0;
+        for i in (0..WORDS_PER_PAGE).step_by(8) {
+            let chunk: [u64; 8] = std::array::from_fn(|k| words[i + k].load(Ordering::Relaxed));
+            let nonzero = chunk.iter().filter(|w| **w != 0).count();
+            if nonzero == 0 {
+                continue;
+            }
+            // A full first cache line: dense data, not worth reading on (the
+            // kernel's copy then finds the line cached).
+            if n + nonzero > out.len() || (i == 0 && nonzero == 8) {
+                return Ok(None);
+            }
+            for (k, &w) in chunk.iter().enumerate() {
+                if w != 0 {
+                    out[n] = ((i + k) as u16, w);
+                    n += 1;
+                }
+            }
+        }
+        Ok(Some(n))
+    }
+
+    /// Destination-side loader write of a page that is zero but for `runs`
+    /// (`(offset, bytes)` inside the page): the page's non-zero words are
+    /// zeroed (a page never written is not even read; an A-B page has one
+    /// such word: reading a page is cheaper than writing all of it), then
+    /// each run is copied in. Not marked dirty, as
+    /// [`load_page`](Self::load_page); the loader must be the only writer.
+    pub fn load_runs<'a>(
+        &self,
+        page: u64,
+        runs: impl IntoIterator<Item = (usize, &'a [u8])>,
+    ) -> Result<(), GuestRamError> {
+        self.check_page(page)?;
+        if self.is_touched(page) {
+            let words = self.page_words(page);
+            for chunk in words.chunks_exact(8) {
+                let any = chunk.iter().fold(0, |a, w| a | w.load(Ordering::Relaxed));
+                if any != 0 {
+                    for w in chunk {
+                        w.store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        let target = self.load_target(page)?;
+        for (offset, bytes) in runs {
+            if offset + bytes.len() > PAGE_SIZE {
+                return Err(GuestRamError::OutOfRange {
+                    addr: page * PAGE + offset as u64,
+                    len: bytes.len() as u64,
+                    size: self.size,
+                });
+            }
+            // SAFETY: the run lies inside the page (checked above), which is
+            // in the mapping; `bytes` is a separate buffer.
+            unsafe { copy_bytes(target.add(offset), bytes.as_ptr(), bytes.len()) };
+        }
+        Ok(())
+    }
+
     /// Destination-side loader write of a whole page, one `rep movsb`
     /// ([`copy_bytes`]) rather than word by word.
     ///
@@ -710,6 +788,44 @@ mod tests {
         assert_eq!(buf, [1; PAGE_SIZE]);
         ram.zero_page(3).unwrap();
         assert!(ram.page_is_zero(3));
+    }
+
+    #[test]
+    fn sparse_words_list_the_non_zero_words_up_to_the_limit() {
+        let ram = GuestRam::new(4 * PAGE).unwrap();
+        let mut out = [(0u16, 0u64); 4];
+        assert_eq!(ram.page_sparse_words(0, &mut out).unwrap(), Some(0));
+        assert!(!ram.is_touched(0), "a page never written is not read");
+        ram.write_u8(PAGE, 7).unwrap();
+        ram.write_u64(PAGE + 8 * 100, u64::MAX).unwrap();
+        assert_eq!(ram.page_sparse_words(1, &mut out).unwrap(), Some(2));
+        assert_eq!(out[..2], [(0, 7u64.to_le()), (100, u64::MAX)]);
+        for w in 0..5u64 {
+            ram.write_u64(2 * PAGE + 8 * (w * 50), w + 1).unwrap();
+        }
+        assert_eq!(ram.page_sparse_words(2, &mut out).unwrap(), None);
+        ram.write_bytes(3 * PAGE, &[1; 64]).unwrap();
+        let mut wide = [(0u16, 0u64); 16];
+        assert_eq!(ram.page_sparse_words(3, &mut wide).unwrap(), None);
+        assert!(ram.page_sparse_words(4, &mut out).is_err());
+    }
+
+    #[test]
+    fn load_runs_leaves_the_page_zero_but_for_the_runs() {
+        let ram = GuestRam::new(2 * PAGE).unwrap();
+        ram.load_page(0, &[0xaa; PAGE_SIZE]).unwrap();
+        ram.load_runs(0, [(1, &[1u8, 2][..]), (4095, &[9u8][..])])
+            .unwrap();
+        let mut buf = [0u8; PAGE_SIZE];
+        ram.read_page(0, &mut buf).unwrap();
+        assert_eq!(&buf[..4], &[0, 1, 2, 0]);
+        assert_eq!(buf[4095], 9);
+        assert_eq!(buf.iter().filter(|b| **b != 0).count(), 3);
+        ram.load_runs(1, [(0, &[5u8][..])]).unwrap();
+        assert!(ram.is_touched(1));
+        assert_eq!(ram.read_u8(PAGE).unwrap(), 5);
+        assert!(ram.load_runs(1, [(4095, &[1u8, 2][..])]).is_err());
+        assert!(ram.load_runs(2, [(0, &[1u8][..])]).is_err());
     }
 
     #[test]

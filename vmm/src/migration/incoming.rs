@@ -193,6 +193,12 @@ impl StreamSink for RamSink<'_> {
         super::xbzrle::decode(encoded, &mut buf).map_err(|e| e.reason)?;
         self.ram.load_page(page, &buf)
     }
+    fn sparse(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        if self.in_postcopy().is_some() {
+            return Err("sparse page in postcopy".into());
+        }
+        self.ram.load_sparse(page, encoded)
+    }
     fn postcopy(&mut self, bitmap: &[u64]) -> Result<(), String> {
         match self.postcopy.as_mut() {
             Some(p) => p.start(bitmap),

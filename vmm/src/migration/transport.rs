@@ -146,6 +146,22 @@ impl Conn {
         }
     }
 
+    /// Bytes written that the peer has not read yet (`SIOCOUTQ`; on TCP,
+    /// not yet acknowledged); `None` for a file or when the kernel does not
+    /// say.
+    pub fn unread(&self) -> Option<usize> {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::File(_) => return None,
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int through the pointer.
+        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+        (r == 0).then(|| usize::try_from(n).ok()).flatten()
+    }
+
     /// Shuts down the write half (the destination then sees EOF).
     pub fn shutdown_write(&self) {
         let _ = match self {

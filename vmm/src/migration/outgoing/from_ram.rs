@@ -6,10 +6,21 @@
 //! nothing else needs to read a page; a vCPU writing a page while the
 //! kernel copies it makes the source send that page again, as QEMU does
 //! (`docs/performance.md`, eighth round). Zero pages are found as before
-//! (never-touched pages without reading them).
+//! (never-touched pages without reading them), and a page that is zero but
+//! for a few words goes as a SPARSE record instead (its non-zero runs only).
 
 use super::*;
 use crate::migration::stream::ZERO_ENTRY;
+use crate::migration::xbzrle::{encode_sparse, SPARSE_MAX_ENCODED, SPARSE_WORDS};
+
+/// Most SPARSE pages in one call of [`Engine::emit_from_ram`].
+const SPARSE_BATCH: usize = 1024;
+/// Bytes the destination may leave unread before a batch with SPARSE pages
+/// is followed by more (see [`Engine::await_destination`]).
+const SPARSE_LAG: usize = 4096;
+/// Longest wait for the destination to read; then the source goes on (and
+/// blocks on the socket as usual if the destination is stuck).
+const SPARSE_LAG_WAIT: Duration = Duration::from_secs(1);
 
 impl Engine<'_> {
     /// Whether pages may go straight from guest RAM: one channel, no
@@ -24,44 +35,91 @@ impl Engine<'_> {
     }
 
     /// One PAGES record of dirty pages written from guest RAM, within
-    /// `budget` bytes when given (the caller leaves room for one page).
+    /// `budget` bytes when given (the caller leaves room for one page), and
+    /// a SPARSE record for each page that is zero but for at most
+    /// [`SPARSE_WORDS`] words (counted against `budget` as a full page).
     pub(super) fn emit_from_ram(&mut self, budget: Option<u64>) -> Result<(), Abort> {
+        if self.sparse_sent {
+            self.await_destination()?;
+        }
         let ram = self.ram;
         let mut entries = std::mem::take(&mut self.batch.entries);
         entries.clear();
         let mut pages: Vec<*const u8> = Vec::with_capacity(BATCH_DATA_PAGES);
-        while pages.len() < BATCH_DATA_PAGES && entries.len() < BATCH_ENTRIES {
-            let wire = (5 + entries.len() * 9 + pages.len() * PAGE_SIZE) as u64;
-            if budget.is_some_and(|c| wire + PAGE_SIZE as u64 + 9 > c) {
-                break;
+        let mut words = [(0u16, 0u64); SPARSE_WORDS];
+        let mut enc = [0u8; SPARSE_MAX_ENCODED];
+        let mut sparse = 0usize;
+        let result = loop {
+            if pages.len() == BATCH_DATA_PAGES
+                || entries.len() == BATCH_ENTRIES
+                || sparse == SPARSE_BATCH
+            {
+                break Ok(());
             }
-            let Some(page) = self.next_dirty() else { break };
-            if ram.page_is_zero(page) {
-                entries.push(page | ZERO_ENTRY);
-                continue;
+            let charged = 5 + entries.len() * 9 + (pages.len() + sparse) * PAGE_SIZE;
+            if budget.is_some_and(|c| charged as u64 + PAGE_SIZE as u64 + 11 > c) {
+                break Ok(());
             }
-            match ram.send_source(page) {
-                Some(ptr) => {
-                    entries.push(page);
-                    pages.push(ptr);
+            let Some(page) = self.next_dirty() else {
+                break Ok(());
+            };
+            match ram.sparse_words(page, &mut words) {
+                Ok(Some(0)) => entries.push(page | ZERO_ENTRY),
+                Ok(Some(n)) => {
+                    let len = encode_sparse(&words[..n], &mut enc);
+                    if let Err(e) = self.w.sparse(page, &enc[..len]) {
+                        break Err(write_err(e));
+                    }
+                    self.sparse_credit += (PAGE_SIZE - len) as u64;
+                    sparse += 1;
                 }
-                None => {
-                    return Err(Abort::Failed(format!("cannot read guest page {page}")));
-                }
+                Ok(None) => match ram.send_source(page) {
+                    Some(ptr) => {
+                        entries.push(page);
+                        pages.push(ptr);
+                    }
+                    None => break Err(Abort::Failed(format!("cannot read guest page {page}"))),
+                },
+                Err(m) => break Err(Abort::Failed(format!("cannot read guest page {page}: {m}"))),
             }
-        }
-        let written = if entries.is_empty() {
-            Ok(())
-        } else {
+        };
+        let written = match result {
+            Err(e) => Err(e),
+            Ok(()) if entries.is_empty() => Ok(()),
             // SAFETY: each pointer is a whole page of guest RAM, which
             // outlives the engine, and is never read through a reference.
-            unsafe { self.w.pages_raw(&entries, &pages) }.map_err(write_err)
+            Ok(()) => unsafe { self.w.pages_raw(&entries, &pages) }.map_err(write_err),
         };
-        let (zero, full) = (entries.len() - pages.len(), pages.len());
+        self.sparse_sent = sparse > 0;
+        let (zero, full) = (entries.len() - pages.len(), pages.len() + sparse);
         entries.clear();
         self.batch.entries = entries;
         written?;
         self.count_pages(zero, full);
+        Ok(())
+    }
+
+    /// After a batch with SPARSE pages: flushes, then waits (up to
+    /// [`SPARSE_LAG_WAIT`]) until the destination has read all but
+    /// [`SPARSE_LAG`] bytes. A SPARSE page is a few bytes on the wire but a
+    /// page write at the destination (a fault into fresh memory), so the
+    /// socket buffer, which paces whole pages, would let the destination
+    /// fall far behind; its backlog would then land in the downtime.
+    fn await_destination(&mut self) -> Result<(), Abort> {
+        self.w.flush().map_err(write_err)?;
+        let deadline = Instant::now() + SPARSE_LAG_WAIT;
+        while self
+            .w
+            .get_mut()
+            .get_ref()
+            .unread()
+            .is_some_and(|n| n > SPARSE_LAG)
+        {
+            if self.cancelled() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
         Ok(())
     }
 }

@@ -299,9 +299,15 @@ struct Engine<'a> {
     sync_count: u64,
     last_sync: Instant,
     dirty_period_pages: u64,
-    // Rate limit / measurement window.
+    // Rate limit / measurement window, in charged bytes (`charged`).
     window_start: Instant,
     window_bytes_start: u64,
+    window_wire_start: u64,
+    /// What SPARSE records saved on the wire against full pages: counted
+    /// back by [`Engine::charged`].
+    sparse_credit: u64,
+    /// Whether the last batch from guest RAM held SPARSE pages.
+    sparse_sent: bool,
     /// Token bucket for `max-bandwidth`: bytes written at `bucket_start`
     /// and the cap it was started for. Unlike fixed windows, a late wake-up
     /// from sleep does not lose the budget of the time overslept.
@@ -474,6 +480,9 @@ fn run_inner(
             dirty_period_pages: 0,
             window_start: Instant::now(),
             window_bytes_start: 0,
+            window_wire_start: 0,
+            sparse_credit: 0,
+            sparse_sent: false,
             bucket_start: Instant::now(),
             bucket_bytes_start: 0,
             bucket_rate: 0,

@@ -43,6 +43,14 @@ impl Engine<'_> {
         self.w.written() + self.mfd.as_ref().map_or(0, |m| m.bytes())
     }
 
+    /// [`Engine::written`] with each SPARSE page counted as the full page
+    /// it stands for: what `max-bandwidth`, the bandwidth estimate and
+    /// auto-converge's period count, so that they see the same page rate
+    /// as if every page had gone whole (`docs/migration-stream.md`).
+    pub(super) fn charged(&self) -> u64 {
+        self.written() + self.sparse_credit
+    }
+
     /// Fails the migration with the first error of any page channel.
     pub(super) fn check_channels(&self) -> Result<(), Abort> {
         match self.mfd.as_ref().and_then(|m| m.error()) {

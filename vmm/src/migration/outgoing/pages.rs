@@ -203,7 +203,7 @@ impl Engine<'_> {
         if bw == 0 {
             return None;
         }
-        let written = self.written();
+        let written = self.charged();
         // At least one full page with its record overhead, so a cap below
         // 41 KB/s still sends (one page per bucket).
         let burst = (bw / 10).max(PAGE_SIZE as u64 + 64);
@@ -268,7 +268,8 @@ impl Engine<'_> {
             return;
         }
         let el_ms = el.as_secs_f64() * 1000.0;
-        let bytes = self.written() - self.window_bytes_start;
+        let bytes = self.charged() - self.window_bytes_start;
+        let wire = self.written() - self.window_wire_start;
         if bytes > 0 {
             self.bandwidth = bytes as f64 / el_ms;
         }
@@ -280,7 +281,7 @@ impl Engine<'_> {
         );
         {
             let mut i = lock(&self.out.info);
-            i.stats.mbps = bytes as f64 * 8.0 / el_ms / 1000.0;
+            i.stats.mbps = wire as f64 * 8.0 / el_ms / 1000.0;
             i.stats.pages_per_second = (self.window_pages as f64 * 1000.0 / el_ms) as u64;
             i.expected_downtime = if self.bandwidth > 0.0 {
                 (self.pending_bytes() as f64 / self.bandwidth) as u64
@@ -291,7 +292,8 @@ impl Engine<'_> {
             i.stats.remaining = self.pending_bytes();
         }
         self.window_start = Instant::now();
-        self.window_bytes_start = self.written();
+        self.window_bytes_start = self.charged();
+        self.window_wire_start = self.written();
         self.window_pages = 0;
     }
 }

@@ -11,7 +11,7 @@ impl Engine<'_> {
         let enabled = lock(&self.shared.caps).auto_converge();
         let params = self.shared.params();
         let now = self.host.cpu_throttle();
-        let written = self.written();
+        let written = self.charged();
         if let Some(pct) = self.throttle.period_end(enabled, (now, &params), written) {
             self.host.set_cpu_throttle(pct);
         }

@@ -168,6 +168,22 @@ pub enum StreamErrorKind {
         /// What is wrong.
         reason: String,
     },
+    /// A SPARSE record's length outside 1..=max.
+    #[error("sparse page length {len} is outside 1..={max}")]
+    SparseLength {
+        /// Length in the stream.
+        len: u16,
+        /// Limit.
+        max: u16,
+    },
+    /// A malformed SPARSE encoding (offset: the offending byte).
+    #[error("sparse page {page}: {reason}")]
+    Sparse {
+        /// Page index.
+        page: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// The RAM refused a page.
     #[error("cannot load page {page}: {reason}")]
     Load {

@@ -22,6 +22,14 @@ pub trait StreamSink {
     /// An XBZRLE page (index range-checked, encoding validated): decode it
     /// against the page's current content.
     fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String>;
+    /// A SPARSE page (index range-checked, encoding validated): the page is
+    /// zero but for the encoding's runs. By default decoded into a zeroed
+    /// buffer and handed to [`StreamSink::page`].
+    fn sparse(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
+        let mut buf = [0u8; PAGE_SIZE];
+        crate::migration::xbzrle::decode(encoded, &mut buf).map_err(|e| e.reason)?;
+        self.page(page, &buf)
+    }
     /// The device state after a POSTCOPY record (already a valid
     /// [`DeviceRecord`]): the destination may run the guest from here.
     fn postcopy_device(&mut self, _json: &[u8]) -> Result<(), String> {
@@ -48,6 +56,8 @@ pub struct LoadSummary {
     pub pages: u64,
     /// XBZRLE records.
     pub xbzrle_pages: u64,
+    /// SPARSE records.
+    pub sparse_pages: u64,
     /// Device record JSON (a valid [`DeviceRecord`], not yet loaded).
     pub device_state: Vec<u8>,
     /// Offset of the device state record.
@@ -127,6 +137,13 @@ fn load_records<R: StreamInput>(
                     kind: StreamErrorKind::Load { page: p, reason },
                 })?;
                 sum.xbzrle_pages += 1;
+            }
+            Record::Sparse(p, data) => {
+                sink.sparse(p, &data).map_err(|reason| StreamError {
+                    offset: at,
+                    kind: StreamErrorKind::Load { page: p, reason },
+                })?;
+                sum.sparse_pages += 1;
             }
             Record::Postcopy(bitmap) => {
                 sum.postcopy = true;

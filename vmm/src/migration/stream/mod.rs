@@ -1,6 +1,6 @@
 //! The migtest migration stream: encoder and validating decoder.
 //!
-//! Format (version 5, all integers big-endian; see `docs/migration-stream.md`):
+//! Format (version 6, all integers big-endian; see `docs/migration-stream.md`):
 //!
 //! ```text
 //! header  := magic[8]="MIGTSTRM" version:u32 page_size:u32 ram_size:u64
@@ -21,7 +21,10 @@
 //!   0x08 XBZRLE page:u64 len:u16 (1..=4096) data[len]
 //!               the page as QEMU's XBZRLE delta against the destination's
 //!               current copy (`migration::xbzrle`); precopy, main stream only
-//! stream  := header PASS (PASS|ZERO|PAGE|PAGES|XBZRLE)*
+//!   0x09 SPARSE page:u64 len:u16 (1..=4096) data[len]
+//!               a page that is zero but for a few bytes, as its XBZRLE
+//!               delta against an all-zero page; precopy, main stream only
+//! stream  := header PASS (PASS|ZERO|PAGE|PAGES|XBZRLE|SPARSE)*
 //!            ( DEVICE END | POSTCOPY DEVICE (ZERO|PAGE|PAGES)* END ) <eof>
 //!            (after POSTCOPY, every page of the bitmap exactly once and
 //!            no other page)
@@ -52,8 +55,8 @@ pub use writer::StreamWriter;
 pub const MAGIC: [u8; 8] = *b"MIGTSTRM";
 /// Current (and only) stream version (2 added the PAGES batch record, 3
 /// the POSTCOPY record, 4 the XBZRLE record; 5 took page data out of the
-/// END digest).
-pub const VERSION: u32 = 5;
+/// END digest; 6 added the SPARSE record).
+pub const VERSION: u32 = 6;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 40;
 /// Largest device-state record accepted.
@@ -83,6 +86,8 @@ pub mod tag {
     pub const POSTCOPY: u8 = 0x07;
     /// A page XBZRLE-encoded against the destination's copy.
     pub const XBZRLE: u8 = 0x08;
+    /// A page that is zero but for a few bytes, XBZRLE-encoded against zero.
+    pub const SPARSE: u8 = 0x09;
 }
 
 /// The stream header.
@@ -167,6 +172,8 @@ pub enum Record {
     Postcopy(Vec<u64>),
     /// An XBZRLE-encoded page (the encoding already validated).
     Xbzrle(u64, Vec<u8>),
+    /// A sparse page: XBZRLE-encoded against an all-zero page (validated).
+    Sparse(u64, Vec<u8>),
 }
 
 /// The JSON carried by the DEVICE record.

@@ -415,33 +415,47 @@ impl<R: StreamInput> StreamReader<R> {
         Ok(true)
     }
 
-    /// The body of an XBZRLE record: index, length, then the encoding,
-    /// validated whole (runs inside the page and the record) before it is
-    /// handed on.
-    fn read_xbzrle(&mut self) -> Result<Record, StreamError> {
+    /// The body of an XBZRLE (`sparse` false) or SPARSE record: index,
+    /// length, then the encoding, validated whole (runs inside the page and
+    /// the record) before it is handed on.
+    fn read_encoded(&mut self, sparse: bool) -> Result<Record, StreamError> {
+        let (len_what, data_what) = if sparse {
+            ("sparse page length", "sparse page data")
+        } else {
+            ("xbzrle page length", "xbzrle page data")
+        };
         let page = self.page_index()?;
         let len_at = self.offset;
         let mut l = [0u8; 2];
-        self.fill(&mut l, "xbzrle page length")?;
+        self.fill(&mut l, len_what)?;
         let len = u16::from_be_bytes(l);
         let max = crate::migration::xbzrle::MAX_ENCODED as u16;
         if len == 0 || len > max {
-            return Err(self.err(len_at, StreamErrorKind::XbzrleLength { len, max }));
+            let kind = if sparse {
+                StreamErrorKind::SparseLength { len, max }
+            } else {
+                StreamErrorKind::XbzrleLength { len, max }
+            };
+            return Err(self.err(len_at, kind));
         }
         // Bounded by MAX_ENCODED (one page) above.
         let mut data = vec![0u8; len as usize];
         let data_at = self.offset;
-        self.fill(&mut data, "xbzrle page data")?;
+        self.fill(&mut data, data_what)?;
         crate::migration::xbzrle::walk(&data, |_, _| {}).map_err(|e| {
-            self.err(
-                data_at + e.at as u64,
-                StreamErrorKind::Xbzrle {
-                    page,
-                    reason: e.reason,
-                },
-            )
+            let reason = e.reason;
+            let kind = if sparse {
+                StreamErrorKind::Sparse { page, reason }
+            } else {
+                StreamErrorKind::Xbzrle { page, reason }
+            };
+            self.err(data_at + e.at as u64, kind)
         })?;
-        Ok(Record::Xbzrle(page, data))
+        Ok(if sparse {
+            Record::Sparse(page, data)
+        } else {
+            Record::Xbzrle(page, data)
+        })
     }
 
     /// Checks that a page record may appear now.
@@ -529,13 +543,15 @@ impl<R: StreamInput> StreamReader<R> {
                 self.page_allowed(at, "page batch")?;
                 self.read_batch(direct).map(Record::Pages)
             }
-            tag::XBZRLE => {
-                self.main_only(at, "xbzrle page")?;
+            tag::XBZRLE | tag::SPARSE => {
+                let sparse = t[0] == tag::SPARSE;
+                let what = if sparse { "sparse page" } else { "xbzrle page" };
+                self.main_only(at, what)?;
                 if self.phase == Phase::Postcopy {
-                    return Err(self.out_of_order(at, "xbzrle page", "in postcopy"));
+                    return Err(self.out_of_order(at, what, "in postcopy"));
                 }
-                self.page_allowed(at, "xbzrle page")?;
-                self.read_xbzrle()
+                self.page_allowed(at, what)?;
+                self.read_encoded(sparse)
             }
             tag::DEVICE => {
                 self.main_only(at, "device state")?;

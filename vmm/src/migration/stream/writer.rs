@@ -112,9 +112,19 @@ impl<W: Write> StreamWriter<W> {
     /// An XBZRLE record: `page` encoded by `migration::xbzrle::encode`
     /// (1..=4096 bytes; the caller keeps within that).
     pub fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> io::Result<()> {
+        self.encoded(tag::XBZRLE, page, encoded)
+    }
+
+    /// A SPARSE record: `page` encoded by `migration::xbzrle::encode_sparse`
+    /// (its delta against an all-zero page, 1..=4096 bytes).
+    pub fn sparse(&mut self, page: u64, encoded: &[u8]) -> io::Result<()> {
+        self.encoded(tag::SPARSE, page, encoded)
+    }
+
+    fn encoded(&mut self, tag: u8, page: u64, encoded: &[u8]) -> io::Result<()> {
         debug_assert!(!encoded.is_empty() && encoded.len() <= PAGE_SIZE);
         let mut b = [0u8; 11];
-        b[0] = tag::XBZRLE;
+        b[0] = tag;
         b[1..9].copy_from_slice(&page.to_be_bytes());
         b[9..].copy_from_slice(&(encoded.len() as u16).to_be_bytes());
         self.put(&b)?;

@@ -15,7 +15,10 @@ mod codec;
 mod send;
 
 pub use cache::PageCache;
-pub use codec::{decode, encode, walk, DecodeError, Encoded, MAX_ENCODED};
+pub use codec::{
+    decode, encode, encode_sparse, walk, DecodeError, Encoded, MAX_ENCODED, SPARSE_MAX_ENCODED,
+    SPARSE_WORDS,
+};
 pub use send::{Send, Xbzrle};
 
 use super::host::PAGE_SIZE;
