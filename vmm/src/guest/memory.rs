@@ -497,10 +497,10 @@ impl GuestRam {
         let mut n = 0;
         for i in (0..WORDS_PER_PAGE).step_by(8) {
             let chunk: [u64; 8] = std::array::from_fn(|k| words[i + k].load(Ordering::Relaxed));
-            let nonzero = chunk.iter().filter(|w| **w != 0).count();
-            if nonzero == 0 {
+            if chunk.iter().fold(0, |a, w| a | w) == 0 {
                 continue;
             }
+            let nonzero = chunk.iter().filter(|w| **w != 0).count();
             // A full first cache line: dense data, not worth reading on (the
             // kernel's copy then finds the line cached).
             if n + nonzero > out.len() || (i == 0 && nonzero == 8) {

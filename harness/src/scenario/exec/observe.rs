@@ -42,9 +42,16 @@ fn event(e: &migtest_qmp::message::Event) -> Option<Event> {
     }
 }
 
-/// `query-status`, then `query-migrate`, then the events that arrived up to that reply;
-/// `cursor` counts the events of `vm` already reported. No VM (after a failed
-/// `restart-destination`) is seen as dead.
+/// How many times a side is read again when its run state changed between the two
+/// `query-status` of one reading.
+const CONSISTENT_TRIES: usize = 5;
+
+/// `query-status`, `query-migrate`, `query-status` again, then the events that arrived up to
+/// the `query-migrate` reply; `cursor` counts the events of `vm` already reported. When the
+/// two run states differ (the VM stopped or started between the queries, e.g. as the
+/// migration thread ended), the side is read again, so that the migration status and the run
+/// state reported are of one moment. No VM (after a failed `restart-destination`) is seen as
+/// dead.
 fn observe_side(vm: Option<&Vm>, cursor: &mut usize) -> anyhow::Result<SideObservation> {
     let Some(vm) = vm else {
         return Ok(SideObservation::dead());
@@ -56,19 +63,25 @@ fn observe_side(vm: Option<&Vm>, cursor: &mut usize) -> anyhow::Result<SideObser
     if !vm.is_alive() {
         return dead(cursor);
     }
-    let st = match vm.query_status() {
-        Ok(st) => st,
-        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(cursor),
-        Err(e) => return Err(e),
+    let mut tries = 0;
+    let (st, info, upto) = loop {
+        let Some(st) = query_or_dead(vm, Vm::query_status)? else {
+            return dead(cursor);
+        };
+        let Some(info) = query_or_dead(vm, Vm::query_migrate)? else {
+            return dead(cursor);
+        };
+        // Only the events written before the query-migrate reply (later ones belong to the
+        // next observation).
+        let upto = vm.qmp().events_seen_before_last_reply();
+        let Some(again) = query_or_dead(vm, Vm::query_status)? else {
+            return dead(cursor);
+        };
+        tries += 1;
+        if again.status == st.status || tries == CONSISTENT_TRIES {
+            break (st, info, upto);
+        }
     };
-    let info = match vm.query_migrate() {
-        Ok(i) => i,
-        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => return dead(cursor),
-        Err(e) => return Err(e),
-    };
-    // Only the events written before the query-migrate reply (later ones belong to the
-    // next observation).
-    let upto = vm.qmp().events_seen_before_last_reply();
     let seen = vm.qmp().events_seen();
     vm.qmp().drain_events();
     let upto = upto.min(seen.len());
@@ -83,4 +96,16 @@ fn observe_side(vm: Option<&Vm>, cursor: &mut usize) -> anyhow::Result<SideObser
         cpu_throttle: info.cpu_throttle_percentage,
         events,
     })
+}
+
+/// `query(vm)`, or `None` when it failed because the VM exited.
+fn query_or_dead<T>(
+    vm: &Vm,
+    query: impl Fn(&Vm) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    match query(vm) {
+        Ok(v) => Ok(Some(v)),
+        Err(_) if vm.wait_exit(Duration::from_millis(500)).is_some() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
