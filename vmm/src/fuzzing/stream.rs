@@ -377,8 +377,8 @@ impl Recorder {
                     Some((*p, Some(xxh3_64(&page[..]))))
                 }
                 Rec::Sparse(p, enc) => {
-                    let mut page = Box::new([0; PAGE_SIZE]);
-                    xbzrle::decode(enc, &mut page).expect("the decoder validated the encoding");
+                    let page =
+                        xbzrle::decode_sparse(enc).expect("the decoder validated the encoding");
                     let digest = xxh3_64(&page[..]);
                     pages.insert(*p, page);
                     Some((*p, Some(digest)))

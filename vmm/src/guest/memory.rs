@@ -517,9 +517,10 @@ impl GuestRam {
     }
 
     /// Destination-side loader write of a page that is zero but for `runs`
-    /// (`(offset, bytes)` inside the page): the page's non-zero words are
-    /// zeroed (a page never written is not even read; an A-B page has one
-    /// such word: reading a page is cheaper than writing all of it), then
+    /// (`(offset, bytes)` inside the page): each cache line of the page that
+    /// holds a non-zero word is zeroed (a page never written is not even
+    /// read; an A-B page has one such line: reading a page is cheaper than
+    /// writing all of it), then
     /// each run is copied in. Not marked dirty, as
     /// [`load_page`](Self::load_page); the loader must be the only writer.
     pub fn load_runs<'a>(

@@ -44,28 +44,15 @@ pub trait MigrationRam: Send + Sync {
     /// Destination side: page `page` is zero but for the runs of `encoded`
     /// (an XBZRLE delta against an all-zero page).
     fn load_sparse(&self, page: u64, encoded: &[u8]) -> Result<(), String> {
-        let mut buf = [0u8; PAGE_SIZE];
-        crate::migration::xbzrle::decode(encoded, &mut buf).map_err(|e| e.reason)?;
-        self.load_page(page, &buf)
+        let data = crate::migration::xbzrle::decode_sparse(encoded).map_err(|e| e.reason)?;
+        self.load_page(page, &data)
     }
     /// Source side: the non-zero words of page `page` (index in the page,
     /// value) into `out` when it has at most `out.len()`: `Some(n)`, 0 for a
-    /// zero page; `None` for a page with more (sent whole).
-    fn sparse_words(&self, page: u64, out: &mut [(u16, u64)]) -> Result<Option<usize>, String> {
-        let mut buf = [0u8; PAGE_SIZE];
-        self.read_page(page, &mut buf)?;
-        let mut n = 0;
-        for (i, c) in buf.chunks_exact(8).enumerate() {
-            let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
-            if w != 0 {
-                let Some(slot) = out.get_mut(n) else {
-                    return Ok(None);
-                };
-                *slot = (i as u16, w);
-                n += 1;
-            }
-        }
-        Ok(Some(n))
+    /// zero page; `None` for a page with more (sent whole). By default no
+    /// page is sparse: `Some(0)` for a zero page, else `None`.
+    fn sparse_words(&self, page: u64, _out: &mut [(u16, u64)]) -> Result<Option<usize>, String> {
+        Ok(self.page_is_zero(page).then_some(0))
     }
     /// Source side: page `page` (in range) as 4096 bytes the kernel may
     /// write onto the channel straight from guest RAM (`writev`, never

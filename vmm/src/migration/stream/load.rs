@@ -26,9 +26,8 @@ pub trait StreamSink {
     /// zero but for the encoding's runs. By default decoded into a zeroed
     /// buffer and handed to [`StreamSink::page`].
     fn sparse(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
-        let mut buf = [0u8; PAGE_SIZE];
-        crate::migration::xbzrle::decode(encoded, &mut buf).map_err(|e| e.reason)?;
-        self.page(page, &buf)
+        let data = crate::migration::xbzrle::decode_sparse(encoded).map_err(|e| e.reason)?;
+        self.page(page, &data)
     }
     /// The device state after a POSTCOPY record (already a valid
     /// [`DeviceRecord`]): the destination may run the guest from here.

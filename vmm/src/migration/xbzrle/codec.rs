@@ -144,6 +144,13 @@ fn last_nonzero(w: u64) -> usize {
     w.to_ne_bytes().iter().rposition(|b| *b != 0).unwrap_or(7)
 }
 
+/// The page a valid SPARSE encoding stands for: zero but for its runs.
+pub fn decode_sparse(enc: &[u8]) -> Result<Box<[u8; PAGE_SIZE]>, DecodeError> {
+    let mut page = Box::new([0u8; PAGE_SIZE]);
+    decode(enc, &mut page)?;
+    Ok(page)
+}
+
 /// Why an encoded page is malformed, and at which byte of the encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {

@@ -16,8 +16,8 @@ mod send;
 
 pub use cache::PageCache;
 pub use codec::{
-    decode, encode, encode_sparse, walk, DecodeError, Encoded, MAX_ENCODED, SPARSE_MAX_ENCODED,
-    SPARSE_WORDS,
+    decode, decode_sparse, encode, encode_sparse, walk, DecodeError, Encoded, MAX_ENCODED,
+    SPARSE_MAX_ENCODED, SPARSE_WORDS,
 };
 pub use send::{Send, Xbzrle};
 
