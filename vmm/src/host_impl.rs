@@ -65,6 +65,9 @@ impl MigrationRam for GuestRam {
     fn load_target(&self, page: u64) -> Option<*mut u8> {
         GuestRam::load_target(self, page).ok()
     }
+    fn prefault(&self, first: u64, count: u64) {
+        GuestRam::prefault(self, first, count)
+    }
 
     fn dirty_set_all(&self) {
         self.dirty().set_all();

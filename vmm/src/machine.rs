@@ -35,6 +35,7 @@ pub fn run(opts: Options) -> Result<Infallible, String> {
     let guest = Guest::new(GuestConfig {
         ram_size: opts.ram_size,
         vcpus: opts.vcpus,
+        backing: opts.ram_backing.clone(),
         image,
         serial,
     })

@@ -28,7 +28,10 @@ const CEILING_WRITE: usize = 1 << 20;
 enum Guest {
     /// QEMU's A-B guest (builtin `sweep`): [1M, 100M) rewritten continuously, rest zero.
     Ab,
-    /// Every page non-zero, guest stopped before `migrate`.
+    /// Every page non-zero, guest stopped before `migrate`: RAM is a
+    /// private mapping of a file of data ([`FillFile`]) under the A-B guest,
+    /// for QEMU and migtest-vmm alike (a baseline build must know
+    /// `-object memory-backend-file`).
     Filled,
 }
 
@@ -87,7 +90,10 @@ fn socket_ceiling(fresh: bool) -> Result<f64> {
     Ok(got as f64 / 1e9 / secs)
 }
 
-/// A file of non-zero bytes for QEMU's `memory-backend-file` (the filled guest).
+/// A file of non-zero bytes for the filled guest's `memory-backend-file`.
+/// Written once per size, so its pages are in the page cache, and a source's
+/// RAM costs no fresh memory (the destination's first touch is the same for
+/// both VMMs).
 struct FillFile(PathBuf);
 
 impl FillFile {
@@ -114,7 +120,7 @@ impl Drop for FillFile {
 }
 
 /// What one migration of the comparison is: guest size and contents, the
-/// `fill` file for QEMU's filled guest, and the multifd channels (`None`:
+/// `fill` file of the filled guest (both VMMs), and the multifd channels (`None`:
 /// multifd off, one channel).
 #[derive(Clone, Copy)]
 struct Case<'a> {
@@ -127,6 +133,7 @@ struct Case<'a> {
     prealloc: bool,
 }
 
+/// The pair of `case` for `backend`.
 fn spec(backend: &Backend, case: &Case) -> PairLaunch {
     let Case {
         memory,
@@ -138,12 +145,10 @@ fn spec(backend: &Backend, case: &Case) -> PairLaunch {
     let mut s = PairLaunch::new(backend.clone());
     s.pair.memory = Size(memory);
     s.multifd = multifd;
-    s.pair.image = match guest {
-        Guest::Ab => "sweep",
-        Guest::Filled => "bench-fill",
-    }
-    .into();
-    if let (Backend::Qemu { .. }, Some(file)) = (backend, fill) {
+    // Both guests run the A-B sweep, as QEMU's boot sector; the filled
+    // one's RAM starts as the fill file.
+    s.pair.image = "sweep".into();
+    if let Some(file) = fill.filter(|_| guest == Guest::Filled) {
         let size = memory >> 20;
         s.src_extra = vec![
             "-object".into(),
@@ -393,14 +398,19 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
          at start-up, before `migrate`; QEMU 7.2: prealloc=on on every memory backend), compared \
          with QEMU's +prealloc row; the rows without it are the default comparison"
     );
+    println!(
+        "guests: A-B = the sweep of [1M, 100M) (QEMU's A-B boot sector); filled = the same guest \
+         on RAM that starts as a file of non-zero bytes (memory-backend-file, share=off, its \
+         pages in the page cache), stopped before `migrate`; destination RAM memory-backend-ram"
+    );
     println!("| guest     | size      | VMM                   | total ms | down ms  | sent MiB  | GB/s   | vs QEMU  | share  | ceiling |");
     println!("|-----------|-----------|-----------------------|----------|----------|-----------|--------|----------|--------|---------|");
     let all: Vec<&Contender> = contenders.iter().collect();
     for memory in sizes.sizes.iter().map(|s| s.bytes()) {
         for guest in [Guest::Ab, Guest::Filled] {
-            let fill = match (guest, &qemu) {
-                (Guest::Filled, Some(_)) => Some(FillFile::create(memory)?),
-                _ => None,
+            let fill = match guest {
+                Guest::Filled => Some(FillFile::create(memory)?),
+                Guest::Ab => None,
             };
             for prealloc in [false, true] {
                 let case = Case {
@@ -435,10 +445,7 @@ pub fn run(sizes: &VsQemuSizes, runs: usize) -> Result<()> {
         .iter()
         .map(|s| s.bytes())
     {
-        let fill = match &qemu {
-            Some(_) => Some(FillFile::create(memory)?),
-            None => None,
-        };
+        let fill = Some(FillFile::create(memory)?);
         let mut by_channels = vec![];
         let mut ceilings = vec![];
         for &channels in &sizes.multifd_channels {

@@ -97,6 +97,7 @@ impl StreamGuest {
         GuestConfig {
             ram_size: self.ram_size,
             vcpus: self.vcpus,
+            backing: Default::default(),
             image,
             serial: SerialConfig::None,
         }

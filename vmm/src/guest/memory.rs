@@ -1,5 +1,5 @@
-//! Guest-physical RAM backed by an anonymous mapping, shared by vCPU threads
-//! and the migration thread.
+//! Guest-physical RAM backed by an anonymous or file mapping
+//! ([`RamBacking`]), shared by vCPU threads and the migration thread.
 //!
 //! The mapping is accessed as a slice of [`AtomicU64`] (relaxed loads and
 //! stores compile to plain moves), and whole pages are copied in and out by
@@ -17,6 +17,7 @@ use memmap2::MmapMut;
 use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
+use super::backing::RamBacking;
 use super::dirty::DirtyBitmap;
 use super::postcopy_gate::PostcopyGate;
 
@@ -34,7 +35,7 @@ pub enum GuestRamError {
         /// The requested size.
         size: u64,
     },
-    /// The anonymous mapping could not be created.
+    /// The mapping (anonymous or of `mem-path`) could not be created.
     #[error("cannot map {size} bytes of guest RAM: {message}")]
     Map {
         /// The requested size.
@@ -105,7 +106,7 @@ impl fmt::Debug for GuestRam {
 impl GuestRam {
     /// Maps `size` bytes of zeroed guest RAM. Pages cost nothing until touched.
     pub fn new(size: u64) -> Result<GuestRam, GuestRamError> {
-        Self::build(size, None)
+        Self::build(size, &RamBacking::Anonymous, None)
     }
 
     /// Like [`new`](Self::new), with a [`WriteObserver`] called on every guest write.
@@ -113,32 +114,44 @@ impl GuestRam {
         size: u64,
         observer: Arc<dyn WriteObserver>,
     ) -> Result<GuestRam, GuestRamError> {
-        Self::build(size, Some(observer))
+        Self::build(size, &RamBacking::Anonymous, Some(observer))
+    }
+
+    /// Maps `size` bytes of guest RAM from `backing` (a file's RAM starts
+    /// with the file's contents), with an optional [`WriteObserver`].
+    pub fn with_backing(
+        size: u64,
+        backing: &RamBacking,
+        observer: Option<Arc<dyn WriteObserver>>,
+    ) -> Result<GuestRam, GuestRamError> {
+        Self::build(size, backing, observer)
     }
 
     fn build(
         size: u64,
+        backing: &RamBacking,
         observer: Option<Arc<dyn WriteObserver>>,
     ) -> Result<GuestRam, GuestRamError> {
         if size == 0 || !size.is_multiple_of(PAGE) || size > isize::MAX as u64 {
             return Err(GuestRamError::InvalidSize { size });
         }
         let len = usize::try_from(size).map_err(|_| GuestRamError::InvalidSize { size })?;
-        let map = MmapMut::map_anon(len).map_err(|e| GuestRamError::Map {
-            size,
-            message: e.to_string(),
-        })?;
+        let map = backing
+            .map(len)
+            .map_err(|message| GuestRamError::Map { size, message })?;
         if super::huge_pages::advise(size) {
             // Best effort, as in QEMU: a host without THP refuses the
             // advice and the RAM works as before.
             let _ = map.advise(memmap2::Advice::HugePage);
         }
+        // A file's pages may hold data: none of them is known to be zero.
+        let touched = if backing.has_contents() { u64::MAX } else { 0 };
         Ok(GuestRam {
             map,
             size,
             dirty: DirtyBitmap::new(size / PAGE),
             touched: (0..(size / PAGE).div_ceil(64))
-                .map(|_| AtomicU64::new(0))
+                .map(|_| AtomicU64::new(touched))
                 .collect(),
             gate: PostcopyGate::new(size / PAGE),
             observer,
@@ -593,6 +606,29 @@ impl GuestRam {
         Ok(self.page_ptr(page))
     }
 
+    /// Faults pages `[first, first + count)` in for writing, as 4 KiB
+    /// pages, without changing them: a dense load's look-ahead
+    /// ([`crate::migration`]'s prefault). The range is first advised
+    /// `MADV_NOHUGEPAGE` (huge pages already there stay). Best effort: out
+    /// of range, or a kernel without `MADV_POPULATE_WRITE`, does nothing.
+    pub fn prefault(&self, first: u64, count: u64) {
+        if first
+            .checked_add(count)
+            .is_none_or(|end| end > self.page_count())
+        {
+            return;
+        }
+        let _ = self.map.advise_range(
+            memmap2::Advice::NoHugePage,
+            (first * PAGE) as usize,
+            (count * PAGE) as usize,
+        );
+        let words =
+            &self.words()[first as usize * WORDS_PER_PAGE..][..count as usize * WORDS_PER_PAGE];
+        // Best effort: an old kernel without it faults on first write instead.
+        let _ = super::prealloc::populate_only(words);
+    }
+
     /// Destination-side loader write zeroing a page; not marked dirty, for
     /// the same reason as [`load_page`](Self::load_page). A page that is
     /// already zero is only read, so a fresh destination's untouched RAM
@@ -696,6 +732,37 @@ mod tests {
             .find(|l| l.starts_with("VmFlags:"))
             .expect("a VmFlags line")
             .to_string()
+    }
+
+    #[test]
+    fn prefault_makes_pages_resident_as_small_pages_and_keeps_them() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write_u64(5 * PAGE + 8, 0x1234).unwrap();
+        let resident = |first: u64, count: u64| {
+            let mut vec = vec![0u8; count as usize];
+            // SAFETY: the range lies inside the mapping; mincore writes one
+            // byte per page into `vec`.
+            let rc = unsafe {
+                libc::mincore(
+                    ram.page_ptr(first).cast(),
+                    (count * PAGE) as usize,
+                    vec.as_mut_ptr(),
+                )
+            };
+            assert_eq!(rc, 0);
+            vec.iter().filter(|b| *b & 1 != 0).count() as u64
+        };
+        assert!(resident(600, 512) < 512);
+        ram.prefault(512, 1024);
+        assert_eq!(resident(512, 1024), 1024, "prefaulted pages are resident");
+        let flags = vm_flags(ram.page_ptr(512) as usize);
+        assert!(flags.split_whitespace().any(|f| f == "nh"), "{flags}");
+        assert_eq!(ram.read_u64(5 * PAGE + 8).unwrap(), 0x1234);
+        assert!(
+            (512..1536).all(|p| ram.page_is_zero(p)),
+            "contents unchanged"
+        );
+        ram.prefault(2040, 100); // out of range: nothing
     }
 
     #[test]

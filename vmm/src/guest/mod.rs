@@ -5,6 +5,7 @@
 //! [`Guest`] is the facade the QMP server and migration engine use.
 
 pub mod abcheck;
+pub mod backing;
 pub mod dirty;
 mod huge_pages;
 pub mod image;
@@ -24,6 +25,7 @@ use thiserror::Error;
 pub use abcheck::{
     check_ab_invariant, scan_ab_invariant, AbBadPage, AbScan, AbSummary, AbViolation,
 };
+pub use backing::RamBacking;
 pub use dirty::DirtyBitmap;
 pub use image::{GuestImage, GuestLayout, ImageError};
 pub use memory::{GuestRam, GuestRamError, WriteObserver, PAGE_SIZE};
@@ -49,6 +51,8 @@ pub struct GuestConfig {
     pub ram_size: u64,
     /// Number of vCPUs (`-smp`), 1..=[`MAX_VCPUS`].
     pub vcpus: u32,
+    /// What the RAM is mapped from (`-machine memory-backend=ID`).
+    pub backing: RamBacking,
     /// The guest image to run.
     pub image: GuestImage,
     /// Serial output (`-serial`).
@@ -161,10 +165,11 @@ impl Guest {
             )));
         }
         let layout = config.image.layout(config.ram_size, config.vcpus)?;
-        let ram = Arc::new(match observer {
-            Some(o) => GuestRam::with_observer(config.ram_size, o)?,
-            None => GuestRam::new(config.ram_size)?,
-        });
+        let ram = Arc::new(GuestRam::with_backing(
+            config.ram_size,
+            &config.backing,
+            observer,
+        )?);
         let serial =
             Arc::new(
                 Serial::open(&config.serial).map_err(|source| GuestError::Serial {

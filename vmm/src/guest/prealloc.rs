@@ -44,16 +44,24 @@ pub(super) fn populate(words: &[AtomicU64], threads: u32) -> Result<(), String> 
     }
 }
 
-fn populate_chunk(chunk: &[AtomicU64]) -> Result<(), String> {
+/// `MADV_POPULATE_WRITE` on `chunk` (whole pages of guest RAM), nothing
+/// else: the kernel's error if it refused.
+pub(super) fn populate_only(chunk: &[AtomicU64]) -> std::io::Result<()> {
     let len = std::mem::size_of_val(chunk);
-    // SAFETY: `chunk` is a live, page-aligned part of a private anonymous
-    // mapping (chunks are whole pages); MADV_POPULATE_WRITE only populates
-    // page tables and never changes the memory's contents.
+    // SAFETY: `chunk` is a live, page-aligned part of the guest RAM mapping
+    // (chunks are whole pages); MADV_POPULATE_WRITE only populates page
+    // tables and never changes the memory's contents.
     let rc = unsafe { libc::madvise(chunk.as_ptr().cast_mut().cast(), len, MADV_POPULATE_WRITE) };
-    if rc == 0 {
-        return Ok(());
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
-    let err = std::io::Error::last_os_error();
+}
+
+fn populate_chunk(chunk: &[AtomicU64]) -> Result<(), String> {
+    let Err(err) = populate_only(chunk) else {
+        return Ok(());
+    };
     if err.raw_os_error() != Some(libc::EINVAL) {
         return Err(err.to_string());
     }

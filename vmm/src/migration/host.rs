@@ -68,6 +68,10 @@ pub trait MigrationRam: Send + Sync {
     fn load_target(&self, _page: u64) -> Option<*mut u8> {
         None
     }
+    /// Destination side: fault in pages `[first, first + count)` (in
+    /// range) for writing, as 4 KiB pages, without changing them; best
+    /// effort ([`super::prefault`]); by default nothing.
+    fn prefault(&self, _first: u64, _count: u64) {}
     /// Marks every page dirty (start of a migration).
     fn dirty_set_all(&self);
     /// How many pages are dirty in the live log, i.e. were written since the last take

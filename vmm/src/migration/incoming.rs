@@ -3,6 +3,7 @@
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
 use super::multifd;
 use super::postcopy::incoming::{start_guest, PostcopyDest};
+use super::prefault::Prefault;
 use super::stream::{
     self, DeviceRecord, DirectPages, Expect, FdInput, StreamError, StreamInput, StreamSink,
 };
@@ -146,6 +147,9 @@ fn start(
 pub(crate) struct RamSink<'a> {
     ram: &'a dyn MigrationRam,
     postcopy: Option<PostcopyDest<'a>>,
+    /// The main stream of a live load: huge pages faulted in ahead of
+    /// dense runs of whole pages.
+    prefault: Option<&'a Prefault<'a>>,
 }
 
 impl<'a> RamSink<'a> {
@@ -154,6 +158,7 @@ impl<'a> RamSink<'a> {
         RamSink {
             ram,
             postcopy: None,
+            prefault: None,
         }
     }
 
@@ -163,6 +168,7 @@ impl<'a> RamSink<'a> {
         RamSink {
             ram: host.ram(),
             postcopy: Some(PostcopyDest::resumed(shared, host)),
+            prefault: None,
         }
     }
 
@@ -222,6 +228,9 @@ impl StreamSink for RamSink<'_> {
 
 impl DirectPages for RamSink<'_> {
     fn page_target(&self, page: u64) -> Option<*mut u8> {
+        if let Some(p) = self.prefault {
+            p.note(page);
+        }
         self.ram.load_target(page)
     }
 }
@@ -285,8 +294,20 @@ fn load_with_postcopy<'a, R: StreamInput>(
     postcopy: Option<PostcopyDest<'a>>,
 ) -> Result<(stream::LoadSummary, RunState), StreamError> {
     let ram = host.ram();
-    let mut sink = RamSink { ram, postcopy };
-    let sum = stream::load(r, expect(host), &mut sink)?;
+    let prefault = Prefault::new(ram);
+    let sum = std::thread::scope(|s| {
+        // Best effort: without the thread, the loader takes every fault.
+        let _ = std::thread::Builder::new()
+            .name("mig/dst/prefault".into())
+            .spawn_scoped(s, || prefault.run());
+        let mut sink = RamSink {
+            ram,
+            postcopy,
+            prefault: Some(&prefault),
+        };
+        let _finish = prefault.finish_on_drop();
+        stream::load(r, expect(host), &mut sink)
+    })?;
     if sum.postcopy {
         // The device state was loaded when it arrived; every page is here.
         ram.postcopy_disarm();

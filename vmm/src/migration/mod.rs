@@ -28,6 +28,7 @@ pub mod host;
 pub mod multifd;
 pub mod params;
 pub mod postcopy;
+mod prefault;
 pub mod stream;
 pub mod switchover;
 pub mod testing;

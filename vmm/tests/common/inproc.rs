@@ -243,6 +243,7 @@ pub fn sweep_vm(ram: u64, initial: RunState, autostart: bool) -> (Arc<Vm>, Arc<M
     let guest = Guest::new(GuestConfig {
         ram_size: ram,
         vcpus: 1,
+        backing: Default::default(),
         image,
         serial: SerialConfig::None,
     })

@@ -28,6 +28,7 @@ pub fn config(image: GuestImage, ram_size: u64, vcpus: u32, serial: SerialConfig
     GuestConfig {
         ram_size,
         vcpus,
+        backing: Default::default(),
         image,
         serial,
     }

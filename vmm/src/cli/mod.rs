@@ -4,7 +4,11 @@
 //! A bad option or value yields one line on stderr and exit status 1, like
 //! `qemu-system-x86_64`.
 
+mod memory_backend;
+
+use crate::guest::RamBacking;
 use crate::migration::MigrationUri;
+pub use memory_backend::MemoryBackend;
 use std::path::PathBuf;
 
 /// Where the serial port's output goes (`-serial`).
@@ -47,6 +51,9 @@ pub struct Options {
     /// `-mem-prealloc`: fault in all guest RAM at start-up, before the
     /// monitor answers (QEMU's `prealloc=on` on every memory backend).
     pub mem_prealloc: bool,
+    /// What guest RAM is mapped from: the backend `-machine
+    /// memory-backend=ID` names, anonymous memory without one.
+    pub ram_backing: RamBacking,
 }
 
 impl Default for Options {
@@ -61,6 +68,7 @@ impl Default for Options {
             kernel: None,
             incoming: None,
             mem_prealloc: false,
+            ram_backing: RamBacking::Anonymous,
         }
     }
 }
@@ -93,6 +101,9 @@ usage: migtest-vmm [options]
   -kernel IMAGE           guest image (guest-images/*.toml)
   -incoming defer|unix:PATH|tcp:HOST:PORT
   -mem-prealloc           fault in all guest RAM at start-up (as QEMU's)
+  -object memory-backend-ram,id=ID,size=SIZE[,prealloc=on]
+  -object memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=on|off][,prealloc=on]
+  -machine [none][,accel=tcg][,memory-backend=ID]   guest RAM from backend ID
   -nodefaults, -display none, -accel tcg   accepted for QEMU compatibility
   -version, -help
 ";
@@ -258,6 +269,7 @@ fn check_incoming(value: &str) -> Result<String, CliError> {
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliError> {
     let mut opts = Options::default();
+    let (mut explicit_ram_size, mut backends, mut memdev) = (None, Vec::new(), None);
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // QEMU accepts --opt as well as -opt.
@@ -275,7 +287,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
             "-S" => opts.start_paused = true,
             "-nodefaults" => {}
             "-mem-prealloc" => opts.mem_prealloc = true,
-            "-m" => opts.ram_size = parse_ram(&value("-m")?)?,
+            "-m" => explicit_ram_size = Some(parse_ram(&value("-m")?)?),
+            "-object" => backends.push(memory_backend::parse_object(&value("-object")?)?),
+            "-machine" => {
+                if let Some(id) = memory_backend::parse_machine(&value("-machine")?)? {
+                    memdev = Some(id);
+                }
+            }
             "-smp" => opts.vcpus = parse_smp(&value("-smp")?)?,
             "-name" => opts.name = Some(parse_name(&value("-name")?)?),
             "-qmp" => opts.qmp.push(parse_qmp(&value("-qmp")?)?),
@@ -288,20 +306,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
                     return Err(CliError(format!("-display {v}: only 'none' is supported")));
                 }
             }
-            "-accel" | "-machine" => {
+            "-accel" => {
                 let v = value(&opt)?;
                 let first = v.split(',').next().unwrap_or("");
-                let accepted = if opt == "-accel" {
-                    ["tcg", "qtest"].contains(&first)
-                } else {
-                    first.is_empty() || first.starts_with("accel=tcg") || first == "none"
-                };
-                if !accepted && opt == "-accel" && first == "kvm" {
-                    // `-accel kvm -accel tcg` is QEMU's try-KVM-then-TCG idiom;
-                    // migtest-vmm always uses software dirty tracking (TCG's way).
-                    continue;
-                }
-                if !accepted {
+                // `-accel kvm -accel tcg` is QEMU's try-KVM-then-TCG idiom;
+                // migtest-vmm always uses software dirty tracking (TCG's way).
+                if !["tcg", "qtest", "kvm"].contains(&first) {
                     return Err(CliError(format!(
                         "{opt} {v}: invalid accelerator {first} (migtest-vmm only has tcg)"
                     )));
@@ -320,6 +330,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation, CliE
             )))
             }
         }
+    }
+    match memory_backend::resolve(&backends, memdev.as_deref(), explicit_ram_size)? {
+        Some(backend) => {
+            opts.ram_size = backend.size;
+            opts.ram_backing = backend.backing.clone();
+            opts.mem_prealloc |= backend.prealloc;
+        }
+        None => opts.ram_size = explicit_ram_size.unwrap_or(opts.ram_size),
     }
     Ok(Invocation::Run(opts))
 }
