@@ -2,13 +2,13 @@
 //! `-machine memory-backend=ID`: guest RAM from a named backend, with
 //! QEMU 7.2's rules and error texts.
 
-use super::{parse_size, split_opts, CliError};
+use super::{check_ram_size, parse_size, split_opts, CliError};
 use crate::guest::RamBacking;
 use std::path::PathBuf;
 
 /// One `-object memory-backend-*` on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemoryBackend {
+pub(super) struct MemoryBackend {
     /// `id=`
     pub id: String,
     /// `size=` in bytes.
@@ -30,7 +30,7 @@ fn on_off(value: &str, key: &str, v: Option<&str>) -> Result<bool, CliError> {
 }
 
 /// Parses one `-object` value. Only memory backends exist in migtest-vmm.
-pub fn parse_object(value: &str) -> Result<MemoryBackend, CliError> {
+pub(super) fn parse_object(value: &str) -> Result<MemoryBackend, CliError> {
     let bad = |why: String| CliError(format!("-object {value}: {why}"));
     let mut opts = split_opts(value).into_iter();
     let kind = match opts.next() {
@@ -66,12 +66,9 @@ pub fn parse_object(value: &str) -> Result<MemoryBackend, CliError> {
     let id = id.ok_or_else(|| bad("Parameter 'id' is missing".into()))?;
     let size = match size {
         None | Some(0) => return Err(bad("can't create backend with size 0".into())),
-        Some(s) if s % 4096 != 0 => {
-            return Err(bad(format!("size 0x{s:x} is not a multiple of 4 KiB")))
-        }
-        Some(s) if s > 64 << 30 => return Err(bad("RAM size above 64G is not supported".into())),
         Some(s) => s,
     };
+    check_ram_size(size).map_err(|why| bad(why.into()))?;
     let backing = match (file, mem_path) {
         (false, _) => RamBacking::Anonymous,
         (true, Some(path)) => RamBacking::File { path, share },
@@ -87,7 +84,7 @@ pub fn parse_object(value: &str) -> Result<MemoryBackend, CliError> {
 
 /// `-machine`: QEMU's `[type=]none`, `accel=tcg` and `memory-backend=ID`;
 /// returns the memory backend's id when one is named.
-pub fn parse_machine(value: &str) -> Result<Option<String>, CliError> {
+pub(super) fn parse_machine(value: &str) -> Result<Option<String>, CliError> {
     let bad = |why: String| CliError(format!("-machine {value}: {why}"));
     let mut memdev = None;
     for (i, (k, v)) in split_opts(value).into_iter().enumerate() {
@@ -115,7 +112,7 @@ pub fn parse_machine(value: &str) -> Result<Option<String>, CliError> {
 
 /// Checks the backends (unique ids) and picks the one `-machine
 /// memory-backend=` names; an explicit `-m` must match its size.
-pub fn resolve<'a>(
+pub(super) fn resolve<'a>(
     backends: &'a [MemoryBackend],
     memdev: Option<&str>,
     explicit_ram_size: Option<u64>,

@@ -8,7 +8,6 @@ mod memory_backend;
 
 use crate::guest::RamBacking;
 use crate::migration::MigrationUri;
-pub use memory_backend::MemoryBackend;
 use std::path::PathBuf;
 
 /// Where the serial port's output goes (`-serial`).
@@ -160,17 +159,19 @@ fn parse_ram(value: &str) -> Result<u64, CliError> {
             "-m {value}: Parameter 'size' expects a size (K, M, G or T suffix)"
         ))
     })?;
-    if bytes == 0 || bytes % 4096 != 0 {
-        return Err(CliError(format!(
-            "-m {value}: RAM size must be a non-zero multiple of 4 KiB"
-        )));
+    check_ram_size(bytes).map_err(|why| CliError(format!("-m {value}: {why}")))?;
+    Ok(bytes)
+}
+
+/// Guest RAM sizes migtest-vmm runs (`-m` and memory backends alike).
+fn check_ram_size(bytes: u64) -> Result<(), &'static str> {
+    if bytes == 0 || !bytes.is_multiple_of(4096) {
+        return Err("RAM size must be a non-zero multiple of 4 KiB");
     }
     if bytes > 64 << 30 {
-        return Err(CliError(format!(
-            "-m {value}: RAM size above 64G is not supported"
-        )));
+        return Err("RAM size above 64G is not supported");
     }
-    Ok(bytes)
+    Ok(())
 }
 
 fn parse_smp(value: &str) -> Result<u32, CliError> {

@@ -176,6 +176,8 @@ mod tests {
         }
     }
 
+    /// Notes `pages` as a loader would, then stops the helper once it has
+    /// populated everything up to the target the notes set.
     fn load(ram: &Recording, pages: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
         let p = Prefault::new(ram);
         std::thread::scope(|s| {
@@ -186,8 +188,18 @@ mod tests {
             for page in pages {
                 p.note(page);
             }
-            // Let the helper catch up before it is stopped.
-            std::thread::sleep(Duration::from_millis(100));
+            let chunks = ram.page_count().div_ceil(CHUNK_PAGES);
+            let target = p.target.load(Ordering::Acquire).min(chunks);
+            let want = target.saturating_sub(p.floor.load(Ordering::Relaxed)) as usize;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while ram.asked.lock().unwrap().len() < want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "helper populated {:?}, want {want} chunks",
+                    ram.asked.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
             p.finish();
         });
         let mut asked = ram.asked.lock().unwrap().clone();
