@@ -15,7 +15,9 @@
 //!   source) are moved before it, so the migration starts with them instead of racing them;
 //!   then runs of ops are dropped, halving their length down to single ops, the last first;
 //!   then pairs of ops that can only go together (each alone leaves a sequence the model
-//!   would not generate); last, single settings are moved before their `migrate`;
+//!   would not generate); last, single settings are moved before their `migrate`; a round
+//!   that accepts nothing runs once more (a candidate that nearly always fails may have
+//!   passed its one run);
 //! - the shrunk case is verified with [`FuzzOptions::verify`] more runs; when one passes, the
 //!   case is a race: it is set aside and shrinking goes on from the case accepted before it
 //!   (every case accepted so far failed every run it had), until a case passes its
@@ -357,7 +359,18 @@ pub(super) fn minimize(
         pair_tried: false,
     };
     loop {
-        while s.in_time() && s.round() {}
+        // A round that accepts nothing runs once more: a candidate that fails nearly every
+        // run may have passed the one run that rejected it.
+        let mut second_chance = true;
+        while s.in_time() {
+            if s.round() {
+                second_chance = true;
+            } else if std::mem::take(&mut second_chance) {
+                eprintln!("fuzz: shrink: nothing accepted in a round; one more round");
+            } else {
+                break;
+            }
+        }
         if s.chain.len() == 1 || s.verified() {
             break;
         }
