@@ -68,6 +68,9 @@ impl MigrationRam for GuestRam {
     fn prefault(&self, first: u64, count: u64) {
         GuestRam::prefault(self, first, count)
     }
+    fn small_pages(&self) {
+        GuestRam::small_pages(self)
+    }
 
     fn dirty_set_all(&self) {
         self.dirty().set_all();

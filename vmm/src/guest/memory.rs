@@ -629,6 +629,16 @@ impl GuestRam {
         let _ = super::prealloc::populate_only(words);
     }
 
+    /// Destination side: pages faulted in from now on are 4 KiB pages
+    /// (`MADV_NOHUGEPAGE` over all of guest RAM; huge pages already in
+    /// place stay), for a host that backs huge pages slowly
+    /// (`migration::first_touch`). Best effort.
+    pub fn small_pages(&self) {
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::NoHugePage, 0, self.map.len());
+    }
+
     /// Destination-side loader write zeroing a page; not marked dirty, for
     /// the same reason as [`load_page`](Self::load_page). A page that is
     /// already zero is only read, so a fresh destination's untouched RAM
@@ -704,6 +714,20 @@ pub(crate) unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
     }
 }
 
+/// Tests: the `VmFlags` line of the mapping that starts at `addr` in
+/// /proc/self/smaps (`hg`: `MADV_HUGEPAGE`, `nh`: `MADV_NOHUGEPAGE`).
+#[cfg(test)]
+pub(crate) fn vm_flags(addr: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let start = format!("{addr:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+    assert!(lines.next().is_some(), "no mapping at {addr:x}");
+    lines
+        .find(|l| l.starts_with("VmFlags:"))
+        .expect("a VmFlags line")
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,17 +745,15 @@ mod tests {
         }
     }
 
-    /// The `VmFlags` line of the mapping that starts at `addr` in
-    /// /proc/self/smaps.
-    fn vm_flags(addr: usize) -> String {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{addr:x}-");
-        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
-        assert!(lines.next().is_some(), "no mapping at {addr:x}");
-        lines
-            .find(|l| l.starts_with("VmFlags:"))
-            .expect("a VmFlags line")
-            .to_string()
+    #[test]
+    fn small_pages_advises_all_ram_and_keeps_contents() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write_u64(3 * PAGE + 16, 0xfeed).unwrap();
+        assert!(!vm_flags(ram.page_ptr(0) as usize).contains(" nh"));
+        ram.small_pages();
+        let flags = vm_flags(ram.page_ptr(0) as usize);
+        assert!(flags.split_whitespace().any(|f| f == "nh"), "{flags}");
+        assert_eq!(ram.read_u64(3 * PAGE + 16).unwrap(), 0xfeed);
     }
 
     #[test]

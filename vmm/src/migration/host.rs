@@ -72,6 +72,9 @@ pub trait MigrationRam: Send + Sync {
     /// range) for writing, as 4 KiB pages, without changing them; best
     /// effort ([`super::prefault`]); by default nothing.
     fn prefault(&self, _first: u64, _count: u64) {}
+    /// Destination side: fault in 4 KiB pages from now on, not huge pages
+    /// ([`super::first_touch`]); best effort, by default nothing.
+    fn small_pages(&self) {}
     /// Marks every page dirty (start of a migration).
     fn dirty_set_all(&self);
     /// How many pages are dirty in the live log, i.e. were written since the last take

@@ -1,5 +1,6 @@
 //! The destination: listening, loading and validating the stream.
 
+use super::first_touch::FirstTouch;
 use super::host::{MigrationHost, MigrationRam, PAGE_SIZE};
 use super::multifd;
 use super::postcopy::incoming::{start_guest, PostcopyDest};
@@ -150,6 +151,8 @@ pub(crate) struct RamSink<'a> {
     /// The main stream of a live load: huge pages faulted in ahead of
     /// dense runs of whole pages.
     prefault: Option<&'a Prefault<'a>>,
+    /// Huge pages given up when the host backs them slowly.
+    first_touch: FirstTouch,
 }
 
 impl<'a> RamSink<'a> {
@@ -159,6 +162,7 @@ impl<'a> RamSink<'a> {
             ram,
             postcopy: None,
             prefault: None,
+            first_touch: FirstTouch::new(ram.size()),
         }
     }
 
@@ -169,6 +173,7 @@ impl<'a> RamSink<'a> {
             ram: host.ram(),
             postcopy: Some(PostcopyDest::resumed(shared, host)),
             prefault: None,
+            first_touch: FirstTouch::new(host.ram().size()),
         }
     }
 
@@ -187,7 +192,11 @@ impl StreamSink for RamSink<'_> {
     fn page(&mut self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), String> {
         match self.in_postcopy() {
             Some(p) => p.fill(page, Some(data)),
-            None => self.ram.load_page(page, data),
+            None => {
+                let ram = self.ram;
+                self.first_touch
+                    .load(ram, page, || ram.load_page(page, data))
+            }
         }
     }
     fn xbzrle(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
@@ -197,13 +206,17 @@ impl StreamSink for RamSink<'_> {
         let mut buf = [0u8; PAGE_SIZE];
         self.ram.read_page(page, &mut buf)?;
         super::xbzrle::decode(encoded, &mut buf).map_err(|e| e.reason)?;
-        self.ram.load_page(page, &buf)
+        let ram = self.ram;
+        self.first_touch
+            .load(ram, page, || ram.load_page(page, &buf))
     }
     fn sparse(&mut self, page: u64, encoded: &[u8]) -> Result<(), String> {
         if self.in_postcopy().is_some() {
             return Err("sparse page in postcopy".into());
         }
-        self.ram.load_sparse(page, encoded)
+        let ram = self.ram;
+        self.first_touch
+            .load(ram, page, || ram.load_sparse(page, encoded))
     }
     fn postcopy(&mut self, bitmap: &[u64]) -> Result<(), String> {
         match self.postcopy.as_mut() {
@@ -304,6 +317,7 @@ fn load_with_postcopy<'a, R: StreamInput>(
             ram,
             postcopy,
             prefault: Some(&prefault),
+            first_touch: FirstTouch::new(ram.size()),
         };
         let _finish = prefault.finish_on_drop();
         stream::load(r, expect(host), &mut sink)

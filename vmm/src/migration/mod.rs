@@ -24,6 +24,7 @@
 pub mod auto_converge;
 mod channel;
 pub mod faults;
+mod first_touch;
 pub mod host;
 pub mod multifd;
 pub mod params;
