@@ -504,6 +504,11 @@ fn run_inner(
                 .xbzrle()
                 .then(|| Xbzrle::new(shared.params().xbzrle_cache_size, page_count)),
         };
+        // Pages by reference on a unix socket (`stream::splice`); a TCP
+        // peer acknowledges data before it reads it.
+        if matches!(e.w.get_mut().get_ref(), Conn::Unix(_)) && e.send_from_ram() {
+            e.w.splice_pages();
+        }
         let r = e.migrate(Header::new(ram.size(), id.vcpus, id.image_id));
         if let (Err(_), Some(m)) = (&r, &e.mfd) {
             // The sender threads must not stay blocked on a socket: the

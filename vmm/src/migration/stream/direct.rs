@@ -145,6 +145,23 @@ pub(super) unsafe fn read_raw_exact<R: StreamInput>(
     Ok(true)
 }
 
+/// What a write-like call's return value `r` means: `Some(n)` bytes moved,
+/// `None` interrupted (call again), an error (0 bytes: `WriteZero`).
+pub(super) fn moved(r: isize) -> io::Result<Option<usize>> {
+    match r {
+        0 => Err(io::Error::from(io::ErrorKind::WriteZero)),
+        r if r > 0 => Ok(Some(r as usize)),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// The regions `iov` without their first `n` bytes (after a partial read
 /// or write of `n`, at most their total length), empty leading regions
 /// dropped.

@@ -42,6 +42,7 @@ mod direct;
 mod error;
 mod load;
 mod reader;
+mod splice;
 mod writer;
 
 pub use digest::StreamDigest;

@@ -1,6 +1,7 @@
 //! The encoder: [`StreamWriter`].
 
-use super::direct::advance_iovecs;
+use super::direct::{advance_iovecs, moved};
+use super::splice::Splicer;
 use super::StreamDigest;
 use super::{tag, Header, MAX_BATCH_DATA_PAGES, MAX_BATCH_ENTRIES, MAX_DEVICE_STATE, PAGE_SIZE};
 use std::io::{self, BufWriter, IoSlice, Write};
@@ -12,6 +13,9 @@ pub struct StreamWriter<W: Write> {
     inner: W,
     hasher: StreamDigest,
     written: u64,
+    /// Page data of [`pages_raw`](StreamWriter::pages_raw) goes by
+    /// reference (see [`StreamWriter::splice_pages`]).
+    splice: Option<Splicer>,
 }
 
 impl<W: Write> StreamWriter<W> {
@@ -21,6 +25,7 @@ impl<W: Write> StreamWriter<W> {
             inner,
             hasher: StreamDigest::new(),
             written: 0,
+            splice: None,
         }
     }
 
@@ -188,6 +193,18 @@ impl<W: Write> StreamWriter<W> {
 }
 
 impl<C: Write + AsRawFd> StreamWriter<BufWriter<C>> {
+    /// From now on [`pages_raw`](Self::pages_raw) hands page data to the
+    /// channel by reference (`vmsplice` + `splice`, see `stream::splice`),
+    /// when the kernel gives a pipe for it: only for a unix socket whose
+    /// peer reads the stream to its end before the source reports
+    /// `completed`. Whether it will.
+    pub fn splice_pages(&mut self) -> bool {
+        if self.splice.is_none() {
+            self.splice = Splicer::new().ok();
+        }
+        self.splice.is_some()
+    }
+
     /// A PAGES record whose page data the kernel reads straight from
     /// `pages` (4096 bytes each, in entry order, e.g. guest RAM that vCPUs
     /// may be writing): what is buffered is flushed, then the record head
@@ -202,6 +219,13 @@ impl<C: Write + AsRawFd> StreamWriter<BufWriter<C>> {
         debug_assert!(pages.len() <= MAX_BATCH_DATA_PAGES as usize);
         let head = self.pages_head(entries);
         self.inner.flush()?;
+        let fd = self.inner.get_ref().as_raw_fd();
+        if let Some(s) = &self.splice {
+            self.inner.get_mut().write_all(&head)?;
+            self.written += (head.len() + pages.len() * PAGE_SIZE) as u64;
+            // SAFETY: the caller's contract (pages of RAM that stays mapped).
+            return unsafe { s.send(fd, pages) };
+        }
         let mut iov = Vec::with_capacity(1 + pages.len());
         iov.push(libc::iovec {
             iov_base: head.as_ptr().cast_mut().cast(),
@@ -212,7 +236,6 @@ impl<C: Write + AsRawFd> StreamWriter<BufWriter<C>> {
             iov_len: PAGE_SIZE,
         }));
         self.written += (head.len() + pages.len() * PAGE_SIZE) as u64;
-        let fd = self.inner.get_ref().as_raw_fd();
         // SAFETY: the head lives to the end of this call; the pages are the
         // caller's contract.
         unsafe { writev_all(fd, &mut iov) }
@@ -228,17 +251,9 @@ unsafe fn writev_all(fd: std::os::fd::RawFd, mut iov: &mut [libc::iovec]) -> io:
         let n = iov.len().min(1024) as libc::c_int;
         // SAFETY: `iov` holds at least `n` valid regions (the caller's contract).
         let r = unsafe { libc::writev(fd, iov.as_ptr(), n) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        if let Some(n) = moved(r)? {
+            iov = advance_iovecs(iov, n);
         }
-        if r == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-        iov = advance_iovecs(iov, r as usize);
     }
     Ok(())
 }
