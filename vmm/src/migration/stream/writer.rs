@@ -208,13 +208,16 @@ impl<C: Write + AsRawFd> StreamWriter<BufWriter<C>> {
     /// A PAGES record whose page data the kernel reads straight from
     /// `pages` (4096 bytes each, in entry order, e.g. guest RAM that vCPUs
     /// may be writing): what is buffered is flushed, then the record head
-    /// and the pages go in one `writev(2)` (more on a partial write).
+    /// and the pages go in one `writev(2)` (more on a partial write), or,
+    /// after [`splice_pages`](Self::splice_pages), the head is written and
+    /// the pages are spliced.
     ///
     /// # Safety
-    /// Each pointer is valid for 4096 bytes of reads for the call, and is
-    /// not written through a Rust reference meanwhile (hardware-level
-    /// writes, such as a vCPU's atomics, may race: the bytes sent are then
-    /// some mix, which the source's dirty log makes it send again).
+    /// Each pointer is valid for 4096 bytes of reads for the call (spliced:
+    /// stays mapped until the peer has read it), and is not written through
+    /// a Rust reference meanwhile (hardware-level writes, such as a vCPU's
+    /// atomics, may race: the bytes sent are then some mix, which the
+    /// source's dirty log makes it send again).
     pub unsafe fn pages_raw(&mut self, entries: &[u64], pages: &[*const u8]) -> io::Result<()> {
         debug_assert!(pages.len() <= MAX_BATCH_DATA_PAGES as usize);
         let head = self.pages_head(entries);
